@@ -1,0 +1,240 @@
+"""The HTTP API for services: OAuth2 token endpoint, ``/notify``, ``/health``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote_plus
+
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from tidings import __version__
+from tidings.api.schemas import (
+    ApiErrorBody,
+    Health,
+    NotificationOut,
+    NotifyRequest,
+    OAuthError,
+    TokenResponse,
+)
+from tidings.auth.base import ServicePrincipal
+from tidings.auth.oauth import InvalidClient, InvalidScope
+from tidings.errors import (
+    Conflict,
+    InsufficientScope,
+    InvalidArgument,
+    InvalidToken,
+    PayloadTooLarge,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from tidings.core.tidings import Tidings
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": …}``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
+    """The FastAPI app of ``tidings``; with ``manage_lifespan`` it starts and closes it."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await tidings.start()
+        try:
+            yield
+        finally:
+            await tidings.close()
+
+    app = FastAPI(
+        title="tidings",
+        version=__version__,
+        summary="Push notifications: unseen counts on every device.",
+        lifespan=lifespan if manage_lifespan else None,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            {"error": exc.code, "message": exc.message}, exc.status, headers=exc.headers
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"error": "unavailable", "message": "storage unavailable; nothing was written"},
+            503,
+            headers={"Retry-After": "1"},
+        )
+
+    def require_scope(scope: str) -> Callable[[Request], Awaitable[ServicePrincipal]]:
+        async def check(request: Request) -> ServicePrincipal:
+            token = _bearer(request)
+            if token is None:
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "a bearer token from POST /oauth/token is required",
+                    {"WWW-Authenticate": 'Bearer realm="tidings"'},
+                )
+            try:
+                return tidings.service_auth.require(token, scope)
+            except InsufficientScope as exc:
+                raise ApiError(
+                    403,
+                    "insufficient_scope",
+                    str(exc),
+                    {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+                ) from None
+            except InvalidToken as exc:
+                raise ApiError(
+                    401,
+                    "invalid_token",
+                    str(exc),
+                    {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                ) from None
+
+        return check
+
+    error_responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": ApiErrorBody, "description": "Missing or invalid token"},
+        403: {"model": ApiErrorBody, "description": "Token lacks the scope"},
+        503: {"model": ApiErrorBody, "description": "Storage unavailable; nothing written"},
+    }
+
+    @app.post(
+        "/notify",
+        status_code=201,
+        response_model=NotificationOut,
+        responses={
+            200: {"model": NotificationOut, "description": "Already sent (same notification_id)"},
+            409: {"model": ApiErrorBody, "description": "notification_id used for another"},
+            413: {"model": ApiErrorBody, "description": "data over the size limit"},
+            **error_responses,
+        },
+        tags=["notifications"],
+        dependencies=[Depends(require_scope("notify"))],
+    )
+    async def notify(body: NotifyRequest, response: Response) -> NotificationOut:
+        """Persist a notification and push the new unseen count to the user's devices.
+
+        Answers 201 once the notification is committed, or 200 with the first notification
+        when ``notification_id`` was sent before.
+        """
+        try:
+            result = await tidings.notify(
+                body.user_id, body.data, notification_id=body.notification_id
+            )
+        except PayloadTooLarge as exc:
+            raise ApiError(413, "payload_too_large", str(exc)) from None
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc)) from None
+        except Conflict as exc:
+            raise ApiError(409, "conflict", str(exc)) from None
+        if not result.created:
+            response.status_code = 200
+        return NotificationOut.of(result.notification)
+
+    @app.post(
+        "/oauth/token",
+        response_model=TokenResponse,
+        responses={400: {"model": OAuthError}, 401: {"model": OAuthError}},
+        tags=["auth"],
+    )
+    async def token(request: Request) -> Response:
+        """OAuth2 client credentials grant (RFC 6749 §4.4).
+
+        Form-encoded (or JSON) body with ``grant_type=client_credentials`` and optional
+        ``scope``; the client authenticates with HTTP Basic or ``client_id`` and
+        ``client_secret`` in the body.
+        """
+        form = await _token_form(request)
+        if form.get("grant_type") != "client_credentials":
+            return _oauth_error(
+                400, "unsupported_grant_type", "only client_credentials is supported"
+            )
+        client_id, client_secret = _client_credentials(request, form)
+        if not client_id or not client_secret:
+            return _oauth_error(401, "invalid_client", "client authentication is required")
+        try:
+            issued = await tidings.service_auth.issue(client_id, client_secret, form.get("scope"))
+        except InvalidClient as exc:
+            return _oauth_error(401, "invalid_client", str(exc))
+        except InvalidScope as exc:
+            return _oauth_error(400, "invalid_scope", str(exc))
+        return JSONResponse(
+            issued.to_dict(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+        )
+
+    @app.get("/health", response_model=Health, tags=["operations"])
+    async def health() -> JSONResponse:
+        """200 when this node and its store answer, 503 otherwise."""
+        status, code = "ok", 200
+        try:
+            await tidings.store.ping()
+        except StoreUnavailable:
+            status, code = "store_unavailable", 503
+        registry = tidings.registry
+        body = Health(
+            status=status,
+            node=tidings.node_id,
+            connections=len(registry),
+            users=registry.user_count,
+        )
+        return JSONResponse(body.model_dump(), code)
+
+    return app
+
+
+async def _token_form(request: Request) -> dict[str, str]:
+    raw = await request.body()
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return {}
+        return (
+            {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+        )
+    parsed = parse_qs(raw.decode("latin-1"))
+    return {key: values[0] for key, values in parsed.items() if values}
+
+
+def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str | None, str | None]:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic" and encoded:
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None, None
+        client_id, _, secret = decoded.partition(":")
+        # RFC 6749 §2.3.1: both parts are form-urlencoded inside the Basic credentials.
+        return unquote_plus(client_id), unquote_plus(secret)
+    return form.get("client_id"), form.get("client_secret")
+
+
+def _oauth_error(status: int, code: str, description: str) -> JSONResponse:
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="tidings"'
+    return JSONResponse({"error": code, "error_description": description}, status, headers=headers)

@@ -1,0 +1,67 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.core.models import Notification
+
+
+class NotifyRequest(BaseModel):
+    """A notification for one user."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    user_id: str = Field(min_length=1, max_length=256, description="The recipient.")
+    data: Any = Field(description="Any JSON value; the application's payload.")
+    notification_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Idempotency key: sending the same id again returns the first notification.",
+    )
+
+
+class NotificationOut(BaseModel):
+    notification_id: str
+    user_id: str
+    data: Any
+    creation_date: datetime
+    seen_date: datetime | None
+
+    @classmethod
+    def of(cls, notification: Notification) -> NotificationOut:
+        return cls(
+            notification_id=notification.notification_id,
+            user_id=notification.user_id,
+            data=notification.data,
+            creation_date=notification.creation_date,
+            seen_date=notification.seen_date,
+        )
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    scope: str
+
+
+class OAuthError(BaseModel):
+    error: str
+    error_description: str
+
+
+class ApiErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+class Health(BaseModel):
+    status: str
+    node: str
+    connections: int
+    users: int

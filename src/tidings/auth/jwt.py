@@ -1,0 +1,103 @@
+"""Device authentication with JWTs signed by the application (HS256 shared secret)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
+
+from tidings.auth.base import DeviceAuthenticator, Principal
+from tidings.errors import ConfigurationError, InvalidToken
+
+MIN_SECRET_LENGTH = 32
+MAX_USER_ID_LENGTH = 256
+
+
+def oct_key(secret: str) -> OctKey:
+    """An HMAC key, refusing secrets too short to be safe."""
+    if len(secret.encode()) < MIN_SECRET_LENGTH:
+        raise ConfigurationError(f"JWT secrets must be at least {MIN_SECRET_LENGTH} bytes long")
+    return OctKey.import_key(secret)
+
+
+def verify_jwt(
+    token: str,
+    key: OctKey,
+    *,
+    algorithms: Iterable[str] = ("HS256",),
+    audience: str | None = None,
+    issuer: str | None = None,
+    leeway: float = 30.0,
+) -> dict[str, Any]:
+    """The claims of a valid token whose ``exp`` has not passed.
+
+    Algorithms are pinned by the caller: the token's own ``alg`` header never chooses.
+
+    Raises:
+        InvalidToken: with a message fit to show the client.
+    """
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=list(algorithms)).claims
+    except (JoseError, ValueError, TypeError) as exc:
+        raise InvalidToken(f"token rejected: {exc.__class__.__name__}") from None
+    now = time.time()
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise InvalidToken("token has no numeric 'exp' claim")
+    if exp + leeway < now:
+        raise InvalidToken("token has expired")
+    nbf = claims.get("nbf")
+    if isinstance(nbf, int | float) and nbf - leeway > now:
+        raise InvalidToken("token is not valid yet")
+    if audience is not None:
+        aud = claims.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        if audience not in audiences:
+            raise InvalidToken("token has the wrong audience")
+    if issuer is not None and claims.get("iss") != issuer:
+        raise InvalidToken("token has the wrong issuer")
+    return claims
+
+
+def sign_jwt(claims: dict[str, Any], key: OctKey, *, typ: str = "JWT") -> str:
+    return jwt.encode({"alg": "HS256", "typ": typ}, claims, key)
+
+
+class JwtAuthenticator(DeviceAuthenticator):
+    """Accepts HS256 JWTs whose ``sub`` is the user id."""
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 30.0,
+    ) -> None:
+        self._key = oct_key(secret)
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = leeway
+
+    async def authenticate(self, token: str) -> Principal:
+        claims = verify_jwt(
+            token, self._key, audience=self.audience, issuer=self.issuer, leeway=self.leeway
+        )
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_USER_ID_LENGTH:
+            raise InvalidToken("token has no usable 'sub' claim (the user id)")
+        return Principal(sub, claims)
+
+    def issue(self, user_id: str, *, ttl: int = 86400, **extra: Any) -> str:
+        """A device token for ``user_id`` (what `tidings token` prints)."""
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl, **extra}
+        if self.audience is not None:
+            claims.setdefault("aud", self.audience)
+        if self.issuer is not None:
+            claims.setdefault("iss", self.issuer)
+        return sign_jwt(claims, self._key)

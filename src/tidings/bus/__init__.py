@@ -1,0 +1,20 @@
+"""Node-to-node buses, chosen by URL scheme."""
+
+from __future__ import annotations
+
+from tidings._backends import load_backend
+from tidings.bus.base import Bus, MessageHandler, ReconnectHandler
+
+#: URL scheme → ``"module:Class"``; modules are imported only when used.
+BACKENDS: dict[str, str] = {
+    "memory": "tidings.bus.memory:MemoryBus",
+}
+
+
+def create_bus(url: str) -> Bus:
+    """Instantiate the bus for ``url`` (not started)."""
+    cls: type[Bus] = load_backend("bus", BACKENDS, url)
+    return cls(url)
+
+
+__all__ = ["BACKENDS", "Bus", "MessageHandler", "ReconnectHandler", "create_bus"]

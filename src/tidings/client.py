@@ -1,0 +1,363 @@
+"""Python clients: :class:`TidingsClient` for services, :class:`DeviceClient` for devices.
+
+Both are asyncio. The device client speaks wire contract v1 and keeps the latest count, applying
+a count only when its version is newer than the one it has::
+
+    async with DeviceClient("ws://127.0.0.1:8000/ws", token=token) as device:
+        await device.wait_for_count(lambda count: count > 0)
+        notifications = await device.get_unseen()
+        await device.mark_seen([n["notification_id"] for n in notifications])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tidings.errors import ClientError
+
+AuthMode = Literal["header", "query", "frame"]
+
+
+class TidingsClient:
+    """The service API: gets OAuth2 tokens by itself and sends notifications."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        scope: str | None = None,
+        timeout: float = 10.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.scope = scope
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._owns_http = http is None
+        self._token: str | None = None
+        self._token_expiry = 0.0
+        self._token_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def token(self) -> str:
+        """A valid access token, fetched again shortly before the old one expires."""
+        async with self._token_lock:
+            if self._token is None or time.monotonic() > self._token_expiry:
+                form = {"grant_type": "client_credentials"}
+                if self.scope:
+                    form["scope"] = self.scope
+                response = await self._http.post(
+                    f"{self.base_url}/oauth/token",
+                    data=form,
+                    auth=(self.client_id, self.client_secret),
+                )
+                body = _json(response)
+                if response.status_code != 200:
+                    raise ClientError(
+                        str(body.get("error", "error")),
+                        str(body.get("error_description", response.text)),
+                        response.status_code,
+                    )
+                self._token = str(body["access_token"])
+                self._token_expiry = time.monotonic() + int(body["expires_in"]) * 0.9
+            return self._token
+
+    async def notify(
+        self, user_id: str, data: Any, *, notification_id: str | None = None
+    ) -> dict[str, Any]:
+        """Send a notification; returns it as the server stored it."""
+        body: dict[str, Any] = {"user_id": user_id, "data": data}
+        if notification_id is not None:
+            body["notification_id"] = notification_id
+        return await self._call("POST", "/notify", body)
+
+    async def health(self) -> dict[str, Any]:
+        response = await self._http.get(f"{self.base_url}/health")
+        return _json(response)
+
+    async def _call(self, method: str, path: str, body: Any) -> dict[str, Any]:
+        for attempt in range(2):
+            token = await self.token()
+            response = await self._http.request(
+                method,
+                f"{self.base_url}{path}",
+                content=orjson.dumps(body),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            if response.status_code == 401 and attempt == 0:
+                self._token = None  # expired or the server's key rotated: fetch a new one
+                continue
+            payload = _json(response)
+            if response.status_code >= 400:
+                detail = payload.get("message") or payload.get("detail") or response.text
+                raise ClientError(
+                    str(payload.get("error", "http_error")), str(detail), response.status_code
+                )
+            return payload
+        raise AssertionError("unreachable")
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {"data": data}
+
+
+class DeviceClient:
+    """One device's WebSocket connection to tidings.
+
+    ``auth`` chooses how the token travels: the ``Authorization`` header (default), the
+    ``access_token`` query parameter, or an ``authenticate`` frame after connecting.
+    ``connection_id`` identifies the device across reconnections (as the browser cookie does);
+    after :meth:`connect` it holds the id the server confirmed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        session_id: str | None = None,
+        connection_id: str | None = None,
+        auth: AuthMode = "header",
+        open_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.session_id = session_id
+        self.connection_id = connection_id
+        self.auth: AuthMode = auth
+        self.open_timeout = open_timeout
+        self.user_id: str | None = None
+        self.node: str | None = None
+        self.count: int | None = None
+        self.version = -1
+        self.welcome: dict[str, Any] | None = None
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._count_changed = asyncio.Condition()
+        self.close_code: int | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _target(self) -> tuple[str, dict[str, str]]:
+        query: dict[str, str] = {}
+        headers: dict[str, str] = {}
+        if self.auth == "header":
+            headers["Authorization"] = f"Bearer {self.token}"
+        elif self.auth == "query":
+            query["access_token"] = self.token
+        if self.session_id and self.auth != "frame":
+            query["session_id"] = self.session_id
+        if self.connection_id:
+            headers["Cookie"] = f"tidings_cid={self.connection_id}"
+        parts = urlsplit(self.url)
+        extra = urlencode(query)
+        merged = "&".join(q for q in (parts.query, extra) if q)
+        return urlunsplit(parts._replace(query=merged)), headers
+
+    async def connect(self) -> dict[str, Any]:
+        """Open the socket and authenticate; returns the ``welcome`` frame.
+
+        Raises:
+            ClientError: the server refused the credentials (``status`` 401 at the handshake,
+                or ``code`` ``"closed"`` with the close code in ``details``).
+        """
+        url, headers = self._target()
+        try:
+            self._ws = await websockets.connect(
+                url,
+                additional_headers=headers,
+                open_timeout=self.open_timeout,
+                max_size=None,
+                compression=None,
+            )
+        except websockets.InvalidStatus as exc:
+            response = exc.response
+            try:
+                body = orjson.loads(response.body or b"{}")
+            except orjson.JSONDecodeError:
+                body = {}
+            raise ClientError(
+                str(body.get("error", "refused")),
+                str(body.get("message", "handshake refused")),
+                response.status_code,
+            ) from None
+        if self.auth == "frame":
+            frame: dict[str, Any] = {"type": "authenticate", "token": self.token}
+            if self.session_id:
+                frame["session_id"] = self.session_id
+            await self._ws.send(orjson.dumps(frame).decode())
+        welcome = await self._first_welcome()
+        self.welcome = welcome
+        self.connection_id = welcome["connection_id"]
+        self.session_id = welcome["session_id"]
+        self.user_id = welcome["user_id"]
+        self.node = welcome["node"]
+        self._reader = asyncio.create_task(self._read())
+        return welcome
+
+    async def _first_welcome(self) -> dict[str, Any]:
+        ws = self._ws
+        assert ws is not None
+        try:
+            async with asyncio.timeout(self.open_timeout):
+                while True:
+                    frame = orjson.loads(await ws.recv())
+                    if frame.get("type") == "welcome":
+                        return dict(frame)
+                    if frame.get("type") == "error":
+                        raise ClientError(str(frame.get("code")), str(frame.get("message")))
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            self.close_code = code
+            reason = exc.rcvd.reason if exc.rcvd else ""
+            raise ClientError("closed", reason or "connection closed", close_code=code) from None
+
+    async def _read(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        try:
+            async for message in ws:
+                frame = orjson.loads(message)
+                await self._handle(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if ws.protocol.close_rcvd is not None:
+                self.close_code = ws.protocol.close_rcvd.code
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(ClientError("closed", "connection closed"))
+            self._waiting.clear()
+            self._events.put_nowait(None)
+
+    async def _handle(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "newNotificationCountChanged":
+            version = int(frame["version"])
+            if version > self.version:
+                self.version = version
+                self.count = int(frame["count"])
+                async with self._count_changed:
+                    self._count_changed.notify_all()
+        frame_id = frame.get("id")
+        if kind in ("reply", "error", "newNotificationData") and frame_id in self._waiting:
+            future = self._waiting.pop(frame_id)
+            if not future.done():
+                future.set_result(frame)
+            return
+        self._events.put_nowait(frame)
+
+    async def request(self, frame: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
+        """Send a frame with a fresh ``id`` and return the server's direct answer.
+
+        Raises:
+            ClientError: the answer is an ``error`` frame.
+        """
+        if self._ws is None:
+            raise ClientError("not_connected", "call connect() first")
+        frame_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[frame_id] = future
+        await self._ws.send(orjson.dumps({**frame, "id": frame_id}).decode())
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await future
+        finally:
+            self._waiting.pop(frame_id, None)
+        if answer.get("type") == "error":
+            details = {
+                k: v for k, v in answer.items() if k not in ("type", "id", "code", "message")
+            }
+            raise ClientError(str(answer.get("code")), str(answer.get("message")), **details)
+        return answer
+
+    async def get_unseen(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest unseen notifications (they stay unseen until :meth:`mark_seen`)."""
+        answer = await self.request({"type": "getUnseen", "limit": limit})
+        return list(answer["notifications"])
+
+    async def mark_seen(self, notification_ids: Sequence[str]) -> int:
+        """Mark notifications seen; returns how many changed."""
+        answer = await self.request(
+            {"type": "markSeen", "notification_ids": list(notification_ids)}
+        )
+        return int(answer.get("marked", 0))
+
+    async def wait_for_count(
+        self, predicate: Callable[[int], bool] | int, *, timeout: float = 10.0
+    ) -> int:
+        """Wait until the count satisfies ``predicate`` (or equals it, given an int)."""
+        test = predicate if callable(predicate) else (lambda c, want=predicate: c == want)
+        async with asyncio.timeout(timeout), self._count_changed:
+            await self._count_changed.wait_for(lambda: self.count is not None and test(self.count))
+        assert self.count is not None
+        return self.count
+
+    async def next_event(self, *, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The next frame that was not a direct answer (``None`` once closed)."""
+        async with asyncio.timeout(timeout):
+            return await self._events.get()
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Every frame that is not a direct answer, until the connection closes."""
+        while (frame := await self._events.get()) is not None:
+            yield frame
+
+    async def send_raw(self, text: str) -> None:
+        """Send a frame as is (for tests of bad input)."""
+        if self._ws is None:
+            raise ClientError("not_connected", "call connect() first")
+        await self._ws.send(text)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader

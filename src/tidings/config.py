@@ -1,0 +1,76 @@
+"""Settings, read from keyword arguments, flags or ``TIDINGS_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Every knob of a tidings node.
+
+    Each field can be set with the environment variable ``TIDINGS_<FIELD>``, e.g.
+    ``TIDINGS_STORE=sqlite:///var/lib/tidings.db``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="ignore")
+
+    # Backends
+    store: str = Field("sqlite:///tidings.db", description="Store URL (sqlite:///path).")
+    bus: str = Field("memory://", description="Bus URL (memory://[name]).")
+
+    # Server
+    host: str = Field("127.0.0.1", description="Interface `tidings serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `tidings serve` listens on.")
+    node_id: str = Field(default_factory=_default_node_id, description="This node's name.")
+    public_url: str | None = Field(
+        None, description="URL devices and services use to reach this node (shown in banners)."
+    )
+
+    # Device authentication
+    jwt_secret: str | None = Field(
+        None,
+        description="HS256 secret for device JWTs. Unset: a random one is generated and kept "
+        "in the store, so `tidings token` and every node sharing the store agree.",
+    )
+    jwt_audience: str | None = Field(None, description="Required `aud` of device JWTs.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` of device JWTs.")
+    jwt_leeway: float = Field(30.0, ge=0, description="Clock skew tolerated, in seconds.")
+
+    # Service authentication
+    service_token_ttl: int = Field(3600, gt=0, description="Lifetime of /oauth/token tokens.")
+
+    # Timeouts
+    auth_timeout: float = Field(5.0, gt=0, description="Seconds to send `authenticate`.")
+
+    # Limits
+    max_frame_size: int = Field(65536, gt=0, description="Largest client frame, in bytes.")
+    max_notification_size: int = Field(
+        65536, gt=0, description="Largest notification `data`, in bytes of JSON."
+    )
+    outbound_queue_size: int = Field(
+        1024, gt=0, description="Frames queued per connection before it is closed as too slow."
+    )
+    max_unseen_page: int = Field(1000, gt=0, description="Largest `getUnseen` limit.")
+
+    # Cookies
+    cookie_secure: bool | None = Field(
+        None, description="Mark the tidings_cid cookie Secure (default: when served over TLS)."
+    )
+    cookie_samesite: str = Field("Lax", description="SameSite attribute of tidings_cid.")
+    cookie_max_age: int = Field(400 * 86400, gt=0, description="Max-Age of tidings_cid.")
+
+    @field_validator("cookie_samesite")
+    @classmethod
+    def _samesite(cls, value: str) -> str:
+        normal = value.capitalize()
+        if normal not in {"Lax", "Strict", "None"}:
+            raise ValueError("must be Lax, Strict or None")
+        return normal

@@ -1,0 +1,90 @@
+"""The domain's value types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(moment: datetime) -> str:
+    """ISO 8601 in UTC with microseconds and a ``Z``: sorts as text, parses everywhere."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One notification addressed to one user."""
+
+    notification_id: str
+    user_id: str
+    data: Any
+    creation_date: datetime
+    seen_date: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form of the notification (wire contract v1)."""
+        return {
+            "notification_id": self.notification_id,
+            "user_id": self.user_id,
+            "data": self.data,
+            "creation_date": isoformat(self.creation_date),
+            "seen_date": isoformat(self.seen_date) if self.seen_date else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UnseenCount:
+    """A user's unseen count; ``version`` strictly increases with every change."""
+
+    user_id: str
+    count: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyResult:
+    """What :meth:`Store.create_notification` did."""
+
+    notification: Notification
+    created: bool
+    #: the count after the insert; ``None`` when the notification already existed
+    count: UnseenCount | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarkSeenResult:
+    """What :meth:`Store.mark_seen` did."""
+
+    marked: list[str] = field(default_factory=list)
+    #: the count after the change; ``None`` when nothing changed
+    count: UnseenCount | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceClient:
+    """An OAuth2 client allowed to call the service API."""
+
+    client_id: str
+    name: str
+    scopes: frozenset[str]
+    created_at: datetime
+    secret_hash: str = field(repr=False, default="")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device: one ``connection_id`` bound to one user."""
+
+    connection_id: str
+    user_id: str
+    created_at: datetime
+    last_seen_at: datetime

@@ -1,0 +1,122 @@
+"""Exceptions raised by tidings.
+
+Every error derives from :class:`TidingsError`; each layer has its own subtree::
+
+    TidingsError
+    ├── InvalidArgument             a caller passed a bad value (also a ValueError)
+    │   └── PayloadTooLarge         a notification's data is over the size limit
+    ├── ConfigurationError          a setting is missing or wrong
+    │   └── MissingDependencyError  an optional extra is not installed
+    ├── StoreError                  the storage backend failed
+    │   ├── StoreUnavailable        the database cannot be reached (retry later)
+    │   ├── NotFound                an id does not exist for this user
+    │   └── Conflict                an id exists with other content (idempotency clash)
+    ├── BusError                    the node-to-node bus failed
+    ├── AuthError                   credentials are missing, malformed or refused
+    │   ├── InvalidToken            a token failed verification or has expired
+    │   └── InsufficientScope       a valid service token lacks the scope
+    ├── ProtocolError               a client frame breaks the wire contract
+    └── ClientError                 the server refused a request of tidings.client
+
+Backends wrap driver exceptions with ``raise … from exc`` so callers only ever
+catch tidings' own types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TidingsError(Exception):
+    """Base class of every error raised by tidings."""
+
+
+class InvalidArgument(TidingsError, ValueError):
+    """A caller passed a value that breaks the API's rules; nothing was changed."""
+
+
+class PayloadTooLarge(InvalidArgument):
+    """A notification's ``data`` encodes to more bytes than allowed."""
+
+
+class ConfigurationError(TidingsError):
+    """A setting is missing, malformed or inconsistent."""
+
+
+class MissingDependencyError(ConfigurationError):
+    """An optional dependency is needed for the requested backend."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is required for this backend; run: pip install 'tidings[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class StoreError(TidingsError):
+    """The storage backend failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached; nothing was written. Retry later."""
+
+
+class NotFound(StoreError):
+    """One or more ids do not exist (or do not belong to the caller)."""
+
+    def __init__(self, message: str, ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.ids = list(ids)
+
+
+class Conflict(StoreError):
+    """An idempotency key is already used with different content."""
+
+
+class BusError(TidingsError):
+    """The node-to-node bus failed."""
+
+
+class AuthError(TidingsError):
+    """Credentials are missing, malformed or refused."""
+
+
+class InvalidToken(AuthError):
+    """A token failed verification, is malformed or has expired."""
+
+
+class InsufficientScope(AuthError):
+    """A valid service token does not carry the scope the call needs."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this call needs the scope {scope!r}")
+        self.scope = scope
+
+
+class ProtocolError(TidingsError):
+    """A client frame breaks the wire contract.
+
+    ``code`` is the machine-readable code sent in the ``error`` frame.
+    """
+
+    def __init__(self, code: str, message: str, frame_id: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.frame_id = frame_id
+
+
+class ClientError(TidingsError):
+    """The server answered a :mod:`tidings.client` request with an error.
+
+    ``status`` is the HTTP status (``None`` for a WebSocket ``error`` frame), ``code`` the
+    server's error code.
+    """
+
+    def __init__(self, code: str, message: str, status: int | None = None, **details: object):
+        super().__init__(f"{code}: {message}" if status is None else f"{status} {code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details

@@ -1,0 +1,373 @@
+"""The device endpoint: raw ASGI WebSocket (no framework wrapper on the hot path).
+
+Lifecycle of one connection:
+
+1. Handshake: a token in ``Authorization: Bearer`` or ``?access_token=`` is verified before
+   accepting (HTTP 401 if bad). Without one the socket is accepted and must send
+   ``authenticate`` within ``auth_timeout`` seconds (else close 4408; bad token 4401).
+2. The device id (``tidings_cid`` cookie, or ``?connection_id=``) is bound to the user; the
+   cookie is set at the handshake when the device had none (or a foreign one).
+3. ``welcome``, then the current count; from then on every count change of the user.
+4. Frames are parsed by :mod:`tidings.gateway.protocol`; each bad one is answered with an
+   ``error`` frame and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from tidings.auth.base import Principal
+from tidings.errors import (
+    InvalidToken,
+    NotFound,
+    ProtocolError,
+    StoreError,
+    StoreUnavailable,
+    TidingsError,
+)
+from tidings.gateway import protocol
+from tidings.gateway.connection import Connection
+from tidings.storage.sqlite import CONNECTION_ID, new_id
+
+if TYPE_CHECKING:
+    from tidings.core.tidings import Tidings
+
+logger = logging.getLogger("tidings.gateway")
+
+COOKIE_NAME = "tidings_cid"
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+
+class _Closed(Exception):
+    """The socket ended before the device was authenticated."""
+
+
+class Gateway:
+    """ASGI application serving device WebSockets for one :class:`Tidings` node."""
+
+    def __init__(self, tidings: Tidings) -> None:
+        self.tidings = tidings
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait until every connection handler has returned (or ``timeout`` passed)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await _plain_response(send, 426, b"this endpoint speaks WebSocket only\n")
+            return
+        self._active += 1
+        self._idle.clear()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _serve(self, scope: Scope, receive: Any, send: Any) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        tidings = self.tidings
+        if not tidings.started:
+            await _deny(scope, send, 503, "unavailable", "tidings is not started")
+            return
+        headers = _headers(scope)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        cookie_cid = _cookie(headers.get("cookie", ""), COOKIE_NAME)
+        presented = cookie_cid or _first(query, "connection_id")
+        session_id = _first(query, "session_id")
+        if session_id is not None and not 0 < len(session_id) <= protocol.MAX_ID_LENGTH:
+            await _deny(scope, send, 400, "invalid_request", "session_id is too long")
+            return
+        token = _bearer(headers.get("authorization")) or _first(query, "access_token")
+
+        if token is not None:
+            try:
+                principal = await tidings.authenticator.authenticate(token)
+                device = await tidings.store.bind_device(principal.user_id, presented)
+            except InvalidToken as exc:
+                await _deny(scope, send, 401, "invalid_token", str(exc))
+                return
+            except StoreError as exc:
+                logger.warning("refusing device: store unavailable: %s", exc)
+                await _deny(scope, send, 503, "unavailable", "storage unavailable, retry later")
+                return
+            await _accept(scope, send, self._cookie_header(scope, device.connection_id, cookie_cid))
+        else:
+            provisional = presented if presented and CONNECTION_ID.match(presented) else new_id()
+            await _accept(scope, send, self._cookie_header(scope, provisional, cookie_cid))
+            try:
+                principal, frame_session = await self._await_authenticate(receive, send)
+                device = await tidings.store.bind_device(principal.user_id, provisional)
+            except _Closed:
+                return
+            except StoreError:
+                await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
+                return
+            session_id = frame_session or session_id
+
+        conn = Connection(
+            send,
+            connection_id=device.connection_id,
+            user_id=principal.user_id,
+            session_id=session_id or device.connection_id,
+            max_queue=tidings.settings.outbound_queue_size,
+        )
+        await self._run(conn, receive, send)
+
+    def _cookie_header(
+        self, scope: Scope, cid: str, presented: str | None
+    ) -> list[tuple[bytes, bytes]]:
+        if cid == presented:
+            return []
+        settings = self.tidings.settings
+        secure = settings.cookie_secure
+        if secure is None:
+            secure = scope.get("scheme") == "wss" or settings.cookie_samesite == "None"
+        value = (
+            f"{COOKIE_NAME}={cid}; Path=/; Max-Age={settings.cookie_max_age}; HttpOnly; "
+            f"SameSite={settings.cookie_samesite}{'; Secure' if secure else ''}"
+        )
+        return [(b"set-cookie", value.encode("latin-1"))]
+
+    async def _await_authenticate(self, receive: Any, send: Any) -> tuple[Principal, str | None]:
+        """Wait for a valid ``authenticate`` frame; closes the socket and raises _Closed if not."""
+        settings = self.tidings.settings
+        try:
+            async with asyncio.timeout(settings.auth_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "websocket.disconnect":
+                        raise _Closed
+                    text = message.get("text")
+                    try:
+                        frame = self._parse(text)
+                    except ProtocolError as exc:
+                        await send(_send_text(protocol.error(exc.frame_id, exc.code, exc.message)))
+                        continue
+                    if not isinstance(frame, protocol.Authenticate):
+                        await send(
+                            _send_text(
+                                protocol.error(
+                                    frame.id,
+                                    protocol.NOT_AUTHENTICATED,
+                                    "send 'authenticate' first",
+                                )
+                            )
+                        )
+                        continue
+                    try:
+                        principal = await self.tidings.authenticator.authenticate(frame.token)
+                    except InvalidToken as exc:
+                        await send(
+                            {
+                                "type": "websocket.close",
+                                "code": protocol.CLOSE_UNAUTHORIZED,
+                                "reason": str(exc)[:120],
+                            }
+                        )
+                        raise _Closed from None
+                    return principal, frame.session_id
+        except TimeoutError:
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": protocol.CLOSE_AUTH_TIMEOUT,
+                    "reason": "authentication timeout",
+                }
+            )
+            raise _Closed from None
+
+    def _parse(self, text: str | None) -> protocol.ClientFrame:
+        settings = self.tidings.settings
+        if text is None:
+            raise ProtocolError(protocol.BINARY_FRAME, "frames must be UTF-8 JSON text")
+        limit = settings.max_frame_size
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            raise ProtocolError(
+                protocol.FRAME_TOO_LARGE, f"frame is larger than the limit of {limit} bytes"
+            )
+        return protocol.parse_frame(text, max_unseen_page=settings.max_unseen_page)
+
+    async def _run(self, conn: Connection, receive: Any, send: Any) -> None:
+        tidings = self.tidings
+        conn.push(
+            protocol.welcome(
+                connection_id=conn.connection_id,
+                session_id=conn.session_id,
+                user_id=conn.user_id,
+                node=tidings.node_id,
+            )
+        )
+        writer = conn.start_writer()
+        reader: asyncio.Task[None] | None = None
+        try:
+            # Subscribe first, then read: a change committed in between reaches the device as
+            # an event, and the version filter drops whichever of the two is older.
+            await tidings.registry.add(conn)
+            try:
+                count = await tidings.store.count(conn.user_id)
+                conn.push_count(count.count, count.version)
+            except StoreError as exc:
+                logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
+            reader = asyncio.create_task(self._read_loop(conn, receive))
+            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            tidings.registry.remove(conn)
+            for task in (reader, writer):
+                if task is not None and not task.done():
+                    task.cancel()
+            for task in (reader, writer):
+                if task is not None:
+                    with contextlib.suppress(BaseException):
+                        await task
+        if conn.close_code is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await send(
+                        {
+                            "type": "websocket.close",
+                            "code": conn.close_code,
+                            "reason": conn.close_reason,
+                        }
+                    )
+
+    async def _read_loop(self, conn: Connection, receive: Any) -> None:
+        while not conn.closed:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message["type"] != "websocket.receive":
+                continue
+            try:
+                frame = self._parse(message.get("text"))
+            except ProtocolError as exc:
+                conn.push(protocol.error(exc.frame_id, exc.code, exc.message))
+                continue
+            await self._dispatch(conn, frame)
+
+    async def _dispatch(self, conn: Connection, frame: protocol.ClientFrame) -> None:
+        tidings = self.tidings
+        try:
+            if isinstance(frame, protocol.GetUnseen):
+                notes = await tidings.unseen(conn.user_id, frame.limit)
+                conn.push(protocol.notification_data(frame.id, notes))
+            elif isinstance(frame, protocol.MarkSeen):
+                result = await tidings.mark_seen(conn.user_id, frame.notification_ids)
+                conn.push(protocol.reply(frame.id, marked=len(result.marked)))
+            else:
+                conn.push(
+                    protocol.error(
+                        frame.id, protocol.ALREADY_AUTHENTICATED, "this connection is authenticated"
+                    )
+                )
+        except NotFound as exc:
+            conn.push(
+                protocol.error(
+                    frame.id,
+                    protocol.NOT_FOUND,
+                    "unknown notification ids; nothing was marked",
+                    notification_ids=exc.ids,
+                )
+            )
+        except StoreUnavailable:
+            conn.push(protocol.error(frame.id, protocol.UNAVAILABLE, "storage unavailable, retry"))
+        except TidingsError:
+            logger.exception("frame %s of %s failed", type(frame).__name__, conn.connection_id)
+            conn.push(protocol.error(frame.id, protocol.INTERNAL, "internal error"))
+
+
+def _send_text(text: str) -> Message:
+    return {"type": "websocket.send", "text": text}
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        # Repeated Cookie headers are joined; for others the first one counts.
+        if key == "cookie" and key in found:
+            found[key] = f"{found[key]}; {text}"
+        else:
+            found.setdefault(key, text)
+    return found
+
+
+def _first(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values and values[0] else None
+
+
+def _bearer(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip()
+
+
+def _cookie(header: str, name: str) -> str | None:
+    if not header:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+async def _accept(scope: Scope, send: Any, headers: list[tuple[bytes, bytes]]) -> None:
+    message: Message = {"type": "websocket.accept"}
+    if headers:
+        message["headers"] = headers
+    await send(message)
+
+
+async def _deny(scope: Scope, send: Any, status: int, code: str, message: str) -> None:
+    """Refuse the handshake with an HTTP response when the server allows it."""
+    if "websocket.http.response" in scope.get("extensions", {}) or {}:
+        body = orjson.dumps({"error": code, "message": message})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        code_map = {401: protocol.CLOSE_UNAUTHORIZED, 400: 1008}
+        await send({"type": "websocket.close", "code": code_map.get(status, 1013)})
+
+
+async def _plain_response(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,119 @@
+"""One device connection: a bounded outbound queue drained by its own writer.
+
+Producers (bus events, replies) never await the socket: :meth:`Connection.push` appends to a
+queue and returns. The writer sends everything queued in one pass, so a burst costs one task
+switch, and a client that stops reading stalls only its own writer. When its queue is full the
+connection is closed with 1013 (try again later): on reconnection the device gets the current
+count, so nothing it needs is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tidings.gateway import protocol
+
+logger = logging.getLogger("tidings.gateway")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Connection:
+    """A device connected to this node."""
+
+    __slots__ = (
+        "_closed",
+        "_queue",
+        "_send",
+        "_wakeup",
+        "_writer",
+        "close_code",
+        "close_reason",
+        "connection_id",
+        "last_version",
+        "max_queue",
+        "session_id",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        connection_id: str,
+        user_id: str,
+        session_id: str,
+        max_queue: int = 1024,
+    ) -> None:
+        self._send = send
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.session_id = session_id
+        self.max_queue = max_queue
+        #: version of the last count sent; older counts are dropped so the badge never regresses
+        self.last_version = -1
+        self._queue: deque[str] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._writer: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def push(self, text: str) -> None:
+        """Queue a frame. A full queue closes the connection as too slow."""
+        if self._closed:
+            return
+        if len(self._queue) >= self.max_queue:
+            logger.warning(
+                "closing slow connection %s of user %s: %d frames queued",
+                self.connection_id,
+                self.user_id,
+                len(self._queue),
+            )
+            self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
+            return
+        self._queue.append(text)
+        self._wakeup.set()
+
+    def push_count(self, count: int, version: int, text: str | None = None) -> None:
+        """Queue a count frame unless the device already has this version or a newer one."""
+        if version <= self.last_version:
+            return
+        self.last_version = version
+        self.push(text if text is not None else protocol.count_changed(count, version))
+
+    def close(self, code: int = protocol.CLOSE_NORMAL, reason: str = "") -> None:
+        """Ask the writer to stop; frames still queued are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self._queue.clear()
+        self._wakeup.set()
+        # A writer blocked on a client that stopped reading would never see the flag.
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+
+    def start_writer(self) -> asyncio.Task[None]:
+        """Start the task that drains the queue into the socket."""
+        self._writer = asyncio.create_task(self._write_loop())
+        return self._writer
+
+    async def _write_loop(self) -> None:
+        queue, send = self._queue, self._send
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while queue:
+                await send({"type": "websocket.send", "text": queue.popleft()})
+            if self._closed:
+                return

@@ -1,0 +1,194 @@
+"""Wire contract v1 as a sans-I/O codec: text in, typed frames out, and back.
+
+Nothing here touches a socket, so the whole contract is testable without a server.
+Every client frame is a UTF-8 JSON object with a ``type``; it may carry an ``id`` (a string of
+at most 128 characters or an integer) that the server's direct answer repeats. Unknown fields
+are ignored. A frame that breaks the contract raises :class:`~tidings.errors.ProtocolError`
+whose ``code`` goes into the ``error`` frame; the connection stays up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tidings.core.models import Notification
+from tidings.errors import ProtocolError
+
+# Error codes sent in ``error`` frames.
+INVALID_JSON = "invalid_json"
+INVALID_FRAME = "invalid_frame"
+UNKNOWN_TYPE = "unknown_type"
+FRAME_TOO_LARGE = "frame_too_large"
+BINARY_FRAME = "binary_frame"
+NOT_AUTHENTICATED = "not_authenticated"
+ALREADY_AUTHENTICATED = "already_authenticated"
+NOT_FOUND = "not_found"
+UNAVAILABLE = "unavailable"
+INTERNAL = "internal_error"
+
+# Close codes.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_AUTH_TIMEOUT = 4408
+
+# Limits that are part of the contract.
+MAX_ID_LENGTH = 128
+MAX_TOKEN_LENGTH = 8192
+MAX_IDS_PER_FRAME = 1000
+DEFAULT_UNSEEN_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    id: str | int | None
+    token: str
+    session_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class GetUnseen:
+    id: str | int | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkSeen:
+    id: str | int | None
+    notification_ids: list[str]
+
+
+ClientFrame = Authenticate | GetUnseen | MarkSeen
+
+
+def parse_frame(text: str, *, max_unseen_page: int = 1000) -> ClientFrame:
+    """Decode one client text frame.
+
+    Raises:
+        ProtocolError: the frame is not JSON, not an object, has an unknown ``type`` or a
+            field of the wrong shape.
+    """
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(INVALID_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(INVALID_FRAME, "frame must be a JSON object")
+    frame_id = raw.get("id")
+    if frame_id is not None and not _valid_id(frame_id):
+        raise ProtocolError(
+            INVALID_FRAME, f"'id' must be a string of at most {MAX_ID_LENGTH} chars or an integer"
+        )
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(INVALID_FRAME, "frame needs a string 'type'", frame_id)
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}", frame_id)
+    return parser(raw, frame_id, max_unseen_page)
+
+
+def _valid_id(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**53) < value < 2**53
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH
+
+
+def _identifier(raw: dict[str, Any], key: str, frame_id: Any, *, required: bool) -> str | None:
+    value = raw.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+        raise ProtocolError(
+            INVALID_FRAME, f"'{key}' must be a string of 1 to {MAX_ID_LENGTH} chars", frame_id
+        )
+    return value
+
+
+def _parse_authenticate(raw: dict[str, Any], frame_id: Any, _: int) -> Authenticate:
+    token = raw.get("token")
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+        raise ProtocolError(INVALID_FRAME, "'token' must be a non-empty string", frame_id)
+    session_id = _identifier(raw, "session_id", frame_id, required=False)
+    return Authenticate(frame_id, token, session_id)
+
+
+def _parse_get_unseen(raw: dict[str, Any], frame_id: Any, max_page: int) -> GetUnseen:
+    limit = raw.get("limit", DEFAULT_UNSEEN_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= max_page:
+        raise ProtocolError(
+            INVALID_FRAME, f"'limit' must be an integer from 1 to {max_page}", frame_id
+        )
+    return GetUnseen(frame_id, limit)
+
+
+def _parse_mark_seen(raw: dict[str, Any], frame_id: Any, _: int) -> MarkSeen:
+    ids = raw.get("notification_ids")
+    if (
+        not isinstance(ids, list)
+        or not 0 < len(ids) <= MAX_IDS_PER_FRAME
+        or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_LENGTH for i in ids)
+    ):
+        raise ProtocolError(
+            INVALID_FRAME,
+            f"'notification_ids' must be a list of 1 to {MAX_IDS_PER_FRAME} non-empty strings",
+            frame_id,
+        )
+    return MarkSeen(frame_id, ids)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], Any, int], ClientFrame]] = {
+    "authenticate": _parse_authenticate,
+    "getUnseen": _parse_get_unseen,
+    "markSeen": _parse_mark_seen,
+}
+
+
+# Server → client. Each returns the frame's text, ready for ``websocket.send``.
+
+
+def _encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def welcome(*, connection_id: str, session_id: str, user_id: str, node: str) -> str:
+    return _encode(
+        {
+            "type": "welcome",
+            "connection_id": connection_id,
+            "session_id": session_id,
+            "user_id": user_id,
+            "node": node,
+        }
+    )
+
+
+def count_changed(count: int, version: int) -> str:
+    return _encode({"type": "newNotificationCountChanged", "count": count, "version": version})
+
+
+def notification_data(frame_id: Any, notifications: Iterable[Notification]) -> str:
+    return _encode(
+        {
+            "type": "newNotificationData",
+            "id": frame_id,
+            "notifications": [n.to_dict() for n in notifications],
+        }
+    )
+
+
+def reply(frame_id: Any, **fields: Any) -> str:
+    return _encode({"type": "reply", "id": frame_id, **fields})
+
+
+def error(frame_id: Any, code: str, message: str, **fields: Any) -> str:
+    return _encode({"type": "error", "id": frame_id, "code": code, "message": message, **fields})

@@ -1,0 +1,133 @@
+"""The :class:`Store` interface every storage backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from tidings.core.models import (
+    Device,
+    MarkSeenResult,
+    Notification,
+    NotifyResult,
+    ServiceClient,
+    UnseenCount,
+)
+
+
+class Store(ABC):
+    """Durable state of tidings: notifications, unseen counts, devices, service clients.
+
+    Counts are maintained in the transaction that changes them, so an event can carry the
+    new ``(count, version)`` and no node ever re-counts. Every method raises
+    :class:`~tidings.errors.StoreUnavailable` when the database cannot be reached, having
+    written nothing.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    # Lifecycle
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Check the database answers.
+
+        Raises:
+            StoreUnavailable: it does not.
+        """
+
+    # Notifications and counts
+
+    @abstractmethod
+    async def create_notification(
+        self, user_id: str, data: Any, notification_id: str | None = None
+    ) -> NotifyResult:
+        """Insert a notification and bump the user's unseen count, in one transaction.
+
+        ``data`` is any JSON-serialisable value. When ``notification_id`` already exists for
+        the same user with equal data, nothing is written and the existing notification is
+        returned with ``created=False`` (idempotent retries).
+
+        Raises:
+            Conflict: ``notification_id`` exists for another user or with other data.
+        """
+
+    @abstractmethod
+    async def unseen(self, user_id: str, limit: int) -> list[Notification]:
+        """The user's oldest ``limit`` unseen notifications, in creation order."""
+
+    @abstractmethod
+    async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
+        """Set ``seen_date`` on the given notifications of this user, in one transaction.
+
+        Ids already seen are accepted and left alone. The count and version change only if
+        at least one notification changed.
+
+        Raises:
+            NotFound: an id is unknown or belongs to another user; nothing was changed.
+        """
+
+    @abstractmethod
+    async def count(self, user_id: str) -> UnseenCount:
+        """The user's current unseen count and version (``0, 0`` for an unknown user)."""
+
+    # Devices
+
+    @abstractmethod
+    async def bind_device(self, user_id: str, connection_id: str | None) -> Device:
+        """Return the device ``connection_id`` of this user, creating it if needed.
+
+        A well-formed ``connection_id`` (8 to 64 of ``A-Z a-z 0-9 _ -``) that is unknown is
+        created for this user as given, so a client may choose its own. One that is malformed
+        or bound to another user is ignored and a new one is issued: a device id never moves
+        between users.
+        """
+
+    # Service clients
+
+    @abstractmethod
+    async def create_client(
+        self, client_id: str, name: str, scopes: Iterable[str], secret_hash: str
+    ) -> ServiceClient:
+        """Register an OAuth2 client; the secret is stored only as ``secret_hash``."""
+
+    @abstractmethod
+    async def get_client(self, client_id: str) -> ServiceClient | None:
+        """The client, or ``None`` if unknown or deleted."""
+
+    @abstractmethod
+    async def list_clients(self) -> list[ServiceClient]:
+        """Every registered client, oldest first."""
+
+    @abstractmethod
+    async def delete_client(self, client_id: str) -> bool:
+        """Remove a client; ``True`` if it existed. Tokens it holds expire on their own."""
+
+    # Keys
+
+    @abstractmethod
+    async def get_or_create_key(self, name: str, factory: Callable[[], str]) -> str:
+        """A server-wide secret, created once with ``factory`` and shared by every node."""
