@@ -79,7 +79,10 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if banner:
         _print_banner(settings)
-    run(settings, log_level=log_level)
+    try:
+        run(settings, log_level=log_level)
+    except TidingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _print_banner(settings: Settings) -> None:

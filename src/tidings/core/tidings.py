@@ -44,18 +44,24 @@ class Tidings:
         async with Tidings(store="sqlite:///app.db") as tidings:
             await tidings.notify("alice", {"text": "Your order shipped"})
 
-    Settings not passed come from ``TIDINGS_*`` environment variables, then defaults.
+    ``store`` and ``bus`` take a URL or a backend instance. Settings not passed come from
+    ``TIDINGS_*`` environment variables, then defaults.
     """
 
     def __init__(
         self,
         settings: Settings | None = None,
         *,
-        store: Store | None = None,
-        bus: Bus | None = None,
+        store: Store | str | None = None,
+        bus: Bus | str | None = None,
         authenticator: DeviceAuthenticator | None = None,
         **overrides: Any,
     ) -> None:
+        # A URL selects a backend like the setting does; an instance is used as it is.
+        if isinstance(store, str):
+            overrides["store"], store = store, None
+        if isinstance(bus, str):
+            overrides["bus"], bus = bus, None
         if settings is None:
             settings = Settings(**overrides)
         elif overrides:

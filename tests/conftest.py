@@ -1,0 +1,170 @@
+"""Shared fixtures: real server processes, device tokens, service credentials.
+
+Servers are real ``tidings serve`` processes on free loopback ports with their own SQLite file;
+tests talk to them with real WebSocket and HTTP clients.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tidings.auth.jwt import JwtAuthenticator
+
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A ``tidings serve`` child process."""
+
+    db_path: Path
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite:///{self.db_path}"
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+        env.update(
+            TIDINGS_STORE=self.store_url,
+            TIDINGS_PORT=str(self.port),
+            TIDINGS_HOST="127.0.0.1",
+            TIDINGS_JWT_SECRET=JWT_SECRET,
+            TIDINGS_NODE_ID=f"node-{self.port}",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.env)
+        return env
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.log_path = self.db_path.with_suffix(f".{self.port}.log")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tidings", "serve", "--log-level", "warning"],
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = self.environment()
+        return subprocess.run(
+            [sys.executable, "-m", "tidings", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
+    def create_client(self, *scopes: str) -> tuple[str, str]:
+        import json
+
+        args = ["clients", "create", "test"]
+        for scope in scopes:
+            args += ["--scope", scope]
+        created = json.loads(self.cli(*args).stdout)
+        return created["client_id"], created["client_secret"]
+
+    def service_token(self, *scopes: str) -> str:
+        client_id, secret = self.create_client(*scopes)
+        response = httpx.post(
+            f"{self.url}/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client_id, secret),
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+
+def device_token(user_id: str, **extra: object) -> str:
+    """A device JWT the test servers accept."""
+    return JwtAuthenticator(JWT_SECRET).issue(user_id, **extra)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """``start_server(db_path=None, port=None, **env)``: a server killed at the test's end."""
+    started: list[ServerProcess] = []
+
+    def start(db_path: Path | None = None, port: int | None = None, **env: str) -> ServerProcess:
+        proc = ServerProcess(db_path or tmp_path / "tidings.db", env=env)
+        if port is not None:
+            proc.port = port
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per test module (SQLite file, memory bus)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("server") / "tidings.db").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def notify_token(server: ServerProcess) -> str:
+    """A service token with scope ``notify`` for the module's server."""
+    return server.service_token("notify")

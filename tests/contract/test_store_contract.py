@@ -1,0 +1,149 @@
+"""The Store contract: every backend passes the same tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tidings.errors import Conflict, NotFound, StoreError
+from tidings.storage import Store, create_store
+
+
+@pytest.fixture(params=[pytest.param("sqlite", id="sqlite")])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    url = {"sqlite": f"sqlite:///{tmp_path}/contract.db"}[request.param]
+    async with create_store(url) as store:
+        yield store
+
+
+async def test_new_user_has_zero_count(store: Store) -> None:
+    """An unknown user has count 0 at version 0."""
+    count = await store.count("nobody")
+    assert (count.count, count.version) == (0, 0)
+
+
+async def test_create_bumps_count_and_version(store: Store) -> None:
+    """Each created notification raises the count and the version by one."""
+    first = await store.create_notification("u1", {"n": 1})
+    second = await store.create_notification("u1", {"n": 2})
+    assert first.created and second.created
+    assert first.count is not None and second.count is not None
+    assert (first.count.count, first.count.version) == (1, 1)
+    assert (second.count.count, second.count.version) == (2, 2)
+    assert await store.count("u1") == second.count
+
+
+async def test_create_is_idempotent_by_id(store: Store) -> None:
+    """The same notification_id and content returns the first notification, writing nothing."""
+    first = await store.create_notification("u1", {"a": 1, "b": 2}, "n-1")
+    again = await store.create_notification("u1", {"b": 2, "a": 1}, "n-1")
+    assert not again.created and again.count is None
+    assert again.notification == first.notification
+    assert (await store.count("u1")).count == 1
+
+
+async def test_create_conflicts_on_other_content_or_user(store: Store) -> None:
+    """A notification_id reused for other data or another user is a conflict."""
+    await store.create_notification("u1", {"a": 1}, "n-1")
+    with pytest.raises(Conflict):
+        await store.create_notification("u1", {"a": 2}, "n-1")
+    with pytest.raises(Conflict):
+        await store.create_notification("u2", {"a": 1}, "n-1")
+    assert (await store.count("u2")).count == 0
+
+
+async def test_unseen_in_creation_order_with_limit(store: Store) -> None:
+    """unseen() returns the oldest unseen notifications first, at most ``limit``."""
+    for i in range(5):
+        await store.create_notification("u1", {"i": i})
+    page = await store.unseen("u1", 3)
+    assert [n.data["i"] for n in page] == [0, 1, 2]
+    assert all(n.seen_date is None and n.user_id == "u1" for n in page)
+
+
+async def test_mark_seen_changes_count_once(store: Store) -> None:
+    """Marking seen lowers the count by the number changed; repeating changes nothing."""
+    ids = [
+        (await store.create_notification("u1", i)).notification.notification_id for i in range(3)
+    ]
+    result = await store.mark_seen("u1", ids[:2])
+    assert sorted(result.marked) == sorted(ids[:2])
+    assert result.count is not None and (result.count.count, result.count.version) == (1, 4)
+    again = await store.mark_seen("u1", ids[:2])
+    assert again.marked == [] and again.count is None
+    assert [n.notification_id for n in await store.unseen("u1", 10)] == [ids[2]]
+
+
+async def test_mark_seen_refuses_foreign_and_unknown_ids(store: Store) -> None:
+    """Another user's or unknown ids raise NotFound and nothing at all is marked."""
+    mine = (await store.create_notification("u1", "m")).notification.notification_id
+    theirs = (await store.create_notification("u2", "t")).notification.notification_id
+    with pytest.raises(NotFound) as info:
+        await store.mark_seen("u1", [mine, theirs, "nope"])
+    assert sorted(info.value.ids) == sorted([theirs, "nope"])
+    assert (await store.count("u1")).count == 1
+    assert (await store.count("u2")).count == 1
+    assert len(await store.unseen("u2", 10)) == 1
+
+
+async def test_concurrent_writes_are_all_committed(store: Store) -> None:
+    """Many concurrent notifies (grouped into few transactions) each count exactly once."""
+    results = await asyncio.gather(*(store.create_notification("u1", i) for i in range(200)))
+    versions = sorted(r.count.version for r in results if r.count)
+    assert versions == list(range(1, 201))
+    assert (await store.count("u1")).count == 200
+
+
+async def test_failed_item_does_not_spoil_its_batch(store: Store) -> None:
+    """A conflict inside a group commit fails only that call."""
+    await store.create_notification("u1", "x", "taken")
+    outcomes = await asyncio.gather(
+        store.create_notification("u1", "a"),
+        store.create_notification("u1", "other", "taken"),
+        store.create_notification("u1", "b"),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], Conflict)
+    assert (await store.count("u1")).count == 3
+
+
+async def test_bind_device_keeps_own_id_and_refuses_foreign(store: Store) -> None:
+    """A device id stays with its user; another user presenting it gets a new one."""
+    first = await store.bind_device("u1", None)
+    again = await store.bind_device("u1", first.connection_id)
+    assert again.connection_id == first.connection_id
+    stolen = await store.bind_device("u2", first.connection_id)
+    assert stolen.connection_id != first.connection_id and stolen.user_id == "u2"
+    chosen = await store.bind_device("u1", "my-own-device-id")
+    assert chosen.connection_id == "my-own-device-id"
+    malformed = await store.bind_device("u1", "bad id!")
+    assert malformed.connection_id != "bad id!"
+
+
+async def test_clients_roundtrip(store: Store) -> None:
+    """Clients are stored with their hash and scopes, listed and deleted."""
+    await store.create_client("c1", "app", {"notify", "publish"}, "hash")
+    client = await store.get_client("c1")
+    assert client is not None and client.scopes == {"notify", "publish"}
+    assert client.secret_hash == "hash"
+    assert [c.client_id for c in await store.list_clients()] == ["c1"]
+    assert await store.delete_client("c1")
+    assert await store.get_client("c1") is None
+    assert not await store.delete_client("c1")
+
+
+async def test_keys_are_created_once(store: Store) -> None:
+    """get_or_create_key keeps the first value."""
+    first = await store.get_or_create_key("k", lambda: "one")
+    second = await store.get_or_create_key("k", lambda: "two")
+    assert first == second == "one"
+
+
+async def test_unstarted_store_refuses(tmp_path: Path) -> None:
+    """Calls before start() raise a StoreError naming the mistake."""
+    store = create_store(f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(StoreError, match="not started"):
+        await store.count("u")

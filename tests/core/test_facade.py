@@ -1,0 +1,133 @@
+"""The Tidings facade in-process: notify, counts, mark seen, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tidings import Tidings
+from tidings.errors import InvalidArgument, NotFound, PayloadTooLarge
+from tidings.gateway.connection import Connection
+
+SECRET = "facade-secret-" + "y" * 32
+
+
+def make(tmp_path: Path, **overrides: object) -> Tidings:
+    return Tidings(store=f"sqlite:///{tmp_path}/t.db", jwt_secret=SECRET, **overrides)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+class Sink:
+    """A fake socket that records what a Connection writes."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    async def __call__(self, message: dict[str, object]) -> None:
+        self.frames.append(str(message["text"]))
+
+
+async def test_notify_persists_and_counts(tmp_path: Path) -> None:
+    """notify() commits the notification and returns the new count."""
+    async with make(tmp_path) as tidings:
+        result = await tidings.notify("alice", {"text": "hi"})
+        assert result.created and result.count is not None
+        assert (result.count.count, result.count.version) == (1, 1)
+        unseen = await tidings.unseen("alice")
+        assert [n.data for n in unseen] == [{"text": "hi"}]
+
+
+async def test_count_events_reach_local_connections(tmp_path: Path) -> None:
+    """A registered connection is pushed every change of its user's count, not others'."""
+    async with make(tmp_path) as tidings:
+        sink, other_sink = Sink(), Sink()
+        mine = Connection(sink, connection_id="c1", user_id="alice", session_id="s")
+        other = Connection(other_sink, connection_id="c2", user_id="bob", session_id="s")
+        await tidings.registry.add(mine)
+        await tidings.registry.add(other)
+        writers = [mine.start_writer(), other.start_writer()]
+        result = await tidings.notify("alice", "x")
+        await tidings.mark_seen("alice", [result.notification.notification_id])
+        await eventually(lambda: len(sink.frames) >= 2)
+        mine.close()
+        other.close()
+        for task in writers:
+            with pytest.raises(BaseException):  # noqa: B017 - cancelled by close()
+                await task
+        assert sink.frames == [
+            '{"type":"newNotificationCountChanged","count":1,"version":1}',
+            '{"type":"newNotificationCountChanged","count":0,"version":2}',
+        ]
+        assert other_sink.frames == []
+
+
+async def test_stale_versions_are_not_pushed(tmp_path: Path) -> None:
+    """A count older than what the device has is dropped."""
+    sink = Sink()
+    conn = Connection(sink, connection_id="c", user_id="u", session_id="s")
+    conn.push_count(2, 5)
+    conn.push_count(1, 4)
+    conn.push_count(3, 6)
+    writer = conn.start_writer()
+    await eventually(lambda: len(sink.frames) >= 2)
+    conn.close()
+    with pytest.raises(BaseException):  # noqa: B017
+        await writer
+    assert sink.frames == [
+        '{"type":"newNotificationCountChanged","count":2,"version":5}',
+        '{"type":"newNotificationCountChanged","count":3,"version":6}',
+    ]
+
+
+async def test_full_queue_closes_slow_connection() -> None:
+    """A connection whose queue overflows is closed with 1013, not allowed to grow."""
+    conn = Connection(Sink(), connection_id="c", user_id="u", session_id="s", max_queue=3)
+    for i in range(4):
+        conn.push(str(i))
+    assert conn.closed and conn.close_code == 1013
+
+
+async def test_restart_keeps_notifications_and_counts(tmp_path: Path) -> None:
+    """Closing and reopening on the same file keeps every notification and count."""
+    async with make(tmp_path) as tidings:
+        for i in range(3):
+            await tidings.notify("alice", i)
+        first = (await tidings.unseen("alice"))[0]
+        await tidings.mark_seen("alice", [first.notification_id])
+    async with make(tmp_path) as tidings:
+        count = await tidings.count("alice")
+        assert (count.count, count.version) == (2, 4)
+        assert [n.data for n in await tidings.unseen("alice")] == [1, 2]
+
+
+async def test_bad_arguments_change_nothing(tmp_path: Path) -> None:
+    """Bad user ids, non-JSON or oversized data and foreign ids are refused."""
+    async with make(tmp_path, max_notification_size=100) as tidings:
+        with pytest.raises(InvalidArgument):
+            await tidings.notify("", "x")
+        with pytest.raises(InvalidArgument):
+            await tidings.notify("u", object())
+        with pytest.raises(PayloadTooLarge):
+            await tidings.notify("u", "x" * 200)
+        theirs = await tidings.notify("bob", "secret")
+        with pytest.raises(NotFound):
+            await tidings.mark_seen("alice", [theirs.notification.notification_id])
+        assert (await tidings.count("bob")).count == 1
+        assert (await tidings.count("u")).count == 0
+
+
+async def test_generated_device_secret_is_shared_through_the_store(tmp_path: Path) -> None:
+    """Without TIDINGS_JWT_SECRET a key is generated once and reused by the next start."""
+    url = f"sqlite:///{tmp_path}/k.db"
+    async with Tidings(store=url, jwt_secret=None) as one:
+        token = one.authenticator.issue("alice")  # type: ignore[attr-defined]
+    async with Tidings(store=url, jwt_secret=None) as two:
+        assert (await two.authenticator.authenticate(token)).user_id == "alice"

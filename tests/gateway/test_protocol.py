@@ -1,0 +1,116 @@
+"""The sans-I/O codec of wire contract v1."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from tidings.core.models import Notification
+from tidings.errors import ProtocolError
+from tidings.gateway import protocol
+
+
+def test_parses_authenticate() -> None:
+    """authenticate carries a token and an optional session id."""
+    frame = protocol.parse_frame('{"type":"authenticate","token":"t","session_id":"s","x":1}')
+    assert frame == protocol.Authenticate(None, "t", "s")
+
+
+def test_parses_get_unseen_with_default_limit() -> None:
+    """getUnseen defaults its limit and keeps the id."""
+    assert protocol.parse_frame('{"type":"getUnseen","id":7}') == protocol.GetUnseen(7, 100)
+    assert protocol.parse_frame('{"type":"getUnseen","id":"a","limit":5}').limit == 5
+
+
+def test_parses_mark_seen() -> None:
+    """markSeen carries a list of ids."""
+    frame = protocol.parse_frame('{"type":"markSeen","id":1,"notification_ids":["a","b"]}')
+    assert frame == protocol.MarkSeen(1, ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{not json", protocol.INVALID_JSON),
+        ("[1,2]", protocol.INVALID_FRAME),
+        ('"hello"', protocol.INVALID_FRAME),
+        ('{"id":1}', protocol.INVALID_FRAME),
+        ('{"type":5}', protocol.INVALID_FRAME),
+        ('{"type":"launchMissiles","id":1}', protocol.UNKNOWN_TYPE),
+        ('{"type":"getUnseen","limit":0}', protocol.INVALID_FRAME),
+        ('{"type":"getUnseen","limit":"10"}', protocol.INVALID_FRAME),
+        ('{"type":"getUnseen","limit":true}', protocol.INVALID_FRAME),
+        ('{"type":"getUnseen","limit":100000}', protocol.INVALID_FRAME),
+        ('{"type":"markSeen","notification_ids":[]}', protocol.INVALID_FRAME),
+        ('{"type":"markSeen","notification_ids":"a"}', protocol.INVALID_FRAME),
+        ('{"type":"markSeen","notification_ids":[1]}', protocol.INVALID_FRAME),
+        ('{"type":"authenticate"}', protocol.INVALID_FRAME),
+        ('{"type":"authenticate","token":"t","session_id":7}', protocol.INVALID_FRAME),
+        ('{"type":"getUnseen","id":{"nested":1}}', protocol.INVALID_FRAME),
+        ('{"type":"getUnseen","id":"' + "x" * 200 + '"}', protocol.INVALID_FRAME),
+    ],
+)
+def test_bad_frames_raise_protocol_errors(text: str, code: str) -> None:
+    """Each malformed frame is refused with its own error code."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_frame(text)
+    assert info.value.code == code
+
+
+def test_error_keeps_the_frame_id_when_known() -> None:
+    """A frame with a usable id gets its error addressed to that id."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_frame('{"type":"nope","id":"q1"}')
+    assert info.value.frame_id == "q1"
+
+
+def test_too_many_ids_are_refused() -> None:
+    """markSeen accepts at most MAX_IDS_PER_FRAME ids."""
+    ids = [str(i) for i in range(protocol.MAX_IDS_PER_FRAME + 1)]
+    text = orjson.dumps({"type": "markSeen", "notification_ids": ids}).decode()
+    with pytest.raises(ProtocolError):
+        protocol.parse_frame(text)
+
+
+def test_server_frames_have_contract_shapes() -> None:
+    """Server frames carry exactly the fields of wire contract v1."""
+    welcome = orjson.loads(
+        protocol.welcome(connection_id="c", session_id="s", user_id="u", node="n")
+    )
+    assert welcome == {
+        "type": "welcome",
+        "connection_id": "c",
+        "session_id": "s",
+        "user_id": "u",
+        "node": "n",
+    }
+    assert orjson.loads(protocol.count_changed(3, 9)) == {
+        "type": "newNotificationCountChanged",
+        "count": 3,
+        "version": 9,
+    }
+    note = Notification("n1", "u", {"k": 1}, datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+    data = orjson.loads(protocol.notification_data(4, [note]))
+    assert data == {
+        "type": "newNotificationData",
+        "id": 4,
+        "notifications": [
+            {
+                "notification_id": "n1",
+                "user_id": "u",
+                "data": {"k": 1},
+                "creation_date": "2026-01-02T03:04:05.000006Z",
+                "seen_date": None,
+            }
+        ],
+    }
+    error = orjson.loads(protocol.error("x", "not_found", "gone", notification_ids=["a"]))
+    assert error == {
+        "type": "error",
+        "id": "x",
+        "code": "not_found",
+        "message": "gone",
+        "notification_ids": ["a"],
+    }
