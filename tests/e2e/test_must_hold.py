@@ -768,3 +768,105 @@ async def test_health_is_200(server: ServerProcess) -> None:
     async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=10) as http:
         response = await http.get("/health")
     assert response.status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# Extra contract checks: races, convergence, unauthenticated frames, cookie ownership
+# --------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_notifies_versions_strictly_increase_and_converge(
+    server: ServerProcess, notify_token: str
+) -> None:
+    """Ten concurrent notifies: each device sees every change, versions strictly increase."""
+    alice = uid("alice")
+    total = 10
+    async with device(server, alice) as a1, device(server, alice) as a2:
+        await asyncio.gather(*(notify(server, notify_token, alice, {"i": i}) for i in range(total)))
+        last: list[Frame] = []
+        for dev in (a1, a2):
+            updates = [await dev.expect_count() for _ in range(total)]
+            versions = [u["version"] for u in updates]
+            assert versions == sorted(set(versions)), f"versions not strictly increasing: {updates}"
+            assert versions[0] > dev.initial_count["version"], updates
+            assert updates[-1]["count"] == total, updates
+            last.append(updates[-1])
+        assert last[0] == last[1], last
+        assert len(await a1.get_unseen(limit=100)) == total
+
+
+async def test_concurrent_same_notification_id_creates_one(
+    server: ServerProcess, notify_token: str
+) -> None:
+    """Five concurrent notifies with one notification_id: one 201, the rest 200, count 1."""
+    alice = uid("alice")
+    nid = f"n-{uuid.uuid4().hex}"
+    body = {"user_id": alice, "data": {"race": True}, "notification_id": nid}
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=10) as http:
+        responses = await asyncio.gather(
+            *(http.post("/notify", json=body, headers=bearer(notify_token)) for _ in range(5))
+        )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 200, 200, 201], [(r.status_code, r.text) for r in responses]
+    assert len({r.json()["notification_id"] for r in responses}) == 1
+    async with device(server, alice) as dev:
+        assert dev.initial_count["count"] == 1
+        assert [n["notification_id"] for n in await dev.get_unseen()] == [nid]
+
+
+async def test_concurrent_mark_seen_of_same_id_decrements_once(
+    server: ServerProcess, notify_token: str
+) -> None:
+    """Two devices marking the same notification seen at once leave the count at 0, not -1."""
+    alice = uid("alice")
+    created = await notify(server, notify_token, alice, {"x": 1})
+    keep = await notify(server, notify_token, alice, {"x": 2})
+    async with device(server, alice) as a1, device(server, alice) as a2:
+        assert a1.initial_count["count"] == 2
+        ids = [created["notification_id"]]
+        await asyncio.gather(
+            a1.send({"type": "markSeen", "id": "m1", "notification_ids": ids}),
+            a2.send({"type": "markSeen", "id": "m2", "notification_ids": ids}),
+        )
+        await a1.expect_answer("m1")
+        await a2.expect_answer("m2")
+        await asyncio.sleep(0.3)
+    async with device(server, alice) as again:
+        assert again.initial_count["count"] == 1, again.initial_count
+        unseen = await again.get_unseen()
+        assert [n["notification_id"] for n in unseen] == [keep["notification_id"]]
+
+
+async def test_unauthenticated_frames_get_no_data(server: ServerProcess, notify_token: str) -> None:
+    """Before authenticating, other frames are not served and the socket is still closed."""
+    alice = uid("alice")
+    await notify(server, notify_token, alice, {"private": True})
+    async with open_ws(server.ws_url) as ws:
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(9):
+                for _ in range(8):
+                    await ws.send(json.dumps({"type": "getUnseen", "id": "sneak", "limit": 10}))
+                    try:
+                        async with asyncio.timeout(1):
+                            frame = json.loads(await ws.recv())
+                    except TimeoutError:
+                        continue
+                    assert frame.get("type") not in {
+                        "welcome",
+                        "newNotificationData",
+                        "newNotificationCountChanged",
+                    }, f"unauthenticated socket was served: {frame}"
+                await ws.recv()
+        assert time.monotonic() - started <= 8.0
+
+
+async def test_cookie_of_user_survives_other_users_attempt(server: ServerProcess) -> None:
+    """After another user presents alice's tidings_cid, alice's reconnect still keeps it."""
+    alice, bob = uid("alice"), uid("bob")
+    async with device(server, alice) as first:
+        cid = first.welcome["connection_id"]
+    async with device(server, bob, cookie=cid) as other:
+        assert other.welcome["connection_id"] != cid
+    async with device(server, alice, cookie=cid) as back:
+        assert back.welcome["connection_id"] == cid
