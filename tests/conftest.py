@@ -168,3 +168,75 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def notify_token(server: ServerProcess) -> str:
     """A service token with scope ``notify`` for the module's server."""
     return server.service_token("notify")
+
+
+# Real services. URLs come from the environment; tests that need a service skip on a laptop
+# without it and fail in CI (CI=true), where .ci/run has started them.
+
+POSTGRES_URL = os.environ.get(
+    "TIDINGS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("TIDINGS_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def require_service(name: str, url: str) -> None:
+    """Skip (or, in CI, fail) unless ``url``'s host and port accept a TCP connection."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 2):
+            return
+    except OSError as exc:
+        message = f"{name} is not reachable at {url}: {exc}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def create_database() -> str:
+    """A fresh, empty PostgreSQL database; returns its URL."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    require_service("PostgreSQL", POSTGRES_URL)
+    name = f"tidings_t_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_database(url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    name = url.rpartition("/")[2]
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test."""
+    url = create_database()
+    yield url
+    drop_database(url)

@@ -8,15 +8,24 @@ from pathlib import Path
 
 import pytest
 
+from conftest import create_database, drop_database
+from tidings.core.models import Presence, utcnow
 from tidings.errors import Conflict, NotFound, StoreError
 from tidings.storage import Store, create_store
 
 
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite")])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = {"sqlite": f"sqlite:///{tmp_path}/contract.db"}[request.param]
-    async with create_store(url) as store:
-        yield store
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/contract.db"
+    else:
+        url = await asyncio.to_thread(create_database)
+    try:
+        async with create_store(url) as store:
+            yield store
+    finally:
+        if request.param == "postgres":
+            await asyncio.to_thread(drop_database, url)
 
 
 async def test_new_user_has_zero_count(store: Store) -> None:
@@ -147,3 +156,46 @@ async def test_unstarted_store_refuses(tmp_path: Path) -> None:
     store = create_store(f"sqlite:///{tmp_path}/x.db")
     with pytest.raises(StoreError, match="not started"):
         await store.count("u")
+
+
+def presence(socket_id: str, user_id: str, node_id: str) -> Presence:
+    return Presence(socket_id, f"cid-{socket_id}", user_id, "session", node_id, utcnow())
+
+
+async def test_heartbeat_registers_then_refreshes(store: Store) -> None:
+    """The first heartbeat creates the node (False); later ones refresh it (True)."""
+    assert await store.heartbeat("n1", "http://a:1") is False
+    assert await store.heartbeat("n1", "http://a:1") is True
+    nodes = await store.list_nodes()
+    assert [(n.node_id, n.uri) for n in nodes] == [("n1", "http://a:1")]
+
+
+async def test_presence_by_user_and_node(store: Store) -> None:
+    """Sockets are listed by user or by node; re-adding one is harmless; removal forgets it."""
+    await store.add_presence([presence("s1", "alice", "n1"), presence("s2", "alice", "n2")])
+    await store.add_presence([presence("s3", "bob", "n1"), presence("s1", "alice", "n1")])
+    assert {p.socket_id for p in await store.presence(user_id="alice")} == {"s1", "s2"}
+    assert {p.socket_id for p in await store.presence(node_id="n1")} == {"s1", "s3"}
+    assert len(await store.presence()) == 3
+    await store.remove_presence("s1")
+    assert {p.socket_id for p in await store.presence(user_id="alice")} == {"s2"}
+
+
+async def test_reaping_removes_silent_nodes_and_their_sockets(store: Store) -> None:
+    """A node silent past the limit is reaped with its sockets; live nodes stay."""
+    await store.heartbeat("dead", "u")
+    await asyncio.sleep(0.3)
+    await store.heartbeat("alive", "u")
+    await store.add_presence([presence("s1", "alice", "dead"), presence("s2", "bob", "alive")])
+    assert await store.reap_nodes(stale_after=0.2) == ["dead"]
+    assert [n.node_id for n in await store.list_nodes()] == ["alive"]
+    assert [p.socket_id for p in await store.presence()] == ["s2"]
+    assert await store.heartbeat("dead", "u") is False  # it comes back as a new node
+
+
+async def test_remove_node_forgets_its_sockets(store: Store) -> None:
+    """A clean shutdown removes the node and its registry rows."""
+    await store.heartbeat("n1", "u")
+    await store.add_presence([presence("s1", "alice", "n1")])
+    await store.remove_node("n1")
+    assert await store.list_nodes() == [] and await store.presence() == []

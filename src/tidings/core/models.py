@@ -88,3 +88,25 @@ class Device:
     user_id: str
     created_at: datetime
     last_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """One open WebSocket of a device: a row of the cluster's ``notification_registry``."""
+
+    socket_id: str
+    connection_id: str
+    user_id: str
+    session_id: str
+    node_id: str
+    connected_since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node of the cluster and its last heartbeat."""
+
+    node_id: str
+    uri: str
+    started_at: datetime
+    heartbeat_at: datetime

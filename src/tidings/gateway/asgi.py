@@ -34,7 +34,7 @@ from tidings.errors import (
 )
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
-from tidings.storage.sqlite import CONNECTION_ID, new_id
+from tidings.storage._common import CONNECTION_ID, new_id
 
 if TYPE_CHECKING:
     from tidings.core.tidings import Tidings

@@ -8,6 +8,8 @@ from tidings.storage.base import Store
 #: URL scheme → ``"module:Class"``; modules are imported only when used.
 BACKENDS: dict[str, str] = {
     "sqlite": "tidings.storage.sqlite:SqliteStore",
+    "postgres": "tidings.storage.postgres:PostgresStore",
+    "postgresql": "tidings.storage.postgres:PostgresStore",
 }
 
 

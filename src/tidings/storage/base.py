@@ -10,8 +10,10 @@ from typing import Any, Self
 from tidings.core.models import (
     Device,
     MarkSeenResult,
+    NodeInfo,
     Notification,
     NotifyResult,
+    Presence,
     ServiceClient,
     UnseenCount,
 )
@@ -105,6 +107,42 @@ class Store(ABC):
         or bound to another user is ignored and a new one is issued: a device id never moves
         between users.
         """
+
+    # Cluster: nodes and the notification_registry
+
+    @abstractmethod
+    async def heartbeat(self, node_id: str, uri: str) -> bool:
+        """Record that ``node_id`` is alive; ``False`` if its row was gone (it had been reaped,
+        so the caller must register its sockets again)."""
+
+    @abstractmethod
+    async def reap_nodes(self, stale_after: float) -> list[str]:
+        """Delete nodes silent for more than ``stale_after`` seconds, and their sockets.
+
+        Returns the ids of the nodes removed.
+        """
+
+    @abstractmethod
+    async def remove_node(self, node_id: str) -> None:
+        """Delete a node and its sockets (at a clean shutdown)."""
+
+    @abstractmethod
+    async def list_nodes(self) -> list[NodeInfo]:
+        """Every registered node, by id."""
+
+    @abstractmethod
+    async def add_presence(self, presences: Sequence[Presence]) -> None:
+        """Register open sockets (re-registering one is harmless)."""
+
+    @abstractmethod
+    async def remove_presence(self, socket_id: str) -> None:
+        """Forget a closed socket."""
+
+    @abstractmethod
+    async def presence(
+        self, *, user_id: str | None = None, node_id: str | None = None
+    ) -> list[Presence]:
+        """Open sockets of a user, a node, or all, oldest first."""
 
     # Service clients
 

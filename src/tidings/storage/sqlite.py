@@ -10,12 +10,10 @@ Reads use their own connection on their own thread (WAL lets them run beside the
 from __future__ import annotations
 
 import asyncio
-import re
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -25,8 +23,10 @@ import orjson
 from tidings.core.models import (
     Device,
     MarkSeenResult,
+    NodeInfo,
     Notification,
     NotifyResult,
+    Presence,
     ServiceClient,
     UnseenCount,
     isoformat,
@@ -34,31 +34,16 @@ from tidings.core.models import (
     utcnow,
 )
 from tidings.errors import ConfigurationError, Conflict, NotFound, StoreError, StoreUnavailable
+from tidings.storage._common import (
+    CONNECTION_ID,
+    canonical_json,
+    load_migrations,
+    new_id,
+    split_sql,
+)
 from tidings.storage.base import Store
 
 T = TypeVar("T")
-
-CONNECTION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-
-
-def new_id() -> str:
-    """A random, URL-safe, 128-bit id."""
-    return secrets.token_urlsafe(16)
-
-
-def canonical_json(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-
-
-def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
-    """``(version, name, sql)`` of the packaged migrations of ``dialect``, in order."""
-    folder = resources.files("tidings.storage") / "migrations" / dialect
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql") and name[:3].isdigit():
-            found.append((int(name[:3]), name[:-4], entry.read_text(encoding="utf-8")))
-    return sorted(found)
 
 
 def _path_from_url(url: str) -> str:
@@ -141,7 +126,7 @@ class SqliteStore(Store):
             for version, name, sql in load_migrations("sqlite"):
                 if version in done:
                     continue
-                for statement in _split_sql(sql):
+                for statement in split_sql(sql):
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)",
@@ -359,6 +344,102 @@ class SqliteStore(Store):
 
         return await self._write(run)
 
+    # Cluster
+
+    async def heartbeat(self, node_id: str, uri: str) -> bool:
+        now = isoformat(utcnow())
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE nodes SET heartbeat_at = ?, uri = ? WHERE node_id = ?", (now, uri, node_id)
+            )
+            if cursor.rowcount:
+                return True
+            conn.execute("INSERT INTO nodes VALUES (?, ?, ?, ?)", (node_id, uri, now, now))
+            return False
+
+        return await self._write(run)
+
+    async def reap_nodes(self, stale_after: float) -> list[str]:
+        cutoff = isoformat(utcnow() - timedelta(seconds=stale_after))
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "DELETE FROM nodes WHERE heartbeat_at < ? RETURNING node_id", (cutoff,)
+            ).fetchall()
+            dead = [row[0] for row in rows]
+            for node_id in dead:
+                conn.execute("DELETE FROM notification_registry WHERE node_id = ?", (node_id,))
+            return dead
+
+        return await self._write(run)
+
+    async def remove_node(self, node_id: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+            conn.execute("DELETE FROM notification_registry WHERE node_id = ?", (node_id,))
+
+        await self._write(run)
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        def run(conn: sqlite3.Connection) -> list[NodeInfo]:
+            rows = conn.execute(
+                "SELECT node_id, uri, started_at, heartbeat_at FROM nodes ORDER BY node_id"
+            ).fetchall()
+            return [NodeInfo(r[0], r[1], parse_iso(r[2]), parse_iso(r[3])) for r in rows]
+
+        return await self._read(run)
+
+    async def add_presence(self, presences: Sequence[Presence]) -> None:
+        rows = [
+            (
+                p.socket_id,
+                p.connection_id,
+                p.user_id,
+                p.session_id,
+                p.node_id,
+                isoformat(p.connected_since),
+            )
+            for p in presences
+        ]
+        if not rows:
+            return
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO notification_registry VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+
+        await self._write(run)
+
+    async def remove_presence(self, socket_id: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM notification_registry WHERE socket_id = ?", (socket_id,))
+
+        await self._write(run)
+
+    async def presence(
+        self, *, user_id: str | None = None, node_id: str | None = None
+    ) -> list[Presence]:
+        clauses, params = [], []
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        if node_id is not None:
+            clauses.append("node_id = ?")
+            params.append(node_id)
+        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+
+        def run(conn: sqlite3.Connection) -> list[Presence]:
+            rows = conn.execute(
+                "SELECT socket_id, connection_id, user_id, session_id, node_id, connected_since "
+                f"FROM notification_registry {where}ORDER BY connected_since, socket_id",
+                params,
+            ).fetchall()
+            return [Presence(r[0], r[1], r[2], r[3], r[4], parse_iso(r[5])) for r in rows]
+
+        return await self._read(run)
+
     # Service clients
 
     async def create_client(
@@ -416,12 +497,6 @@ class SqliteStore(Store):
             return str(row[0])
 
         return await self._write(run)
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a migration file (they hold no ';' inside literals)."""
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
 def _notification(row: tuple[Any, ...]) -> Notification:

@@ -1,0 +1,429 @@
+"""PostgreSQL backend (asyncpg): state shared by every node of a cluster.
+
+``postgresql://user@host:5432/db`` (or ``postgres://``). Query parameters ``pool_min`` and
+``pool_max`` size the connection pool (default 1 and 10). Each operation is one transaction on a
+pooled connection; connections lost with the server are replaced on the next acquire, so service
+resumes by itself when the database comes back.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from tidings.core.models import (
+    Device,
+    MarkSeenResult,
+    NodeInfo,
+    Notification,
+    NotifyResult,
+    Presence,
+    ServiceClient,
+    UnseenCount,
+    utcnow,
+)
+from tidings.errors import (
+    ConfigurationError,
+    Conflict,
+    MissingDependencyError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from tidings.storage._common import (
+    CONNECTION_ID,
+    canonical_json,
+    load_migrations,
+    new_id,
+    split_sql,
+)
+from tidings.storage.base import Store
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("asyncpg", "postgres") from exc
+
+MIGRATION_LOCK = zlib.crc32(b"tidings-migrations")
+NOTIFICATION_COLUMNS = "notification_id, user_id, data::text, creation_date, seen_date"
+
+# Errors that mean "the database cannot be reached right now", not "your request is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.ConnectionFailureError,
+)
+
+
+async def _no_reset(connection: Any) -> None:
+    """Skip asyncpg's per-release reset: we use no session state (measured +15 %)."""
+
+
+class PostgresStore(Store):
+    """Store in PostgreSQL (version 12 or later)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ConfigurationError(f"not a PostgreSQL URL: {url!r}")
+        options = dict(parse_qsl(parts.query))
+        try:
+            self.pool_min = int(options.pop("pool_min", 1))
+            self.pool_max = int(options.pop("pool_max", 10))
+        except ValueError:
+            raise ConfigurationError("pool_min and pool_max must be integers") from None
+        self.dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
+        self._pool: asyncpg.Pool | None = None
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.pool_min,
+                max_size=self.pool_max,
+                command_timeout=15,
+                timeout=5,
+                reset=_no_reset,
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                await self._migrate(conn)
+        except _UNAVAILABLE as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot reach PostgreSQL: {exc}") from exc
+
+    @staticmethod
+    async def _migrate(conn: Any) -> None:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in load_migrations("postgres"):
+            if version in done:
+                continue
+            for statement in split_sql(sql):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES ($1, $2, now())", version, name
+            )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except _UNAVAILABLE:
+                pool.terminate()
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    @asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        if self._pool is None:
+            raise StoreError("store is not started; call start() or use 'async with'")
+        try:
+            async with self._pool.acquire() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+
+    # Notifications and counts
+
+    async def create_notification(
+        self, user_id: str, data: Any, notification_id: str | None = None
+    ) -> NotifyResult:
+        nid = notification_id or new_id()
+        now = utcnow()
+        async with self._connection(transaction=True) as conn:
+            inserted = await conn.fetchval(
+                "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
+                "VALUES ($1, $2, $3::json, $4) ON CONFLICT (notification_id) DO NOTHING "
+                "RETURNING seq",
+                nid,
+                user_id,
+                orjson.dumps(data).decode(),
+                now,
+            )
+            if inserted is None:
+                row = await conn.fetchrow(
+                    f"SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE notification_id = $1",
+                    nid,
+                )
+                existing = _notification(row)
+                if existing.user_id != user_id or canonical_json(existing.data) != canonical_json(
+                    data
+                ):
+                    raise Conflict(f"notification_id {nid!r} is taken by another notification")
+                return NotifyResult(existing, created=False)
+            unseen, version = await conn.fetchrow(
+                "INSERT INTO user_counts AS c (user_id, unseen, version) VALUES ($1, 1, 1) "
+                "ON CONFLICT (user_id) DO UPDATE "
+                "SET unseen = c.unseen + 1, version = c.version + 1 RETURNING unseen, version",
+                user_id,
+            )
+        return NotifyResult(
+            Notification(nid, user_id, data, now),
+            created=True,
+            count=UnseenCount(user_id, unseen, version),
+        )
+
+    async def unseen(self, user_id: str, limit: int) -> list[Notification]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                "WHERE user_id = $1 AND seen_date IS NULL ORDER BY seq LIMIT $2",
+                user_id,
+                limit,
+            )
+        return [_notification(row) for row in rows]
+
+    async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
+        ids = list(dict.fromkeys(notification_ids))
+        if not ids:
+            return MarkSeenResult()
+        async with self._connection(transaction=True) as conn:
+            found = {
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT notification_id FROM notifications "
+                    "WHERE user_id = $1 AND notification_id = ANY($2::text[])",
+                    user_id,
+                    ids,
+                )
+            }
+            missing = [nid for nid in ids if nid not in found]
+            if missing:
+                raise NotFound("unknown notification ids", missing)
+            # Rows locked by a concurrent markSeen are re-checked after its commit, so each
+            # notification is counted down once.
+            marked = [
+                row[0]
+                for row in await conn.fetch(
+                    "UPDATE notifications SET seen_date = $3 WHERE user_id = $1 "
+                    "AND notification_id = ANY($2::text[]) AND seen_date IS NULL "
+                    "RETURNING notification_id",
+                    user_id,
+                    ids,
+                    utcnow(),
+                )
+            ]
+            if not marked:
+                return MarkSeenResult()
+            unseen, version = await conn.fetchrow(
+                "UPDATE user_counts SET unseen = unseen - $2, version = version + 1 "
+                "WHERE user_id = $1 RETURNING unseen, version",
+                user_id,
+                len(marked),
+            )
+        return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+
+    async def count(self, user_id: str) -> UnseenCount:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT unseen, version FROM user_counts WHERE user_id = $1", user_id
+            )
+        return UnseenCount(user_id, row[0], row[1]) if row else UnseenCount(user_id, 0, 0)
+
+    # Devices
+
+    async def bind_device(self, user_id: str, connection_id: str | None) -> Device:
+        now = utcnow()
+        columns = "connection_id, user_id, created_at, last_seen_at"
+        async with self._connection(transaction=True) as conn:
+            if connection_id and CONNECTION_ID.match(connection_id):
+                row = await conn.fetchrow(
+                    "UPDATE devices SET last_seen_at = $3 WHERE connection_id = $1 "
+                    f"AND user_id = $2 RETURNING {columns}",
+                    connection_id,
+                    user_id,
+                    now,
+                )
+                if row is not None:
+                    return Device(*row)
+                row = await conn.fetchrow(
+                    "INSERT INTO devices VALUES ($1, $2, $3, $3) ON CONFLICT DO NOTHING "
+                    f"RETURNING {columns}",
+                    connection_id,
+                    user_id,
+                    now,
+                )
+                if row is not None:
+                    return Device(*row)
+            row = await conn.fetchrow(
+                f"INSERT INTO devices VALUES ($1, $2, $3, $3) RETURNING {columns}",
+                new_id(),
+                user_id,
+                now,
+            )
+        return Device(*row)
+
+    # Cluster
+
+    async def heartbeat(self, node_id: str, uri: str) -> bool:
+        async with self._connection() as conn:
+            existed = await conn.fetchval(
+                "INSERT INTO nodes AS n VALUES ($1, $2, now(), now()) ON CONFLICT (node_id) "
+                "DO UPDATE SET heartbeat_at = now(), uri = EXCLUDED.uri "
+                "RETURNING (xmax <> 0)",
+                node_id,
+                uri,
+            )
+        return bool(existed)
+
+    async def reap_nodes(self, stale_after: float) -> list[str]:
+        async with self._connection(transaction=True) as conn:
+            dead = [
+                row[0]
+                for row in await conn.fetch(
+                    "DELETE FROM nodes WHERE heartbeat_at < now() - $1::interval RETURNING node_id",
+                    timedelta(seconds=stale_after),
+                )
+            ]
+            if dead:
+                await conn.execute(
+                    "DELETE FROM notification_registry WHERE node_id = ANY($1::text[])", dead
+                )
+        return dead
+
+    async def remove_node(self, node_id: str) -> None:
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("DELETE FROM nodes WHERE node_id = $1", node_id)
+            await conn.execute("DELETE FROM notification_registry WHERE node_id = $1", node_id)
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT node_id, uri, started_at, heartbeat_at FROM nodes ORDER BY node_id"
+            )
+        return [NodeInfo(*row) for row in rows]
+
+    async def add_presence(self, presences: Sequence[Presence]) -> None:
+        if not presences:
+            return
+        rows = [
+            (p.socket_id, p.connection_id, p.user_id, p.session_id, p.node_id, p.connected_since)
+            for p in presences
+        ]
+        async with self._connection() as conn:
+            await conn.executemany(
+                "INSERT INTO notification_registry VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (socket_id) DO NOTHING",
+                rows,
+            )
+
+    async def remove_presence(self, socket_id: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM notification_registry WHERE socket_id = $1", socket_id)
+
+    async def presence(
+        self, *, user_id: str | None = None, node_id: str | None = None
+    ) -> list[Presence]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT socket_id, connection_id, user_id, session_id, node_id, connected_since "
+                "FROM notification_registry WHERE ($1::text IS NULL OR user_id = $1) "
+                "AND ($2::text IS NULL OR node_id = $2) ORDER BY connected_since, socket_id",
+                user_id,
+                node_id,
+            )
+        return [Presence(*row) for row in rows]
+
+    # Service clients
+
+    async def create_client(
+        self, client_id: str, name: str, scopes: Iterable[str], secret_hash: str
+    ) -> ServiceClient:
+        now = utcnow()
+        client = ServiceClient(client_id, name, frozenset(scopes), now, secret_hash)
+        async with self._connection() as conn:
+            try:
+                await conn.execute(
+                    "INSERT INTO service_clients VALUES ($1, $2, $3, $4, $5)",
+                    client_id,
+                    name,
+                    secret_hash,
+                    " ".join(sorted(client.scopes)),
+                    now,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict(f"client {client_id!r} exists") from exc
+        return client
+
+    async def get_client(self, client_id: str) -> ServiceClient | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT client_id, name, scopes, created_at, secret_hash "
+                "FROM service_clients WHERE client_id = $1",
+                client_id,
+            )
+        return _client(row) if row else None
+
+    async def list_clients(self) -> list[ServiceClient]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT client_id, name, scopes, created_at, secret_hash "
+                "FROM service_clients ORDER BY created_at, client_id"
+            )
+        return [_client(row) for row in rows]
+
+    async def delete_client(self, client_id: str) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "DELETE FROM service_clients WHERE client_id = $1", client_id
+            )
+        return bool(status != "DELETE 0")
+
+    # Keys
+
+    async def get_or_create_key(self, name: str, factory: Callable[[], str]) -> str:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO server_keys VALUES ($1, $2, now()) ON CONFLICT (name) DO NOTHING",
+                name,
+                factory(),
+            )
+            value = await conn.fetchval("SELECT value FROM server_keys WHERE name = $1", name)
+        return str(value)
+
+
+def _notification(row: Any) -> Notification:
+    return Notification(
+        notification_id=row[0],
+        user_id=row[1],
+        data=orjson.loads(row[2]),
+        creation_date=row[3],
+        seen_date=row[4],
+    )
+
+
+def _client(row: Any) -> ServiceClient:
+    return ServiceClient(
+        client_id=row[0],
+        name=row[1],
+        scopes=frozenset(row[2].split()),
+        created_at=row[3],
+        secret_hash=row[4],
+    )
