@@ -240,3 +240,81 @@ def postgres_url() -> Iterator[str]:
     url = create_database()
     yield url
     drop_database(url)
+
+
+@dataclass
+class BrokerProcess:
+    """A private Redis or NATS server on a free port that a test may kill and restart."""
+
+    kind: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "redis" if self.kind == "redis" else "nats"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        if self.kind == "redis":
+            return [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ]
+        nats = "nats-server"
+        if not any((Path(d) / nats).exists() for d in os.environ.get("PATH", "").split(os.pathsep)):
+            nats = "/usr/sbin/nats-server"
+        return [nats, "-a", "127.0.0.1", "-p", str(self.port)]
+
+    def start(self) -> BrokerProcess:
+        try:
+            self.process = subprocess.Popen(
+                self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        except FileNotFoundError as exc:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(f"{self.kind} server binary missing: {exc}")
+            pytest.skip(f"{self.kind} server binary missing: {exc}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} did not start on {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def restart(self, down_for: float = 0.5) -> None:
+        self.kill()
+        time.sleep(down_for)
+        self.start()
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Callable[[str], BrokerProcess]]:
+    """``private_broker("redis" | "nats")``: a dedicated broker process for fault tests."""
+    started: list[BrokerProcess] = []
+
+    def start(kind: str) -> BrokerProcess:
+        broker = BrokerProcess(kind, tmp_path).start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.kill()

@@ -8,16 +8,32 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from conftest import NATS_URL, POSTGRES_URL, REDIS_URL, BrokerProcess, require_service
 from tidings.bus import Bus, create_bus
-from tidings.errors import ConfigurationError
+from tidings.errors import BusError, ConfigurationError
 
 BusFactory = Callable[[], Bus]
 
 
-@pytest.fixture(params=[pytest.param("memory", id="memory")])
+def bus_url(kind: str) -> str:
+    """A URL of the shared service for ``kind``, namespaced to this test."""
+    tag = uuid.uuid4().hex[:10]
+    if kind == "memory":
+        return f"memory://{tag}"
+    if kind == "redis":
+        require_service("Redis", REDIS_URL)
+        return f"{REDIS_URL}?prefix=t{tag}:"
+    if kind == "nats":
+        require_service("NATS", NATS_URL)
+        return f"{NATS_URL}?prefix=t{tag}"
+    require_service("PostgreSQL", POSTGRES_URL)
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["memory", "redis", "nats", "postgres"])
 async def make_bus(request: pytest.FixtureRequest) -> AsyncIterator[BusFactory]:
-    """Buses of one cluster (same broker), started and closed by the fixture."""
-    url = {"memory": f"memory://{uuid.uuid4().hex}"}[request.param]
+    """Buses of one cluster (same broker), closed by the fixture."""
+    url = bus_url(request.param)
     buses: list[Bus] = []
 
     def make() -> Bus:
@@ -126,3 +142,91 @@ def test_unknown_scheme_names_the_known_ones() -> None:
     """An unknown URL scheme is a configuration error listing what exists."""
     with pytest.raises(ConfigurationError, match="memory://"):
         create_bus("carrier-pigeon://loft")
+
+
+async def test_user_ids_of_any_shape_are_routed(make_bus: BusFactory) -> None:
+    """Channels with dots, spaces, wildcards and unicode reach exactly their subscribers."""
+    a, b = make_bus(), make_bus()
+    inbox = Inbox(a)
+    await a.start()
+    await b.start()
+    odd = ["user:a.b", "user:a b", "user:*", "user:>", "user:élan", "user:" + "x" * 200]
+    for channel in odd:
+        await a.subscribe(channel)
+    for channel in odd:
+        await b.publish(channel, channel.encode())
+    await b.publish("user:a", b"not subscribed")
+    await inbox.wait(len(odd))
+    await settle()
+    assert sorted(inbox.messages) == sorted((c, c.encode()) for c in odd)
+
+
+async def test_unsubscribed_node_of_same_bucket_gets_nothing(make_bus: BusFactory) -> None:
+    """Many channels: each message reaches only the node subscribed to its channel."""
+    a, b, c = make_bus(), make_bus(), make_bus()
+    inbox_a, inbox_b = Inbox(a), Inbox(b)
+    for bus in (a, b, c):
+        await bus.start()
+    for i in range(50):
+        await (a if i % 2 else b).subscribe(f"user:{i}")
+    for i in range(50):
+        await c.publish(f"user:{i}", str(i).encode())
+    await inbox_a.wait(25)
+    await inbox_b.wait(25)
+    await settle()
+    assert sorted(int(p) for _, p in inbox_a.messages) == list(range(1, 50, 2))
+    assert sorted(int(p) for _, p in inbox_b.messages) == list(range(0, 50, 2))
+
+
+async def break_connection(kind: str, bus: Bus, broker: BrokerProcess | None) -> None:
+    if broker is not None:
+        await asyncio.to_thread(broker.restart)
+    else:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            pid = bus._listener.get_server_pid()  # type: ignore[attr-defined]
+            await conn.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await conn.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "nats", "postgres"])
+async def test_broker_loss_reconnects_and_resubscribes(
+    kind: str, private_broker: Callable[[str], BrokerProcess]
+) -> None:
+    """After the broker restarts (or drops us) the bus reconnects, tells the node, and every
+    subscription works again without anything being re-subscribed by hand."""
+    broker = private_broker(kind) if kind != "postgres" else None
+    if broker is None:
+        require_service("PostgreSQL", POSTGRES_URL)
+    url = broker.url if broker is not None else POSTGRES_URL
+    a, b = create_bus(url), create_bus(url)
+    inbox = Inbox(a)
+    reconnected = asyncio.Event()
+    a.on_reconnect = reconnected.set
+    try:
+        await a.start()
+        await b.start()
+        await a.subscribe("user:1")
+        await a.subscribe("user:2")
+        await b.publish("user:1", b"before")
+        await inbox.wait(1)
+        await break_connection(kind, a, broker)
+        async with asyncio.timeout(20):
+            await reconnected.wait()
+        # The publisher reconnects too; retry until its publish goes through.
+        async with asyncio.timeout(20):
+            while len(inbox.messages) < 3:
+                try:
+                    await b.publish("user:1", b"after-1")
+                    await b.publish("user:2", b"after-2")
+                except BusError:
+                    pass
+                await asyncio.sleep(0.2)
+        payloads = {p for _, p in inbox.messages}
+        assert {b"before", b"after-1", b"after-2"} <= payloads
+    finally:
+        await a.close()
+        await b.close()

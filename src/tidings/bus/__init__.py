@@ -8,6 +8,11 @@ from tidings.bus.base import Bus, MessageHandler, ReconnectHandler
 #: URL scheme → ``"module:Class"``; modules are imported only when used.
 BACKENDS: dict[str, str] = {
     "memory": "tidings.bus.memory:MemoryBus",
+    "redis": "tidings.bus.redis:RedisBus",
+    "rediss": "tidings.bus.redis:RedisBus",
+    "nats": "tidings.bus.nats:NatsBus",
+    "postgres": "tidings.bus.postgres:PostgresBus",
+    "postgresql": "tidings.bus.postgres:PostgresBus",
 }
 
 

@@ -1,0 +1,179 @@
+"""Redis pub/sub bus (``redis://host:6379/0``, ``rediss://`` for TLS).
+
+One subscription per channel, so a node receives only the events of the users it holds devices
+of. redis-py does not restore subscriptions after a lost connection in a way we can observe, so
+this bus runs its own loop: on any connection error it backs off, reconnects, subscribes every
+channel again and then calls :attr:`on_reconnect`, so that the node re-reads the counts that
+may have changed meanwhile.
+
+Query option ``prefix`` (default ``tidings:``) namespaces the channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from tidings.bus.base import Bus
+from tidings.errors import BusError, MissingDependencyError
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("redis", "redis") from exc
+
+logger = logging.getLogger("tidings.bus")
+
+
+class RedisBus(Bus):
+    """Bus on Redis PUBLISH / SUBSCRIBE."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query))
+        self.prefix = options.pop("prefix", "tidings:")
+        self.redis_url = urlunsplit(parts._replace(query=urlencode(options)))
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._channels: set[str] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        # SUBSCRIBE confirmations awaited by subscribe(): once Redis confirms, no later
+        # PUBLISH on the channel can miss this node.
+        self._confirming: dict[str, asyncio.Future[None]] = {}
+
+    def _client_for(self) -> Any:
+        return aioredis.from_url(
+            self.redis_url,
+            socket_connect_timeout=2,
+            socket_timeout=None,
+            health_check_interval=5,
+            socket_keepalive=True,
+        )
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        self._closing = False
+        self._client = self._client_for()
+        try:
+            await self._client.ping()
+            await self._open_pubsub()
+        except (RedisError, OSError) as exc:
+            await self._client.aclose()
+            self._client = None
+            raise BusError(f"cannot reach Redis at {self.redis_url}: {exc}") from exc
+        self._reader = asyncio.create_task(self._read_forever(), name="tidings-redis-bus")
+
+    async def _open_pubsub(self) -> None:
+        self._pubsub = self._client.pubsub()
+        # A subscription keeps the connection open; subscribe a private channel first.
+        await self._pubsub.subscribe(self.prefix + "_")
+        if self._channels:
+            await self._pubsub.subscribe(*(self.prefix + c for c in self._channels))
+        self._connected.set()
+
+    async def _read_forever(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+                delay = 0.1
+                if message is not None:
+                    kind = message.get("type")
+                    channel = message["channel"].decode()[len(self.prefix) :]
+                    if kind == "message":
+                        self.on_message(channel, message["data"])
+                    elif kind == "subscribe":
+                        waiter = self._confirming.pop(channel, None)
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._connected.clear()
+                logger.warning("redis bus lost its connection: %s; reconnecting", exc)
+                await self._reconnect(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                logger.exception("redis bus handler failed")
+
+    async def _reconnect(self, delay: float) -> None:
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+        while not self._closing:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            try:
+                await self._client.ping()
+                await self._open_pubsub()
+            except (RedisError, OSError) as exc:
+                logger.info("redis bus still down: %s", exc)
+                delay = min(delay * 2, 5.0)
+                continue
+            logger.warning("redis bus reconnected; %d channels restored", len(self._channels))
+            self.on_reconnect()
+            return
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+            self._reader = None
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.aclose()
+            self._client = None
+        self._channels.clear()
+        for waiter in self._confirming.values():
+            waiter.cancel()
+        self._confirming.clear()
+
+    async def subscribe(self, channel: str) -> None:
+        if channel in self._channels:
+            return
+        self._channels.add(channel)
+        waiter = self._confirming.setdefault(channel, asyncio.get_running_loop().create_future())
+        await self._command("subscribe", channel)
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            # Down or slow: the reconnection subscribes it; events meanwhile are not needed
+            # because the node re-reads counts on reconnection.
+            logger.info("redis subscribe %s not confirmed yet", channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if channel not in self._channels:
+            return
+        self._channels.discard(channel)
+        await self._command("unsubscribe", channel)
+
+    async def _command(self, name: str, channel: str) -> None:
+        if self._pubsub is None or not self._connected.is_set():
+            return  # applied by the reconnection, which subscribes self._channels
+        try:
+            await getattr(self._pubsub, name)(self.prefix + channel)
+        except (RedisError, OSError) as exc:
+            # The reader notices the broken connection and restores the channels.
+            logger.info("redis %s %s deferred: %s", name, channel, exc)
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        if self._client is None:
+            raise BusError("bus is not started")
+        try:
+            await self._client.publish(self.prefix + channel, payload)
+        except (RedisError, OSError) as exc:
+            raise BusError(f"redis publish failed: {exc}") from exc
