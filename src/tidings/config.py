@@ -34,6 +34,14 @@ class Settings(BaseSettings):
         None, description="URL devices and services use to reach this node (shown in banners)."
     )
 
+    # Cluster
+    heartbeat_interval: float = Field(
+        5.0, gt=0, description="Seconds between a node's heartbeats in the store."
+    )
+    node_timeout: float = Field(
+        20.0, gt=0, description="A node silent this long is dead: others remove its sockets."
+    )
+
     # Device authentication
     jwt_secret: str | None = Field(
         None,

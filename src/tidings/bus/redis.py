@@ -23,7 +23,11 @@ from tidings.errors import BusError, MissingDependencyError
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingDependencyError("redis", "redis") from exc
 
@@ -56,6 +60,9 @@ class RedisBus(Bus):
             socket_timeout=None,
             health_check_interval=5,
             socket_keepalive=True,
+            # A pooled connection that died with a Redis restart is replaced, not reported.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
 
     async def start(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -20,6 +20,7 @@ from tidings.core import events
 from tidings.core.models import MarkSeenResult, Notification, NotifyResult, UnseenCount
 from tidings.errors import BusError, InvalidArgument, PayloadTooLarge, TidingsError
 from tidings.gateway import protocol
+from tidings.gateway.connection import Connection
 from tidings.gateway.registry import Registry, user_channel
 from tidings.storage import Store, create_store
 
@@ -76,6 +77,9 @@ class Tidings:
         self._gateway: Gateway | None = None
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Latest count per user whose event the bus refused; re-published in the background.
+        self._unpublished: dict[str, UnseenCount] = {}
+        self._republisher: asyncio.Task[None] | None = None
 
     # Lifecycle
 
@@ -100,12 +104,19 @@ class Tidings:
                 )
             key = await self.store.get_or_create_key(SERVICE_KEY, _random_key)
             self._service_auth = ServiceAuth(self.store, key, ttl=self.settings.service_token_ttl)
+            await self.store.heartbeat(self.node_id, self.node_uri)
         except BaseException:
             await self.bus.close()
             await self.store.close()
             raise
         self._started = True
-        logger.info("tidings node %s started (store %s)", self.node_id, self.settings.store)
+        self._spawn(self._cluster_loop())
+        logger.info(
+            "tidings node %s started (store %s, bus %s)",
+            self.node_id,
+            self.settings.store,
+            self.settings.bus,
+        )
 
     async def close(self) -> None:
         """Close every device connection (1001, going away), then the bus and the store."""
@@ -117,8 +128,15 @@ class Tidings:
         if self._gateway is not None:
             await self._gateway.wait_closed(timeout=5.0)
         await self.registry.drain()
+        if self._republisher is not None:
+            self._tasks.add(self._republisher)
         for task in tuple(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.store.remove_node(self.node_id)
+        except TidingsError as exc:
+            logger.warning("could not deregister node %s: %s", self.node_id, exc)
         await self.bus.close()
         await self.store.close()
 
@@ -137,6 +155,50 @@ class Tidings:
     @property
     def started(self) -> bool:
         return self._started
+
+    @property
+    def node_uri(self) -> str:
+        """Where this node is reached (its row in the store's node list)."""
+        return self.settings.public_url or f"http://{self.settings.host}:{self.settings.port}"
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Cluster membership
+
+    async def _cluster_loop(self) -> None:
+        """Heartbeat, re-register after having been reaped, reap nodes that went silent."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(settings.heartbeat_interval)
+            try:
+                if not await self.store.heartbeat(self.node_id, self.node_uri):
+                    # Another node took us for dead (a long pause): register our sockets again.
+                    logger.warning(
+                        "node %s was reaped; registering its sockets again", self.node_id
+                    )
+                    await self.store.add_presence([c.presence(self.node_id) for c in self.registry])
+                for node_id in await self.store.reap_nodes(settings.node_timeout):
+                    logger.warning(
+                        "node %s stopped heart-beating; its sockets were removed", node_id
+                    )
+            except TidingsError as exc:
+                logger.warning("cluster heartbeat failed: %s", exc)
+
+    async def register_presence(self, conn: Connection) -> None:
+        """Add a socket to the cluster's registry (failures are logged, never raised)."""
+        try:
+            await self.store.add_presence([conn.presence(self.node_id)])
+        except TidingsError as exc:
+            logger.warning("registry add of %s failed: %s", conn.connection_id, exc)
+
+    async def forget_presence(self, conn: Connection) -> None:
+        try:
+            await self.store.remove_presence(conn.socket_id)
+        except TidingsError as exc:
+            logger.warning("registry removal of %s failed: %s", conn.connection_id, exc)
 
     @property
     def authenticator(self) -> DeviceAuthenticator:
@@ -221,10 +283,33 @@ class Tidings:
         try:
             await self.bus.publish(user_channel(count.user_id), payload)
         except BusError as exc:
-            # Committed already: reach this node's devices at least; the others re-read the
-            # count when their bus comes back.
+            # Committed already: reach this node's devices now, and keep re-publishing the
+            # user's latest count until the bus takes it (versions make repeats harmless).
             logger.warning("count event for %s not published: %s", count.user_id, exc)
             self._deliver_count(count)
+            self._queue_republish(count)
+
+    def _queue_republish(self, count: UnseenCount) -> None:
+        latest = self._unpublished.get(count.user_id)
+        if latest is None or latest.version < count.version:
+            self._unpublished[count.user_id] = count
+        if self._republisher is None or self._republisher.done():
+            self._republisher = asyncio.create_task(self._republish())
+
+    async def _republish(self) -> None:
+        delay = 0.1
+        while self._unpublished:
+            await asyncio.sleep(delay)
+            for user_id, count in list(self._unpublished.items()):
+                try:
+                    await self.bus.publish(
+                        user_channel(user_id), events.encode_count(count, self.node_id)
+                    )
+                except BusError:
+                    delay = min(delay * 2, 5.0)
+                    break
+                if self._unpublished.get(user_id) is count:
+                    del self._unpublished[user_id]
 
     def _on_bus_message(self, channel: str, payload: bytes) -> None:
         event = events.decode(payload)
@@ -241,9 +326,7 @@ class Tidings:
         self.registry.deliver_count(count.user_id, count.count, count.version, text)
 
     def _on_bus_reconnect(self) -> None:
-        task = asyncio.create_task(self.resync_counts())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self.resync_counts())
 
     async def resync_counts(self) -> None:
         """Re-read and push the count of every user with a device here (after a bus outage)."""

@@ -220,6 +220,7 @@ class Gateway:
             # Subscribe first, then read: a change committed in between reaches the device as
             # an event, and the version filter drops whichever of the two is older.
             await tidings.registry.add(conn)
+            await tidings.register_presence(conn)
             try:
                 count = await tidings.store.count(conn.user_id)
                 conn.push_count(count.count, count.version)
@@ -229,6 +230,7 @@ class Gateway:
             await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             tidings.registry.remove(conn)
+            await asyncio.shield(tidings.forget_presence(conn))
             for task in (reader, writer):
                 if task is not None and not task.done():
                     task.cancel()

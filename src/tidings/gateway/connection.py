@@ -15,7 +15,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tidings.core.models import Presence, utcnow
 from tidings.gateway import protocol
+from tidings.storage._common import new_id
 
 logger = logging.getLogger("tidings.gateway")
 
@@ -33,10 +35,12 @@ class Connection:
         "_writer",
         "close_code",
         "close_reason",
+        "connected_since",
         "connection_id",
         "last_version",
         "max_queue",
         "session_id",
+        "socket_id",
         "user_id",
     )
 
@@ -53,6 +57,9 @@ class Connection:
         self.connection_id = connection_id
         self.user_id = user_id
         self.session_id = session_id
+        #: this socket's row in the cluster's notification_registry
+        self.socket_id = new_id()
+        self.connected_since = utcnow()
         self.max_queue = max_queue
         #: version of the last count sent; older counts are dropped so the badge never regresses
         self.last_version = -1
@@ -62,6 +69,16 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self.close_code: int | None = None
         self.close_reason = ""
+
+    def presence(self, node_id: str) -> Presence:
+        return Presence(
+            self.socket_id,
+            self.connection_id,
+            self.user_id,
+            self.session_id,
+            node_id,
+            self.connected_since,
+        )
 
     @property
     def closed(self) -> bool:
