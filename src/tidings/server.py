@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from tidings.api.app import create_api
@@ -28,15 +29,18 @@ class TidingsApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
-        if kind in ("websocket", "http") and scope["path"] == WS_PATH:
+        if kind in ("websocket", "http") and _local_path(scope) == WS_PATH:
             await self.tidings.gateway(scope, receive, send)
             return
-        if kind == "http" and self._too_large(scope):
-            await _too_large(send, self.max_body)
+        if kind == "http":
+            if self._declared_too_large(scope):
+                await _too_large(send, self.max_body)
+                return
+            await self._limited(scope, receive, send)
             return
         await self.api(scope, receive, send)
 
-    def _too_large(self, scope: dict[str, Any]) -> bool:
+    def _declared_too_large(self, scope: dict[str, Any]) -> bool:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -44,6 +48,43 @@ class TidingsApp:
                 except ValueError:
                     return True
         return False
+
+    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Read the body first, counting bytes as they arrive (a chunked body declares no
+        length): past ``max_body`` the request is answered 413 without reading the rest; else
+        the API gets the buffered body (at most ``max_body`` bytes are ever held)."""
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body = message.get("body", b"")
+            received += len(body)
+            if received > self.max_body:
+                await _too_large(send, self.max_body)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            message: dict[str, Any] = await receive()
+            return message
+
+        await self.api(scope, replay, send)
+
+
+def _local_path(scope: dict[str, Any]) -> str:
+    """The path inside this app, also when it is mounted under a prefix."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _too_large(send: Any, limit: int) -> None:
@@ -67,9 +108,28 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> TidingsApp
     return TidingsApp(Tidings(settings, **overrides))
 
 
+class RedactTokens(logging.Filter):
+    """Keeps device tokens passed as ``?access_token=`` out of access and error logs."""
+
+    pattern = re.compile(r"(access_token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        if isinstance(record.msg, str) and "access_token=" in record.msg:
+            record.msg = self.pattern.sub(r"\1[redacted]", record.msg)
+        return True
+
+
 def run(settings: Settings, *, log_level: str = "info") -> None:
     """Serve a node with uvicorn until interrupted."""
     import uvicorn
+
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactTokens())
 
     app = create_app(settings)
     config = uvicorn.Config(

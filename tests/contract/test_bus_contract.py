@@ -178,6 +178,34 @@ async def test_unsubscribed_node_of_same_bucket_gets_nothing(make_bus: BusFactor
     assert sorted(int(p) for _, p in inbox_b.messages) == list(range(0, 50, 2))
 
 
+async def test_concurrent_subscribes_all_take_effect(make_bus: BusFactory) -> None:
+    """Many devices connecting at once: every concurrent subscribe is in force when it returns."""
+    a, b = make_bus(), make_bus()
+    inbox = Inbox(a)
+    await a.start()
+    await b.start()
+    channels = [f"user:c{i}" for i in range(60)]
+    await asyncio.gather(*(a.subscribe(c) for c in channels))
+    for channel in channels:
+        await b.publish(channel, channel.encode())
+    await inbox.wait(len(channels))
+    assert sorted(c for c, _ in inbox.messages) == sorted(channels)
+
+
+async def test_channel_with_separator_characters_is_exact(make_bus: BusFactory) -> None:
+    """A channel containing newlines or colons is delivered to itself only."""
+    a, b = make_bus(), make_bus()
+    inbox = Inbox(a)
+    await a.start()
+    await b.start()
+    await a.subscribe("user:a\nb")
+    await b.publish("user:a", b"wrong")
+    await b.publish("user:a\nb", b"right")
+    await inbox.wait(1)
+    await settle()
+    assert inbox.messages == [("user:a\nb", b"right")]
+
+
 async def break_connection(kind: str, bus: Bus, broker: BrokerProcess | None) -> None:
     if broker is not None:
         await asyncio.to_thread(broker.restart)

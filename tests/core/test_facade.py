@@ -131,3 +131,42 @@ async def test_generated_device_secret_is_shared_through_the_store(tmp_path: Pat
         token = one.authenticator.issue("alice")  # type: ignore[attr-defined]
     async with Tidings(store=url, jwt_secret=None) as two:
         assert (await two.authenticator.authenticate(token)).user_id == "alice"
+
+
+async def test_cancelled_notify_still_publishes_its_count(tmp_path: Path) -> None:
+    """A caller cancelled mid-notify does not leave devices with a stale count."""
+    async with make(tmp_path) as tidings:
+        sink = Sink()
+        conn = Connection(sink, connection_id="c1", user_id="alice", session_id="s")
+        await tidings.registry.add(conn)
+        writer = conn.start_writer()
+        task = asyncio.create_task(tidings.notify("alice", "x"))
+        await asyncio.sleep(0)
+        task.cancel()
+        await eventually(lambda: len(sink.frames) == 1)
+        assert (await tidings.count("alice")).count == 1
+        conn.close()
+        with pytest.raises(BaseException):  # noqa: B017
+            await writer
+
+
+async def test_mark_seen_caps_ids(tmp_path: Path) -> None:
+    """More ids than a frame may carry is refused before touching the store."""
+    async with make(tmp_path) as tidings:
+        with pytest.raises(InvalidArgument):
+            await tidings.mark_seen("alice", [str(i) for i in range(1001)])
+
+
+async def test_reading_pauses_while_answers_pile_up() -> None:
+    """wait_writable blocks once queued bytes pass pause_bytes, and resumes as they drain."""
+    sink = Sink()
+    conn = Connection(sink, connection_id="c", user_id="u", session_id="s", pause_bytes=10)
+    conn.push("x" * 20)
+    waiter = asyncio.create_task(conn.wait_writable())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    writer = conn.start_writer()
+    await asyncio.wait_for(waiter, 2)
+    conn.close()
+    with pytest.raises(BaseException):  # noqa: B017
+        await writer

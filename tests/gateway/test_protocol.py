@@ -114,3 +114,27 @@ def test_server_frames_have_contract_shapes() -> None:
         "message": "gone",
         "notification_ids": ["a"],
     }
+
+
+def test_notification_data_respects_byte_budget() -> None:
+    """Past the budget notifications are left for the next getUnseen; one always goes."""
+    notes = [
+        Notification(f"n{i}", "u", "x" * 1000, datetime(2026, 1, 1, tzinfo=UTC)) for i in range(10)
+    ]
+    frame = orjson.loads(protocol.notification_data(1, notes, max_bytes=3500))
+    assert [n["notification_id"] for n in frame["notifications"]] == ["n0", "n1", "n2"]
+    one = orjson.loads(protocol.notification_data(1, notes, max_bytes=10))
+    assert len(one["notifications"]) == 1
+    assert orjson.loads(protocol.notification_data(None, [])) == {
+        "type": "newNotificationData",
+        "id": None,
+        "notifications": [],
+    }
+
+
+def test_mounted_path_is_seen_relative_to_root() -> None:
+    """Mounted under a prefix, /prefix/ws is still the gateway's path."""
+    from tidings.server import _local_path
+
+    assert _local_path({"path": "/push/ws", "root_path": "/push"}) == "/ws"
+    assert _local_path({"path": "/ws", "root_path": ""}) == "/ws"

@@ -66,6 +66,10 @@ class PostgresBus(Bus):
         self._bucket_users: dict[str, int] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
+        # asyncpg allows one operation at a time per connection: LISTEN, UNLISTEN and the
+        # watchdog's ping take turns on the listening connection.
+        self._lock = asyncio.Lock()
+        self._broken = asyncio.Event()
 
     def _bucket(self, channel: str) -> str:
         return f"tidings_{zlib.crc32(channel.encode()) % self.buckets}"
@@ -84,28 +88,48 @@ class PostgresBus(Bus):
 
     async def _connect_listener(self) -> Any:
         conn = await asyncpg.connect(self.dsn, timeout=5)
-        for bucket in self._bucket_users:
-            await conn.add_listener(bucket, self._notified)
+        try:
+            listened: set[str] = set()
+            # Buckets may be added while we LISTEN: loop until none is missing.
+            while missing := set(self._bucket_users) - listened:
+                for bucket in missing:
+                    await conn.add_listener(bucket, self._notified)
+                    listened.add(bucket)
+        except BaseException:
+            conn.terminate()
+            raise
         return conn
 
     def _notified(self, connection: Any, pid: int, bucket: str, payload: str) -> None:
-        channel, _, data = payload.partition("\n")
+        size, _, rest = payload.partition(":")
+        if not size.isdigit():
+            return
+        channel, data = rest[: int(size)], rest[int(size) :]
         if channel in self._channels:
             self.on_message(channel, data.encode())
 
     async def _watch(self) -> None:
-        """Notice a lost listening connection (asyncpg tells us only when we use it)."""
-        delay = 0.1
+        """Notice a lost listening connection (asyncpg tells us only when we use it), then
+        reconnect, LISTEN again and tell the node."""
         while not self._closing:
-            await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._broken.wait()
             try:
-                async with asyncio.timeout(5):
+                async with self._lock, asyncio.timeout(5):
+                    if self._broken.is_set():
+                        raise ConnectionError("a LISTEN failed")
                     await self._listener.fetchval("SELECT 1")
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.warning("postgres bus lost its connection: %s; reconnecting", exc)
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        async with self._lock:
             with contextlib.suppress(Exception):
                 self._listener.terminate()
             while not self._closing:
@@ -116,12 +140,12 @@ class PostgresBus(Bus):
                     logger.info("postgres bus still down: %s", exc)
                     delay = min(delay * 2, 5.0)
                     continue
-                delay = 0.1
+                self._broken.clear()
                 logger.warning(
                     "postgres bus reconnected; %d buckets restored", len(self._bucket_users)
                 )
                 self.on_reconnect()
-                break
+                return
 
     async def close(self) -> None:
         self._closing = True
@@ -150,12 +174,23 @@ class PostgresBus(Bus):
         bucket = self._bucket(channel)
         users = self._bucket_users.get(bucket, 0)
         self._bucket_users[bucket] = users + 1
-        if users == 0:
-            try:
-                # LISTEN is acknowledged by the server before add_listener returns.
-                await self._listener.add_listener(bucket, self._notified)
-            except _UNAVAILABLE as exc:
-                logger.info("postgres LISTEN %s deferred to reconnection: %s", bucket, exc)
+        # Under the lock even when the bucket is already listened: that returns only after a
+        # LISTEN of the same bucket still in progress has been acknowledged.
+        try:
+            async with asyncio.timeout(5.0):
+                await self._lock.acquire()
+        except TimeoutError:
+            return  # a reconnection holds the lock; it will LISTEN to this bucket too
+        try:
+            if users == 0 and not self._broken.is_set():
+                try:
+                    await self._listener.add_listener(bucket, self._notified)
+                except _UNAVAILABLE as exc:
+                    # The watchdog reconnects and LISTENs to every bucket, this one included.
+                    logger.info("postgres LISTEN %s failed: %s; reconnecting", bucket, exc)
+                    self._broken.set()
+        finally:
+            self._lock.release()
 
     async def unsubscribe(self, channel: str) -> None:
         if channel not in self._channels:
@@ -167,15 +202,20 @@ class PostgresBus(Bus):
             self._bucket_users[bucket] = users
             return
         self._bucket_users.pop(bucket, None)
-        try:
-            await self._listener.remove_listener(bucket, self._notified)
-        except _UNAVAILABLE as exc:
-            logger.info("postgres UNLISTEN %s: %s", bucket, exc)
+        async with self._lock:
+            if bucket in self._bucket_users or self._broken.is_set():
+                return  # subscribed again meanwhile, or the reconnection decides
+            try:
+                await self._listener.remove_listener(bucket, self._notified)
+            except _UNAVAILABLE as exc:
+                logger.info("postgres UNLISTEN %s failed: %s; reconnecting", bucket, exc)
+                self._broken.set()
 
     async def publish(self, channel: str, payload: bytes) -> None:
         if self._pool is None:
             raise BusError("bus is not started")
-        text = f"{channel}\n{payload.decode()}"
+        # "<len>:<channel><data>": the real channel travels with the event (buckets are shared).
+        text = f"{len(channel)}:{channel}{payload.decode()}"
         if len(text.encode()) > MAX_PAYLOAD:
             raise BusError("event too large for PostgreSQL NOTIFY (8000 bytes)")
         try:

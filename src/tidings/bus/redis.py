@@ -43,7 +43,8 @@ class RedisBus(Bus):
         options = dict(parse_qsl(parts.query))
         self.prefix = options.pop("prefix", "tidings:")
         self.redis_url = urlunsplit(parts._replace(query=urlencode(options)))
-        self._client: Any = None
+        self._client: Any = None  # publishes, retrying over reconnections
+        self._sub_client: Any = None  # subscribes; its errors drive our own reconnection
         self._pubsub: Any = None
         self._channels: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -53,34 +54,41 @@ class RedisBus(Bus):
         # PUBLISH on the channel can miss this node.
         self._confirming: dict[str, asyncio.Future[None]] = {}
 
-    def _client_for(self) -> Any:
+    def _client_for(self, *, retry: bool) -> Any:
+        options: dict[str, Any] = {}
+        if retry:
+            # A pooled connection that died with a Redis restart is replaced, not reported.
+            options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+            options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+        else:
+            # The subscriber must see every disconnection: only then does it know that events
+            # may have been missed and tell the node to re-read counts.
+            options["retry"] = Retry(ExponentialBackoff(), 0)
         return aioredis.from_url(
             self.redis_url,
             socket_connect_timeout=2,
             socket_timeout=None,
             health_check_interval=5,
             socket_keepalive=True,
-            # A pooled connection that died with a Redis restart is replaced, not reported.
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            **options,
         )
 
     async def start(self) -> None:
         if self._client is not None:
             return
         self._closing = False
-        self._client = self._client_for()
+        self._client = self._client_for(retry=True)
+        self._sub_client = self._client_for(retry=False)
         try:
             await self._client.ping()
             await self._open_pubsub()
         except (RedisError, OSError) as exc:
-            await self._client.aclose()
-            self._client = None
+            await self.close()
             raise BusError(f"cannot reach Redis at {self.redis_url}: {exc}") from exc
         self._reader = asyncio.create_task(self._read_forever(), name="tidings-redis-bus")
 
     async def _open_pubsub(self) -> None:
-        self._pubsub = self._client.pubsub()
+        self._pubsub = self._sub_client.pubsub()
         # A subscription keeps the connection open; subscribe a private channel first.
         await self._pubsub.subscribe(self.prefix + "_")
         if self._channels:
@@ -118,7 +126,7 @@ class RedisBus(Bus):
         while not self._closing:
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             try:
-                await self._client.ping()
+                await self._sub_client.ping()
                 await self._open_pubsub()
             except (RedisError, OSError) as exc:
                 logger.info("redis bus still down: %s", exc)
@@ -139,10 +147,11 @@ class RedisBus(Bus):
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
             self._pubsub = None
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._sub_client):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self._client = self._sub_client = None
         self._channels.clear()
         for waiter in self._confirming.values():
             waiter.cancel()

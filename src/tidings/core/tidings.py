@@ -248,6 +248,11 @@ class Tidings:
             raise PayloadTooLarge(
                 f"data is {size} bytes of JSON; the limit is {self.settings.max_notification_size}"
             )
+        # Shielded: once the write is under way, its count is published even if the caller is
+        # cancelled (a timeout, a closed connection), so devices never miss a committed change.
+        return await asyncio.shield(self._notify(user_id, data, notification_id))
+
+    async def _notify(self, user_id: str, data: Any, notification_id: str | None) -> NotifyResult:
         result = await self.store.create_notification(user_id, data, notification_id)
         if result.count is not None:
             await self._publish_count(result.count)
@@ -267,6 +272,14 @@ class Tidings:
         Raises:
             NotFound: an id is unknown or another user's; nothing was changed.
         """
+        _check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
+        if len(notification_ids) > protocol.MAX_IDS_PER_FRAME:
+            raise InvalidArgument(f"at most {protocol.MAX_IDS_PER_FRAME} ids per call")
+        for nid in notification_ids:
+            _check_identifier("notification_id", nid, protocol.MAX_ID_LENGTH)
+        return await asyncio.shield(self._mark_seen(user_id, notification_ids))
+
+    async def _mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
         result = await self.store.mark_seen(user_id, notification_ids)
         if result.count is not None:
             await self._publish_count(result.count)
@@ -338,5 +351,7 @@ class Tidings:
 
 
 def _check_identifier(name: str, value: object, max_length: int) -> None:
-    if not isinstance(value, str) or not 0 < len(value) <= max_length:
-        raise InvalidArgument(f"{name} must be a string of 1 to {max_length} characters")
+    if not isinstance(value, str) or not 0 < len(value) <= max_length or "\x00" in value:
+        raise InvalidArgument(
+            f"{name} must be a string of 1 to {max_length} characters without NUL"
+        )

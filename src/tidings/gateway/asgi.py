@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -25,12 +24,12 @@ import orjson
 
 from tidings.auth.base import Principal
 from tidings.errors import (
+    InvalidArgument,
     InvalidToken,
     NotFound,
     ProtocolError,
     StoreError,
     StoreUnavailable,
-    TidingsError,
 )
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
@@ -42,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tidings.gateway")
 
 COOKIE_NAME = "tidings_cid"
+#: a newNotificationData frame stops adding notifications past this size (at least one is sent)
+ANSWER_BUDGET = 1024 * 1024
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -67,6 +68,9 @@ class Gateway:
                 await self._idle.wait()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(self.tidings, receive, send)
+            return
         if scope["type"] != "websocket":
             await _plain_response(send, 426, b"this endpoint speaks WebSocket only\n")
             return
@@ -89,6 +93,8 @@ class Gateway:
         headers = _headers(scope)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         cookie_cid = _cookie(headers.get("cookie", ""), COOKIE_NAME)
+        if cookie_cid is not None and not CONNECTION_ID.match(cookie_cid):
+            cookie_cid = None
         presented = cookie_cid or _first(query, "connection_id")
         session_id = _first(query, "session_id")
         if session_id is not None and not 0 < len(session_id) <= protocol.MAX_ID_LENGTH:
@@ -109,8 +115,15 @@ class Gateway:
                 return
             await _accept(scope, send, self._cookie_header(scope, device.connection_id, cookie_cid))
         else:
-            provisional = presented if presented and CONNECTION_ID.match(presented) else new_id()
-            await _accept(scope, send, self._cookie_header(scope, provisional, cookie_cid))
+            # Before authentication only an id we issue (or the cookie the browser already has)
+            # goes into Set-Cookie: a page cannot plant an id of its choosing in a browser.
+            explicit = presented if presented and CONNECTION_ID.match(presented) else None
+            provisional = explicit or new_id()
+            from_query = explicit is not None and cookie_cid is None
+            cookie_headers = (
+                [] if from_query else self._cookie_header(scope, provisional, cookie_cid)
+            )
+            await _accept(scope, send, cookie_headers)
             try:
                 principal, frame_session = await self._await_authenticate(receive, send)
                 device = await tidings.store.bind_device(principal.user_id, provisional)
@@ -220,24 +233,34 @@ class Gateway:
             # Subscribe first, then read: a change committed in between reaches the device as
             # an event, and the version filter drops whichever of the two is older.
             await tidings.registry.add(conn)
-            await tidings.register_presence(conn)
-            try:
-                count = await tidings.store.count(conn.user_id)
-                conn.push_count(count.count, count.version)
-            except StoreError as exc:
-                logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
-            reader = asyncio.create_task(self._read_loop(conn, receive))
-            await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not tidings.started:  # the node began shutting down during the handshake
+                conn.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+            else:
+                await tidings.register_presence(conn)
+                try:
+                    count = await tidings.store.count(conn.user_id)
+                    conn.push_count(count.count, count.version)
+                except StoreError as exc:
+                    # The contract promises the count after welcome: without it, try later.
+                    logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
+                    conn.close(protocol.CLOSE_TRY_AGAIN_LATER, "storage unavailable")
+                reader = asyncio.create_task(self._read_loop(conn, receive))
+                await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             tidings.registry.remove(conn)
-            await asyncio.shield(tidings.forget_presence(conn))
             for task in (reader, writer):
                 if task is not None and not task.done():
                     task.cancel()
             for task in (reader, writer):
                 if task is not None:
-                    with contextlib.suppress(BaseException):
-                        await task
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([task])
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        error = task.exception()
+                        if not isinstance(error, OSError):  # the client went away mid-send
+                            logger.error("connection %s failed", conn.connection_id, exc_info=error)
+                            conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+            await asyncio.shield(tidings.forget_presence(conn))
         if conn.close_code is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
@@ -251,6 +274,8 @@ class Gateway:
 
     async def _read_loop(self, conn: Connection, receive: Any) -> None:
         while not conn.closed:
+            # Stop reading while this client's answers pile up: TCP then slows the client.
+            await conn.wait_writable()
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -268,7 +293,7 @@ class Gateway:
         try:
             if isinstance(frame, protocol.GetUnseen):
                 notes = await tidings.unseen(conn.user_id, frame.limit)
-                conn.push(protocol.notification_data(frame.id, notes))
+                conn.push(protocol.notification_data(frame.id, notes, max_bytes=ANSWER_BUDGET))
             elif isinstance(frame, protocol.MarkSeen):
                 result = await tidings.mark_seen(conn.user_id, frame.notification_ids)
                 conn.push(protocol.reply(frame.id, marked=len(result.marked)))
@@ -289,7 +314,9 @@ class Gateway:
             )
         except StoreUnavailable:
             conn.push(protocol.error(frame.id, protocol.UNAVAILABLE, "storage unavailable, retry"))
-        except TidingsError:
+        except InvalidArgument as exc:
+            conn.push(protocol.error(frame.id, protocol.INVALID_FRAME, str(exc)))
+        except Exception:
             logger.exception("frame %s of %s failed", type(frame).__name__, conn.connection_id)
             conn.push(protocol.error(frame.id, protocol.INTERNAL, "internal error"))
 
@@ -326,15 +353,14 @@ def _bearer(value: str | None) -> str | None:
 
 
 def _cookie(header: str, name: str) -> str | None:
-    if not header:
-        return None
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(header)
-    except CookieError:
-        return None
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None and morsel.value else None
+    """The value of cookie ``name``, parsed leniently as browsers send it (one odd cookie of
+    the host application must not hide ours)."""
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip().strip('"')
+            return value or None
+    return None
 
 
 async def _accept(scope: Scope, send: Any, headers: list[tuple[bytes, bytes]]) -> None:
@@ -346,7 +372,7 @@ async def _accept(scope: Scope, send: Any, headers: list[tuple[bytes, bytes]]) -
 
 async def _deny(scope: Scope, send: Any, status: int, code: str, message: str) -> None:
     """Refuse the handshake with an HTTP response when the server allows it."""
-    if "websocket.http.response" in scope.get("extensions", {}) or {}:
+    if "websocket.http.response" in (scope.get("extensions") or {}):
         body = orjson.dumps({"error": code, "message": message})
         headers = [
             (b"content-type", b"application/json"),
@@ -373,3 +399,20 @@ async def _plain_response(send: Any, status: int, body: bytes) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(tidings: Tidings, receive: Any, send: Any) -> None:
+    """Start and close ``tidings`` when the gateway is served on its own."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await tidings.start()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await tidings.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -29,7 +29,9 @@ class Connection:
 
     __slots__ = (
         "_closed",
+        "_drained",
         "_queue",
+        "_queued_bytes",
         "_send",
         "_wakeup",
         "_writer",
@@ -39,6 +41,7 @@ class Connection:
         "connection_id",
         "last_version",
         "max_queue",
+        "pause_bytes",
         "session_id",
         "socket_id",
         "user_id",
@@ -52,6 +55,7 @@ class Connection:
         user_id: str,
         session_id: str,
         max_queue: int = 1024,
+        pause_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._send = send
         self.connection_id = connection_id
@@ -63,7 +67,12 @@ class Connection:
         self.max_queue = max_queue
         #: version of the last count sent; older counts are dropped so the badge never regresses
         self.last_version = -1
+        #: reading from the client pauses while more than this many bytes wait to be sent
+        self.pause_bytes = pause_bytes
         self._queue: deque[str] = deque()
+        self._queued_bytes = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._wakeup = asyncio.Event()
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
@@ -98,6 +107,9 @@ class Connection:
             self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
             return
         self._queue.append(text)
+        self._queued_bytes += len(text)
+        if self._queued_bytes > self.pause_bytes:
+            self._drained.clear()
         self._wakeup.set()
 
     def push_count(self, count: int, version: int, text: str | None = None) -> None:
@@ -115,10 +127,16 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self._queue.clear()
+        self._queued_bytes = 0
+        self._drained.set()
         self._wakeup.set()
         # A writer blocked on a client that stopped reading would never see the flag.
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
+
+    async def wait_writable(self) -> None:
+        """Return once the queued bytes are under ``pause_bytes`` (or the connection closed)."""
+        await self._drained.wait()
 
     def start_writer(self) -> asyncio.Task[None]:
         """Start the task that drains the queue into the socket."""
@@ -131,6 +149,10 @@ class Connection:
             await self._wakeup.wait()
             self._wakeup.clear()
             while queue:
-                await send({"type": "websocket.send", "text": queue.popleft()})
+                text = queue.popleft()
+                await send({"type": "websocket.send", "text": text})
+                self._queued_bytes -= len(text)
+                if self._queued_bytes <= self.pause_bytes:
+                    self._drained.set()
             if self._closed:
                 return

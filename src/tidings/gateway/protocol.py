@@ -107,7 +107,7 @@ def _identifier(raw: dict[str, Any], key: str, frame_id: Any, *, required: bool)
     value = raw.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH or "\x00" in value:
         raise ProtocolError(
             INVALID_FRAME, f"'{key}' must be a string of 1 to {MAX_ID_LENGTH} chars", frame_id
         )
@@ -131,12 +131,18 @@ def _parse_get_unseen(raw: dict[str, Any], frame_id: Any, max_page: int) -> GetU
     return GetUnseen(frame_id, limit)
 
 
+def _valid_notification_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and "\x00" not in value
+
+
 def _parse_mark_seen(raw: dict[str, Any], frame_id: Any, _: int) -> MarkSeen:
     ids = raw.get("notification_ids")
     if (
         not isinstance(ids, list)
         or not 0 < len(ids) <= MAX_IDS_PER_FRAME
-        or not all(isinstance(i, str) and 0 < len(i) <= MAX_ID_LENGTH for i in ids)
+        or not all(
+            isinstance(i, str) and 0 < len(i) <= MAX_ID_LENGTH and "\x00" not in i for i in ids
+        )
     ):
         raise ProtocolError(
             INVALID_FRAME,
@@ -176,14 +182,21 @@ def count_changed(count: int, version: int) -> str:
     return _encode({"type": "newNotificationCountChanged", "count": count, "version": version})
 
 
-def notification_data(frame_id: Any, notifications: Iterable[Notification]) -> str:
-    return _encode(
-        {
-            "type": "newNotificationData",
-            "id": frame_id,
-            "notifications": [n.to_dict() for n in notifications],
-        }
-    )
+def notification_data(
+    frame_id: Any, notifications: Iterable[Notification], *, max_bytes: int | None = None
+) -> str:
+    """The answer to ``getUnseen``; with ``max_bytes``, notifications past that size are left
+    for the next ``getUnseen`` (the first one is always included)."""
+    items: list[bytes] = []
+    size = 0
+    for note in notifications:
+        encoded = orjson.dumps(note.to_dict())
+        if max_bytes is not None and items and size + len(encoded) > max_bytes:
+            break
+        items.append(encoded)
+        size += len(encoded) + 1
+    head = orjson.dumps({"type": "newNotificationData", "id": frame_id})
+    return (head[:-1] + b',"notifications":[' + b",".join(items) + b"]}").decode()
 
 
 def reply(frame_id: Any, **fields: Any) -> str:

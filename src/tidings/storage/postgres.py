@@ -31,6 +31,7 @@ from tidings.core.models import (
 from tidings.errors import (
     ConfigurationError,
     Conflict,
+    InvalidArgument,
     MissingDependencyError,
     NotFound,
     StoreError,
@@ -149,6 +150,8 @@ class PostgresStore(Store):
                     yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except asyncpg.DataError as exc:
+            raise InvalidArgument(f"PostgreSQL refused a value: {exc}") from exc
 
     # Notifications and counts
 

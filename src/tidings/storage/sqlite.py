@@ -138,6 +138,9 @@ class SqliteStore(Store):
             raise
 
     async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False  # refuse new calls at once; pending writes still finish
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         loop = asyncio.get_running_loop()
@@ -147,7 +150,6 @@ class SqliteStore(Store):
         self._wconn = self._rconn = None
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
-        self._started = False
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -183,7 +185,7 @@ class SqliteStore(Store):
             batch, self._pending = self._pending, []
             try:
                 outcomes = await loop.run_in_executor(self._writer, self._run_batch, batch)
-            except BaseException as exc:
+            except Exception as exc:
                 failure = StoreUnavailable(f"sqlite write failed: {exc}")
                 failure.__cause__ = exc
                 outcomes = [failure] * len(batch)
@@ -205,9 +207,10 @@ class SqliteStore(Store):
                 conn.execute("SAVEPOINT item")
                 try:
                     outcomes.append(write.fn(conn))
-                except (StoreError, sqlite3.IntegrityError) as exc:
+                except Exception as exc:
+                    # Only this write is undone; the rest of the batch commits.
                     conn.execute("ROLLBACK TO item")
-                    outcomes.append(exc if isinstance(exc, StoreError) else Conflict(str(exc)))
+                    outcomes.append(_as_store_error(exc))
                 conn.execute("RELEASE item")
             conn.execute("COMMIT")
         except BaseException:
@@ -497,6 +500,16 @@ class SqliteStore(Store):
             return str(row[0])
 
         return await self._write(run)
+
+
+def _as_store_error(exc: Exception) -> Exception:
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        return Conflict(str(exc))
+    if isinstance(exc, sqlite3.Error):
+        return StoreUnavailable(f"sqlite write failed: {exc}")
+    return exc
 
 
 def _notification(row: tuple[Any, ...]) -> Notification:
