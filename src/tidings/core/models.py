@@ -29,6 +29,8 @@ class Notification:
     data: Any
     creation_date: datetime
     seen_date: datetime | None = None
+    #: position in the store's log (creation order); not part of the wire form
+    seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form of the notification (wire contract v1)."""
@@ -82,12 +84,31 @@ class ServiceClient:
 
 @dataclass(frozen=True, slots=True)
 class Device:
-    """A device: one ``connection_id`` bound to one user."""
+    """A device: one ``connection_id`` bound to one user, with its queue's cursor."""
 
     connection_id: str
     user_id: str
     created_at: datetime
     last_seen_at: datetime
+    #: every notification of the user up to this seq has left the device's queue
+    cursor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    """What :meth:`Store.ack` did."""
+
+    acked: list[str]
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGap:
+    """Notifications dropped from a device's queue by an operator's limit."""
+
+    reason: str  # "max_length" or "max_age"
+    skipped: int
+    cursor: int
 
 
 @dataclass(frozen=True, slots=True)

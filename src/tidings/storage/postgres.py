@@ -18,12 +18,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from tidings.core.models import (
+    AckResult,
     Device,
     MarkSeenResult,
     NodeInfo,
     Notification,
     NotifyResult,
     Presence,
+    QueueGap,
     ServiceClient,
     UnseenCount,
     utcnow,
@@ -52,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependencyError("asyncpg", "postgres") from exc
 
 MIGRATION_LOCK = zlib.crc32(b"tidings-migrations")
-NOTIFICATION_COLUMNS = "notification_id, user_id, data::text, creation_date, seen_date"
+NOTIFICATION_COLUMNS = "notification_id, user_id, data::text, creation_date, seen_date, seq"
 
 # Errors that mean "the database cannot be reached right now", not "your request is wrong".
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -161,7 +163,7 @@ class PostgresStore(Store):
         nid = notification_id or new_id()
         now = utcnow()
         async with self._connection(transaction=True) as conn:
-            inserted = await conn.fetchval(
+            seq = await conn.fetchval(
                 "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
                 "VALUES ($1, $2, $3::json, $4) ON CONFLICT (notification_id) DO NOTHING "
                 "RETURNING seq",
@@ -170,7 +172,7 @@ class PostgresStore(Store):
                 orjson.dumps(data).decode(),
                 now,
             )
-            if inserted is None:
+            if seq is None:
                 row = await conn.fetchrow(
                     f"SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE notification_id = $1",
                     nid,
@@ -188,7 +190,7 @@ class PostgresStore(Store):
                 user_id,
             )
         return NotifyResult(
-            Notification(nid, user_id, data, now),
+            Notification(nid, user_id, data, now, seq=seq),
             created=True,
             count=UnseenCount(user_id, unseen, version),
         )
@@ -254,7 +256,11 @@ class PostgresStore(Store):
 
     async def bind_device(self, user_id: str, connection_id: str | None) -> Device:
         now = utcnow()
-        columns = "connection_id, user_id, created_at, last_seen_at"
+        columns = "connection_id, user_id, created_at, last_seen_at, cursor"
+        insert = (
+            f"INSERT INTO devices ({columns}) VALUES ($1, $2, $3, $3, "
+            "(SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = $2)) "
+        )
         async with self._connection(transaction=True) as conn:
             if connection_id and CONNECTION_ID.match(connection_id):
                 row = await conn.fetchrow(
@@ -267,21 +273,139 @@ class PostgresStore(Store):
                 if row is not None:
                     return Device(*row)
                 row = await conn.fetchrow(
-                    "INSERT INTO devices VALUES ($1, $2, $3, $3) ON CONFLICT DO NOTHING "
-                    f"RETURNING {columns}",
+                    insert + f"ON CONFLICT DO NOTHING RETURNING {columns}",
                     connection_id,
                     user_id,
                     now,
                 )
                 if row is not None:
                     return Device(*row)
-            row = await conn.fetchrow(
-                f"INSERT INTO devices VALUES ($1, $2, $3, $3) RETURNING {columns}",
-                new_id(),
-                user_id,
-                now,
-            )
+            row = await conn.fetchrow(insert + f"RETURNING {columns}", new_id(), user_id, now)
         return Device(*row)
+
+    async def _cursor(self, conn: Any, connection_id: str, user_id: str, *, lock: bool) -> int:
+        cursor = await conn.fetchval(
+            "SELECT cursor FROM devices WHERE connection_id = $1 AND user_id = $2"
+            + (" FOR UPDATE" if lock else ""),
+            connection_id,
+            user_id,
+        )
+        if cursor is None:
+            raise NotFound("unknown device", [connection_id])
+        return int(cursor)
+
+    async def pending(
+        self, connection_id: str, user_id: str, after_seq: int, limit: int
+    ) -> list[Notification]:
+        async with self._connection() as conn:
+            cursor = await self._cursor(conn, connection_id, user_id, lock=False)
+            rows = await conn.fetch(
+                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications n "
+                "WHERE user_id = $1 AND seq > $2 AND NOT EXISTS (SELECT 1 FROM device_acks a "
+                "WHERE a.connection_id = $3 AND a.seq = n.seq) ORDER BY seq LIMIT $4",
+                user_id,
+                max(after_seq, cursor),
+                connection_id,
+                limit,
+            )
+        return [_notification(row) for row in rows]
+
+    async def ack(
+        self, connection_id: str, user_id: str, notification_ids: Sequence[str]
+    ) -> AckResult:
+        ids = list(dict.fromkeys(notification_ids))
+        async with self._connection(transaction=True) as conn:
+            cursor = await self._cursor(conn, connection_id, user_id, lock=True)
+            found = {
+                row[0]: row[1]
+                for row in await conn.fetch(
+                    "SELECT notification_id, seq FROM notifications "
+                    "WHERE user_id = $1 AND notification_id = ANY($2::text[])",
+                    user_id,
+                    ids,
+                )
+            }
+            missing = [nid for nid in ids if nid not in found]
+            if missing:
+                raise NotFound("unknown notification ids", missing)
+            above = [seq for seq in found.values() if seq > cursor]
+            if above:
+                await conn.execute(
+                    "INSERT INTO device_acks SELECT $1, unnest($2::bigint[]) "
+                    "ON CONFLICT DO NOTHING",
+                    connection_id,
+                    above,
+                )
+            cursor = await _advance_cursor(conn, connection_id, user_id, cursor)
+        return AckResult(ids, cursor)
+
+    async def trim_queue(
+        self,
+        connection_id: str,
+        user_id: str,
+        *,
+        max_length: int | None,
+        max_age: float | None,
+    ) -> QueueGap | None:
+        pending = (
+            "FROM notifications n WHERE user_id = $1 AND seq > $2 AND NOT EXISTS "
+            "(SELECT 1 FROM device_acks a WHERE a.connection_id = $3 AND a.seq = n.seq)"
+        )
+        async with self._connection(transaction=True) as conn:
+            try:
+                cursor = start = await self._cursor(conn, connection_id, user_id, lock=True)
+            except NotFound:
+                return None
+            skipped, reason = 0, ""
+            if max_age:
+                old = await conn.fetchrow(
+                    f"SELECT count(*), max(seq) {pending} AND creation_date < $4",
+                    user_id,
+                    cursor,
+                    connection_id,
+                    utcnow() - timedelta(seconds=max_age),
+                )
+                if old[0]:
+                    skipped, reason, cursor = old[0], "max_age", old[1]
+            if max_length is not None:
+                total = await conn.fetchval(
+                    f"SELECT count(*) {pending}",
+                    user_id,
+                    cursor,
+                    connection_id,
+                )
+                if total > max_length:
+                    cursor = await conn.fetchval(
+                        f"SELECT seq {pending} ORDER BY seq LIMIT 1 OFFSET $4",
+                        user_id,
+                        cursor,
+                        connection_id,
+                        total - max_length - 1,
+                    )
+                    skipped, reason = skipped + total - max_length, reason or "max_length"
+            if cursor == start:
+                return None
+            await conn.execute(
+                "UPDATE devices SET cursor = $2 WHERE connection_id = $1", connection_id, cursor
+            )
+            await conn.execute(
+                "DELETE FROM device_acks WHERE connection_id = $1 AND seq <= $2",
+                connection_id,
+                cursor,
+            )
+        return QueueGap(reason, skipped, cursor)
+
+    async def forget_device(self, user_id: str, connection_id: str) -> bool:
+        async with self._connection(transaction=True) as conn:
+            status = await conn.execute(
+                "DELETE FROM devices WHERE connection_id = $1 AND user_id = $2",
+                connection_id,
+                user_id,
+            )
+            if status == "DELETE 0":
+                return False
+            await conn.execute("DELETE FROM device_acks WHERE connection_id = $1", connection_id)
+        return True
 
     # Cluster
 
@@ -419,7 +543,40 @@ def _notification(row: Any) -> Notification:
         data=orjson.loads(row[2]),
         creation_date=row[3],
         seen_date=row[4],
+        seq=row[5] if len(row) > 5 else 0,
     )
+
+
+async def _advance_cursor(conn: Any, connection_id: str, user_id: str, cursor: int) -> int:
+    """Fold contiguous acknowledgements into the cursor and drop their rows."""
+    start = cursor
+    while True:
+        rows = await conn.fetch(
+            "SELECT n.seq, a.seq IS NOT NULL FROM notifications n LEFT JOIN device_acks a "
+            "ON a.connection_id = $1 AND a.seq = n.seq "
+            "WHERE n.user_id = $2 AND n.seq > $3 ORDER BY n.seq LIMIT 256",
+            connection_id,
+            user_id,
+            cursor,
+        )
+        for seq, acked in rows:
+            if not acked:
+                break
+            cursor = seq
+        else:
+            if len(rows) == 256:
+                continue
+        break
+    if cursor != start:
+        await conn.execute(
+            "UPDATE devices SET cursor = $2 WHERE connection_id = $1", connection_id, cursor
+        )
+        await conn.execute(
+            "DELETE FROM device_acks WHERE connection_id = $1 AND seq <= $2",
+            connection_id,
+            cursor,
+        )
+    return cursor
 
 
 def _client(row: Any) -> ServiceClient:

@@ -21,12 +21,14 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from tidings.core.models import (
+    AckResult,
     Device,
     MarkSeenResult,
     NodeInfo,
     Notification,
     NotifyResult,
     Presence,
+    QueueGap,
     ServiceClient,
     UnseenCount,
     isoformat,
@@ -230,7 +232,7 @@ class SqliteStore(Store):
 
         def run(conn: sqlite3.Connection) -> NotifyResult:
             row = conn.execute(
-                "SELECT notification_id, user_id, data, creation_date, seen_date "
+                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
                 "FROM notifications WHERE notification_id = ?",
                 (nid,),
             ).fetchone()
@@ -243,11 +245,11 @@ class SqliteStore(Store):
                         f"notification_id {nid!r} is already used by another notification"
                     )
                 return NotifyResult(existing, created=False)
-            conn.execute(
+            seq = conn.execute(
                 "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
                 "VALUES (?, ?, ?, ?)",
                 (nid, user_id, encoded.decode(), isoformat(now)),
-            )
+            ).lastrowid
             unseen, version = conn.execute(
                 "INSERT INTO user_counts (user_id, unseen, version) VALUES (?, 1, 1) "
                 "ON CONFLICT (user_id) DO UPDATE SET unseen = unseen + 1, version = version + 1 "
@@ -255,7 +257,7 @@ class SqliteStore(Store):
                 (user_id,),
             ).fetchone()
             return NotifyResult(
-                Notification(nid, user_id, data, now),
+                Notification(nid, user_id, data, now, seq=seq or 0),
                 created=True,
                 count=UnseenCount(user_id, unseen, version),
             )
@@ -265,7 +267,7 @@ class SqliteStore(Store):
     async def unseen(self, user_id: str, limit: int) -> list[Notification]:
         def run(conn: sqlite3.Connection) -> list[Notification]:
             rows = conn.execute(
-                "SELECT notification_id, user_id, data, creation_date, seen_date "
+                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
                 "FROM notifications WHERE user_id = ? AND seen_date IS NULL "
                 "ORDER BY seq LIMIT ?",
                 (user_id, limit),
@@ -322,12 +324,13 @@ class SqliteStore(Store):
 
     async def bind_device(self, user_id: str, connection_id: str | None) -> Device:
         now = isoformat(utcnow())
+        columns = "connection_id, user_id, created_at, last_seen_at, cursor"
 
         def run(conn: sqlite3.Connection) -> Device:
             if connection_id and CONNECTION_ID.match(connection_id):
                 row = conn.execute(
                     "UPDATE devices SET last_seen_at = ? WHERE connection_id = ? AND user_id = ? "
-                    "RETURNING connection_id, user_id, created_at, last_seen_at",
+                    f"RETURNING {columns}",
                     (now, connection_id, user_id),
                 ).fetchone()
                 if row is not None:
@@ -339,11 +342,132 @@ class SqliteStore(Store):
             else:
                 chosen = new_id()
             row = conn.execute(
-                "INSERT INTO devices VALUES (?, ?, ?, ?) "
-                "RETURNING connection_id, user_id, created_at, last_seen_at",
-                (chosen, user_id, now, now),
+                f"INSERT INTO devices ({columns}) VALUES (?, ?, ?, ?, "
+                "(SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = ?)) "
+                f"RETURNING {columns}",
+                (chosen, user_id, now, now, user_id),
             ).fetchone()
             return _device(row)
+
+        return await self._write(run)
+
+    async def pending(
+        self, connection_id: str, user_id: str, after_seq: int, limit: int
+    ) -> list[Notification]:
+        def run(conn: sqlite3.Connection) -> list[Notification]:
+            row = conn.execute(
+                "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
+                (connection_id, user_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound("unknown device", [connection_id])
+            rows = conn.execute(
+                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
+                "FROM notifications n WHERE user_id = ? AND seq > ? AND NOT EXISTS "
+                "(SELECT 1 FROM device_acks a WHERE a.connection_id = ? AND a.seq = n.seq) "
+                "ORDER BY seq LIMIT ?",
+                (user_id, max(after_seq, row[0]), connection_id, limit),
+            ).fetchall()
+            return [_notification(r) for r in rows]
+
+        return await self._read(run)
+
+    async def ack(
+        self, connection_id: str, user_id: str, notification_ids: Sequence[str]
+    ) -> AckResult:
+        ids = list(dict.fromkeys(notification_ids))
+
+        def run(conn: sqlite3.Connection) -> AckResult:
+            row = conn.execute(
+                "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
+                (connection_id, user_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound("unknown device", [connection_id])
+            cursor = row[0]
+            marks = ",".join("?" * len(ids))
+            found = dict(
+                conn.execute(
+                    f"SELECT notification_id, seq FROM notifications "
+                    f"WHERE user_id = ? AND notification_id IN ({marks})",
+                    (user_id, *ids),
+                ).fetchall()
+            )
+            missing = [nid for nid in ids if nid not in found]
+            if missing:
+                raise NotFound("unknown notification ids", missing)
+            conn.executemany(
+                "INSERT OR IGNORE INTO device_acks VALUES (?, ?)",
+                [(connection_id, seq) for seq in found.values() if seq > cursor],
+            )
+            cursor = _advance_cursor(conn, connection_id, user_id, cursor)
+            return AckResult(ids, cursor)
+
+        return await self._write(run)
+
+    async def trim_queue(
+        self,
+        connection_id: str,
+        user_id: str,
+        *,
+        max_length: int | None,
+        max_age: float | None,
+    ) -> QueueGap | None:
+        cutoff = isoformat(utcnow() - timedelta(seconds=max_age)) if max_age else None
+
+        def run(conn: sqlite3.Connection) -> QueueGap | None:
+            row = conn.execute(
+                "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
+                (connection_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            cursor = start = row[0]
+            pending = "FROM notifications n WHERE user_id = ? AND seq > ? AND NOT EXISTS " + (
+                "(SELECT 1 FROM device_acks a WHERE a.connection_id = ? AND a.seq = n.seq)"
+            )
+            skipped, reason = 0, ""
+            if cutoff is not None:
+                old = conn.execute(
+                    f"SELECT count(*), max(seq) {pending} AND creation_date < ?",
+                    (user_id, cursor, connection_id, cutoff),
+                ).fetchone()
+                if old[0]:
+                    skipped, reason, cursor = old[0], "max_age", old[1]
+            if max_length is not None:
+                (total,) = conn.execute(
+                    f"SELECT count(*) {pending}",
+                    (user_id, cursor, connection_id),
+                ).fetchone()
+                if total > max_length:
+                    (cursor,) = conn.execute(
+                        f"SELECT seq {pending} ORDER BY seq LIMIT 1 OFFSET ?",
+                        (user_id, cursor, connection_id, total - max_length - 1),
+                    ).fetchone()
+                    skipped, reason = skipped + total - max_length, reason or "max_length"
+            if cursor == start:
+                return None
+            conn.execute(
+                "UPDATE devices SET cursor = ? WHERE connection_id = ?", (cursor, connection_id)
+            )
+            conn.execute(
+                "DELETE FROM device_acks WHERE connection_id = ? AND seq <= ?",
+                (connection_id, cursor),
+            )
+            return QueueGap(reason, skipped, cursor)
+
+        return await self._write(run)
+
+    async def forget_device(self, user_id: str, connection_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM devices WHERE connection_id = ? AND user_id = ?",
+                (connection_id, user_id),
+            )
+            if not cursor.rowcount:
+                return False
+            conn.execute("DELETE FROM device_acks WHERE connection_id = ?", (connection_id,))
+            return True
 
         return await self._write(run)
 
@@ -519,11 +643,41 @@ def _notification(row: tuple[Any, ...]) -> Notification:
         data=orjson.loads(row[2]),
         creation_date=parse_iso(row[3]),
         seen_date=parse_iso(row[4]) if row[4] else None,
+        seq=row[5] if len(row) > 5 else 0,
     )
 
 
 def _device(row: tuple[Any, ...]) -> Device:
-    return Device(row[0], row[1], parse_iso(row[2]), parse_iso(row[3]))
+    return Device(row[0], row[1], parse_iso(row[2]), parse_iso(row[3]), row[4])
+
+
+def _advance_cursor(conn: sqlite3.Connection, connection_id: str, user_id: str, cursor: int) -> int:
+    """Fold contiguous acknowledgements into the cursor and drop their rows."""
+    start = cursor
+    while True:
+        rows = conn.execute(
+            "SELECT n.seq, a.seq IS NOT NULL FROM notifications n LEFT JOIN device_acks a "
+            "ON a.connection_id = ? AND a.seq = n.seq "
+            "WHERE n.user_id = ? AND n.seq > ? ORDER BY n.seq LIMIT 256",
+            (connection_id, user_id, cursor),
+        ).fetchall()
+        for seq, acked in rows:
+            if not acked:
+                break
+            cursor = seq
+        else:
+            if len(rows) == 256:
+                continue
+        break
+    if cursor != start:
+        conn.execute(
+            "UPDATE devices SET cursor = ? WHERE connection_id = ?", (cursor, connection_id)
+        )
+        conn.execute(
+            "DELETE FROM device_acks WHERE connection_id = ? AND seq <= ?",
+            (connection_id, cursor),
+        )
+    return cursor
 
 
 def _client(row: tuple[Any, ...]) -> ServiceClient:
