@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -141,6 +142,12 @@ class DeviceClient:
     ``access_token`` query parameter, or an ``authenticate`` frame after connecting.
     ``connection_id`` identifies the device across reconnections (as the browser cookie does);
     after :meth:`connect` it holds the id the server confirmed.
+
+    With ``deliver=True`` the server pushes every notification this device has not acknowledged
+    as a ``notification`` frame, at least once. The client drops repeats by ``notification_id``
+    (it remembers the last ``dedupe_window`` ids), so each appears once among :meth:`events`,
+    and with ``auto_ack`` it acknowledges them (repeats too: the server only forgets what is
+    acknowledged).
     """
 
     def __init__(
@@ -152,6 +159,9 @@ class DeviceClient:
         connection_id: str | None = None,
         auth: AuthMode = "header",
         open_timeout: float = 10.0,
+        deliver: bool = False,
+        auto_ack: bool = True,
+        dedupe_window: int = 10_000,
     ) -> None:
         self.url = url
         self.token = token
@@ -171,6 +181,13 @@ class DeviceClient:
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._count_changed = asyncio.Condition()
         self.close_code: int | None = None
+        self.deliver = deliver
+        self.auto_ack = auto_ack
+        self.dedupe_window = dedupe_window
+        self.duplicates = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._to_ack: list[str] = []
+        self._acker: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -193,6 +210,8 @@ class DeviceClient:
             query["access_token"] = self.token
         if self.session_id and self.auth != "frame":
             query["session_id"] = self.session_id
+        if self.deliver and self.auth != "frame":
+            query["deliver"] = "1"
         if self.connection_id:
             headers["Cookie"] = f"tidings_cid={self.connection_id}"
         parts = urlsplit(self.url)
@@ -231,6 +250,8 @@ class DeviceClient:
             frame: dict[str, Any] = {"type": "authenticate", "token": self.token}
             if self.session_id:
                 frame["session_id"] = self.session_id
+            if self.deliver:
+                frame["deliver"] = True
             await self._ws.send(orjson.dumps(frame).decode())
         welcome = await self._first_welcome()
         self.welcome = welcome
@@ -285,6 +306,16 @@ class DeviceClient:
                 self.count = int(frame["count"])
                 async with self._count_changed:
                     self._count_changed.notify_all()
+        if kind == "notification":
+            nid = str(frame["notification"]["notification_id"])
+            if self.auto_ack:
+                self._queue_ack(nid)
+            if nid in self._seen:
+                self.duplicates += 1
+                return
+            self._seen[nid] = None
+            if len(self._seen) > self.dedupe_window:
+                self._seen.popitem(last=False)
         frame_id = frame.get("id")
         if kind in ("reply", "error", "newNotificationData") and frame_id in self._waiting:
             future = self._waiting.pop(frame_id)
@@ -292,6 +323,29 @@ class DeviceClient:
                 future.set_result(frame)
             return
         self._events.put_nowait(frame)
+
+    def _queue_ack(self, notification_id: str) -> None:
+        self._to_ack.append(notification_id)
+        if self._acker is None or self._acker.done():
+            self._acker = asyncio.create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        await asyncio.sleep(0)  # let a burst of frames accumulate into one ack
+        while self._to_ack:
+            batch, self._to_ack = self._to_ack[:1000], self._to_ack[1000:]
+            try:
+                await self.ack(batch)
+            except (ClientError, websockets.ConnectionClosed, TimeoutError):
+                return  # unacknowledged ones are sent again on reconnection
+
+    async def ack(self, notification_ids: Sequence[str]) -> int:
+        """Acknowledge delivered notifications (deliver mode); returns how many."""
+        answer = await self.request({"type": "ack", "notification_ids": list(notification_ids)})
+        return int(answer.get("acked", 0))
+
+    async def forget(self) -> None:
+        """Log this device out: the server deletes its queue and closes the connection."""
+        await self.request({"type": "forgetDevice"})
 
     async def request(self, frame: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
         """Send a frame with a fresh ``id`` and return the server's direct answer.
@@ -356,6 +410,10 @@ class DeviceClient:
         await self._ws.send(text)
 
     async def close(self) -> None:
+        if self._acker is not None and not self._acker.done():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._acker
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:

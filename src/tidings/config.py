@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         20.0, gt=0, description="A node silent this long is dead: others remove its sockets."
     )
 
+    # Durable device queues (deliver mode)
+    device_queue_max_length: int | None = Field(
+        None, gt=0, description="Keep at most this many pending notifications per device."
+    )
+    device_queue_max_age: float | None = Field(
+        None, gt=0, description="Drop pending notifications older than this many seconds."
+    )
+
     # Device authentication
     jwt_secret: str | None = Field(
         None,

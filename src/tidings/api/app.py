@@ -155,6 +155,22 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
             response.status_code = 200
         return NotificationOut.of(result.notification)
 
+    @app.delete(
+        "/users/{user_id}/devices/{connection_id}",
+        status_code=204,
+        responses={
+            404: {"model": ApiErrorBody, "description": "No such device"},
+            **error_responses,
+        },
+        tags=["devices"],
+        dependencies=[Depends(require_scope("notify"))],
+    )
+    async def forget_device(user_id: str, connection_id: str) -> Response:
+        """Log a device out: delete its queue and close its sockets on every node."""
+        if not await tidings.forget_device(user_id, connection_id):
+            raise ApiError(404, "not_found", "no such device for this user")
+        return Response(status_code=204)
+
     @app.post(
         "/oauth/token",
         response_model=TokenResponse,

@@ -12,14 +12,19 @@ from tidings.core.models import UnseenCount
 COUNT_CHANGED = "unseen-notification-count-changed"
 
 
-def encode_count(count: UnseenCount, origin: str) -> bytes:
-    """The event that carries a user's new count, so that no node has to re-count."""
+def encode_count(count: UnseenCount, origin: str, seq: int = 0) -> bytes:
+    """The event that carries a user's new count, so that no node has to re-count.
+
+    ``seq`` is the log position of the notification that caused it (0 for other changes):
+    nodes with devices in deliver mode read the device queues only when it is new to them.
+    """
     return orjson.dumps(
         {
             "type": COUNT_CHANGED,
             "user_id": count.user_id,
             "count": count.count,
             "version": count.version,
+            "seq": seq,
             "node": origin,
         }
     )
@@ -34,8 +39,30 @@ def decode(payload: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
 
 
-def decode_count(event: dict[str, Any]) -> UnseenCount | None:
+def decode_count(event: dict[str, Any]) -> tuple[UnseenCount, int] | None:
+    """``(count, seq)`` of a count event, or ``None`` if malformed."""
     user_id, count, version = event.get("user_id"), event.get("count"), event.get("version")
-    if isinstance(user_id, str) and isinstance(count, int) and isinstance(version, int):
-        return UnseenCount(user_id, count, version)
+    seq = event.get("seq", 0)
+    if (
+        isinstance(user_id, str)
+        and isinstance(count, int)
+        and isinstance(version, int)
+        and isinstance(seq, int)
+    ):
+        return UnseenCount(user_id, count, version), seq
     return None
+
+
+#: A device was logged out: every node closes its sockets.
+DEVICE_FORGOTTEN = "device-forgotten"
+
+
+def encode_device_forgotten(user_id: str, connection_id: str, origin: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": DEVICE_FORGOTTEN,
+            "user_id": user_id,
+            "connection_id": connection_id,
+            "node": origin,
+        }
+    )

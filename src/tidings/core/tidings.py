@@ -17,8 +17,22 @@ from tidings.auth.oauth import ServiceAuth
 from tidings.bus import Bus, create_bus
 from tidings.config import Settings
 from tidings.core import events
-from tidings.core.models import MarkSeenResult, Notification, NotifyResult, UnseenCount
-from tidings.errors import BusError, InvalidArgument, PayloadTooLarge, TidingsError
+from tidings.core.models import (
+    AckResult,
+    MarkSeenResult,
+    Notification,
+    NotifyResult,
+    QueueGap,
+    UnseenCount,
+)
+from tidings.errors import (
+    BusError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    StoreUnavailable,
+    TidingsError,
+)
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
 from tidings.gateway.registry import Registry, user_channel
@@ -77,8 +91,9 @@ class Tidings:
         self._gateway: Gateway | None = None
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Latest count per user whose event the bus refused; re-published in the background.
-        self._unpublished: dict[str, UnseenCount] = {}
+        # Latest count (and notification seq) per user whose event the bus refused;
+        # re-published in the background.
+        self._unpublished: dict[str, tuple[UnseenCount, int]] = {}
         self._republisher: asyncio.Task[None] | None = None
 
     # Lifecycle
@@ -255,7 +270,7 @@ class Tidings:
     async def _notify(self, user_id: str, data: Any, notification_id: str | None) -> NotifyResult:
         result = await self.store.create_notification(user_id, data, notification_id)
         if result.count is not None:
-            await self._publish_count(result.count)
+            await self._publish_count(result.count, result.notification.seq)
         return result
 
     async def unseen(
@@ -272,12 +287,16 @@ class Tidings:
         Raises:
             NotFound: an id is unknown or another user's; nothing was changed.
         """
+        self._check_ids(user_id, notification_ids)
+        return await asyncio.shield(self._mark_seen(user_id, notification_ids))
+
+    @staticmethod
+    def _check_ids(user_id: str, notification_ids: Sequence[str]) -> None:
         _check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
         if len(notification_ids) > protocol.MAX_IDS_PER_FRAME:
             raise InvalidArgument(f"at most {protocol.MAX_IDS_PER_FRAME} ids per call")
         for nid in notification_ids:
             _check_identifier("notification_id", nid, protocol.MAX_ID_LENGTH)
-        return await asyncio.shield(self._mark_seen(user_id, notification_ids))
 
     async def _mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
         result = await self.store.mark_seen(user_id, notification_ids)
@@ -291,21 +310,21 @@ class Tidings:
 
     # Events between nodes
 
-    async def _publish_count(self, count: UnseenCount) -> None:
-        payload = events.encode_count(count, self.node_id)
+    async def _publish_count(self, count: UnseenCount, seq: int = 0) -> None:
+        payload = events.encode_count(count, self.node_id, seq)
         try:
             await self.bus.publish(user_channel(count.user_id), payload)
         except BusError as exc:
             # Committed already: reach this node's devices now, and keep re-publishing the
             # user's latest count until the bus takes it (versions make repeats harmless).
             logger.warning("count event for %s not published: %s", count.user_id, exc)
-            self._deliver_count(count)
-            self._queue_republish(count)
+            self._deliver_count(count, seq)
+            self._queue_republish(count, seq)
 
-    def _queue_republish(self, count: UnseenCount) -> None:
+    def _queue_republish(self, count: UnseenCount, seq: int) -> None:
         latest = self._unpublished.get(count.user_id)
-        if latest is None or latest.version < count.version:
-            self._unpublished[count.user_id] = count
+        if latest is None or latest[0].version < count.version:
+            self._unpublished[count.user_id] = (count, max(seq, latest[1] if latest else 0))
         if self._republisher is None or self._republisher.done():
             self._republisher = asyncio.create_task(self._republish())
 
@@ -313,15 +332,16 @@ class Tidings:
         delay = 0.1
         while self._unpublished:
             await asyncio.sleep(delay)
-            for user_id, count in list(self._unpublished.items()):
+            for user_id, entry in list(self._unpublished.items()):
+                count, seq = entry
                 try:
                     await self.bus.publish(
-                        user_channel(user_id), events.encode_count(count, self.node_id)
+                        user_channel(user_id), events.encode_count(count, self.node_id, seq)
                     )
                 except BusError:
                     delay = min(delay * 2, 5.0)
                     break
-                if self._unpublished.get(user_id) is count:
+                if self._unpublished.get(user_id) is entry:
                     del self._unpublished[user_id]
 
     def _on_bus_message(self, channel: str, payload: bytes) -> None:
@@ -330,24 +350,126 @@ class Tidings:
             logger.warning("ignoring undecodable bus message on %s", channel)
             return
         if event["type"] == events.COUNT_CHANGED:
-            count = events.decode_count(event)
-            if count is not None:
-                self._deliver_count(count)
+            decoded = events.decode_count(event)
+            if decoded is not None:
+                self._deliver_count(*decoded)
+        elif event["type"] == events.DEVICE_FORGOTTEN:
+            user_id, connection_id = event.get("user_id"), event.get("connection_id")
+            if isinstance(user_id, str) and isinstance(connection_id, str):
+                self._close_device(user_id, connection_id)
 
-    def _deliver_count(self, count: UnseenCount) -> None:
+    def _deliver_count(self, count: UnseenCount, seq: int = 0) -> None:
         text = protocol.count_changed(count.count, count.version)
         self.registry.deliver_count(count.user_id, count.count, count.version, text)
+        if seq:
+            for conn in self.registry.connections(count.user_id):
+                if conn.deliver and seq > conn.delivered_upto:
+                    self.schedule_delivery(conn)
 
     def _on_bus_reconnect(self) -> None:
         self._spawn(self.resync_counts())
 
     async def resync_counts(self) -> None:
-        """Re-read and push the count of every user with a device here (after a bus outage)."""
-        for user_id in [u for u in {c.user_id for c in self.registry}]:
+        """Re-read and push the count of every user with a device here, and look into the
+        queue of every device in deliver mode (after a bus outage: events may be lost)."""
+        for user_id in {c.user_id for c in self.registry}:
             try:
                 self._deliver_count(await self.store.count(user_id))
             except TidingsError as exc:
                 logger.warning("count resync for %s failed: %s", user_id, exc)
+        for conn in self.registry:
+            if conn.deliver:
+                self.schedule_delivery(conn)
+
+    # Durable device queues (deliver mode)
+
+    def schedule_delivery(self, conn: Connection) -> None:
+        """Push what ``conn``'s device has not acknowledged, beyond what it was sent."""
+        if conn.closed:
+            return
+        if conn.delivery is not None and not conn.delivery.done():
+            conn.delivery_again = True  # the running pass reads once more when done
+            return
+        conn.delivery = asyncio.create_task(self._deliver(conn))
+
+    async def _deliver(self, conn: Connection) -> None:
+        page_size = 100
+        delay = 0.5
+        while not conn.closed:
+            conn.delivery_again = False
+            try:
+                while True:
+                    await conn.wait_writable()
+                    page = await self.store.pending(
+                        conn.connection_id, conn.user_id, conn.delivered_upto, page_size
+                    )
+                    for note in page:
+                        conn.push(protocol.notification(note))
+                        conn.delivered_upto = note.seq
+                    if len(page) < page_size:
+                        break
+            except NotFound:
+                conn.close(protocol.CLOSE_NORMAL, "device forgotten")
+                return
+            except StoreUnavailable as exc:
+                logger.warning("queue of %s unavailable: %s; retrying", conn.connection_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                conn.delivery_again = True
+            if not conn.delivery_again:
+                return
+
+    async def open_queue(self, conn: Connection) -> QueueGap | None:
+        """Apply the operator's queue limits (telling the device of any gap with a
+        ``queueGap`` frame), then start pushing the device's queue."""
+        settings = self.settings
+        gap = None
+        if settings.device_queue_max_length or settings.device_queue_max_age:
+            gap = await self.store.trim_queue(
+                conn.connection_id,
+                conn.user_id,
+                max_length=settings.device_queue_max_length,
+                max_age=settings.device_queue_max_age,
+            )
+        if gap is not None:
+            conn.push(protocol.queue_gap(gap.reason, gap.skipped))
+        self.schedule_delivery(conn)
+        return gap
+
+    async def ack(
+        self, user_id: str, connection_id: str, notification_ids: Sequence[str]
+    ) -> AckResult:
+        """Remove notifications from a device's queue.
+
+        Raises:
+            NotFound: an id or the device is unknown or not the user's; nothing changed.
+        """
+        self._check_ids(user_id, notification_ids)
+        return await self.store.ack(connection_id, user_id, notification_ids)
+
+    async def pending(
+        self, user_id: str, connection_id: str, limit: int = 100
+    ) -> list[Notification]:
+        """The oldest notifications waiting in a device's queue."""
+        return await self.store.pending(connection_id, user_id, 0, limit)
+
+    async def forget_device(self, user_id: str, connection_id: str) -> bool:
+        """Delete a device and its queue (logout); its sockets on every node are closed."""
+        forgotten = await self.store.forget_device(user_id, connection_id)
+        self._close_device(user_id, connection_id)
+        if forgotten:
+            payload = events.encode_device_forgotten(user_id, connection_id, self.node_id)
+            try:
+                await self.bus.publish(user_channel(user_id), payload)
+            except BusError as exc:
+                # Its sockets elsewhere find the device gone at their next queue read.
+                logger.warning("device-forgotten event not published: %s", exc)
+        return forgotten
+
+    def _close_device(self, user_id: str, connection_id: str) -> None:
+        for conn in list(self.registry.connections(user_id)):
+            if conn.connection_id == connection_id:
+                conn.close(protocol.CLOSE_NORMAL, "device forgotten", flush=True)
 
 
 def _check_identifier(name: str, value: object, max_length: int) -> None:

@@ -97,6 +97,7 @@ class Gateway:
             cookie_cid = None
         presented = cookie_cid or _first(query, "connection_id")
         session_id = _first(query, "session_id")
+        deliver = _first(query, "deliver") in ("1", "true")
         if session_id is not None and not 0 < len(session_id) <= protocol.MAX_ID_LENGTH:
             await _deny(scope, send, 400, "invalid_request", "session_id is too long")
             return
@@ -125,14 +126,15 @@ class Gateway:
             )
             await _accept(scope, send, cookie_headers)
             try:
-                principal, frame_session = await self._await_authenticate(receive, send)
+                principal, frame = await self._await_authenticate(receive, send)
                 device = await tidings.store.bind_device(principal.user_id, provisional)
             except _Closed:
                 return
             except StoreError:
                 await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
                 return
-            session_id = frame_session or session_id
+            session_id = frame.session_id or session_id
+            deliver = deliver or frame.deliver
 
         conn = Connection(
             send,
@@ -140,6 +142,7 @@ class Gateway:
             user_id=principal.user_id,
             session_id=session_id or device.connection_id,
             max_queue=tidings.settings.outbound_queue_size,
+            deliver=deliver,
         )
         await self._run(conn, receive, send)
 
@@ -158,7 +161,9 @@ class Gateway:
         )
         return [(b"set-cookie", value.encode("latin-1"))]
 
-    async def _await_authenticate(self, receive: Any, send: Any) -> tuple[Principal, str | None]:
+    async def _await_authenticate(
+        self, receive: Any, send: Any
+    ) -> tuple[Principal, protocol.Authenticate]:
         """Wait for a valid ``authenticate`` frame; closes the socket and raises _Closed if not."""
         settings = self.tidings.settings
         try:
@@ -195,7 +200,7 @@ class Gateway:
                             }
                         )
                         raise _Closed from None
-                    return principal, frame.session_id
+                    return principal, frame
         except TimeoutError:
             await send(
                 {
@@ -240,6 +245,8 @@ class Gateway:
                 try:
                     count = await tidings.store.count(conn.user_id)
                     conn.push_count(count.count, count.version)
+                    if conn.deliver:
+                        await tidings.open_queue(conn)
                 except StoreError as exc:
                     # The contract promises the count after welcome: without it, try later.
                     logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
@@ -297,6 +304,21 @@ class Gateway:
             elif isinstance(frame, protocol.MarkSeen):
                 result = await tidings.mark_seen(conn.user_id, frame.notification_ids)
                 conn.push(protocol.reply(frame.id, marked=len(result.marked)))
+            elif isinstance(frame, protocol.Ack):
+                if not conn.deliver:
+                    conn.push(
+                        protocol.error(
+                            frame.id,
+                            protocol.NOT_DELIVER_MODE,
+                            "ack needs deliver mode (query deliver=1 or authenticate deliver)",
+                        )
+                    )
+                    return
+                acked = await tidings.ack(conn.user_id, conn.connection_id, frame.notification_ids)
+                conn.push(protocol.reply(frame.id, acked=len(acked.acked)))
+            elif isinstance(frame, protocol.ForgetDevice):
+                conn.push(protocol.reply(frame.id, forgotten=conn.connection_id))
+                await tidings.forget_device(conn.user_id, conn.connection_id)
             else:
                 conn.push(
                     protocol.error(

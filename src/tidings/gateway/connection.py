@@ -39,6 +39,10 @@ class Connection:
         "close_reason",
         "connected_since",
         "connection_id",
+        "deliver",
+        "delivered_upto",
+        "delivery",
+        "delivery_again",
         "last_version",
         "max_queue",
         "pause_bytes",
@@ -56,11 +60,18 @@ class Connection:
         session_id: str,
         max_queue: int = 1024,
         pause_bytes: int = 4 * 1024 * 1024,
+        deliver: bool = False,
     ) -> None:
         self._send = send
         self.connection_id = connection_id
         self.user_id = user_id
         self.session_id = session_id
+        #: deliver mode: notifications are pushed and must be acknowledged
+        self.deliver = deliver
+        #: highest log position pushed on this socket (deliver mode)
+        self.delivered_upto = 0
+        self.delivery: asyncio.Task[None] | None = None
+        self.delivery_again = False
         #: this socket's row in the cluster's notification_registry
         self.socket_id = new_id()
         self.connected_since = utcnow()
@@ -119,13 +130,21 @@ class Connection:
         self.last_version = version
         self.push(text if text is not None else protocol.count_changed(count, version))
 
-    def close(self, code: int = protocol.CLOSE_NORMAL, reason: str = "") -> None:
-        """Ask the writer to stop; frames still queued are dropped."""
+    def close(
+        self, code: int = protocol.CLOSE_NORMAL, reason: str = "", *, flush: bool = False
+    ) -> None:
+        """Ask the writer to stop. Frames still queued are dropped, or with ``flush`` sent
+        first (for a close the client asked for, never for a slow one)."""
         if self._closed:
             return
         self._closed = True
         self.close_code = code
         self.close_reason = reason
+        if self.delivery is not None and not self.delivery.done():
+            self.delivery.cancel()
+        if flush:
+            self._wakeup.set()
+            return
         self._queue.clear()
         self._queued_bytes = 0
         self._drained.set()

@@ -27,6 +27,7 @@ BINARY_FRAME = "binary_frame"
 NOT_AUTHENTICATED = "not_authenticated"
 ALREADY_AUTHENTICATED = "already_authenticated"
 NOT_FOUND = "not_found"
+NOT_DELIVER_MODE = "not_deliver_mode"
 UNAVAILABLE = "unavailable"
 INTERNAL = "internal_error"
 
@@ -51,6 +52,7 @@ class Authenticate:
     id: str | int | None
     token: str
     session_id: str | None
+    deliver: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,18 @@ class MarkSeen:
     notification_ids: list[str]
 
 
-ClientFrame = Authenticate | GetUnseen | MarkSeen
+@dataclass(frozen=True, slots=True)
+class Ack:
+    id: str | int | None
+    notification_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetDevice:
+    id: str | int | None
+
+
+ClientFrame = Authenticate | GetUnseen | MarkSeen | Ack | ForgetDevice
 
 
 def parse_frame(text: str, *, max_unseen_page: int = 1000) -> ClientFrame:
@@ -119,7 +132,10 @@ def _parse_authenticate(raw: dict[str, Any], frame_id: Any, _: int) -> Authentic
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
         raise ProtocolError(INVALID_FRAME, "'token' must be a non-empty string", frame_id)
     session_id = _identifier(raw, "session_id", frame_id, required=False)
-    return Authenticate(frame_id, token, session_id)
+    deliver = raw.get("deliver", False)
+    if not isinstance(deliver, bool):
+        raise ProtocolError(INVALID_FRAME, "'deliver' must be true or false", frame_id)
+    return Authenticate(frame_id, token, session_id, deliver)
 
 
 def _parse_get_unseen(raw: dict[str, Any], frame_id: Any, max_page: int) -> GetUnseen:
@@ -135,27 +151,39 @@ def _valid_notification_id(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and "\x00" not in value
 
 
-def _parse_mark_seen(raw: dict[str, Any], frame_id: Any, _: int) -> MarkSeen:
+def _notification_ids(raw: dict[str, Any], frame_id: Any) -> list[str]:
     ids = raw.get("notification_ids")
     if (
         not isinstance(ids, list)
         or not 0 < len(ids) <= MAX_IDS_PER_FRAME
-        or not all(
-            isinstance(i, str) and 0 < len(i) <= MAX_ID_LENGTH and "\x00" not in i for i in ids
-        )
+        or not all(_valid_notification_id(i) for i in ids)
     ):
         raise ProtocolError(
             INVALID_FRAME,
             f"'notification_ids' must be a list of 1 to {MAX_IDS_PER_FRAME} non-empty strings",
             frame_id,
         )
-    return MarkSeen(frame_id, ids)
+    return ids
+
+
+def _parse_mark_seen(raw: dict[str, Any], frame_id: Any, _: int) -> MarkSeen:
+    return MarkSeen(frame_id, _notification_ids(raw, frame_id))
+
+
+def _parse_ack(raw: dict[str, Any], frame_id: Any, _: int) -> Ack:
+    return Ack(frame_id, _notification_ids(raw, frame_id))
+
+
+def _parse_forget_device(raw: dict[str, Any], frame_id: Any, _: int) -> ForgetDevice:
+    return ForgetDevice(frame_id)
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any], Any, int], ClientFrame]] = {
     "authenticate": _parse_authenticate,
     "getUnseen": _parse_get_unseen,
     "markSeen": _parse_mark_seen,
+    "ack": _parse_ack,
+    "forgetDevice": _parse_forget_device,
 }
 
 
@@ -197,6 +225,16 @@ def notification_data(
         size += len(encoded) + 1
     head = orjson.dumps({"type": "newNotificationData", "id": frame_id})
     return (head[:-1] + b',"notifications":[' + b",".join(items) + b"]}").decode()
+
+
+def notification(note: Notification) -> str:
+    """A notification pushed to a device in deliver mode (answer with ``ack``)."""
+    return _encode({"type": "notification", "notification": note.to_dict()})
+
+
+def queue_gap(reason: str, skipped: int) -> str:
+    """Told to a device whose queue an operator's limit cut: never a silent partial history."""
+    return _encode({"type": "queueGap", "reason": reason, "skipped": skipped})
 
 
 def reply(frame_id: Any, **fields: Any) -> str:
