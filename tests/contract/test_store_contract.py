@@ -288,3 +288,53 @@ async def test_forgotten_device_loses_its_queue(store: Store) -> None:
     assert await store.forget_device("alice", device.connection_id)
     with pytest.raises(NotFound):
         await store.pending(device.connection_id, "alice", 0, 10)
+
+
+async def test_topic_sequence_and_replay(store: Store) -> None:
+    """Each topic numbers its messages; a replay after seq N returns the rest in order."""
+    for i in range(5):
+        message = await store.append_topic_message("pet", {"i": i}, "s1", ttl=60)
+        assert message.seq == i + 1
+    await store.append_topic_message("owner", "x", None, ttl=60)
+    replay = await store.topic_messages("pet", since=2, limit=100)
+    assert [m.data["i"] for m in replay.messages] == [2, 3, 4]
+    assert replay.recovered and replay.last_seq == 5
+    assert replay.messages[0].origin_session_id == "s1"
+    assert (await store.topic_messages("pet", since=5, limit=100)).recovered
+    nothing = await store.topic_messages("never", since=0, limit=10)
+    assert nothing.messages == [] and nothing.recovered
+
+
+async def test_replay_past_retention_is_not_recovered(store: Store) -> None:
+    """When the messages after ``since`` expired, the replay says so."""
+    await store.append_topic_message("pet", 1, None, ttl=0.1)
+    await store.append_topic_message("pet", 2, None, ttl=0.1)
+    await asyncio.sleep(0.3)
+    await store.append_topic_message("pet", 3, None, ttl=60)
+    replay = await store.topic_messages("pet", since=0, limit=10)
+    assert [m.data for m in replay.messages] == [3] and not replay.recovered
+    assert (await store.topic_messages("pet", since=2, limit=10)).recovered
+    assert await store.expire(session_idle=3600) == 2
+    replay = await store.topic_messages("pet", since=1, limit=10)
+    assert not replay.recovered and [m.seq for m in replay.messages] == [3]
+
+
+async def test_session_subscriptions_are_per_user_and_session(store: Store) -> None:
+    """Subscriptions are kept per (user, session) and can be removed."""
+    await store.subscribe_session("alice", "tab", ["pet", "owner"])
+    await store.subscribe_session("alice", "tab", ["pet"])
+    await store.subscribe_session("bob", "tab", ["zoo"])
+    assert await store.session_topics("alice", "tab") == ["owner", "pet"]
+    await store.unsubscribe_session("alice", "tab", ["owner", "never"])
+    assert await store.session_topics("alice", "tab") == ["pet"]
+    assert await store.session_topics("bob", "tab") == ["zoo"]
+    assert await store.session_topics("alice", "other") == []
+
+
+async def test_notification_log_follows_every_user(store: Store) -> None:
+    """A consumer reads every notification after its own cursor, in order."""
+    first = await store.create_notification("alice", 1)
+    await store.create_notification("bob", 2)
+    await store.create_notification("alice", 3)
+    log = await store.notification_log(first.notification.seq, 10)
+    assert [(n.user_id, n.data) for n in log] == [("bob", 2), ("alice", 3)]

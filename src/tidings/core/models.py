@@ -131,3 +131,33 @@ class NodeInfo:
     uri: str
     started_at: datetime
     heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMessage:
+    """A message published to a topic, kept for the topic's TTL."""
+
+    topic: str
+    seq: int
+    data: Any
+    creation_date: datetime
+    origin_session_id: str | None = None
+
+    def to_frame(self) -> dict[str, Any]:
+        """The ``topicMessage`` frame of wire contract v1."""
+        return {
+            "type": "topicMessage",
+            "topic": self.topic,
+            "seq": self.seq,
+            "data": self.data,
+            "creation_date": isoformat(self.creation_date),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Messages of a topic after a sequence, and whether nothing was lost to retention."""
+
+    messages: list[TopicMessage]
+    recovered: bool
+    last_seq: int

@@ -16,7 +16,9 @@ from tidings.core.models import (
     NotifyResult,
     Presence,
     QueueGap,
+    Replay,
     ServiceClient,
+    TopicMessage,
     UnseenCount,
 )
 
@@ -146,6 +148,44 @@ class Store(ABC):
     @abstractmethod
     async def forget_device(self, user_id: str, connection_id: str) -> bool:
         """Delete the device and its queue (logout); ``True`` if it existed."""
+
+    @abstractmethod
+    async def notification_log(self, after_seq: int, limit: int) -> list[Notification]:
+        """Every user's notifications after a log position, in order (``seq`` set): a
+        consumer with its own cursor can follow everything tidings stores."""
+
+    # Topics
+
+    @abstractmethod
+    async def append_topic_message(
+        self, topic: str, data: Any, origin_session_id: str | None, ttl: float
+    ) -> TopicMessage:
+        """Store a message under the topic's next sequence number, kept ``ttl`` seconds."""
+
+    @abstractmethod
+    async def topic_messages(self, topic: str, since: int, limit: int) -> Replay:
+        """Unexpired messages with ``seq > since`` in order, at most ``limit``; ``recovered``
+        is false when messages after ``since`` were already deleted (the gap reaches past
+        retention)."""
+
+    @abstractmethod
+    async def expire(self, session_idle: float) -> int:
+        """Delete expired topic messages, and session subscriptions idle for ``session_idle``
+        seconds; returns how many messages were deleted."""
+
+    @abstractmethod
+    async def session_topics(self, user_id: str, session_id: str) -> list[str]:
+        """The topics the session is subscribed to (marking the session active)."""
+
+    @abstractmethod
+    async def subscribe_session(self, user_id: str, session_id: str, topics: Sequence[str]) -> None:
+        """Add topics to the session's subscriptions."""
+
+    @abstractmethod
+    async def unsubscribe_session(
+        self, user_id: str, session_id: str, topics: Sequence[str]
+    ) -> None:
+        """Remove topics from the session's subscriptions."""
 
     # Cluster: nodes and the notification_registry
 

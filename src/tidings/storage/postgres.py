@@ -26,7 +26,9 @@ from tidings.core.models import (
     NotifyResult,
     Presence,
     QueueGap,
+    Replay,
     ServiceClient,
+    TopicMessage,
     UnseenCount,
     utcnow,
 )
@@ -406,6 +408,94 @@ class PostgresStore(Store):
                 return False
             await conn.execute("DELETE FROM device_acks WHERE connection_id = $1", connection_id)
         return True
+
+    async def notification_log(self, after_seq: int, limit: int) -> list[Notification]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                "WHERE seq > $1 ORDER BY seq LIMIT $2",
+                after_seq,
+                limit,
+            )
+        return [_notification(row) for row in rows]
+
+    # Topics
+
+    async def append_topic_message(
+        self, topic: str, data: Any, origin_session_id: str | None, ttl: float
+    ) -> TopicMessage:
+        now = utcnow()
+        async with self._connection(transaction=True) as conn:
+            seq = await conn.fetchval(
+                "INSERT INTO topics AS t VALUES ($1, 1) ON CONFLICT (topic) "
+                "DO UPDATE SET last_seq = t.last_seq + 1 RETURNING last_seq",
+                topic,
+            )
+            await conn.execute(
+                "INSERT INTO topic_messages VALUES ($1, $2, $3::json, $4, $5, $6)",
+                topic,
+                seq,
+                orjson.dumps(data).decode(),
+                origin_session_id,
+                now,
+                now + timedelta(seconds=ttl),
+            )
+        return TopicMessage(topic, seq, data, now, origin_session_id)
+
+    async def topic_messages(self, topic: str, since: int, limit: int) -> Replay:
+        async with self._connection() as conn:
+            last = await conn.fetchval("SELECT last_seq FROM topics WHERE topic = $1", topic) or 0
+            rows = await conn.fetch(
+                "SELECT seq, data::text, creation_date, origin_session_id FROM topic_messages "
+                "WHERE topic = $1 AND seq > $2 AND expires_at > now() ORDER BY seq LIMIT $3",
+                topic,
+                since,
+                limit,
+            )
+        messages = [TopicMessage(topic, r[0], orjson.loads(r[1]), r[2], r[3]) for r in rows]
+        first = messages[0].seq if messages else last + 1
+        return Replay(messages, recovered=since >= last or first == since + 1, last_seq=last)
+
+    async def expire(self, session_idle: float) -> int:
+        async with self._connection() as conn:
+            status = await conn.execute("DELETE FROM topic_messages WHERE expires_at <= now()")
+            await conn.execute(
+                "DELETE FROM session_topics WHERE active_at < now() - $1::interval",
+                timedelta(seconds=session_idle),
+            )
+        return int(status.split()[-1])
+
+    async def session_topics(self, user_id: str, session_id: str) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "UPDATE session_topics SET active_at = now() WHERE user_id = $1 "
+                "AND session_id = $2 RETURNING topic",
+                user_id,
+                session_id,
+            )
+        return sorted(r[0] for r in rows)
+
+    async def subscribe_session(self, user_id: str, session_id: str, topics: Sequence[str]) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO session_topics SELECT $1, $2, unnest($3::text[]), now(), now() "
+                "ON CONFLICT (user_id, session_id, topic) DO UPDATE SET active_at = now()",
+                user_id,
+                session_id,
+                list(topics),
+            )
+
+    async def unsubscribe_session(
+        self, user_id: str, session_id: str, topics: Sequence[str]
+    ) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "DELETE FROM session_topics WHERE user_id = $1 AND session_id = $2 "
+                "AND topic = ANY($3::text[])",
+                user_id,
+                session_id,
+                list(topics),
+            )
 
     # Cluster
 

@@ -29,7 +29,9 @@ from tidings.core.models import (
     NotifyResult,
     Presence,
     QueueGap,
+    Replay,
     ServiceClient,
+    TopicMessage,
     UnseenCount,
     isoformat,
     parse_iso,
@@ -470,6 +472,108 @@ class SqliteStore(Store):
             return True
 
         return await self._write(run)
+
+    async def notification_log(self, after_seq: int, limit: int) -> list[Notification]:
+        def run(conn: sqlite3.Connection) -> list[Notification]:
+            rows = conn.execute(
+                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
+                "FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+            return [_notification(r) for r in rows]
+
+        return await self._read(run)
+
+    # Topics
+
+    async def append_topic_message(
+        self, topic: str, data: Any, origin_session_id: str | None, ttl: float
+    ) -> TopicMessage:
+        encoded = orjson.dumps(data).decode()
+        now = utcnow()
+        expires = isoformat(now + timedelta(seconds=ttl))
+
+        def run(conn: sqlite3.Connection) -> TopicMessage:
+            (seq,) = conn.execute(
+                "INSERT INTO topics VALUES (?, 1) ON CONFLICT (topic) "
+                "DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+                (topic,),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO topic_messages VALUES (?, ?, ?, ?, ?, ?)",
+                (topic, seq, encoded, origin_session_id, isoformat(now), expires),
+            )
+            return TopicMessage(topic, seq, data, now, origin_session_id)
+
+        return await self._write(run)
+
+    async def topic_messages(self, topic: str, since: int, limit: int) -> Replay:
+        now = isoformat(utcnow())
+
+        def run(conn: sqlite3.Connection) -> Replay:
+            row = conn.execute("SELECT last_seq FROM topics WHERE topic = ?", (topic,)).fetchone()
+            last = row[0] if row else 0
+            rows = conn.execute(
+                "SELECT seq, data, creation_date, origin_session_id FROM topic_messages "
+                "WHERE topic = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?",
+                (topic, since, now, limit),
+            ).fetchall()
+            messages = [
+                TopicMessage(topic, r[0], orjson.loads(r[1]), parse_iso(r[2]), r[3]) for r in rows
+            ]
+            first = messages[0].seq if messages else last + 1
+            return Replay(messages, recovered=since >= last or first == since + 1, last_seq=last)
+
+        return await self._read(run)
+
+    async def expire(self, session_idle: float) -> int:
+        now = utcnow()
+        idle_before = isoformat(now - timedelta(seconds=session_idle))
+
+        def run(conn: sqlite3.Connection) -> int:
+            deleted = conn.execute(
+                "DELETE FROM topic_messages WHERE expires_at <= ?", (isoformat(now),)
+            ).rowcount
+            conn.execute("DELETE FROM session_topics WHERE active_at < ?", (idle_before,))
+            return deleted
+
+        return await self._write(run)
+
+    async def session_topics(self, user_id: str, session_id: str) -> list[str]:
+        now = isoformat(utcnow())
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "UPDATE session_topics SET active_at = ? WHERE user_id = ? AND session_id = ? "
+                "RETURNING topic",
+                (now, user_id, session_id),
+            ).fetchall()
+            return sorted(r[0] for r in rows)
+
+        return await self._write(run)
+
+    async def subscribe_session(self, user_id: str, session_id: str, topics: Sequence[str]) -> None:
+        now = isoformat(utcnow())
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO session_topics VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET active_at = excluded.active_at",
+                [(user_id, session_id, t, now, now) for t in topics],
+            )
+
+        await self._write(run)
+
+    async def unsubscribe_session(
+        self, user_id: str, session_id: str, topics: Sequence[str]
+    ) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM session_topics WHERE user_id = ? AND session_id = ? AND topic = ?",
+                [(user_id, session_id, t) for t in topics],
+            )
+
+        await self._write(run)
 
     # Cluster
 
