@@ -50,6 +50,26 @@ class Settings(BaseSettings):
         None, gt=0, description="Drop pending notifications older than this many seconds."
     )
 
+    # Topics
+    topic_ttl: float = Field(21600, gt=0, description="Seconds topic messages are kept.")
+    topic_ttls: dict[str, float] = Field(
+        default_factory=dict,
+        description='TTL per topic pattern, JSON: {"chat:*": 86400}; first match wins.',
+    )
+    topic_patterns: list[str] | None = Field(
+        None, description='Public topic patterns, JSON list (["pet", "news:*"]); unset: all.'
+    )
+    topic_claim: str = Field("topics", description="Device JWT claim listing allowed topics.")
+    session_ttl: float = Field(
+        7 * 86400, gt=0, description="Subscriptions of a session idle this long are dropped."
+    )
+
+    # Limits of a node
+    max_connections: int = Field(100_000, gt=0, description="Open sockets per node.")
+    max_connects_per_second: float = Field(
+        2000, gt=0, description="New sockets per second per node (burst of one second)."
+    )
+
     # Device authentication
     jwt_secret: str | None = Field(
         None,

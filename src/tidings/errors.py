@@ -14,7 +14,8 @@ Every error derives from :class:`TidingsError`; each layer has its own subtree::
     ├── BusError                    the node-to-node bus failed
     ├── AuthError                   credentials are missing, malformed or refused
     │   ├── InvalidToken            a token failed verification or has expired
-    │   └── InsufficientScope       a valid service token lacks the scope
+    │   ├── InsufficientScope       a valid service token lacks the scope
+    │   └── TopicRefused            the topic policy refused topics
     ├── ProtocolError               a client frame breaks the wire contract
     └── ClientError                 the server refused a request of tidings.client
 
@@ -92,6 +93,14 @@ class InsufficientScope(AuthError):
     def __init__(self, scope: str) -> None:
         super().__init__(f"this call needs the scope {scope!r}")
         self.scope = scope
+
+
+class TopicRefused(AuthError, PermissionError):
+    """The user may not subscribe to (or read) these topics; ``topics`` lists them."""
+
+    def __init__(self, topics: list[str]) -> None:
+        super().__init__(f"not allowed: {', '.join(topics)}")
+        self.topics = topics
 
 
 class ProtocolError(TidingsError):

@@ -10,17 +10,23 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote_plus
 
 import orjson
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from tidings import __version__
 from tidings.api.schemas import (
     ApiErrorBody,
     Health,
+    LoggedNotification,
+    NotificationLog,
     NotificationOut,
     NotifyRequest,
     OAuthError,
+    Published,
+    PublishRequest,
     TokenResponse,
+    TopicLog,
+    TopicMessageOut,
 )
 from tidings.auth.base import ServicePrincipal
 from tidings.auth.oauth import InvalidClient, InvalidScope
@@ -154,6 +160,77 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
         if not result.created:
             response.status_code = 200
         return NotificationOut.of(result.notification)
+
+    @app.post(
+        "/publish",
+        status_code=202,
+        response_model=Published,
+        responses={413: {"model": ApiErrorBody}, **error_responses},
+        tags=["topics"],
+        dependencies=[Depends(require_scope("publish"))],
+    )
+    async def publish(body: PublishRequest) -> Published:
+        """Store a message on a topic (kept for the topic's TTL) and send it to every
+        subscribed session on every node except ``origin_session_id``."""
+        try:
+            message = await tidings.publish(
+                body.topic, body.data, origin_session_id=body.origin_session_id
+            )
+        except PayloadTooLarge as exc:
+            raise ApiError(413, "payload_too_large", str(exc)) from None
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc)) from None
+        return Published(topic=message.topic, seq=message.seq)
+
+    @app.get(
+        "/topics/{topic}/messages",
+        response_model=TopicLog,
+        responses=error_responses,
+        tags=["topics"],
+        dependencies=[Depends(require_scope("publish"))],
+    )
+    async def topic_messages(
+        topic: str, since: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=1000)
+    ) -> TopicLog:
+        """Messages of a topic after ``since``, for a consumer that keeps its own cursor."""
+        try:
+            replay = await tidings.topic_log(topic, since, limit)
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc)) from None
+        return TopicLog(
+            messages=[
+                TopicMessageOut(
+                    topic=m.topic,
+                    seq=m.seq,
+                    data=m.data,
+                    creation_date=m.creation_date,
+                    origin_session_id=m.origin_session_id,
+                )
+                for m in replay.messages
+            ],
+            recovered=replay.recovered,
+            last_seq=replay.last_seq,
+        )
+
+    @app.get(
+        "/log/notifications",
+        response_model=NotificationLog,
+        responses=error_responses,
+        tags=["operations"],
+        dependencies=[Depends(require_scope("admin"))],
+    )
+    async def notification_log(
+        after: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=1000)
+    ) -> NotificationLog:
+        """Every notification after log position ``after``, in order: feed other processes
+        with their own cursor (continue from ``next_after``)."""
+        notes = await tidings.notification_log(after, limit)
+        return NotificationLog(
+            notifications=[
+                LoggedNotification(**NotificationOut.of(n).model_dump(), seq=n.seq) for n in notes
+            ],
+            next_after=notes[-1].seq if notes else after,
+        )
 
     @app.delete(
         "/users/{user_id}/devices/{connection_id}",

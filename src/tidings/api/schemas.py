@@ -65,3 +65,46 @@ class Health(BaseModel):
     node: str
     connections: int
     users: int
+
+
+class PublishRequest(BaseModel):
+    """A message for every session subscribed to a topic."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    topic: str = Field(min_length=1, max_length=200, description="The topic.")
+    data: Any = Field(description="Any JSON value.")
+    origin_session_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The session whose change caused this message: it does not receive it.",
+    )
+
+
+class Published(BaseModel):
+    topic: str
+    seq: int
+
+
+class TopicMessageOut(BaseModel):
+    topic: str
+    seq: int
+    data: Any
+    creation_date: datetime
+    origin_session_id: str | None
+
+
+class TopicLog(BaseModel):
+    messages: list[TopicMessageOut]
+    recovered: bool = Field(description="False when messages after `since` already expired.")
+    last_seq: int
+
+
+class LoggedNotification(NotificationOut):
+    seq: int
+
+
+class NotificationLog(BaseModel):
+    notifications: list[LoggedNotification]
+    next_after: int = Field(description="Pass as `after` to continue.")

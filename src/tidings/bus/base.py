@@ -33,6 +33,9 @@ class Bus(ABC):
     receives only the events of the devices it holds.
     """
 
+    #: largest payload the broker carries; bigger events travel by reference
+    max_payload: int = 1024 * 1024
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.on_message: MessageHandler = _ignore_message

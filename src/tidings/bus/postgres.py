@@ -49,6 +49,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 class PostgresBus(Bus):
     """Bus on PostgreSQL LISTEN / NOTIFY."""
 
+    max_payload = MAX_PAYLOAD - 300  # room for the channel prefix
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         parts = urlsplit(url)

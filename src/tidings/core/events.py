@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from tidings.core.models import UnseenCount
+from tidings.core.models import TopicMessage, UnseenCount, isoformat, parse_iso
 
 #: The seeds' ``unseen-notification-count-changed`` event.
 COUNT_CHANGED = "unseen-notification-count-changed"
@@ -66,3 +66,37 @@ def encode_device_forgotten(user_id: str, connection_id: str, origin: str) -> by
             "node": origin,
         }
     )
+
+
+#: A message published to a topic.
+TOPIC_MESSAGE = "topic-message"
+
+
+def encode_topic_message(
+    message: TopicMessage, origin: str, *, by_reference: bool = False
+) -> bytes:
+    """The event of a topic message; ``by_reference`` leaves the data out (receivers read it
+    from the store) for buses with small payload limits."""
+    event: dict[str, Any] = {
+        "type": TOPIC_MESSAGE,
+        "topic": message.topic,
+        "seq": message.seq,
+        "creation_date": isoformat(message.creation_date),
+        "origin_session_id": message.origin_session_id,
+        "node": origin,
+    }
+    if not by_reference:
+        event["data"] = message.data
+    return orjson.dumps(event)
+
+
+def decode_topic_message(event: dict[str, Any]) -> tuple[TopicMessage, bool] | None:
+    """``(message, complete)``: when not complete, its data must be read from the store."""
+    topic, seq, created = event.get("topic"), event.get("seq"), event.get("creation_date")
+    origin = event.get("origin_session_id")
+    if not (isinstance(topic, str) and isinstance(seq, int) and isinstance(created, str)):
+        return None
+    if origin is not None and not isinstance(origin, str):
+        return None
+    message = TopicMessage(topic, seq, event.get("data"), parse_iso(created), origin)
+    return message, "data" in event

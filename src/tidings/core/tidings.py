@@ -14,6 +14,7 @@ import orjson
 from tidings.auth.base import DeviceAuthenticator
 from tidings.auth.jwt import MAX_USER_ID_LENGTH, JwtAuthenticator
 from tidings.auth.oauth import ServiceAuth
+from tidings.auth.topics import TopicHook, TopicPolicy, check_topic
 from tidings.bus import Bus, create_bus
 from tidings.config import Settings
 from tidings.core import events
@@ -23,6 +24,8 @@ from tidings.core.models import (
     Notification,
     NotifyResult,
     QueueGap,
+    Replay,
+    TopicMessage,
     UnseenCount,
 )
 from tidings.errors import (
@@ -32,10 +35,11 @@ from tidings.errors import (
     PayloadTooLarge,
     StoreUnavailable,
     TidingsError,
+    TopicRefused,
 )
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
-from tidings.gateway.registry import Registry, user_channel
+from tidings.gateway.registry import Registry, topic_channel, user_channel
 from tidings.storage import Store, create_store
 
 if TYPE_CHECKING:
@@ -70,6 +74,7 @@ class Tidings:
         store: Store | str | None = None,
         bus: Bus | str | None = None,
         authenticator: DeviceAuthenticator | None = None,
+        topic_policy: TopicPolicy | TopicHook | None = None,
         **overrides: Any,
     ) -> None:
         # A URL selects a backend like the setting does; an instance is used as it is.
@@ -86,6 +91,14 @@ class Tidings:
         self.store = store if store is not None else create_store(settings.store)
         self.bus = bus if bus is not None else create_bus(settings.bus)
         self.registry = Registry(self.bus)
+        if isinstance(topic_policy, TopicPolicy):
+            self.topic_policy = topic_policy
+        else:
+            self.topic_policy = TopicPolicy(
+                public_patterns=settings.topic_patterns,
+                claim=settings.topic_claim,
+                hook=topic_policy,
+            )
         self._authenticator = authenticator
         self._service_auth: ServiceAuth | None = None
         self._gateway: Gateway | None = None
@@ -186,9 +199,17 @@ class Tidings:
     async def _cluster_loop(self) -> None:
         """Heartbeat, re-register after having been reaped, reap nodes that went silent."""
         settings = self.settings
+        next_expiry = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(settings.heartbeat_interval)
             try:
+                if loop.time() >= next_expiry:
+                    # Every node does it; deleting what another node deleted is harmless.
+                    next_expiry = loop.time() + 60
+                    expired = await self.store.expire(settings.session_ttl)
+                    if expired:
+                        logger.info("deleted %d expired topic messages", expired)
                 if not await self.store.heartbeat(self.node_id, self.node_uri):
                     # Another node took us for dead (a long pause): register our sockets again.
                     logger.warning(
@@ -255,14 +276,7 @@ class Tidings:
         _check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
         if notification_id is not None:
             _check_identifier("notification_id", notification_id, protocol.MAX_ID_LENGTH)
-        try:
-            size = len(orjson.dumps(data))
-        except TypeError as exc:
-            raise InvalidArgument(f"data is not JSON-serialisable: {exc}") from None
-        if size > self.settings.max_notification_size:
-            raise PayloadTooLarge(
-                f"data is {size} bytes of JSON; the limit is {self.settings.max_notification_size}"
-            )
+        self._check_size(data)
         # Shielded: once the write is under way, its count is published even if the caller is
         # cancelled (a timeout, a closed connection), so devices never miss a committed change.
         return await asyncio.shield(self._notify(user_id, data, notification_id))
@@ -289,6 +303,16 @@ class Tidings:
         """
         self._check_ids(user_id, notification_ids)
         return await asyncio.shield(self._mark_seen(user_id, notification_ids))
+
+    def _check_size(self, data: Any) -> None:
+        try:
+            size = len(orjson.dumps(data))
+        except TypeError as exc:
+            raise InvalidArgument(f"data is not JSON-serialisable: {exc}") from None
+        if size > self.settings.max_notification_size:
+            raise PayloadTooLarge(
+                f"data is {size} bytes of JSON; the limit is {self.settings.max_notification_size}"
+            )
 
     @staticmethod
     def _check_ids(user_id: str, notification_ids: Sequence[str]) -> None:
@@ -353,6 +377,14 @@ class Tidings:
             decoded = events.decode_count(event)
             if decoded is not None:
                 self._deliver_count(*decoded)
+        elif event["type"] == events.TOPIC_MESSAGE:
+            decoded_message = events.decode_topic_message(event)
+            if decoded_message is not None:
+                message, complete = decoded_message
+                if complete:
+                    self._deliver_topic(message)
+                else:
+                    self._spawn(self._fetch_and_deliver(message))
         elif event["type"] == events.DEVICE_FORGOTTEN:
             user_id, connection_id = event.get("user_id"), event.get("connection_id")
             if isinstance(user_id, str) and isinstance(connection_id, str):
@@ -380,6 +412,143 @@ class Tidings:
         for conn in self.registry:
             if conn.deliver:
                 self.schedule_delivery(conn)
+
+    # Topics
+
+    def topic_ttl(self, topic: str) -> float:
+        """Seconds messages of ``topic`` are kept: the first matching pattern's, or the default."""
+        from fnmatch import fnmatchcase
+
+        for pattern, ttl in self.settings.topic_ttls.items():
+            if fnmatchcase(topic, pattern):
+                return ttl
+        return self.settings.topic_ttl
+
+    async def publish(
+        self, topic: str, data: Any, *, origin_session_id: str | None = None
+    ) -> TopicMessage:
+        """Store a message on ``topic`` and send it to every subscribed session on every node,
+        except ``origin_session_id`` (the session whose change caused it).
+
+        Raises:
+            InvalidArgument: a bad topic or session id, or ``data`` not JSON.
+            PayloadTooLarge: ``data`` is over ``max_notification_size``.
+            StoreUnavailable: the database is unreachable; nothing was published.
+        """
+        check_topic(topic)
+        if origin_session_id is not None:
+            _check_identifier("origin_session_id", origin_session_id, protocol.MAX_ID_LENGTH)
+        self._check_size(data)
+        return await asyncio.shield(self._publish(topic, data, origin_session_id))
+
+    async def _publish(self, topic: str, data: Any, origin: str | None) -> TopicMessage:
+        message = await self.store.append_topic_message(topic, data, origin, self.topic_ttl(topic))
+        payload = events.encode_topic_message(message, self.node_id)
+        if len(payload) > self.bus.max_payload:
+            payload = events.encode_topic_message(message, self.node_id, by_reference=True)
+        try:
+            await self.bus.publish(topic_channel(topic), payload)
+        except BusError as exc:
+            # Stored already: sessions elsewhere recover it with readNotifications.
+            logger.warning("topic message %s/%d not published: %s", topic, message.seq, exc)
+            self._deliver_topic(message)
+        return message
+
+    async def _fetch_and_deliver(self, reference: TopicMessage) -> None:
+        try:
+            replay = await self.store.topic_messages(reference.topic, reference.seq - 1, 1)
+        except TidingsError as exc:
+            logger.warning(
+                "topic message %s/%d unreadable: %s", reference.topic, reference.seq, exc
+            )
+            return
+        for message in replay.messages:
+            if message.seq == reference.seq:
+                self._deliver_topic(message)
+
+    def _deliver_topic(self, message: TopicMessage) -> None:
+        conns = self.registry.topic_connections(message.topic)
+        if not conns:
+            return
+        text = orjson.dumps(message.to_frame()).decode()
+        for conn in tuple(conns):
+            if message.origin_session_id is None or conn.session_id != message.origin_session_id:
+                conn.push_topic(message.topic, message.seq, text)
+
+    async def subscribe_topics(self, conn: Connection, topics: Sequence[str]) -> list[str]:
+        """Subscribe ``conn``'s session to ``topics`` (all or none).
+
+        Raises:
+            TopicRefused: naming the topics the policy refused; nothing was subscribed.
+        """
+        refused = await self.topic_policy.refused(conn.user_id, conn.claims, topics)
+        if refused:
+            raise TopicRefused(refused)
+        await self.store.subscribe_session(conn.user_id, conn.session_id, topics)
+        # Every socket of this session on this node follows the session's subscriptions.
+        for other in self._session_connections(conn):
+            await self.registry.join_topics(other, topics)
+        return list(topics)
+
+    async def unsubscribe_topics(self, conn: Connection, topics: Sequence[str]) -> list[str]:
+        await self.store.unsubscribe_session(conn.user_id, conn.session_id, topics)
+        for other in self._session_connections(conn):
+            self.registry.leave_topics(other, topics)
+        return list(topics)
+
+    def _session_connections(self, conn: Connection) -> list[Connection]:
+        return [
+            c
+            for c in self.registry.connections(conn.user_id) | {conn}
+            if c.session_id == conn.session_id
+        ]
+
+    async def reactivate_session(self, conn: Connection) -> list[str]:
+        """Subscribe a (re)connecting socket to its session's topics, still allowed ones only."""
+        topics = await self.store.session_topics(conn.user_id, conn.session_id)
+        refused = set(await self.topic_policy.refused(conn.user_id, conn.claims, topics))
+        allowed = [t for t in topics if t not in refused]
+        await self.registry.join_topics(conn, allowed)
+        return allowed
+
+    async def replay(self, conn: Connection, topic: str, since: int) -> bool:
+        """Push the messages of ``topic`` after ``since`` to ``conn`` in order, holding live
+        ones back meanwhile; returns whether the replay is complete (``recovered``).
+
+        Raises:
+            TopicRefused: the user may not read ``topic``.
+        """
+        if not await self.topic_policy.allowed(conn.user_id, conn.claims, topic):
+            raise TopicRefused([topic])
+        conn.replaying[topic] = []
+        recovered = True
+        cursor = since
+        try:
+            while True:
+                await conn.wait_writable()
+                page = await self.store.topic_messages(topic, cursor, 500)
+                recovered = recovered and page.recovered
+                for message in page.messages:
+                    if message.origin_session_id != conn.session_id:
+                        conn.push(orjson.dumps(message.to_frame()).decode())
+                    cursor = message.seq
+                if len(page.messages) < 500:
+                    break
+        finally:
+            held = conn.replaying.pop(topic, [])
+            conn.topic_seq[topic] = max(conn.topic_seq.get(topic, 0), cursor)
+            for seq, text in sorted(held, key=lambda item: item[0]):
+                conn.push_topic(topic, seq, text)
+        return recovered
+
+    async def topic_log(self, topic: str, since: int, limit: int = 500) -> Replay:
+        """Stored messages of ``topic`` after ``since`` (for consumers with their own cursor)."""
+        check_topic(topic)
+        return await self.store.topic_messages(topic, since, limit)
+
+    async def notification_log(self, after_seq: int, limit: int = 500) -> list[Notification]:
+        """Every notification after a log position (for consumers with their own cursor)."""
+        return await self.store.notification_log(after_seq, limit)
 
     # Durable device queues (deliver mode)
 

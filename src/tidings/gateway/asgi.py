@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -30,6 +31,7 @@ from tidings.errors import (
     ProtocolError,
     StoreError,
     StoreUnavailable,
+    TopicRefused,
 )
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
@@ -58,6 +60,9 @@ class Gateway:
     def __init__(self, tidings: Tidings) -> None:
         self.tidings = tidings
         self._active = 0
+        # Token bucket of new connections (connection-flood protection).
+        self._tokens = tidings.settings.max_connects_per_second
+        self._refilled = time.monotonic()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -74,6 +79,11 @@ class Gateway:
         if scope["type"] != "websocket":
             await _plain_response(send, 426, b"this endpoint speaks WebSocket only\n")
             return
+        refusal = self._admission()
+        if refusal is not None:
+            if (await receive())["type"] == "websocket.connect":
+                await _deny(scope, send, 503, "overloaded", refusal)
+            return
         self._active += 1
         self._idle.clear()
         try:
@@ -82,6 +92,20 @@ class Gateway:
             self._active -= 1
             if not self._active:
                 self._idle.set()
+
+    def _admission(self) -> str | None:
+        """Why a new socket must be refused now (caps of this node), or None."""
+        settings = self.tidings.settings
+        if self._active >= settings.max_connections:
+            return f"this node holds its maximum of {settings.max_connections} connections"
+        now = time.monotonic()
+        rate = settings.max_connects_per_second
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return "too many new connections per second; retry shortly"
+        self._tokens -= 1
+        return None
 
     async def _serve(self, scope: Scope, receive: Any, send: Any) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -143,6 +167,7 @@ class Gateway:
             session_id=session_id or device.connection_id,
             max_queue=tidings.settings.outbound_queue_size,
             deliver=deliver,
+            claims=principal.claims,
         )
         await self._run(conn, receive, send)
 
@@ -245,6 +270,7 @@ class Gateway:
                 try:
                     count = await tidings.store.count(conn.user_id)
                     conn.push_count(count.count, count.version)
+                    await tidings.reactivate_session(conn)
                     if conn.deliver:
                         await tidings.open_queue(conn)
                 except StoreError as exc:
@@ -316,6 +342,22 @@ class Gateway:
                     return
                 acked = await tidings.ack(conn.user_id, conn.connection_id, frame.notification_ids)
                 conn.push(protocol.reply(frame.id, acked=len(acked.acked)))
+            elif isinstance(frame, protocol.Subscribe):
+                topics = await tidings.subscribe_topics(conn, frame.topics)
+                conn.push(protocol.reply(frame.id, topics=topics))
+            elif isinstance(frame, protocol.Unsubscribe):
+                topics = await tidings.unsubscribe_topics(conn, frame.topics)
+                conn.push(protocol.reply(frame.id, topics=topics))
+            elif isinstance(frame, protocol.ReadNotifications):
+                recovered = await tidings.replay(conn, frame.topic, frame.since)
+                conn.push(
+                    protocol.reply(
+                        frame.id,
+                        topic=frame.topic,
+                        recovered=recovered,
+                        last_seq=conn.topic_seq[frame.topic],
+                    )
+                )
             elif isinstance(frame, protocol.ForgetDevice):
                 conn.push(protocol.reply(frame.id, forgotten=conn.connection_id))
                 await tidings.forget_device(conn.user_id, conn.connection_id)
@@ -332,6 +374,15 @@ class Gateway:
                     protocol.NOT_FOUND,
                     "unknown notification ids; nothing was marked",
                     notification_ids=exc.ids,
+                )
+            )
+        except TopicRefused as exc:
+            conn.push(
+                protocol.error(
+                    frame.id,
+                    protocol.FORBIDDEN_TOPIC,
+                    f"not allowed: {', '.join(exc.topics)}; nothing was changed",
+                    topics=exc.topics,
                 )
             )
         except StoreUnavailable:
@@ -402,6 +453,8 @@ async def _deny(scope: Scope, send: Any, status: int, code: str, message: str) -
         ]
         if status == 401:
             headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
+        if status == 503:
+            headers.append((b"retry-after", b"1"))
         await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:

@@ -35,6 +35,7 @@ class Connection:
         "_send",
         "_wakeup",
         "_writer",
+        "claims",
         "close_code",
         "close_reason",
         "connected_since",
@@ -46,8 +47,11 @@ class Connection:
         "last_version",
         "max_queue",
         "pause_bytes",
+        "replaying",
         "session_id",
         "socket_id",
+        "topic_seq",
+        "topics",
         "user_id",
     )
 
@@ -61,11 +65,19 @@ class Connection:
         max_queue: int = 1024,
         pause_bytes: int = 4 * 1024 * 1024,
         deliver: bool = False,
+        claims: dict[str, Any] | None = None,
     ) -> None:
         self._send = send
         self.connection_id = connection_id
         self.user_id = user_id
         self.session_id = session_id
+        #: the device token's claims (topic policies may read them)
+        self.claims = claims or {}
+        #: topics this socket receives, the last seq sent of each, and topics being replayed
+        #: (live messages wait in the list meanwhile, to keep order)
+        self.topics: set[str] = set()
+        self.topic_seq: dict[str, int] = {}
+        self.replaying: dict[str, list[tuple[int, str]]] = {}
         #: deliver mode: notifications are pushed and must be acknowledged
         self.deliver = deliver
         #: highest log position pushed on this socket (deliver mode)
@@ -129,6 +141,15 @@ class Connection:
             return
         self.last_version = version
         self.push(text if text is not None else protocol.count_changed(count, version))
+
+    def push_topic(self, topic: str, seq: int, text: str) -> None:
+        """Queue a topic message unless this socket already had it (or is replaying)."""
+        waiting = self.replaying.get(topic)
+        if waiting is not None:
+            waiting.append((seq, text))
+        elif seq > self.topic_seq.get(topic, 0):
+            self.topic_seq[topic] = seq
+            self.push(text)
 
     def close(
         self, code: int = protocol.CLOSE_NORMAL, reason: str = "", *, flush: bool = False

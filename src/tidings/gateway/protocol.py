@@ -28,6 +28,7 @@ NOT_AUTHENTICATED = "not_authenticated"
 ALREADY_AUTHENTICATED = "already_authenticated"
 NOT_FOUND = "not_found"
 NOT_DELIVER_MODE = "not_deliver_mode"
+FORBIDDEN_TOPIC = "forbidden_topic"
 UNAVAILABLE = "unavailable"
 INTERNAL = "internal_error"
 
@@ -45,6 +46,8 @@ MAX_ID_LENGTH = 128
 MAX_TOKEN_LENGTH = 8192
 MAX_IDS_PER_FRAME = 1000
 DEFAULT_UNSEEN_LIMIT = 100
+MAX_TOPICS_PER_FRAME = 100
+MAX_TOPIC_LENGTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,35 @@ class ForgetDevice:
     id: str | int | None
 
 
-ClientFrame = Authenticate | GetUnseen | MarkSeen | Ack | ForgetDevice
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    id: str | int | None
+    topics: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    id: str | int | None
+    topics: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadNotifications:
+    id: str | int | None
+    topic: str
+    since: int
+
+
+ClientFrame = (
+    Authenticate
+    | GetUnseen
+    | MarkSeen
+    | Ack
+    | ForgetDevice
+    | Subscribe
+    | Unsubscribe
+    | ReadNotifications
+)
 
 
 def parse_frame(text: str, *, max_unseen_page: int = 1000) -> ClientFrame:
@@ -178,12 +209,58 @@ def _parse_forget_device(raw: dict[str, Any], frame_id: Any, _: int) -> ForgetDe
     return ForgetDevice(frame_id)
 
 
+def _topics(raw: dict[str, Any], frame_id: Any) -> list[str]:
+    topics = raw.get("topics")
+    if (
+        not isinstance(topics, list)
+        or not 0 < len(topics) <= MAX_TOPICS_PER_FRAME
+        or not all(_valid_topic(t) for t in topics)
+    ):
+        raise ProtocolError(
+            INVALID_FRAME,
+            f"'topics' must be a list of 1 to {MAX_TOPICS_PER_FRAME} topic names "
+            f"(1 to {MAX_TOPIC_LENGTH} characters, no control characters)",
+            frame_id,
+        )
+    return list(dict.fromkeys(topics))
+
+
+def _valid_topic(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_TOPIC_LENGTH
+        and not any(ord(c) < 32 for c in value)
+    )
+
+
+def _parse_subscribe(raw: dict[str, Any], frame_id: Any, _: int) -> Subscribe:
+    return Subscribe(frame_id, _topics(raw, frame_id))
+
+
+def _parse_unsubscribe(raw: dict[str, Any], frame_id: Any, _: int) -> Unsubscribe:
+    return Unsubscribe(frame_id, _topics(raw, frame_id))
+
+
+def _parse_read_notifications(raw: dict[str, Any], frame_id: Any, _: int) -> ReadNotifications:
+    topic = raw.get("topic")
+    if not _valid_topic(topic):
+        raise ProtocolError(INVALID_FRAME, "'topic' must be a topic name", frame_id)
+    since = raw.get("since", 0)
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise ProtocolError(INVALID_FRAME, "'since' must be an integer >= 0", frame_id)
+    assert isinstance(topic, str)
+    return ReadNotifications(frame_id, topic, since)
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], Any, int], ClientFrame]] = {
     "authenticate": _parse_authenticate,
     "getUnseen": _parse_get_unseen,
     "markSeen": _parse_mark_seen,
     "ack": _parse_ack,
     "forgetDevice": _parse_forget_device,
+    "subscribe": _parse_subscribe,
+    "unsubscribe": _parse_unsubscribe,
+    "readNotifications": _parse_read_notifications,
 }
 
 

@@ -1,8 +1,9 @@
-"""The node-local registry: which devices of which users are connected here.
+"""The node-local registry: which devices of which users, and which sessions of which topics,
+are connected here.
 
-It also keeps the node subscribed to exactly the bus channels of the users it holds devices
-of: the first device of a user subscribes ``user:<id>``, the last one to leave unsubscribes, so
-the cost of an event does not grow with the number of nodes.
+It also keeps the node subscribed to exactly the bus channels it needs: the first device of a
+user subscribes ``user:<id>``, the first session of a topic ``topic:<name>``, and the last one to
+leave unsubscribes, so the cost of an event does not grow with the number of nodes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from tidings.bus.base import Bus
 from tidings.errors import BusError
@@ -23,12 +24,17 @@ def user_channel(user_id: str) -> str:
     return f"user:{user_id}"
 
 
+def topic_channel(topic: str) -> str:
+    return f"topic:{topic}"
+
+
 class Registry:
-    """Connections of this node, by user."""
+    """Connections of this node, by user and by topic."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self._users: dict[str, set[Connection]] = {}
+        self._topics: dict[str, set[Connection]] = {}
         # The last bus operation per channel: operations on one channel run in order.
         self._ops: dict[str, asyncio.Task[None]] = {}
 
@@ -43,33 +49,67 @@ class Registry:
     def user_count(self) -> int:
         return len(self._users)
 
+    @property
+    def topic_count(self) -> int:
+        return len(self._topics)
+
     def connections(self, user_id: str) -> set[Connection]:
         return self._users.get(user_id, set())
 
+    def topic_connections(self, topic: str) -> set[Connection]:
+        return self._topics.get(topic, set())
+
     async def add(self, conn: Connection) -> None:
         """Register ``conn``; returns once the node receives its user's events."""
-        conns = self._users.get(conn.user_id)
-        channel = user_channel(conn.user_id)
-        if conns is None:
-            self._users[conn.user_id] = {conn}
+        await self._join(self._users, conn.user_id, user_channel(conn.user_id), conn)
+
+    def remove(self, conn: Connection) -> None:
+        """Forget ``conn`` and its topics."""
+        self._leave(self._users, conn.user_id, user_channel(conn.user_id), conn)
+        self.leave_topics(conn, tuple(conn.topics))
+
+    async def join_topics(self, conn: Connection, topics: Iterable[str]) -> None:
+        """Deliver ``topics`` to ``conn``; returns once the node receives their messages."""
+        joins = []
+        for topic in topics:
+            if topic not in conn.topics:
+                conn.topics.add(topic)
+                joins.append(self._join(self._topics, topic, topic_channel(topic), conn))
+        await asyncio.gather(*joins)
+
+    def leave_topics(self, conn: Connection, topics: Iterable[str]) -> None:
+        for topic in topics:
+            if topic in conn.topics:
+                conn.topics.discard(topic)
+                conn.topic_seq.pop(topic, None)
+                self._leave(self._topics, topic, topic_channel(topic), conn)
+
+    async def _join(
+        self, index: dict[str, set[Connection]], key: str, channel: str, conn: Connection
+    ) -> None:
+        members = index.get(key)
+        if members is None:
+            index[key] = {conn}
             self._chain(channel, self.bus.subscribe)
         else:
-            conns.add(conn)
+            members.add(conn)
         pending = self._ops.get(channel)
         if pending is not None:
             # Shielded: a device that disconnects meanwhile must not cancel the subscription
-            # another device of the same user is waiting for.
+            # another connection is waiting for.
             with contextlib.suppress(BusError):
                 await asyncio.shield(pending)
 
-    def remove(self, conn: Connection) -> None:
-        conns = self._users.get(conn.user_id)
-        if conns is None or conn not in conns:
+    def _leave(
+        self, index: dict[str, set[Connection]], key: str, channel: str, conn: Connection
+    ) -> None:
+        members = index.get(key)
+        if members is None or conn not in members:
             return
-        conns.discard(conn)
-        if not conns:
-            del self._users[conn.user_id]
-            self._chain(user_channel(conn.user_id), self.bus.unsubscribe)
+        members.discard(conn)
+        if not members:
+            del index[key]
+            self._chain(channel, self.bus.unsubscribe)
 
     def _chain(self, channel: str, op: Callable[[str], Awaitable[None]]) -> None:
         previous = self._ops.get(channel)
