@@ -92,6 +92,15 @@ class TidingsClient:
                 self._token_expiry = time.monotonic() + int(body["expires_in"]) * 0.9
             return self._token
 
+    async def publish(
+        self, topic: str, data: Any, *, origin_session_id: str | None = None
+    ) -> dict[str, Any]:
+        """Publish to a topic (scope ``publish``); returns ``{topic, seq}``."""
+        body: dict[str, Any] = {"topic": topic, "data": data}
+        if origin_session_id is not None:
+            body["origin_session_id"] = origin_session_id
+        return await self._call("POST", "/publish", body)
+
     async def notify(
         self, user_id: str, data: Any, *, notification_id: str | None = None
     ) -> dict[str, Any]:
@@ -185,6 +194,8 @@ class DeviceClient:
         self.auto_ack = auto_ack
         self.dedupe_window = dedupe_window
         self.duplicates = 0
+        #: last seq seen per topic, for read_notifications after a reconnection
+        self.topic_seq: dict[str, int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._to_ack: list[str] = []
         self._acker: asyncio.Task[None] | None = None
@@ -306,6 +317,9 @@ class DeviceClient:
                 self.count = int(frame["count"])
                 async with self._count_changed:
                     self._count_changed.notify_all()
+        if kind == "topicMessage":
+            topic, seq = str(frame["topic"]), int(frame["seq"])
+            self.topic_seq[topic] = max(self.topic_seq.get(topic, 0), seq)
         if kind == "notification":
             nid = str(frame["notification"]["notification_id"])
             if self.auto_ack:
@@ -342,6 +356,26 @@ class DeviceClient:
         """Acknowledge delivered notifications (deliver mode); returns how many."""
         answer = await self.request({"type": "ack", "notification_ids": list(notification_ids)})
         return int(answer.get("acked", 0))
+
+    async def subscribe(self, *topics: str) -> list[str]:
+        """Subscribe this session to topics (kept for the session across reconnections).
+
+        Raises:
+            ClientError: ``forbidden_topic`` with the refused topics in ``details``.
+        """
+        answer = await self.request({"type": "subscribe", "topics": list(topics)})
+        return list(answer["topics"])
+
+    async def unsubscribe(self, *topics: str) -> list[str]:
+        answer = await self.request({"type": "unsubscribe", "topics": list(topics)})
+        return list(answer["topics"])
+
+    async def read_notifications(self, topic: str, since: int | None = None) -> bool:
+        """Replay what was missed on ``topic`` after ``since`` (default: the last seq this
+        client saw); the messages arrive as events before this returns ``recovered``."""
+        after = self.topic_seq.get(topic, 0) if since is None else since
+        answer = await self.request({"type": "readNotifications", "topic": topic, "since": after})
+        return bool(answer["recovered"])
 
     async def forget(self) -> None:
         """Log this device out: the server deletes its queue and closes the connection."""

@@ -138,3 +138,36 @@ def test_mounted_path_is_seen_relative_to_root() -> None:
 
     assert _local_path({"path": "/push/ws", "root_path": "/push"}) == "/ws"
     assert _local_path({"path": "/ws", "root_path": ""}) == "/ws"
+
+
+def test_parses_topic_frames() -> None:
+    """subscribe/unsubscribe carry topics (deduplicated); readNotifications a topic and since."""
+    frame = protocol.parse_frame('{"type":"subscribe","id":1,"topics":["pet","pet","owner"]}')
+    assert frame == protocol.Subscribe(1, ["pet", "owner"])
+    assert protocol.parse_frame('{"type":"unsubscribe","topics":["pet"]}') == protocol.Unsubscribe(
+        None, ["pet"]
+    )
+    read = protocol.parse_frame('{"type":"readNotifications","id":2,"topic":"pet","since":7}')
+    assert read == protocol.ReadNotifications(2, "pet", 7)
+    assert protocol.parse_frame('{"type":"readNotifications","topic":"pet"}').since == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"subscribe","topics":[]}',
+        '{"type":"subscribe","topics":"pet"}',
+        '{"type":"subscribe","topics":[""]}',
+        '{"type":"subscribe","topics":["a\\nb"]}',
+        '{"type":"readNotifications","topic":"pet","since":-1}',
+        '{"type":"readNotifications","topic":"pet","since":"3"}',
+        '{"type":"readNotifications","since":3}',
+        '{"type":"authenticate","token":"t","deliver":"yes"}',
+        '{"type":"ack","notification_ids":[]}',
+    ],
+)
+def test_bad_topic_and_delivery_frames(text: str) -> None:
+    """Malformed topic, replay and delivery frames are invalid_frame."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_frame(text)
+    assert info.value.code == protocol.INVALID_FRAME
