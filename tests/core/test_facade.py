@@ -170,3 +170,52 @@ async def test_reading_pauses_while_answers_pile_up() -> None:
     conn.close()
     with pytest.raises(BaseException):  # noqa: B017
         await writer
+
+
+class PausingSink:
+    """A fake ASGI send that suspends while 'paused', like a server under flow control."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def __call__(self, message: dict[str, object]) -> None:
+        await self.open.wait()
+        self.frames.append(str(message["text"]))
+
+
+async def test_frames_keep_their_order_when_the_server_makes_sends_wait() -> None:
+    """Sends done in push() directly, and those finished later in a task, stay in order."""
+    sink = PausingSink()
+    conn = Connection(sink, connection_id="c", user_id="u", session_id="s")
+    writer = conn.start_writer()
+    conn.push("1")  # completes at once
+    sink.open.clear()
+    conn.push("2")  # suspends: finished in a task
+    conn.push("3")  # queued behind it
+    conn.push("4")
+    await asyncio.sleep(0.05)
+    assert sink.frames == ["1"]
+    sink.open.set()
+    await eventually(lambda: len(sink.frames) == 4)
+    assert sink.frames == ["1", "2", "3", "4"]
+    conn.push("5")
+    await eventually(lambda: len(sink.frames) == 5)
+    conn.close()
+    with pytest.raises(BaseException):  # noqa: B017
+        await writer
+
+
+async def test_a_send_that_fails_closes_the_connection() -> None:
+    """A client gone mid-send closes the connection instead of raising into the producer."""
+
+    async def broken(message: dict[str, object]) -> None:
+        raise OSError("client disconnected")
+
+    conn = Connection(broken, connection_id="c", user_id="u", session_id="s")
+    writer = conn.start_writer()
+    conn.push("x")
+    assert conn.closed
+    with pytest.raises(BaseException):  # noqa: B017
+        await writer

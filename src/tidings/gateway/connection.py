@@ -1,8 +1,11 @@
 """One device connection: a bounded outbound queue drained by its own writer.
 
-Producers (bus events, replies) never await the socket: :meth:`Connection.push` appends to a
-queue and returns. The writer sends everything queued in one pass, so a burst costs one task
-switch, and a client that stops reading stalls only its own writer. When its queue is full the
+Producers (bus events, replies) never await the socket: :meth:`Connection.push` returns at
+once. When nothing is queued it starts the ASGI ``send`` right there, and if the server
+completes it without waiting (it does unless the socket's buffer is full) the frame is written
+with no task switch at all: that is most of the cost of a fan-out to a thousand sockets. Otherwise
+frames queue up and the connection's writer sends them, so a client that stops reading stalls
+only its own writer. When its queue is full the
 connection is closed with 1013 (try again later): on reconnection the device gets the current
 count, so nothing it needs is lost.
 """
@@ -10,6 +13,7 @@ count, so nothing it needs is lost.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,11 +34,13 @@ class Connection:
     __slots__ = (
         "_closed",
         "_drained",
+        "_inflight",
         "_queue",
         "_queued_bytes",
         "_send",
         "_wakeup",
         "_writer",
+        "_writing",
         "claims",
         "close_code",
         "close_reason",
@@ -99,6 +105,9 @@ class Connection:
         self._wakeup = asyncio.Event()
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
+        # The writer is in a send, or a send started by push() is finishing in a task.
+        self._writing = False
+        self._inflight: asyncio.Future[None] | None = None
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -117,8 +126,16 @@ class Connection:
         return self._closed
 
     def push(self, text: str) -> None:
-        """Queue a frame. A full queue closes the connection as too slow."""
+        """Send or queue a frame. A full queue closes the connection as too slow."""
         if self._closed:
+            return
+        if (
+            not self._queue
+            and not self._writing
+            and self._writer is not None
+            and (self._inflight is None or self._inflight.done())
+        ):
+            self._send_now(text)
             return
         if len(self._queue) >= self.max_queue:
             logger.warning(
@@ -134,6 +151,46 @@ class Connection:
         if self._queued_bytes > self.pause_bytes:
             self._drained.clear()
         self._wakeup.set()
+
+    def _send_now(self, text: str) -> None:
+        """Drive the server's send by hand; finish it in a task only if it has to wait."""
+        coro: Any = self._send({"type": "websocket.send", "text": text})
+        if not inspect.iscoroutine(coro):  # an ASGI server may return any awaitable
+            self._inflight = asyncio.ensure_future(coro)
+            return
+        try:
+            blocker = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:
+            self._lost(exc)
+            return
+        self._inflight = asyncio.ensure_future(self._finish(coro, blocker))
+
+    async def _finish(self, coro: Any, blocker: Any) -> None:
+        try:
+            while True:
+                # Resume the send only once what it waits for is done, as a task would.
+                if isinstance(blocker, asyncio.Future):
+                    await asyncio.wait([blocker])
+                else:
+                    await asyncio.sleep(0)
+                try:
+                    blocker = coro.send(None)
+                except StopIteration:
+                    return
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        except Exception as exc:
+            self._lost(exc)
+        finally:
+            if self._queue:
+                self._wakeup.set()
+
+    def _lost(self, exc: BaseException) -> None:
+        logger.info("connection %s lost while sending: %r", self.connection_id, exc)
+        self.close(protocol.CLOSE_GOING_AWAY, "connection lost")
 
     def push_count(self, count: int, version: int, text: str | None = None) -> None:
         """Queue a count frame unless the device already has this version or a newer one."""
@@ -173,6 +230,8 @@ class Connection:
         # A writer blocked on a client that stopped reading would never see the flag.
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
 
     async def wait_writable(self) -> None:
         """Return once the queued bytes are under ``pause_bytes`` (or the connection closed)."""
@@ -188,11 +247,17 @@ class Connection:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while queue:
-                text = queue.popleft()
-                await send({"type": "websocket.send", "text": text})
-                self._queued_bytes -= len(text)
-                if self._queued_bytes <= self.pause_bytes:
-                    self._drained.set()
+            if self._inflight is not None and not self._inflight.done():
+                await asyncio.wait([self._inflight])  # frames go out in order
+            self._writing = True
+            try:
+                while queue:
+                    text = queue.popleft()
+                    await send({"type": "websocket.send", "text": text})
+                    self._queued_bytes -= len(text)
+                    if self._queued_bytes <= self.pause_bytes:
+                        self._drained.set()
+            finally:
+                self._writing = False
             if self._closed:
                 return
