@@ -338,3 +338,12 @@ async def test_notification_log_follows_every_user(store: Store) -> None:
     await store.create_notification("alice", 3)
     log = await store.notification_log(first.notification.seq, 10)
     assert [(n.user_id, n.data) for n in log] == [("bob", 2), ("alice", 3)]
+
+
+async def test_one_users_notifications_commit_in_seq_order(store: Store) -> None:
+    """Concurrent notifies of one user get seqs in the order they commit (their versions), so a
+    device cursor can never step over a notification that becomes visible later."""
+    results = await asyncio.gather(*(store.create_notification("u1", i) for i in range(100)))
+    by_version = sorted(results, key=lambda r: r.count.version if r.count else 0)
+    seqs = [r.notification.seq for r in by_version]
+    assert seqs == sorted(seqs)

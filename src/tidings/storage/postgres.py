@@ -165,6 +165,10 @@ class PostgresStore(Store):
         nid = notification_id or new_id()
         now = utcnow()
         async with self._connection(transaction=True) as conn:
+            # One user's notifications commit in seq order: a device queue's cursor must never
+            # step over a seq that is still to become visible (BIGSERIAL values are taken at
+            # insert, not at commit). Different users still insert in parallel.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", user_id)
             seq = await conn.fetchval(
                 "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
                 "VALUES ($1, $2, $3::json, $4) ON CONFLICT (notification_id) DO NOTHING "
