@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
+
+from tidings._lifecycle import Lifecycle
 
 #: Called with ``(channel, payload)`` for every message on a subscribed channel. It must not
 #: block: it runs on the bus's reader and only hands the payload on.
@@ -22,7 +22,7 @@ def _ignore_reconnect() -> None:
     return None
 
 
-class Bus(ABC):
+class Bus(Lifecycle):
     """Publish/subscribe between nodes on named channels.
 
     Delivery is at-most-once: a message published while a node is cut off from the broker is
@@ -48,18 +48,6 @@ class Bus(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Disconnect. Idempotent."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

@@ -23,27 +23,14 @@ import zlib
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tidings._pg import UNAVAILABLE as _UNAVAILABLE
+from tidings._pg import asyncpg
 from tidings.bus.base import Bus
-from tidings.errors import BusError, ConfigurationError, MissingDependencyError
-
-try:
-    import asyncpg
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("asyncpg", "postgres") from exc
+from tidings.errors import BusError, ConfigurationError
 
 logger = logging.getLogger("tidings.bus")
 
 MAX_PAYLOAD = 7999
-
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-)
 
 
 class PostgresBus(Bus):

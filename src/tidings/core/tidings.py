@@ -6,11 +6,11 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Coroutine, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tidings._lifecycle import Lifecycle
 from tidings.auth.base import DeviceAuthenticator
 from tidings.auth.jwt import MAX_USER_ID_LENGTH, JwtAuthenticator
 from tidings.auth.oauth import ServiceAuth
@@ -55,7 +55,7 @@ def _random_key() -> str:
     return secrets.token_urlsafe(48)
 
 
-class Tidings:
+class Tidings(Lifecycle):
     """A tidings node: store, bus, connected devices, and the operations on them.
 
     Use it as an async context manager (or call :meth:`start` and :meth:`close`)::
@@ -167,18 +167,6 @@ class Tidings:
             logger.warning("could not deregister node %s: %s", self.node_id, exc)
         await self.bus.close()
         await self.store.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def started(self) -> bool:

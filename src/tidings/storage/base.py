@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from tidings._lifecycle import Lifecycle
 from tidings.core.models import (
     AckResult,
     Device,
@@ -23,7 +23,7 @@ from tidings.core.models import (
 )
 
 
-class Store(ABC):
+class Store(Lifecycle):
     """Durable state of tidings: notifications, unseen counts, devices, service clients.
 
     Counts are maintained in the transaction that changes them, so an event can carry the
@@ -44,18 +44,6 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections. Idempotent."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @abstractmethod
     async def ping(self) -> None:

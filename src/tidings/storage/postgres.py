@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from tidings._pg import UNAVAILABLE as _UNAVAILABLE
+from tidings._pg import asyncpg
 from tidings.core.models import (
     AckResult,
     Device,
@@ -36,7 +38,6 @@ from tidings.errors import (
     ConfigurationError,
     Conflict,
     InvalidArgument,
-    MissingDependencyError,
     NotFound,
     StoreError,
     StoreUnavailable,
@@ -50,25 +51,8 @@ from tidings.storage._common import (
 )
 from tidings.storage.base import Store
 
-try:
-    import asyncpg
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingDependencyError("asyncpg", "postgres") from exc
-
 MIGRATION_LOCK = zlib.crc32(b"tidings-migrations")
 NOTIFICATION_COLUMNS = "notification_id, user_id, data::text, creation_date, seen_date, seq"
-
-# Errors that mean "the database cannot be reached right now", not "your request is wrong".
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.ConnectionFailureError,
-)
 
 
 async def _no_reset(connection: Any) -> None:
