@@ -60,6 +60,7 @@ class Settings(BaseSettings):
         None, description='Public topic patterns, JSON list (["pet", "news:*"]); unset: all.'
     )
     topic_claim: str = Field("topics", description="Device JWT claim listing allowed topics.")
+    max_topics_per_session: int = Field(1000, gt=0, description="Topics one session may follow.")
     session_ttl: float = Field(
         7 * 86400, gt=0, description="Subscriptions of a session idle this long are dropped."
     )

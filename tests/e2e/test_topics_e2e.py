@@ -223,3 +223,56 @@ def test_publish_needs_its_scope_and_logs_feed_consumers(server: ServerProcess) 
         ).status_code
         == 403
     )
+
+
+async def test_replay_after_reconnect_repeats_nothing(server: ServerProcess) -> None:
+    """A live message received after reconnecting is not sent again by the replay; a `since`
+    beyond the topic's end is capped, and live messages keep coming."""
+    user, session, topic = f"u-{tag()}", f"tab-{tag()}", f"pet-{tag()}"
+    token = await asyncio.to_thread(server.service_token, "publish")
+    device = DeviceClient(server.ws_url, token=device_token(user), session_id=session)
+    await device.connect()
+    await device.subscribe(topic)
+    await device.close()
+    for i in range(3):
+        await asyncio.to_thread(publish, server, token, topic, i)
+    back = DeviceClient(server.ws_url, token=device_token(user), session_id=session)
+    await back.connect()
+    await asyncio.to_thread(publish, server, token, topic, "live")
+    [live] = await topic_frames(back, 1)
+    assert await back.read_notifications(topic, since=0) is True
+    replayed = await topic_frames(back, 3)
+    assert [f["data"] for f in replayed] == [0, 1, 2]
+    await no_topic_frame(back)
+    answer = await back.request({"type": "readNotifications", "topic": topic, "since": 999})
+    assert answer["last_seq"] == live["seq"] and answer["recovered"] is True
+    await asyncio.to_thread(publish, server, token, topic, "after")
+    [after] = await topic_frames(back, 1)
+    assert after["data"] == "after"
+    await back.close()
+
+
+async def test_topics_per_session_are_capped(start_server: Callable[..., ServerProcess]) -> None:
+    """A session cannot follow more topics than the node allows."""
+    node = start_server(TIDINGS_MAX_TOPICS_PER_SESSION="3")
+    async with DeviceClient(node.ws_url, token=device_token(f"u-{tag()}")) as device:
+        assert len(await device.subscribe("a", "b", "c")) == 3
+        with pytest.raises(ClientError) as info:
+            await device.subscribe("d")
+        assert info.value.code == "invalid_frame"
+
+
+def test_private_topic_logs_need_admin(server: ServerProcess) -> None:
+    """Reading a user: topic over HTTP needs scope admin; names with '/' are readable."""
+    token = server.service_token("publish")
+    headers = {"Authorization": f"Bearer {token}"}
+    publish(server, token, "room/7", "x")
+    ok = httpx.get(f"{server.url}/topics/room/7/messages", headers=headers)
+    assert ok.status_code == 200 and [m["data"] for m in ok.json()["messages"]] == ["x"]
+    private = httpx.get(f"{server.url}/topics/user:alice/messages", headers=headers)
+    assert private.status_code == 403
+    admin = server.service_token("admin")
+    allowed = httpx.get(
+        f"{server.url}/topics/user:alice/messages", headers={"Authorization": f"Bearer {admin}"}
+    )
+    assert allowed.status_code == 200

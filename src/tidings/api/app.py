@@ -183,16 +183,22 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
         return Published(topic=message.topic, seq=message.seq)
 
     @app.get(
-        "/topics/{topic}/messages",
+        "/topics/{topic:path}/messages",
         response_model=TopicLog,
         responses=error_responses,
         tags=["topics"],
-        dependencies=[Depends(require_scope("publish"))],
     )
     async def topic_messages(
-        topic: str, since: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=1000)
+        request: Request,
+        topic: str,
+        since: int = Query(0, ge=0),
+        limit: int = Query(500, ge=1, le=1000),
     ) -> TopicLog:
-        """Messages of a topic after ``since``, for a consumer that keeps its own cursor."""
+        """Messages of a topic after ``since``, for a consumer that keeps its own cursor.
+
+        Scope ``publish``; a private ``user:<id>`` topic needs ``admin``.
+        """
+        await require_scope("admin" if topic.startswith("user:") else "publish")(request)
         try:
             replay = await tidings.topic_log(topic, since, limit)
         except InvalidArgument as exc:

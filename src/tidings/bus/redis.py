@@ -91,8 +91,11 @@ class RedisBus(Bus):
         self._pubsub = self._sub_client.pubsub()
         # A subscription keeps the connection open; subscribe a private channel first.
         await self._pubsub.subscribe(self.prefix + "_")
-        if self._channels:
-            await self._pubsub.subscribe(*(self.prefix + c for c in self._channels))
+        restored: set[str] = set()
+        # Channels may be added while we subscribe: loop until none is missing.
+        while missing := self._channels - restored:
+            await self._pubsub.subscribe(*(self.prefix + c for c in missing))
+            restored |= missing
         self._connected.set()
 
     async def _read_forever(self) -> None:

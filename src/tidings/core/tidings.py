@@ -195,6 +195,10 @@ class Tidings(Lifecycle):
                 if loop.time() >= next_expiry:
                     # Every node does it; deleting what another node deleted is harmless.
                     next_expiry = loop.time() + 60
+                    # Sessions with an open socket here stay alive however long they last.
+                    await self.store.touch_sessions(
+                        {(c.user_id, c.session_id) for c in self.registry if c.topics}
+                    )
                     expired = await self.store.expire(settings.session_ttl)
                     if expired:
                         logger.info("deleted %d expired topic messages", expired)
@@ -390,8 +394,9 @@ class Tidings(Lifecycle):
         self._spawn(self.resync_counts())
 
     async def resync_counts(self) -> None:
-        """Re-read and push the count of every user with a device here, and look into the
-        queue of every device in deliver mode (after a bus outage: events may be lost)."""
+        """Re-read and push the count of every user with a device here, look into the queue of
+        every device in deliver mode, and send each socket the topic messages it missed (after
+        a bus outage: events may be lost)."""
         for user_id in {c.user_id for c in self.registry}:
             try:
                 self._deliver_count(await self.store.count(user_id))
@@ -400,6 +405,8 @@ class Tidings(Lifecycle):
         for conn in self.registry:
             if conn.deliver:
                 self.schedule_delivery(conn)
+            if conn.topics:
+                self._spawn(self._catch_up_topics(conn))
 
     # Topics
 
@@ -469,6 +476,9 @@ class Tidings(Lifecycle):
         Raises:
             TopicRefused: naming the topics the policy refused; nothing was subscribed.
         """
+        limit = self.settings.max_topics_per_session
+        if len(conn.topics | set(topics)) > limit:
+            raise InvalidArgument(f"a session may follow at most {limit} topics")
         refused = await self.topic_policy.refused(conn.user_id, conn.claims, topics)
         if refused:
             raise TopicRefused(refused)
@@ -499,35 +509,53 @@ class Tidings(Lifecycle):
         await self.registry.join_topics(conn, allowed)
         return allowed
 
-    async def replay(self, conn: Connection, topic: str, since: int) -> bool:
-        """Push the messages of ``topic`` after ``since`` to ``conn`` in order, holding live
-        ones back meanwhile; returns whether the replay is complete (``recovered``).
+    async def replay(self, conn: Connection, topic: str, since: int) -> Replay:
+        """Push the messages of ``topic`` after ``since`` that this socket has not had, in
+        order, holding live ones back meanwhile; returns the replay's outcome (``recovered``,
+        the topic's ``last_seq``; ``messages`` is left empty).
 
         Raises:
             TopicRefused: the user may not read ``topic``.
         """
         if not await self.topic_policy.allowed(conn.user_id, conn.claims, topic):
             raise TopicRefused([topic])
+        return await self._replay(conn, topic, since)
+
+    async def _replay(self, conn: Connection, topic: str, since: int) -> Replay:
+        page_size = 200
         conn.replaying[topic] = []
-        recovered = True
-        cursor = since
+        recovered, last_seq, cursor = True, 0, since
         try:
             while True:
-                await conn.wait_writable()
-                page = await self.store.topic_messages(topic, cursor, 500)
+                await conn.wait_room(page_size)
+                page = await self.store.topic_messages(topic, cursor, page_size)
                 recovered = recovered and page.recovered
+                last_seq = page.last_seq
                 for message in page.messages:
-                    if message.origin_session_id != conn.session_id:
+                    if conn.mark_topic(topic, message.seq) and (
+                        message.origin_session_id != conn.session_id
+                    ):
                         conn.push(orjson.dumps(message.to_frame()).decode())
                     cursor = message.seq
-                if len(page.messages) < 500:
+                if len(page.messages) < page_size:
                     break
         finally:
             held = conn.replaying.pop(topic, [])
-            conn.topic_seq[topic] = max(conn.topic_seq.get(topic, 0), cursor)
+            # The client had everything up to ``since`` (never beyond what exists).
+            conn.skip_topic_until(topic, min(since, last_seq))
             for seq, text in sorted(held, key=lambda item: item[0]):
                 conn.push_topic(topic, seq, text)
-        return recovered
+        if topic not in conn.topics:
+            conn.forget_topic(topic)  # a replay of a topic not followed keeps no state
+        return Replay([], recovered, last_seq)
+
+    async def _catch_up_topics(self, conn: Connection) -> None:
+        """After a bus outage: send what the socket's topics got meanwhile."""
+        for topic in tuple(conn.topics):
+            try:
+                await self._replay(conn, topic, conn.topic_seq.get(topic, 0))
+            except TidingsError as exc:
+                logger.warning("topic catch-up of %s failed: %s", topic, exc)
 
     async def topic_log(self, topic: str, since: int, limit: int = 500) -> Replay:
         """Stored messages of ``topic`` after ``since`` (for consumers with their own cursor)."""
@@ -556,7 +584,7 @@ class Tidings(Lifecycle):
             conn.delivery_again = False
             try:
                 while True:
-                    await conn.wait_writable()
+                    await conn.wait_room(page_size)
                     page = await self.store.pending(
                         conn.connection_id, conn.user_id, conn.delivered_upto, page_size
                     )
@@ -610,9 +638,18 @@ class Tidings(Lifecycle):
         """The oldest notifications waiting in a device's queue."""
         return await self.store.pending(connection_id, user_id, 0, limit)
 
-    async def forget_device(self, user_id: str, connection_id: str) -> bool:
-        """Delete a device and its queue (logout); its sockets on every node are closed."""
+    async def forget_device(
+        self, user_id: str, connection_id: str, *, before_close: str | None = None
+    ) -> bool:
+        """Delete a device and its queue (logout); its sockets on every node are closed.
+
+        ``before_close`` is a frame sent to the device's sockets here before they close.
+        """
         forgotten = await self.store.forget_device(user_id, connection_id)
+        if before_close is not None:
+            for conn in self.registry.connections(user_id):
+                if conn.connection_id == connection_id:
+                    conn.push(before_close)
         self._close_device(user_id, connection_id)
         if forgotten:
             payload = events.encode_device_forgotten(user_id, connection_id, self.node_id)

@@ -349,18 +349,21 @@ class Gateway:
                 topics = await tidings.unsubscribe_topics(conn, frame.topics)
                 conn.push(protocol.reply(frame.id, topics=topics))
             elif isinstance(frame, protocol.ReadNotifications):
-                recovered = await tidings.replay(conn, frame.topic, frame.since)
+                outcome = await tidings.replay(conn, frame.topic, frame.since)
                 conn.push(
                     protocol.reply(
                         frame.id,
                         topic=frame.topic,
-                        recovered=recovered,
-                        last_seq=conn.topic_seq[frame.topic],
+                        recovered=outcome.recovered,
+                        last_seq=outcome.last_seq,
                     )
                 )
             elif isinstance(frame, protocol.ForgetDevice):
-                conn.push(protocol.reply(frame.id, forgotten=conn.connection_id))
-                await tidings.forget_device(conn.user_id, conn.connection_id)
+                await tidings.forget_device(
+                    conn.user_id,
+                    conn.connection_id,
+                    before_close=protocol.reply(frame.id, forgotten=conn.connection_id),
+                )
             else:
                 conn.push(
                     protocol.error(

@@ -37,6 +37,7 @@ class Connection:
         "_inflight",
         "_queue",
         "_queued_bytes",
+        "_room",
         "_send",
         "_wakeup",
         "_writer",
@@ -56,6 +57,7 @@ class Connection:
         "replaying",
         "session_id",
         "socket_id",
+        "topic_above",
         "topic_seq",
         "topics",
         "user_id",
@@ -82,8 +84,12 @@ class Connection:
         #: topics this socket receives, the last seq sent of each, and topics being replayed
         #: (live messages wait in the list meanwhile, to keep order)
         self.topics: set[str] = set()
+        #: per topic: every seq up to topic_seq was sent (or is not for this socket), and the
+        #: seqs above it that were sent; messages may arrive out of order across publishers
         self.topic_seq: dict[str, int] = {}
+        self.topic_above: dict[str, set[int]] = {}
         self.replaying: dict[str, list[tuple[int, str]]] = {}
+        self._room = asyncio.Event()
         #: deliver mode: notifications are pushed and must be acknowledged
         self.deliver = deliver
         #: highest log position pushed on this socket (deliver mode)
@@ -168,19 +174,36 @@ class Connection:
         self._inflight = asyncio.ensure_future(self._finish(coro, blocker))
 
     async def _finish(self, coro: Any, blocker: Any) -> None:
+        """Go on with a send that had to wait, exactly as a task would drive it."""
         try:
             while True:
-                # Resume the send only once what it waits for is done, as a task would.
-                if isinstance(blocker, asyncio.Future):
-                    await asyncio.wait([blocker])
-                else:
-                    await asyncio.sleep(0)
+                try:
+                    if isinstance(blocker, asyncio.Future):
+                        await asyncio.wait([blocker])
+                    else:
+                        await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    # Cancelled by close(): cancel what the send waits for and let the send
+                    # unwind through its own handlers, as cancelling its task would.
+                    if isinstance(blocker, asyncio.Future):
+                        blocker.cancel()
+                    try:
+                        coro.throw(asyncio.CancelledError())
+                    except (asyncio.CancelledError, StopIteration):
+                        pass
+                    except Exception as exc:
+                        logger.debug("send of %s ended with %r", self.connection_id, exc)
+                    finally:
+                        coro.close()
+                    raise
                 try:
                     blocker = coro.send(None)
                 except StopIteration:
                     return
+                except asyncio.CancelledError:  # the server gave up on this socket
+                    self._lost(ConnectionError("send cancelled by the server"))
+                    return
         except asyncio.CancelledError:
-            coro.close()
             raise
         except Exception as exc:
             self._lost(exc)
@@ -204,9 +227,49 @@ class Connection:
         waiting = self.replaying.get(topic)
         if waiting is not None:
             waiting.append((seq, text))
-        elif seq > self.topic_seq.get(topic, 0):
-            self.topic_seq[topic] = seq
+        elif self.mark_topic(topic, seq):
             self.push(text)
+
+    def mark_topic(self, topic: str, seq: int) -> bool:
+        """Record ``seq`` of ``topic`` as handled; False if it already was."""
+        floor = self.topic_seq.get(topic, 0)
+        above = self.topic_above.setdefault(topic, set())
+        if seq <= floor or seq in above:
+            return False
+        above.add(seq)
+        while floor + 1 in above:
+            floor += 1
+            above.discard(floor)
+        if len(above) > 1024:  # a seq still missing after 1024 later ones is given up on
+            floor = max(above)
+            above.clear()
+        self.topic_seq[topic] = floor
+        return True
+
+    def skip_topic_until(self, topic: str, seq: int) -> None:
+        """Everything of ``topic`` up to ``seq`` counts as handled (the client has it)."""
+        floor = self.topic_seq.get(topic, 0)
+        if seq <= floor:
+            return
+        above = {s for s in self.topic_above.get(topic, ()) if s > seq}
+        floor = seq
+        while floor + 1 in above:
+            floor += 1
+            above.discard(floor)
+        self.topic_seq[topic] = floor
+        self.topic_above[topic] = above
+
+    def forget_topic(self, topic: str) -> None:
+        self.topic_seq.pop(topic, None)
+        self.topic_above.pop(topic, None)
+
+    async def wait_room(self, frames: int) -> None:
+        """Return once ``frames`` more fit in the queue (pacing for backlogs and replays)."""
+        while not self._closed and (
+            len(self._queue) + frames > self.max_queue or self._queued_bytes > self.pause_bytes
+        ):
+            self._room.clear()
+            await self._room.wait()
 
     def close(
         self, code: int = protocol.CLOSE_NORMAL, reason: str = "", *, flush: bool = False
@@ -226,6 +289,7 @@ class Connection:
         self._queue.clear()
         self._queued_bytes = 0
         self._drained.set()
+        self._room.set()
         self._wakeup.set()
         # A writer blocked on a client that stopped reading would never see the flag.
         if self._writer is not None and not self._writer.done():
@@ -254,6 +318,7 @@ class Connection:
                 while queue:
                     text = queue.popleft()
                     await send({"type": "websocket.send", "text": text})
+                    self._room.set()
                     self._queued_bytes -= len(text)
                     if self._queued_bytes <= self.pause_bytes:
                         self._drained.set()

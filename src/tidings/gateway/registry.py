@@ -81,7 +81,7 @@ class Registry:
         for topic in topics:
             if topic in conn.topics:
                 conn.topics.discard(topic)
-                conn.topic_seq.pop(topic, None)
+                conn.forget_topic(topic)
                 self._leave(self._topics, topic, topic_channel(topic), conn)
 
     async def _join(

@@ -162,6 +162,10 @@ class Store(Lifecycle):
         seconds; returns how many messages were deleted."""
 
     @abstractmethod
+    async def touch_sessions(self, sessions: Iterable[tuple[str, str]]) -> None:
+        """Mark ``(user_id, session_id)`` pairs active (sessions with an open socket)."""
+
+    @abstractmethod
     async def session_topics(self, user_id: str, session_id: str) -> list[str]:
         """The topics the session is subscribed to (marking the session active)."""
 

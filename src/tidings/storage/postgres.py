@@ -252,6 +252,9 @@ class PostgresStore(Store):
             "(SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = $2)) "
         )
         async with self._connection(transaction=True) as conn:
+            # A new device's queue starts after the user's latest notification: read it while
+            # none of the user's notifications is half-committed (see create_notification).
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", user_id)
             if connection_id and CONNECTION_ID.match(connection_id):
                 row = await conn.fetchrow(
                     "UPDATE devices SET last_seen_at = $3 WHERE connection_id = $1 "
@@ -452,6 +455,19 @@ class PostgresStore(Store):
                 timedelta(seconds=session_idle),
             )
         return int(status.split()[-1])
+
+    async def touch_sessions(self, sessions: Iterable[tuple[str, str]]) -> None:
+        pairs = list(sessions)
+        if not pairs:
+            return
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE session_topics s SET active_at = now() FROM unnest($1::text[], $2::text[])"
+                " AS t(user_id, session_id) WHERE s.user_id = t.user_id "
+                "AND s.session_id = t.session_id",
+                [u for u, _ in pairs],
+                [x for _, x in pairs],
+            )
 
     async def session_topics(self, user_id: str, session_id: str) -> list[str]:
         async with self._connection() as conn:

@@ -539,6 +539,20 @@ class SqliteStore(Store):
 
         return await self._write(run)
 
+    async def touch_sessions(self, sessions: Iterable[tuple[str, str]]) -> None:
+        now = isoformat(utcnow())
+        rows = [(now, user, session) for user, session in sessions]
+        if not rows:
+            return
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE session_topics SET active_at = ? WHERE user_id = ? AND session_id = ?",
+                rows,
+            )
+
+        await self._write(run)
+
     async def session_topics(self, user_id: str, session_id: str) -> list[str]:
         now = isoformat(utcnow())
 
