@@ -10,7 +10,7 @@ import pytest
 
 from conftest import create_database, drop_database
 from tidings.core.models import Presence, utcnow
-from tidings.errors import Conflict, NotFound, StoreError
+from tidings.errors import Conflict, InvalidArgument, NotFound, StoreError
 from tidings.storage import Store, create_store
 
 
@@ -332,12 +332,42 @@ async def test_session_subscriptions_are_per_user_and_session(store: Store) -> N
 
 
 async def test_notification_log_follows_every_user(store: Store) -> None:
-    """A consumer reads every notification after its own cursor, in order."""
-    first = await store.create_notification("alice", 1)
+    """A consumer reads every notification after its own position, each once, in pages."""
+    await store.create_notification("alice", 1)
     await store.create_notification("bob", 2)
+    first, position = await store.notification_log("", 1)
+    rest, position = await store.notification_log(position, 10)
+    assert [(n.user_id, n.data) for n in first + rest] == [("alice", 1), ("bob", 2)]
     await store.create_notification("alice", 3)
-    log = await store.notification_log(first.notification.seq, 10)
-    assert [(n.user_id, n.data) for n in log] == [("bob", 2), ("alice", 3)]
+    more, again = await store.notification_log(position, 10)
+    assert [n.data for n in more] == [3]
+    assert await store.notification_log(again, 10) == ([], again)
+    with pytest.raises(InvalidArgument):
+        await store.notification_log("not-a-position", 10)
+
+
+async def test_notification_log_skips_nothing_under_concurrent_writers(store: Store) -> None:
+    """While many users' notifications commit concurrently, a follower misses none."""
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def follow() -> None:
+        position = ""
+        while True:
+            finished = done.is_set()
+            notes, position = await store.notification_log(position, 50)
+            seen.extend(n.notification_id for n in notes)
+            if finished and not notes:
+                return
+            await asyncio.sleep(0)
+
+    follower = asyncio.create_task(follow())
+    results = await asyncio.gather(
+        *(store.create_notification(f"user-{i % 16}", i) for i in range(400))
+    )
+    done.set()
+    await follower
+    assert sorted(seen) == sorted(r.notification.notification_id for r in results)
 
 
 async def test_one_users_notifications_commit_in_seq_order(store: Store) -> None:

@@ -213,10 +213,15 @@ def test_publish_needs_its_scope_and_logs_feed_consumers(server: ServerProcess) 
             f"{server.url}/notify", json={"user_id": alice, "data": i}, headers=headers
         )
         assert response.status_code == 201
-    page = httpx.get(f"{server.url}/log/notifications?after=0&limit=1000", headers=headers).json()
+    page = httpx.get(f"{server.url}/log/notifications?limit=1000", headers=headers).json()
     mine = [n for n in page["notifications"] if n["user_id"] == alice]
     assert [n["data"] for n in mine] == [0, 1]
-    assert page["next_after"] == page["notifications"][-1]["seq"]
+    after = httpx.get(
+        f"{server.url}/log/notifications", params={"after": page["next_after"]}, headers=headers
+    ).json()
+    assert after["notifications"] == [] and after["next_after"] == page["next_after"]
+    bad = httpx.get(f"{server.url}/log/notifications?after=x.y", headers=headers)
+    assert bad.status_code == 422
     assert (
         httpx.get(
             f"{server.url}/log/notifications", headers={"Authorization": f"Bearer {notify_only}"}

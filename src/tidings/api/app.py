@@ -226,16 +226,20 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
         dependencies=[Depends(require_scope("admin"))],
     )
     async def notification_log(
-        after: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=1000)
+        after: str = Query("", max_length=64), limit: int = Query(500, ge=1, le=1000)
     ) -> NotificationLog:
-        """Every notification after log position ``after``, in order: feed other processes
-        with their own cursor (continue from ``next_after``)."""
-        notes = await tidings.notification_log(after, limit)
+        """Every notification after the opaque log position ``after`` (empty: from the
+        start): feed other processes that keep their own cursor; continue with
+        ``next_after``. Each notification comes once and none is ever skipped."""
+        try:
+            notes, position = await tidings.notification_log(after, limit)
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc)) from None
         return NotificationLog(
             notifications=[
                 LoggedNotification(**NotificationOut.of(n).model_dump(), seq=n.seq) for n in notes
             ],
-            next_after=notes[-1].seq if notes else after,
+            next_after=position,
         )
 
     @app.delete(

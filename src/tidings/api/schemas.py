@@ -107,4 +107,4 @@ class LoggedNotification(NotificationOut):
 
 class NotificationLog(BaseModel):
     notifications: list[LoggedNotification]
-    next_after: int = Field(description="Pass as `after` to continue.")
+    next_after: str = Field(description="Opaque log position: pass as `after` to continue.")

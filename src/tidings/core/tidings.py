@@ -562,9 +562,12 @@ class Tidings(Lifecycle):
         check_topic(topic)
         return await self.store.topic_messages(topic, since, limit)
 
-    async def notification_log(self, after_seq: int, limit: int = 500) -> list[Notification]:
-        """Every notification after a log position (for consumers with their own cursor)."""
-        return await self.store.notification_log(after_seq, limit)
+    async def notification_log(
+        self, after: str = "", limit: int = 500
+    ) -> tuple[list[Notification], str]:
+        """Every notification after an opaque log position, and the next position (for
+        consumers with their own cursor; each notification once, none skipped)."""
+        return await self.store.notification_log(after, limit)
 
     # Durable device queues (deliver mode)
 

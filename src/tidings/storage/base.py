@@ -138,9 +138,14 @@ class Store(Lifecycle):
         """Delete the device and its queue (logout); ``True`` if it existed."""
 
     @abstractmethod
-    async def notification_log(self, after_seq: int, limit: int) -> list[Notification]:
-        """Every user's notifications after a log position, in order (``seq`` set): a
-        consumer with its own cursor can follow everything tidings stores."""
+    async def notification_log(self, after: str, limit: int) -> tuple[list[Notification], str]:
+        """Every user's notifications after the opaque log position ``after`` (``""`` for
+        the start), and the position to continue from: a consumer with its own cursor follows
+        everything tidings stores, each notification once, none ever skipped.
+
+        Raises:
+            InvalidArgument: ``after`` is not a position of this store.
+        """
 
     # Topics
 

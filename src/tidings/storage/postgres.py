@@ -400,15 +400,25 @@ class PostgresStore(Store):
             await conn.execute("DELETE FROM device_acks WHERE connection_id = $1", connection_id)
         return True
 
-    async def notification_log(self, after_seq: int, limit: int) -> list[Notification]:
+    async def notification_log(self, after: str, limit: int) -> tuple[list[Notification], str]:
+        # Position "txid.seq": only transactions older than every running one are read, so a
+        # row can never appear behind a consumer's position later (see migration 005).
+        txid, _, seq = (after or "0.0").partition(".")
+        if not (txid.isdigit() and seq.isdigit()):
+            raise InvalidArgument(f"not a log position of this store: {after!r}")
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
-                "WHERE seq > $1 ORDER BY seq LIMIT $2",
-                after_seq,
+                f"SELECT {NOTIFICATION_COLUMNS}, txid::text FROM notifications "
+                "WHERE (txid, seq) > ($1::text::xid8, $2::bigint) "
+                "AND txid < pg_snapshot_xmin(pg_current_snapshot()) "
+                "ORDER BY txid, seq LIMIT $3",
+                txid,
+                int(seq),
                 limit,
             )
-        return [_notification(row) for row in rows]
+        if not rows:
+            return [], after or "0.0"
+        return [_notification(row) for row in rows], f"{rows[-1][6]}.{rows[-1][5]}"
 
     # Topics
 

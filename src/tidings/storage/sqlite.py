@@ -37,7 +37,14 @@ from tidings.core.models import (
     parse_iso,
     utcnow,
 )
-from tidings.errors import ConfigurationError, Conflict, NotFound, StoreError, StoreUnavailable
+from tidings.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from tidings.storage._common import (
     CONNECTION_ID,
     canonical_json,
@@ -473,16 +480,22 @@ class SqliteStore(Store):
 
         return await self._write(run)
 
-    async def notification_log(self, after_seq: int, limit: int) -> list[Notification]:
+    async def notification_log(self, after: str, limit: int) -> tuple[list[Notification], str]:
+        # One writer: seq order is commit order, so the seq is the position.
+        if after and not after.isdigit():
+            raise InvalidArgument(f"not a log position of this store: {after!r}")
+        start = int(after or 0)
+
         def run(conn: sqlite3.Connection) -> list[Notification]:
             rows = conn.execute(
                 "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
                 "FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+                (start, limit),
             ).fetchall()
             return [_notification(r) for r in rows]
 
-        return await self._read(run)
+        notes = await self._read(run)
+        return notes, str(notes[-1].seq if notes else start)
 
     # Topics
 
