@@ -233,6 +233,9 @@ class Connection:
     def mark_topic(self, topic: str, seq: int) -> bool:
         """Record ``seq`` of ``topic`` as handled; False if it already was."""
         floor = self.topic_seq.get(topic, 0)
+        if seq == floor + 1 and not self.topic_above.get(topic):
+            self.topic_seq[topic] = seq  # the usual case: the next one, in order
+            return True
         above = self.topic_above.setdefault(topic, set())
         if seq <= floor or seq in above:
             return False
