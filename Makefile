@@ -12,6 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Third-party servers the tests run against (npm); skipped where npm is missing.
+NPM_STAMP := tests/support/node_modules/.installed
+$(NPM_STAMP): tests/support/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix tests/support && touch $(NPM_STAMP); \
+	else echo "npm not found: tests that need tests/support are skipped"; fi
+
 install: $(STAMP)
 
 # Serve on the embedded defaults: SQLite file tidings.db, in-process bus, port 8000.
@@ -23,7 +30,7 @@ lint: install
 	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/mypy
 
-test: install lint
+test: install $(NPM_STAMP) lint
 	$(BIN)/python -m pytest
 
 clean:

@@ -318,3 +318,38 @@ def private_broker(tmp_path: Path) -> Iterator[Callable[[str], BrokerProcess]]:
     yield start
     for broker in started:
         broker.kill()
+
+
+SUPPORT = Path(__file__).parent / "support"
+
+
+@pytest.fixture(scope="module")
+def oauth_issuer() -> Iterator[str]:
+    """A third-party OAuth2 issuer (npm oauth2-mock-server); yields its base URL."""
+    import json
+    import shutil
+
+    node = shutil.which("node")
+    if node is None or not (SUPPORT / "node_modules" / "oauth2-mock-server").exists():
+        message = "node or tests/support/node_modules missing (run make test)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    proc = subprocess.Popen(
+        [node, str(SUPPORT / "oauth_issuer.mjs"), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    try:
+        issuer = json.loads(line)["issuer"]
+    except (ValueError, KeyError):
+        proc.kill()
+        raise RuntimeError(f"oauth2-mock-server did not start: {line}") from None
+    yield str(issuer)
+    proc.kill()
+    proc.wait(5)
+    proc.stdout.close()

@@ -81,8 +81,25 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(None, description="Required `iss` of device JWTs.")
     jwt_leeway: float = Field(30.0, ge=0, description="Clock skew tolerated, in seconds.")
 
+    jwks_url: str | None = Field(
+        None, description="JWKS of the identity provider signing device tokens (RS256/ES256)."
+    )
+    jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        description="Asymmetric algorithms accepted with TIDINGS_JWKS_URL (JSON list).",
+    )
+
     # Service authentication
     service_token_ttl: int = Field(3600, gt=0, description="Lifetime of /oauth/token tokens.")
+    service_jwks_url: str | None = Field(
+        None, description="JWKS of an external OAuth2 issuer of service tokens."
+    )
+    service_issuer: str | None = Field(None, description="Required `iss` of external tokens.")
+    service_audience: str | None = Field(None, description="Required `aud` of external tokens.")
+    service_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        description="Algorithms accepted from the external issuer (JSON list).",
+    )
 
     # Timeouts
     auth_timeout: float = Field(5.0, gt=0, description="Seconds to send `authenticate`.")

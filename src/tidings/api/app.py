@@ -104,7 +104,7 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
                     {"WWW-Authenticate": 'Bearer realm="tidings"'},
                 )
             try:
-                return tidings.service_auth.require(token, scope)
+                return await tidings.service_auth.require(token, scope)
             except InsufficientScope as exc:
                 raise ApiError(
                     403,

@@ -11,6 +11,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
 from tidings.auth.base import DeviceAuthenticator, Principal
+from tidings.auth.jwks import JwksCache, token_header
 from tidings.errors import ConfigurationError, InvalidToken
 
 MIN_SECRET_LENGTH = 32
@@ -26,7 +27,7 @@ def oct_key(secret: str) -> OctKey:
 
 def verify_jwt(
     token: str,
-    key: OctKey,
+    key: Any,
     *,
     algorithms: Iterable[str] = ("HS256",),
     audience: str | None = None,
@@ -35,7 +36,8 @@ def verify_jwt(
 ) -> dict[str, Any]:
     """The claims of a valid token whose ``exp`` has not passed.
 
-    Algorithms are pinned by the caller: the token's own ``alg`` header never chooses.
+    ``key`` is a joserfc key or key set. Algorithms are pinned by the caller: the token's own
+    ``alg`` header never chooses (``none`` is never accepted).
 
     Raises:
         InvalidToken: with a message fit to show the client.
@@ -68,7 +70,8 @@ def sign_jwt(claims: dict[str, Any], key: OctKey, *, typ: str = "JWT") -> str:
 
 
 class JwtAuthenticator(DeviceAuthenticator):
-    """Accepts HS256 JWTs whose ``sub`` is the user id."""
+    """Accepts JWTs whose ``sub`` is the user id: HS256 with the shared secret, and, with a
+    JWKS URL, tokens signed by the application's identity provider (RS256, ES256 … as pinned)."""
 
     def __init__(
         self,
@@ -77,15 +80,30 @@ class JwtAuthenticator(DeviceAuthenticator):
         audience: str | None = None,
         issuer: str | None = None,
         leeway: float = 30.0,
+        jwks: JwksCache | None = None,
+        jwks_algorithms: Iterable[str] = ("RS256", "ES256"),
     ) -> None:
         self._key = oct_key(secret)
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
+        self.jwks = jwks
+        self.jwks_algorithms = list(jwks_algorithms)
 
     async def authenticate(self, token: str) -> Principal:
+        header = token_header(token)
+        if self.jwks is not None and header.get("alg") in self.jwks_algorithms:
+            key: Any = await self.jwks.keys_for(header.get("kid"))
+            algorithms = self.jwks_algorithms
+        else:
+            key, algorithms = self._key, ["HS256"]
         claims = verify_jwt(
-            token, self._key, audience=self.audience, issuer=self.issuer, leeway=self.leeway
+            token,
+            key,
+            algorithms=algorithms,
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway,
         )
         sub = claims.get("sub")
         if not isinstance(sub, str) or not 0 < len(sub) <= MAX_USER_ID_LENGTH:

@@ -14,8 +14,10 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from tidings.auth.base import ServicePrincipal
+from tidings.auth.jwks import JwksCache, token_header
 from tidings.auth.jwt import oct_key, sign_jwt, verify_jwt
 from tidings.core.models import ServiceClient
 from tidings.errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken
@@ -113,9 +115,17 @@ async def create_client(
 class ServiceAuth:
     """Issues and verifies service access tokens."""
 
-    def __init__(self, store: Store, secret: str, *, ttl: int = 3600) -> None:
+    def __init__(
+        self,
+        store: Store,
+        secret: str,
+        *,
+        ttl: int = 3600,
+        external: ExternalIssuer | None = None,
+    ) -> None:
         self.store = store
         self.ttl = ttl
+        self.external = external
         self._key = oct_key(secret)
 
     async def issue(
@@ -152,27 +162,67 @@ class ServiceAuth:
         }
         return IssuedToken(sign_jwt(claims, self._key, typ="at+jwt"), self.ttl, scope)
 
-    def verify(self, token: str) -> ServicePrincipal:
-        """The principal of a valid service token.
+    async def verify(self, token: str) -> ServicePrincipal:
+        """The principal of a valid service token: ours (HS256, issuer ``tidings``) or, when
+        configured, an external issuer's (verified against its JWKS).
 
         Raises:
-            InvalidToken: malformed, forged, expired, or not a tidings service token.
+            InvalidToken: malformed, forged, expired, wrong issuer or audience, or an algorithm
+                that is not pinned (``none`` never is).
         """
-        claims = verify_jwt(token, self._key, audience=AUDIENCE, issuer=ISSUER, leeway=5)
-        client_id = claims.get("client_id")
-        scope = claims.get("scope", "")
-        if not isinstance(client_id, str) or not isinstance(scope, str):
-            raise InvalidToken("token lacks client_id or scope")
-        return ServicePrincipal(client_id, frozenset(scope.split()))
+        alg = token_header(token).get("alg")
+        if alg == "HS256":
+            claims = verify_jwt(token, self._key, audience=AUDIENCE, issuer=ISSUER, leeway=5)
+        elif self.external is not None and alg in self.external.algorithms:
+            claims = await self.external.verify(token)
+        else:
+            raise InvalidToken(f"token algorithm {alg!r} is not accepted")
+        client_id = claims.get("client_id") or claims.get("azp") or claims.get("sub")
+        scope = claims.get("scope", claims.get("scp", ""))
+        scopes = scope.split() if isinstance(scope, str) else scope
+        if not isinstance(client_id, str) or not isinstance(scopes, list):
+            raise InvalidToken("token lacks a client id or scopes")
+        return ServicePrincipal(client_id, frozenset(str(s) for s in scopes))
 
-    def require(self, token: str, scope: str) -> ServicePrincipal:
+    async def require(self, token: str, scope: str) -> ServicePrincipal:
         """Verify ``token`` and check it carries ``scope``.
 
         Raises:
             InvalidToken: see :meth:`verify`.
             InsufficientScope: the token is valid but lacks ``scope``.
         """
-        principal = self.verify(token)
+        principal = await self.verify(token)
         if scope not in principal.scopes:
             raise InsufficientScope(scope)
         return principal
+
+
+class ExternalIssuer:
+    """Service tokens minted by another OAuth2 server (client credentials there), verified with
+    its JWKS; issuer, audience and algorithms are pinned by configuration."""
+
+    def __init__(
+        self,
+        jwks: JwksCache,
+        *,
+        issuer: str,
+        audience: str,
+        algorithms: Iterable[str] = ("RS256", "ES256"),
+        leeway: float = 30.0,
+    ) -> None:
+        self.jwks = jwks
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = [a for a in algorithms if a.lower() != "none"]
+        self.leeway = leeway
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        keys = await self.jwks.keys_for(token_header(token).get("kid"))
+        return verify_jwt(
+            token,
+            keys,
+            algorithms=self.algorithms,
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway,
+        )

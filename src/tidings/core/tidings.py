@@ -12,8 +12,9 @@ import orjson
 
 from tidings._lifecycle import Lifecycle
 from tidings.auth.base import DeviceAuthenticator
+from tidings.auth.jwks import JwksCache
 from tidings.auth.jwt import MAX_USER_ID_LENGTH, JwtAuthenticator
-from tidings.auth.oauth import ServiceAuth
+from tidings.auth.oauth import ExternalIssuer, ServiceAuth
 from tidings.auth.topics import TopicHook, TopicPolicy, check_topic
 from tidings.bus import Bus, create_bus
 from tidings.config import Settings
@@ -30,6 +31,7 @@ from tidings.core.models import (
 )
 from tidings.errors import (
     BusError,
+    ConfigurationError,
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
@@ -104,6 +106,7 @@ class Tidings(Lifecycle):
         self._gateway: Gateway | None = None
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._key_caches: list[JwksCache] = []
         # Latest count (and notification seq) per user whose event the bus refused;
         # re-published in the background.
         self._unpublished: dict[str, tuple[UnseenCount, int]] = {}
@@ -120,18 +123,23 @@ class Tidings(Lifecycle):
             self.bus.on_message = self._on_bus_message
             self.bus.on_reconnect = self._on_bus_reconnect
             await self.bus.start()
+            settings = self.settings
             if self._authenticator is None:
-                secret = self.settings.jwt_secret or await self.store.get_or_create_key(
+                secret = settings.jwt_secret or await self.store.get_or_create_key(
                     DEVICE_KEY, _random_key
                 )
                 self._authenticator = JwtAuthenticator(
                     secret,
-                    audience=self.settings.jwt_audience,
-                    issuer=self.settings.jwt_issuer,
-                    leeway=self.settings.jwt_leeway,
+                    audience=settings.jwt_audience,
+                    issuer=settings.jwt_issuer,
+                    leeway=settings.jwt_leeway,
+                    jwks=self._keep(JwksCache(settings.jwks_url)) if settings.jwks_url else None,
+                    jwks_algorithms=settings.jwt_algorithms,
                 )
             key = await self.store.get_or_create_key(SERVICE_KEY, _random_key)
-            self._service_auth = ServiceAuth(self.store, key, ttl=self.settings.service_token_ttl)
+            self._service_auth = ServiceAuth(
+                self.store, key, ttl=settings.service_token_ttl, external=_external_issuer(settings)
+            )
             await self.store.heartbeat(self.node_id, self.node_uri)
         except BaseException:
             await self.bus.close()
@@ -165,8 +173,16 @@ class Tidings(Lifecycle):
             await self.store.remove_node(self.node_id)
         except TidingsError as exc:
             logger.warning("could not deregister node %s: %s", self.node_id, exc)
+        for cache in self._key_caches:
+            await cache.aclose()
+        if self._service_auth is not None and self._service_auth.external is not None:
+            await self._service_auth.external.jwks.aclose()
         await self.bus.close()
         await self.store.close()
+
+    def _keep(self, cache: JwksCache) -> JwksCache:
+        self._key_caches.append(cache)
+        return cache
 
     @property
     def started(self) -> bool:
@@ -667,6 +683,21 @@ class Tidings(Lifecycle):
         for conn in list(self.registry.connections(user_id)):
             if conn.connection_id == connection_id:
                 conn.close(protocol.CLOSE_NORMAL, "device forgotten", flush=True)
+
+
+def _external_issuer(settings: Settings) -> ExternalIssuer | None:
+    if not settings.service_jwks_url:
+        return None
+    if not (settings.service_issuer and settings.service_audience):
+        raise ConfigurationError(
+            "TIDINGS_SERVICE_JWKS_URL needs TIDINGS_SERVICE_ISSUER and TIDINGS_SERVICE_AUDIENCE"
+        )
+    return ExternalIssuer(
+        JwksCache(settings.service_jwks_url),  # closed by Tidings.close() via ServiceAuth
+        issuer=settings.service_issuer,
+        audience=settings.service_audience,
+        algorithms=settings.service_algorithms,
+    )
 
 
 def _check_identifier(name: str, value: object, max_length: int) -> None:

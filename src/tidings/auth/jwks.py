@@ -1,0 +1,97 @@
+"""Keys from a JSON Web Key Set URL, cached, and fetched again for an unknown ``kid``.
+
+Used for device tokens signed by the application's identity provider (``TIDINGS_JWKS_URL``) and
+for service tokens from an external OAuth2 issuer (``TIDINGS_SERVICE_JWKS_URL``). Keys are kept
+for ``ttl`` seconds; a token whose ``kid`` is not in the cached set triggers one refetch, at most
+every ``min_refresh`` seconds, so a rotated key is picked up without a restart and a flood of
+tokens with made-up ``kid`` values cannot hammer the issuer.
+
+Why not PyJWT's ``PyJWKClient``: it is synchronous; this fetches with httpx on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jws import extract_compact
+
+from tidings.errors import InvalidToken
+
+
+def token_header(token: str) -> dict[str, Any]:
+    """The unverified protected header of a compact JWS.
+
+    Raises:
+        InvalidToken: not a compact JWS.
+    """
+    try:
+        header: dict[str, Any] = extract_compact(token.encode()).protected
+    except (JoseError, ValueError, TypeError, UnicodeError):
+        raise InvalidToken("token is not a signed JWT") from None
+    return header
+
+
+class JwksCache:
+    """The current key set of one JWKS URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl: float = 300.0,
+        min_refresh: float = 10.0,
+        timeout: float = 5.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = url
+        self.ttl = ttl
+        self.min_refresh = min_refresh
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._keys: KeySet | None = None
+        self._kids: set[str] = set()
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def keys_for(self, kid: str | None) -> KeySet:
+        """The key set, refreshed if stale or if it lacks ``kid`` (rate-limited).
+
+        Raises:
+            InvalidToken: the issuer's keys cannot be fetched and none are cached.
+        """
+        now = time.monotonic()
+        stale = now - self._fetched_at > self.ttl
+        unknown = kid is not None and kid not in self._kids
+        if self._keys is None or stale or (unknown and now - self._fetched_at > self.min_refresh):
+            async with self._lock:
+                if time.monotonic() - self._fetched_at > min(self.min_refresh, self.ttl) or (
+                    self._keys is None
+                ):
+                    await self._fetch()
+        if self._keys is None:
+            raise InvalidToken("the token issuer's keys are unavailable")
+        return self._keys
+
+    async def _fetch(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            response = await self._http.get(self.url)
+            response.raise_for_status()
+            data = response.json()
+            keys = KeySet.import_key_set(data)
+        except (httpx.HTTPError, ValueError, JoseError, TypeError) as exc:
+            # Keep serving with the keys we had; the next call may succeed.
+            if self._keys is None:
+                raise InvalidToken(f"cannot fetch the issuer's keys: {exc}") from None
+            return
+        self._keys = keys
+        self._kids = {
+            str(k["kid"]) for k in data.get("keys", []) if isinstance(k, dict) and "kid" in k
+        }
