@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+
 from conftest import ServerProcess
 
 
