@@ -26,8 +26,8 @@ run: install
 	$(BIN)/tidings serve --banner
 
 lint: install
-	$(BIN)/ruff check src tests $(wildcard bench)
-	$(BIN)/ruff format --check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests examples $(wildcard bench)
+	$(BIN)/ruff format --check src tests examples $(wildcard bench)
 	$(BIN)/mypy
 
 test: install $(NPM_STAMP) lint

@@ -89,6 +89,24 @@ class Settings(BaseSettings):
         description="Asymmetric algorithms accepted with TIDINGS_JWKS_URL (JSON list).",
     )
 
+    # Delegated device authentication (separate service)
+    delegate_url: str | None = Field(
+        None, description="The application's subscribe URL that authenticates devices."
+    )
+    delegate_headers: list[str] = Field(
+        default_factory=list,
+        description="Headers forwarded besides Cookie and Authorization (JSON list).",
+    )
+    delegate_timeout: float = Field(2.0, gt=0, description="Seconds to wait for the app.")
+    delegate_cache_ttl: float = Field(
+        10.0, ge=0, description="Seconds an answer is reused for the same credentials."
+    )
+    allowed_origins: list[str] | None = Field(
+        None,
+        description="Origins allowed to open device sockets (JSON list; '*' allows any). "
+        "Unset: any origin, except with delegated auth, where only the node's own host.",
+    )
+
     # Service authentication
     service_token_ttl: int = Field(3600, gt=0, description="Lifetime of /oauth/token tokens.")
     service_jwks_url: str | None = Field(

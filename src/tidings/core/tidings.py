@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tidings._lifecycle import Lifecycle
-from tidings.auth.base import DeviceAuthenticator
+from tidings.auth.base import DeviceAuthenticator, Principal
+from tidings.auth.delegated import DelegatedAuthenticator
 from tidings.auth.jwks import JwksCache
 from tidings.auth.jwt import MAX_USER_ID_LENGTH, JwtAuthenticator
 from tidings.auth.oauth import ExternalIssuer, ServiceAuth
@@ -107,6 +109,8 @@ class Tidings(Lifecycle):
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._key_caches: list[JwksCache] = []
+        #: the application's subscribe endpoint, when devices are authenticated by it
+        self.delegate: DelegatedAuthenticator | None = None
         # Latest count (and notification seq) per user whose event the bus refused;
         # re-published in the background.
         self._unpublished: dict[str, tuple[UnseenCount, int]] = {}
@@ -135,6 +139,13 @@ class Tidings(Lifecycle):
                     leeway=settings.jwt_leeway,
                     jwks=self._keep(JwksCache(settings.jwks_url)) if settings.jwks_url else None,
                     jwks_algorithms=settings.jwt_algorithms,
+                )
+            if settings.delegate_url and self.delegate is None:
+                self.delegate = DelegatedAuthenticator(
+                    settings.delegate_url,
+                    forward_headers=settings.delegate_headers,
+                    timeout=settings.delegate_timeout,
+                    cache_ttl=settings.delegate_cache_ttl,
                 )
             key = await self.store.get_or_create_key(SERVICE_KEY, _random_key)
             self._service_auth = ServiceAuth(
@@ -175,6 +186,9 @@ class Tidings(Lifecycle):
             logger.warning("could not deregister node %s: %s", self.node_id, exc)
         for cache in self._key_caches:
             await cache.aclose()
+        if self.delegate is not None:
+            await self.delegate.aclose()
+            self.delegate = None
         if self._service_auth is not None and self._service_auth.external is not None:
             await self._service_auth.external.jwks.aclose()
         await self.bus.close()
@@ -264,6 +278,61 @@ class Tidings(Lifecycle):
 
             self._gateway = Gateway(self)
         return self._gateway
+
+    # Embedding in an ASGI application
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Start and close with the host application: ``FastAPI(lifespan=tidings.lifespan)``
+        or ``Starlette(lifespan=tidings.lifespan)``."""
+        async with self:
+            yield
+
+    async def subscribe(
+        self,
+        websocket: Any = None,
+        *,
+        user_id: str,
+        session_id: str | None = None,
+        deliver: bool = False,
+        claims: dict[str, Any] | None = None,
+        scope: dict[str, Any] | None = None,
+        receive: Any = None,
+        send: Any = None,
+    ) -> None:
+        """Serve a device socket that the application authenticated itself (embedded mode).
+
+        Call it from the application's own WebSocket endpoint once it knows the user, with a
+        Starlette/FastAPI ``WebSocket`` (accepted or not) or a raw ASGI ``scope``, ``receive``
+        and ``send``. Returns when the device disconnects. The wire protocol is the same as
+        on ``/ws``, from ``welcome`` on.
+        """
+        _check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
+        if session_id is not None:
+            _check_identifier("session_id", session_id, protocol.MAX_ID_LENGTH)
+        accept = True
+        if websocket is not None:
+            scope, receive, send = websocket.scope, websocket.receive, websocket.send
+            state = getattr(websocket, "client_state", None)
+            accept = getattr(state, "name", "CONNECTING") == "CONNECTING"
+        if scope is None or receive is None or send is None:
+            raise InvalidArgument("give a WebSocket, or scope, receive and send")
+        await self.gateway.adopt(
+            scope,
+            receive,
+            send,
+            principal=Principal(user_id, claims or {}),
+            session_id=session_id,
+            deliver=deliver,
+            accept=accept,
+        )
+
+    def asgi(self) -> Any:
+        """The node's ASGI app (``/ws`` for devices, the HTTP API) to mount in a host app; it
+        does not start or close ``tidings`` (use :meth:`lifespan` for that)."""
+        from tidings.server import TidingsApp
+
+        return TidingsApp(self, manage_lifespan=False)
 
     # Notifications
 

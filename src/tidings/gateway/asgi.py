@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from tidings.auth.base import Principal
+from tidings.auth.delegated import DelegateUnavailable
 from tidings.errors import (
     InvalidArgument,
     InvalidToken,
@@ -107,6 +108,54 @@ class Gateway:
         self._tokens -= 1
         return None
 
+    async def adopt(
+        self,
+        scope: Scope,
+        receive: Any,
+        send: Any,
+        *,
+        principal: Principal,
+        session_id: str | None = None,
+        deliver: bool = False,
+        accept: bool = True,
+    ) -> None:
+        """Serve a socket whose user the host application has already authenticated
+        (embedded mode); ``accept`` when the handshake is still to be answered."""
+        if accept and (await receive())["type"] != "websocket.connect":
+            return
+        tidings = self.tidings
+        self._active += 1
+        self._idle.clear()
+        try:
+            headers = _headers(scope)
+            cookie_cid = _cookie(headers.get("cookie", ""), COOKIE_NAME)
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            try:
+                device = await tidings.store.bind_device(
+                    principal.user_id, cookie_cid or _first(query, "connection_id")
+                )
+            except StoreError:
+                await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
+                return
+            if accept:
+                await _accept(
+                    scope, send, self._cookie_header(scope, device.connection_id, cookie_cid)
+                )
+            conn = Connection(
+                send,
+                connection_id=device.connection_id,
+                user_id=principal.user_id,
+                session_id=session_id or device.connection_id,
+                max_queue=tidings.settings.outbound_queue_size,
+                deliver=deliver,
+                claims=principal.claims,
+            )
+            await self._run(conn, receive, send)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
     async def _serve(self, scope: Scope, receive: Any, send: Any) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
@@ -115,6 +164,9 @@ class Gateway:
             await _deny(scope, send, 503, "unavailable", "tidings is not started")
             return
         headers = _headers(scope)
+        if not self._origin_allowed(headers):
+            await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
+            return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         cookie_cid = _cookie(headers.get("cookie", ""), COOKIE_NAME)
         if cookie_cid is not None and not CONNECTION_ID.match(cookie_cid):
@@ -127,10 +179,19 @@ class Gateway:
             return
         token = _bearer(headers.get("authorization")) or _first(query, "access_token")
 
-        if token is not None:
+        if token is not None or tidings.delegate is not None:
             try:
-                principal = await tidings.authenticator.authenticate(token)
+                if token is not None:
+                    principal = await tidings.authenticator.authenticate(token)
+                else:
+                    assert tidings.delegate is not None
+                    principal, app_session = await tidings.delegate.authenticate_request(headers)
+                    session_id = session_id or app_session
                 device = await tidings.store.bind_device(principal.user_id, presented)
+            except DelegateUnavailable as exc:
+                logger.warning("refusing device: %s", exc)
+                await _deny(scope, send, 503, "unavailable", "authentication unavailable, retry")
+                return
             except InvalidToken as exc:
                 await _deny(scope, send, 401, "invalid_token", str(exc))
                 return
@@ -170,6 +231,20 @@ class Gateway:
             claims=principal.claims,
         )
         await self._run(conn, receive, send)
+
+    def _origin_allowed(self, headers: dict[str, str]) -> bool:
+        """Cross-site WebSocket hijacking guard: browsers always send Origin."""
+        origin = headers.get("origin")
+        if origin is None:
+            return True  # not a browser: it has to present credentials of its own
+        allowed = self.tidings.settings.allowed_origins
+        if allowed is not None:
+            return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
+        if self.tidings.delegate is None:
+            return True
+        # Cookies authenticate delegated devices: only the node's own site may use them.
+        host = headers.get("host", "")
+        return origin.split("://", 1)[-1].rstrip("/") == host
 
     def _cookie_header(
         self, scope: Scope, cid: str, presented: str | None
