@@ -21,9 +21,10 @@ $(NPM_STAMP): tests/support/package.json
 
 install: $(STAMP)
 
-# Serve on the embedded defaults: SQLite file tidings.db, in-process bus, port 8000.
+# Serve on the embedded defaults (SQLite file tidings.db, in-process bus, port 8000), with the
+# demo inbox at http://127.0.0.1:8000/demo.
 run: install
-	$(BIN)/tidings serve --banner
+	$(BIN)/tidings serve --banner --demo
 
 lint: install
 	$(BIN)/ruff check src tests examples $(wildcard bench)

@@ -63,6 +63,7 @@ def main() -> None:
 @click.option("--node-id", help="This node's name (TIDINGS_NODE_ID).")
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--banner/--no-banner", default=False, help="Print how to try it out.")
+@click.option("--demo/--no-demo", default=None, help="Serve the demo inbox (never in production).")
 def serve(
     host: str | None,
     port: int | None,
@@ -71,11 +72,12 @@ def serve(
     node_id: str | None,
     log_level: str,
     banner: bool,
+    demo: bool | None,
 ) -> None:
     """Run a tidings node (devices on /ws, the HTTP API on the same port)."""
     from tidings.server import run
 
-    settings = _settings(host=host, port=port, store=store, bus=bus, node_id=node_id)
+    settings = _settings(host=host, port=port, store=store, bus=bus, node_id=node_id, demo=demo)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     if banner:
         _print_banner(settings)
@@ -88,11 +90,13 @@ def serve(
 def _print_banner(settings: Settings) -> None:
     base = settings.public_url or f"http://{settings.host}:{settings.port}"
     ws = base.replace("http", "ws", 1) + "/ws"
+    demo = f"\n  demo inbox           {base}/demo   (open it in two tabs)" if settings.demo else ""
     click.echo(
         f"""
 tidings {__version__} on {base}  (store {settings.store}, bus {settings.bus})
   devices connect to   {ws}
   API reference        {base}/docs
+  admin console        {base}/admin{demo}
 
 Try it from a second terminal in this folder:
   . .venv/bin/activate

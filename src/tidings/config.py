@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         None, description="URL devices and services use to reach this node (shown in banners)."
     )
 
+    demo: bool = Field(
+        False,
+        description="Serve the demo inbox at /demo, with endpoints that mint device tokens and "
+        "send notifications for anyone: for trying tidings out, never in production.",
+    )
+
     # Cluster
     heartbeat_interval: float = Field(
         5.0, gt=0, description="Seconds between a node's heartbeats in the store."

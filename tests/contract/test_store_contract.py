@@ -377,3 +377,14 @@ async def test_one_users_notifications_commit_in_seq_order(store: Store) -> None
     by_version = sorted(results, key=lambda r: r.count.version if r.count else 0)
     seqs = [r.notification.seq for r in by_version]
     assert seqs == sorted(seqs)
+
+
+async def test_operator_views(store: Store) -> None:
+    """Recent notifications come newest first; queue depth counts what a device still owes."""
+    device = await store.bind_device("alice", None)
+    notes = [(await store.create_notification("alice", i)).notification for i in range(4)]
+    assert [n.data for n in await store.recent_notifications(2)] == [3, 2]
+    assert await store.queue_depth(device.connection_id, "alice") == 4
+    await store.ack(device.connection_id, "alice", [notes[3].notification_id])
+    assert await store.queue_depth(device.connection_id, "alice") == 3
+    assert await store.queue_depth("nope-nope-nope", "alice") == 0

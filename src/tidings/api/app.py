@@ -28,6 +28,7 @@ from tidings.api.schemas import (
     TopicLog,
     TopicMessageOut,
 )
+from tidings.api.web import mount_web
 from tidings.auth.base import ServicePrincipal
 from tidings.auth.oauth import InvalidClient, InvalidScope
 from tidings.errors import (
@@ -306,6 +307,7 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
         )
         return JSONResponse(body.model_dump(), code)
 
+    mount_web(app, tidings, require_scope)
     return app
 
 

@@ -147,6 +147,14 @@ class Store(Lifecycle):
             InvalidArgument: ``after`` is not a position of this store.
         """
 
+    @abstractmethod
+    async def recent_notifications(self, limit: int) -> list[Notification]:
+        """The newest notifications of every user, newest first (for operators)."""
+
+    @abstractmethod
+    async def queue_depth(self, connection_id: str, user_id: str) -> int:
+        """How many notifications wait in a device's queue (0 for an unknown device)."""
+
     # Topics
 
     @abstractmethod

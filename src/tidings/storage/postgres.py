@@ -420,6 +420,26 @@ class PostgresStore(Store):
             return [], after or "0.0"
         return [_notification(row) for row in rows], f"{rows[-1][6]}.{rows[-1][5]}"
 
+    async def recent_notifications(self, limit: int) -> list[Notification]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications ORDER BY seq DESC LIMIT $1",
+                limit,
+            )
+        return [_notification(row) for row in rows]
+
+    async def queue_depth(self, connection_id: str, user_id: str) -> int:
+        async with self._connection() as conn:
+            depth = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM notifications WHERE user_id = d.user_id "
+                "AND seq > d.cursor) - (SELECT count(*) FROM device_acks a "
+                "WHERE a.connection_id = d.connection_id) FROM devices d "
+                "WHERE d.connection_id = $1 AND d.user_id = $2",
+                connection_id,
+                user_id,
+            )
+        return int(depth or 0)
+
     # Topics
 
     async def append_topic_message(

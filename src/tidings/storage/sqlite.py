@@ -497,6 +497,30 @@ class SqliteStore(Store):
         notes = await self._read(run)
         return notes, str(notes[-1].seq if notes else start)
 
+    async def recent_notifications(self, limit: int) -> list[Notification]:
+        def run(conn: sqlite3.Connection) -> list[Notification]:
+            rows = conn.execute(
+                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
+                "FROM notifications ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_notification(r) for r in rows]
+
+        return await self._read(run)
+
+    async def queue_depth(self, connection_id: str, user_id: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM notifications WHERE user_id = d.user_id "
+                "AND seq > d.cursor) - (SELECT count(*) FROM device_acks a "
+                "WHERE a.connection_id = d.connection_id) FROM devices d "
+                "WHERE d.connection_id = ? AND d.user_id = ?",
+                (connection_id, user_id),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._read(run)
+
     # Topics
 
     async def append_topic_message(

@@ -1,0 +1,118 @@
+"""The pages tidings serves: the browser client, the demo inbox, the admin console, and the
+JSON those pages need."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from tidings.auth.jwt import JwtAuthenticator
+from tidings.errors import InvalidArgument, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from fastapi import Request
+
+    from tidings.auth.base import ServicePrincipal
+    from tidings.core.tidings import Tidings
+
+WEB = Path(__file__).resolve().parent.parent / "web"
+logger = logging.getLogger("tidings")
+
+
+class DemoToken(BaseModel):
+    user_id: str = Field(min_length=1, max_length=256)
+
+
+class DemoNotify(BaseModel):
+    user_id: str = Field(min_length=1, max_length=256)
+    text: str = Field(min_length=1, max_length=500)
+
+
+def mount_web(
+    app: FastAPI,
+    tidings: Tidings,
+    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+) -> None:
+    """Add the browser client, the admin console and, in demo mode, the demo inbox."""
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    @app.get("/tidings.js", include_in_schema=False)
+    async def client_module() -> FileResponse:
+        return FileResponse(WEB / "tidings.js", media_type="text/javascript")
+
+    @app.get("/admin", include_in_schema=False)
+    async def admin_page() -> FileResponse:
+        return FileResponse(WEB / "admin.html", media_type="text/html")
+
+    @app.get(
+        "/admin/overview",
+        tags=["operations"],
+        dependencies=[Depends(require_scope("admin"))],
+    )
+    async def overview(devices: int = 200, recent: int = 50) -> dict[str, Any]:
+        """Nodes, their open sockets (with each device's queue depth) and recent notifications."""
+        store = tidings.store
+        sockets = (await store.presence())[: max(0, min(devices, 1000))]
+        return {
+            "nodes": [
+                {
+                    "node_id": n.node_id,
+                    "uri": n.uri,
+                    "started_at": n.started_at,
+                    "heartbeat_at": n.heartbeat_at,
+                    "sockets": sum(1 for p in sockets if p.node_id == n.node_id),
+                }
+                for n in await store.list_nodes()
+            ],
+            "sockets": [
+                {
+                    "node_id": p.node_id,
+                    "user_id": p.user_id,
+                    "connection_id": p.connection_id,
+                    "session_id": p.session_id,
+                    "connected_since": p.connected_since,
+                    "queue_depth": await store.queue_depth(p.connection_id, p.user_id),
+                }
+                for p in sockets
+            ],
+            "recent": [
+                {**n.to_dict(), "seq": n.seq}
+                for n in await store.recent_notifications(max(0, min(recent, 500)))
+            ],
+        }
+
+    if not tidings.settings.demo:
+        return
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/demo")
+
+    @app.get("/demo", include_in_schema=False)
+    async def demo_page() -> FileResponse:
+        return FileResponse(WEB / "demo.html", media_type="text/html")
+
+    @app.post("/demo/token", include_in_schema=False)
+    async def demo_token(body: DemoToken) -> dict[str, str]:
+        """Demo mode only: a device token for any user, so the inbox page can connect."""
+        authenticator = tidings.authenticator
+        if not isinstance(authenticator, JwtAuthenticator):
+            raise HTTPException(404, "demo tokens need the built-in JWT authenticator")
+        return {"token": authenticator.issue(body.user_id, ttl=3600)}
+
+    @app.post("/demo/notify", include_in_schema=False, status_code=201)
+    async def demo_notify(body: DemoNotify) -> dict[str, Any]:
+        """Demo mode only: send a notification without service credentials."""
+        try:
+            result = await tidings.notify(body.user_id, {"text": body.text})
+        except (InvalidArgument, PayloadTooLarge) as exc:
+            raise HTTPException(422, str(exc)) from None
+        return result.notification.to_dict()

@@ -1,0 +1,181 @@
+"""The browser client, demo inbox and admin console in a real Chromium (Debian's), driven by
+Playwright. Screenshots are kept in tests/artifacts/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ServerProcess
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        message = "Debian's chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+class Tab:
+    """A page of the demo inbox, recording console errors."""
+
+    def __init__(self, context: object, url: str) -> None:
+        self.page = context.new_page()  # type: ignore[attr-defined]
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on(
+            "console",
+            lambda message: self.errors.append(message.text) if message.type == "error" else None,
+        )
+        self.page.goto(url)
+
+    def badge(self, value: str, timeout: float = 10_000) -> None:
+        self.page.wait_for_function(
+            "value => document.getElementById('badge').textContent === value",
+            arg=value,
+            timeout=timeout,
+        )
+
+    def online(self, timeout: float = 15_000) -> None:
+        self.page.wait_for_selector("#status.online", timeout=timeout)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def demo(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    return start_server(TIDINGS_DEMO="true")
+
+
+def test_two_tabs_follow_one_count(browser: object, demo: ServerProcess) -> None:
+    """Two tabs of one user show the count; opening the panel in one zeroes the other."""
+    user = f"alice-{uuid.uuid4().hex[:6]}"
+    context = browser.new_context()  # type: ignore[attr-defined]
+    one = Tab(context, f"{demo.url}/demo?user={user}")
+    two = Tab(context, f"{demo.url}/demo?user={user}")
+    for tab in (one, two):
+        tab.online()
+        tab.badge("0")
+    one.page.fill("#text", "Your order shipped")
+    one.page.click("#sendButton")
+    one.page.fill("#text", "It has arrived")
+    one.page.click("#sendButton")
+    for tab in (one, two):
+        tab.badge("2")
+    two.shot("two-tabs-before-opening")
+    one.page.click("#bell")
+    one.page.wait_for_selector("#notes li >> text=It has arrived")
+    two.badge("0")
+    one.badge("0")
+    one.shot("panel-open")
+    assert one.errors == [] and two.errors == []
+    context.close()
+
+
+def test_tabs_reconnect_by_themselves_after_a_restart(
+    browser: object, start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Killing the server and starting it again: the tabs reconnect on their own and show the
+    right count."""
+    db = tmp_path / "restart.db"
+    node = start_server(db_path=db, TIDINGS_DEMO="true")
+    user = f"bob-{uuid.uuid4().hex[:6]}"
+    context = browser.new_context()  # type: ignore[attr-defined]
+    tabs = [Tab(context, f"{node.url}/demo?user={user}") for _ in range(2)]
+    for tab in tabs:
+        tab.online()
+    tabs[0].page.click("#sendButton")
+    for tab in tabs:
+        tab.badge("1")
+    node.kill()
+    tabs[0].page.wait_for_selector("#status.offline", timeout=10_000)
+    tabs[0].shot("server-down")
+    again = start_server(db_path=db, port=node.port, TIDINGS_DEMO="true")
+    for tab in tabs:
+        tab.online(timeout=30_000)
+        tab.badge("1")
+    import httpx
+
+    httpx.post(f"{again.url}/demo/notify", json={"user_id": user, "text": "after restart"})
+    for tab in tabs:
+        tab.badge("2")
+    tabs[1].shot("reconnected")
+    context.close()
+
+
+def test_phone_viewport_without_errors(browser: object, demo: ServerProcess) -> None:
+    """On a phone-sized screen the inbox works and logs no JavaScript error."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)  # type: ignore[attr-defined]
+    tab = Tab(context, f"{demo.url}/demo?user=phone-{uuid.uuid4().hex[:6]}")
+    tab.online()
+    tab.page.click("#sendButton")
+    tab.badge("1")
+    tab.page.click("#bell")
+    tab.badge("0")
+    width = tab.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page scrolls sideways ({width}px)"
+    tab.shot("phone")
+    assert tab.errors == []
+    context.close()
+
+
+def test_admin_console_lists_nodes_devices_and_notifications(
+    browser: object, demo: ServerProcess
+) -> None:
+    """The admin console signs in with an admin client and shows the live node."""
+    user = f"carol-{uuid.uuid4().hex[:6]}"
+    context = browser.new_context()  # type: ignore[attr-defined]
+    inbox = Tab(context, f"{demo.url}/demo?user={user}")
+    inbox.online()
+    inbox.page.click("#sendButton")
+    inbox.badge("1")
+    client_id, secret = demo.create_client("admin")
+    admin = Tab(context, f"{demo.url}/admin")
+    admin.page.fill("#clientId", client_id)
+    admin.page.fill("#clientSecret", secret)
+    admin.page.click("#credentials button")
+    admin.page.wait_for_selector(f"#nodes >> text=node-{demo.port}")
+    admin.page.wait_for_selector(f"#sockets >> text={user}")
+    admin.page.wait_for_selector(f"#recent >> text={user}")
+    admin.shot("admin")
+    assert admin.errors == [] and inbox.errors == []
+    context.close()
+
+
+def test_admin_console_refuses_a_client_without_admin(browser: object, demo: ServerProcess) -> None:
+    """A client lacking scope admin cannot sign in."""
+    client_id, secret = demo.create_client("notify")
+    context = browser.new_context()  # type: ignore[attr-defined]
+    admin = Tab(context, f"{demo.url}/admin")
+    admin.page.fill("#clientId", client_id)
+    admin.page.fill("#clientSecret", secret)
+    admin.page.click("#credentials button")
+    admin.page.wait_for_selector("#loginError:has-text('scope')")
+    context.close()
