@@ -139,8 +139,26 @@ def device_token(user_id: str, **extra: object) -> str:
     return JwtAuthenticator(JWT_SECRET).issue(user_id, **extra)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"report_{report.when}", report)
+
+
+def _print_logs_if_failed(request: pytest.FixtureRequest, servers: list[ServerProcess]) -> None:
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for proc in servers:
+            code = proc.process.poll() if proc.process else None
+            print(f"\n--- log of server on port {proc.port} (exit code {code}) ---")
+            print(proc.log()[-4000:])
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., ServerProcess]]:
     """``start_server(db_path=None, port=None, **env)``: a server killed at the test's end."""
     started: list[ServerProcess] = []
 
@@ -152,6 +170,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         return proc.start()
 
     yield start
+    _print_logs_if_failed(request, started)
     for proc in started:
         proc.kill()
 
