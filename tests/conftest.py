@@ -25,6 +25,24 @@ JWT_SECRET = "test-secret-" + "x" * 40
 
 
 def free_port() -> int:
+    """A free port below the ephemeral range, so that no outgoing connection of another test
+    can take it between now and the moment a server binds it."""
+    import random
+
+    low = 20000
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            high = min(int(ports.read().split()[0]), 32768) - 1
+    except (OSError, ValueError):
+        high = 32767
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -49,6 +67,10 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     @property
+    def node_id(self) -> str:
+        return str(self.env.get("TIDINGS_NODE_ID", f"node-{self.port}"))
+
+    @property
     def store_url(self) -> str:
         return f"sqlite:///{self.db_path}"
 
@@ -59,7 +81,7 @@ class ServerProcess:
             TIDINGS_PORT=str(self.port),
             TIDINGS_HOST="127.0.0.1",
             TIDINGS_JWT_SECRET=JWT_SECRET,
-            TIDINGS_NODE_ID=f"node-{self.port}",
+            TIDINGS_NODE_ID=self.node_id,
             PYTHONUNBUFFERED="1",
         )
         env.update(self.env)
@@ -79,9 +101,11 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=0.5).status_code == 200:
+                health = httpx.get(f"{self.url}/health", timeout=0.5)
+                # Our own node answered (not something else on the port).
+                if health.status_code == 200 and health.json().get("node") == self.node_id:
                     return self
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.05)
         self.stop()
