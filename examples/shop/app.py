@@ -38,6 +38,8 @@ tidings = Tidings(
     store=os.environ.get("SHOP_TIDINGS_STORE", "sqlite:///shop-tidings.db"), bus="memory://"
 )
 app = FastAPI(title="shop", lifespan=tidings.lifespan)
+# tidings' own endpoints too: devices holding a JWT on /push/ws, the service API on /push/...
+app.mount("/push", tidings.asgi())
 order_numbers = itertools.count(1000)
 
 

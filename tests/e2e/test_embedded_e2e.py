@@ -239,3 +239,21 @@ async def test_origin_allow_list(start_server: Callable[..., ServerProcess]) -> 
         node.ws_url, additional_headers={**token, "Origin": "https://app.example"}
     ) as ws:
         assert (await frames_until(ws, "welcome"))["user_id"] == "alice"
+
+
+async def test_mounted_tidings_app_serves_devices_and_api(start_shop: Callable[..., Shop]) -> None:
+    """tidings.asgi() mounted under /push: /push/health answers and a device with a JWT on
+    /push/ws follows the count the shop's orders change."""
+    from conftest import JWT_SECRET, device_token
+
+    shop = start_shop(TIDINGS_JWT_SECRET=JWT_SECRET)
+    health = await asyncio.to_thread(httpx.get, f"{shop.url}/push/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    token = {"Authorization": f"Bearer {device_token('alice')}"}
+    async with connect(f"ws://127.0.0.1:{shop.port}/push/ws", additional_headers=token) as ws:
+        assert (await frames_until(ws, "welcome"))["user_id"] == "alice"
+        before = (await count_frame(ws))["count"]
+        cookie = await asyncio.to_thread(shop.login, "alice", "wonderland")
+        async with httpx.AsyncClient(cookies={"shop_session": cookie}) as http:
+            await http.post(f"{shop.url}/orders")
+        assert (await count_frame(ws))["count"] == before + 1
