@@ -179,3 +179,96 @@ def test_admin_console_refuses_a_client_without_admin(browser: object, demo: Ser
     admin.page.click("#credentials button")
     admin.page.wait_for_selector("#loginError:has-text('scope')")
     context.close()
+
+
+CLIENT_SCRIPT = """
+async ({ user, deliver }) => {
+  const { Tidings } = await import("/tidings.js");
+  const events = [];
+  const client = new Tidings("/ws", {
+    deliver,
+    backoffBase: 100,
+    getToken: async () => (await (await fetch("/demo/token", {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ user_id: user }),
+    })).json()).token,
+  });
+  for (const type of ["notification", "topicMessage", "queueGap", "welcome"]) {
+    client.addEventListener(type, (e) => events.push({ type, ...e.detail }));
+  }
+  window.client = client;
+  window.events = events;
+  client.connect();
+  await new Promise((resolve) => client.addEventListener("open", resolve, { once: true }));
+  return client.connectionId;
+}
+"""
+
+
+def _wait_events(page: object, kind: str, n: int) -> list[dict]:
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "([kind, n]) => window.events.filter((e) => e.type === kind).length >= n",
+        arg=[kind, n],
+        timeout=15_000,
+    )
+    return [e for e in page.evaluate("window.events") if e["type"] == kind]  # type: ignore[attr-defined]
+
+
+def test_browser_client_deliver_mode_acks_and_dedupes(browser: object, demo: ServerProcess) -> None:
+    """tidings.js in deliver mode receives what the device missed once, acknowledges it, and
+    the next connection of the same browser gets nothing again."""
+    import httpx
+
+    user = f"dana-{uuid.uuid4().hex[:6]}"
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(f"{demo.url}/static/style.css")  # any page of the origin
+    cid = page.evaluate(CLIENT_SCRIPT, {"user": user, "deliver": True})
+    page.evaluate("window.client.close()")
+    for text in ("one", "two", "three"):
+        httpx.post(f"{demo.url}/demo/notify", json={"user_id": user, "text": text})
+    again = page.evaluate(CLIENT_SCRIPT, {"user": user, "deliver": True})
+    assert again == cid  # the tidings_cid cookie kept the device
+    notes = _wait_events(page, "notification", 3)
+    assert [n["notification"]["data"]["text"] for n in notes] == ["one", "two", "three"]
+    page.wait_for_timeout(300)  # the acks go out
+    page.evaluate("window.client.close()")
+    page.evaluate(CLIENT_SCRIPT, {"user": user, "deliver": True})
+    page.wait_for_timeout(700)
+    assert [e for e in page.evaluate("window.events") if e["type"] == "notification"] == []
+    context.close()
+
+
+def test_browser_client_topics_replay_after_a_dropped_connection(
+    browser: object, demo: ServerProcess
+) -> None:
+    """tidings.js subscribes; after its socket drops and it reconnects by itself, the messages
+    published meanwhile are replayed, each once."""
+    import httpx
+
+    token = demo.service_token("publish")
+    topic = f"news-{uuid.uuid4().hex[:6]}"
+
+    def publish(data: str) -> None:
+        response = httpx.post(
+            f"{demo.url}/publish",
+            json={"topic": topic, "data": data},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 202
+
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(f"{demo.url}/static/style.css")
+    page.evaluate(CLIENT_SCRIPT, {"user": f"erin-{uuid.uuid4().hex[:6]}", "deliver": False})
+    page.evaluate(f"window.client.subscribe({topic!r})")
+    publish("first")
+    _wait_events(page, "topicMessage", 1)
+    page.evaluate("window.client._ws.close(4000)")  # the network drops the socket
+    publish("second")
+    publish("third")
+    messages = _wait_events(page, "topicMessage", 3)
+    assert [m["data"] for m in messages] == ["first", "second", "third"]
+    assert [m["seq"] for m in messages] == [1, 2, 3]
+    assert len(_wait_events(page, "welcome", 2)) >= 2  # it did reconnect
+    context.close()
