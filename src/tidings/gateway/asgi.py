@@ -25,6 +25,7 @@ import orjson
 
 from tidings.auth.base import Principal
 from tidings.auth.delegated import DelegateUnavailable
+from tidings.core.models import Device
 from tidings.errors import (
     InvalidArgument,
     InvalidToken,
@@ -141,16 +142,7 @@ class Gateway:
                 await _accept(
                     scope, send, self._cookie_header(scope, device.connection_id, cookie_cid)
                 )
-            conn = Connection(
-                send,
-                connection_id=device.connection_id,
-                user_id=principal.user_id,
-                session_id=session_id or device.connection_id,
-                max_queue=tidings.settings.outbound_queue_size,
-                deliver=deliver,
-                claims=principal.claims,
-            )
-            await self._run(conn, receive, send)
+            await self._run_device(send, receive, device, principal, session_id, deliver)
         finally:
             self._active -= 1
             if not self._active:
@@ -221,12 +213,23 @@ class Gateway:
             session_id = frame.session_id or session_id
             deliver = deliver or frame.deliver
 
+        await self._run_device(send, receive, device, principal, session_id, deliver)
+
+    async def _run_device(
+        self,
+        send: Any,
+        receive: Any,
+        device: Device,
+        principal: Principal,
+        session_id: str | None,
+        deliver: bool,
+    ) -> None:
         conn = Connection(
             send,
             connection_id=device.connection_id,
             user_id=principal.user_id,
             session_id=session_id or device.connection_id,
-            max_queue=tidings.settings.outbound_queue_size,
+            max_queue=self.tidings.settings.outbound_queue_size,
             deliver=deliver,
             claims=principal.claims,
         )
