@@ -145,6 +145,15 @@ class Settings(BaseSettings):
     cookie_samesite: str = Field("Lax", description="SameSite attribute of tidings_cid.")
     cookie_max_age: int = Field(400 * 86400, gt=0, description="Max-Age of tidings_cid.")
 
+    @field_validator("jwt_algorithms", "service_algorithms")
+    @classmethod
+    def _asymmetric(cls, value: list[str]) -> list[str]:
+        # "none" would accept unsigned tokens; HS* with a public key is the classic confusion.
+        refused = [a for a in value if a.lower() == "none" or a.upper().startswith("HS")]
+        if refused:
+            raise ValueError(f"not allowed with a JWKS: {', '.join(refused)}")
+        return value
+
     @field_validator("cookie_samesite")
     @classmethod
     def _samesite(cls, value: str) -> str:

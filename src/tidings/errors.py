@@ -14,6 +14,7 @@ Every error derives from :class:`TidingsError`; each layer has its own subtree::
     ├── BusError                    the node-to-node bus failed
     ├── AuthError                   credentials are missing, malformed or refused
     │   ├── InvalidToken            a token failed verification or has expired
+    │   ├── IssuerUnavailable       a token issuer's keys cannot be fetched (retry later)
     │   ├── InsufficientScope       a valid service token lacks the scope
     │   └── TopicRefused            the topic policy refused topics
     ├── ProtocolError               a client frame breaks the wire contract
@@ -85,6 +86,10 @@ class AuthError(TidingsError):
 
 class InvalidToken(AuthError):
     """A token failed verification, is malformed or has expired."""
+
+
+class IssuerUnavailable(AuthError):
+    """The keys of a token's issuer cannot be fetched right now; retry later."""
 
 
 class InsufficientScope(AuthError):

@@ -14,7 +14,7 @@ from joserfc.jwk import RSAKey
 
 from tidings.auth.jwks import JwksCache
 from tidings.auth.jwt import JwtAuthenticator
-from tidings.errors import InvalidToken
+from tidings.errors import InvalidToken, IssuerUnavailable
 
 SECRET = "jwks-test-secret-" + "q" * 32
 
@@ -97,6 +97,6 @@ async def test_unreachable_issuer_refuses_cleanly() -> None:
     auth = JwtAuthenticator(SECRET, jwks=cache)
     key = RSAKey.generate_key(2048, parameters={"kid": "k"})
     token = jwt.encode({"alg": "RS256", "kid": "k"}, {"sub": "x", "exp": 9999999999}, key)
-    with pytest.raises(InvalidToken):
+    with pytest.raises(IssuerUnavailable):  # 503/1013 to the caller, not "bad token"
         await auth.authenticate(token)
     await cache.aclose()

@@ -36,6 +36,7 @@ from tidings.errors import (
     InsufficientScope,
     InvalidArgument,
     InvalidToken,
+    IssuerUnavailable,
     PayloadTooLarge,
     StoreUnavailable,
 )
@@ -113,6 +114,8 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
                     str(exc),
                     {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
                 ) from None
+            except IssuerUnavailable as exc:
+                raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from None
             except InvalidToken as exc:
                 raise ApiError(
                     401,

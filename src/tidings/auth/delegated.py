@@ -86,13 +86,17 @@ class DelegatedAuthenticator:
             return cached[1], cached[2]
         if now < self._open_until:
             raise DelegateUnavailable("the application's subscribe endpoint is failing; retry")
-        async with self._slots:
-            try:
-                async with asyncio.timeout(self.timeout):
+        try:
+            # Waiting for a slot counts against the timeout too: a saturated, failing
+            # application must not queue up devices for minutes.
+            async with asyncio.timeout(self.timeout):
+                async with self._slots:
+                    if time.monotonic() < self._open_until:
+                        raise DelegateUnavailable("the subscribe endpoint is failing; retry")
                     response = await self._http.get(self.url, headers=forwarded)
-            except (httpx.HTTPError, TimeoutError) as exc:
-                self._failed()
-                raise DelegateUnavailable(f"subscribe endpoint unreachable: {exc!r}") from None
+        except (httpx.HTTPError, TimeoutError) as exc:
+            self._failed()
+            raise DelegateUnavailable(f"subscribe endpoint unreachable: {exc!r}") from None
         if response.status_code in (401, 403):
             self._failures = 0
             raise InvalidToken("the application refused this device")
@@ -106,6 +110,11 @@ class DelegatedAuthenticator:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return principal, session_id
+
+    def invalidate(self, user_id: str) -> None:
+        """Forget cached answers naming ``user_id`` (after a logout)."""
+        for key in [k for k, v in self._cache.items() if v[1].user_id == user_id]:
+            del self._cache[key]
 
     def _failed(self) -> None:
         self._failures += 1

@@ -12,6 +12,7 @@ Why not PyJWT's ``PyJWKClient``: it is synchronous; this fetches with httpx on t
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -20,7 +21,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
-from tidings.errors import InvalidToken
+from tidings.errors import InvalidToken, IssuerUnavailable
+
+logger = logging.getLogger("tidings.auth")
 
 
 def token_header(token: str) -> dict[str, Any]:
@@ -67,16 +70,16 @@ class JwksCache:
             InvalidToken: the issuer's keys cannot be fetched and none are cached.
         """
         now = time.monotonic()
-        stale = now - self._fetched_at > self.ttl
+        since = now - self._fetched_at
         unknown = kid is not None and kid not in self._kids
-        if self._keys is None or stale or (unknown and now - self._fetched_at > self.min_refresh):
+        wanted = self._keys is None or since > self.ttl or unknown
+        # Never more than one fetch per min_refresh, even while no keys could be had at all.
+        if wanted and since > self.min_refresh:
             async with self._lock:
-                if time.monotonic() - self._fetched_at > min(self.min_refresh, self.ttl) or (
-                    self._keys is None
-                ):
+                if time.monotonic() - self._fetched_at > self.min_refresh:
                     await self._fetch()
         if self._keys is None:
-            raise InvalidToken("the token issuer's keys are unavailable")
+            raise IssuerUnavailable("the token issuer's keys cannot be fetched; retry later")
         return self._keys
 
     async def _fetch(self) -> None:
@@ -87,9 +90,8 @@ class JwksCache:
             data = response.json()
             keys = KeySet.import_key_set(data)
         except (httpx.HTTPError, ValueError, JoseError, TypeError) as exc:
-            # Keep serving with the keys we had; the next call may succeed.
-            if self._keys is None:
-                raise InvalidToken(f"cannot fetch the issuer's keys: {exc}") from None
+            # Keep serving with the keys we had; a later call may succeed.
+            logger.warning("cannot fetch keys from %s: %s", self.url, exc)
             return
         self._keys = keys
         self._kids = {

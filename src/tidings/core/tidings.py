@@ -296,6 +296,7 @@ class Tidings(Lifecycle):
         session_id: str | None = None,
         deliver: bool = False,
         claims: dict[str, Any] | None = None,
+        check_origin: bool = True,
         scope: dict[str, Any] | None = None,
         receive: Any = None,
         send: Any = None,
@@ -305,7 +306,9 @@ class Tidings(Lifecycle):
         Call it from the application's own WebSocket endpoint once it knows the user, with a
         Starlette/FastAPI ``WebSocket`` (accepted or not) or a raw ASGI ``scope``, ``receive``
         and ``send``. Returns when the device disconnects. The wire protocol is the same as
-        on ``/ws``, from ``welcome`` on.
+        on ``/ws``, from ``welcome`` on. Since the application authenticates with cookies, a
+        browser ``Origin`` other than this site (or ``TIDINGS_ALLOWED_ORIGINS``) is refused;
+        ``check_origin=False`` when the application checked it itself.
         """
         _check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
         if session_id is not None:
@@ -325,6 +328,7 @@ class Tidings(Lifecycle):
             session_id=session_id,
             deliver=deliver,
             accept=accept,
+            check_origin=check_origin,
         )
 
     def asgi(self) -> Any:
@@ -734,6 +738,8 @@ class Tidings(Lifecycle):
         ``before_close`` is a frame sent to the device's sockets here before they close.
         """
         forgotten = await self.store.forget_device(user_id, connection_id)
+        if self.delegate is not None:
+            self.delegate.invalidate(user_id)
         if before_close is not None:
             for conn in self.registry.connections(user_id):
                 if conn.connection_id == connection_id:

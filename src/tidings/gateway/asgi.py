@@ -19,9 +19,10 @@ import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
+from starlette.websockets import WebSocketDisconnect
 
 from tidings.auth.base import Principal
 from tidings.auth.delegated import DelegateUnavailable
@@ -29,6 +30,7 @@ from tidings.core.models import Device
 from tidings.errors import (
     InvalidArgument,
     InvalidToken,
+    IssuerUnavailable,
     NotFound,
     ProtocolError,
     StoreError,
@@ -119,12 +121,21 @@ class Gateway:
         session_id: str | None = None,
         deliver: bool = False,
         accept: bool = True,
+        check_origin: bool = True,
     ) -> None:
         """Serve a socket whose user the host application has already authenticated
-        (embedded mode); ``accept`` when the handshake is still to be answered."""
+        (embedded mode); ``accept`` when the handshake is still to be answered. Applications
+        authenticate with cookies, so a foreign ``Origin`` is refused unless ``check_origin``
+        is off (see :meth:`_origin_allowed`)."""
         if accept and (await receive())["type"] != "websocket.connect":
             return
         tidings = self.tidings
+        if check_origin and not self._origin_allowed(scope, _headers(scope), cookies=True):
+            if accept:
+                await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
+            else:
+                await send({"type": "websocket.close", "code": 4403, "reason": "forbidden origin"})
+            return
         self._active += 1
         self._idle.clear()
         try:
@@ -156,7 +167,8 @@ class Gateway:
             await _deny(scope, send, 503, "unavailable", "tidings is not started")
             return
         headers = _headers(scope)
-        if not self._origin_allowed(headers):
+        cookie_auth = tidings.delegate is not None and not headers.get("authorization")
+        if not self._origin_allowed(scope, headers, cookies=cookie_auth):
             await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -170,17 +182,24 @@ class Gateway:
             await _deny(scope, send, 400, "invalid_request", "session_id is too long")
             return
         token = _bearer(headers.get("authorization")) or _first(query, "access_token")
+        # Delegated mode: the application decides for devices that bring its credentials
+        # (cookies, or an Authorization the application issued); others may still use a JWT.
+        delegate = tidings.delegate
+        delegated = delegate is not None and (
+            "cookie" in headers or ("authorization" in headers and not _looks_like_jwt(token))
+        )
 
-        if token is not None or tidings.delegate is not None:
+        if token is not None or delegated:
             try:
-                if token is not None:
-                    principal = await tidings.authenticator.authenticate(token)
-                else:
-                    assert tidings.delegate is not None
-                    principal, app_session = await tidings.delegate.authenticate_request(headers)
+                if delegated:
+                    assert delegate is not None
+                    principal, app_session = await delegate.authenticate_request(headers)
                     session_id = session_id or app_session
+                else:
+                    assert token is not None
+                    principal = await tidings.authenticator.authenticate(token)
                 device = await tidings.store.bind_device(principal.user_id, presented)
-            except DelegateUnavailable as exc:
+            except (DelegateUnavailable, IssuerUnavailable) as exc:
                 logger.warning("refusing device: %s", exc)
                 await _deny(scope, send, 503, "unavailable", "authentication unavailable, retry")
                 return
@@ -235,19 +254,24 @@ class Gateway:
         )
         await self._run(conn, receive, send)
 
-    def _origin_allowed(self, headers: dict[str, str]) -> bool:
-        """Cross-site WebSocket hijacking guard: browsers always send Origin."""
+    def _origin_allowed(self, scope: Scope, headers: dict[str, str], *, cookies: bool) -> bool:
+        """Cross-site WebSocket hijacking guard (browsers always send ``Origin``).
+
+        With an allow-list, only listed origins. Without one, any origin for token auth, but
+        only the node's own site when cookies authenticate the device (delegated or embedded
+        mode): a page elsewhere would otherwise ride the user's cookies.
+        """
         origin = headers.get("origin")
         if origin is None:
             return True  # not a browser: it has to present credentials of its own
         allowed = self.tidings.settings.allowed_origins
         if allowed is not None:
-            return "*" in allowed or origin.rstrip("/") in {o.rstrip("/") for o in allowed}
-        if self.tidings.delegate is None:
+            return "*" in allowed or _origin_key(origin) in {_origin_key(o) for o in allowed}
+        if not cookies:
             return True
-        # Cookies authenticate delegated devices: only the node's own site may use them.
-        host = headers.get("host", "")
-        return origin.split("://", 1)[-1].rstrip("/") == host
+        secure = scope.get("scheme") in ("wss", "https")
+        own = _origin_key(f"{'https' if secure else 'http'}://{headers.get('host', '')}")
+        return _origin_key(origin) == own
 
     def _cookie_header(
         self, scope: Scope, cid: str, presented: str | None
@@ -294,6 +318,15 @@ class Gateway:
                         continue
                     try:
                         principal = await self.tidings.authenticator.authenticate(frame.token)
+                    except IssuerUnavailable:
+                        await send(
+                            {
+                                "type": "websocket.close",
+                                "code": protocol.CLOSE_TRY_AGAIN_LATER,
+                                "reason": "token issuer unavailable",
+                            }
+                        )
+                        raise _Closed from None
                     except InvalidToken as exc:
                         await send(
                             {
@@ -368,7 +401,7 @@ class Gateway:
                         await asyncio.wait([task])
                     if task.done() and not task.cancelled() and task.exception() is not None:
                         error = task.exception()
-                        if not isinstance(error, OSError):  # the client went away mid-send
+                        if not isinstance(error, (OSError, WebSocketDisconnect)):  # client gone
                             logger.error("connection %s failed", conn.connection_id, exc_info=error)
                             conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
             await asyncio.shield(tidings.forget_presence(conn))
@@ -572,3 +605,18 @@ async def _lifespan(tidings: Tidings, receive: Any, send: Any) -> None:
             await tidings.close()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _origin_key(origin: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of an origin, with default ports filled in and case folded."""
+    parts = urlsplit(origin.strip().lower().rstrip("/"))
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        port = -1
+    return scheme, parts.hostname or "", port
+
+
+def _looks_like_jwt(token: str | None) -> bool:
+    return token is not None and token.count(".") == 2
