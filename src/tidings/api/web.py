@@ -60,7 +60,11 @@ def mount_web(
     async def overview(devices: int = 200, recent: int = 50) -> dict[str, Any]:
         """Nodes, their open sockets (with each device's queue depth) and recent notifications."""
         store = tidings.store
-        sockets = (await store.presence())[: max(0, min(devices, 1000))]
+        everyone = await store.presence()
+        per_node: dict[str, int] = {}
+        for p in everyone:
+            per_node[p.node_id] = per_node.get(p.node_id, 0) + 1
+        sockets = everyone[: max(0, min(devices, 1000))]
         return {
             "nodes": [
                 {
@@ -68,7 +72,7 @@ def mount_web(
                     "uri": n.uri,
                     "started_at": n.started_at,
                     "heartbeat_at": n.heartbeat_at,
-                    "sockets": sum(1 for p in sockets if p.node_id == n.node_id),
+                    "sockets": per_node.get(n.node_id, 0),
                 }
                 for n in await store.list_nodes()
             ],

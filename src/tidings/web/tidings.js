@@ -12,6 +12,7 @@
 // unauthorized {code}.
 
 const SESSION_KEY = "tidings.session_id";
+const CONNECTION_KEY = "tidings.connection_id";
 const DEDUPE_WINDOW = 10000;
 
 function randomId() {
@@ -30,6 +31,14 @@ function sessionIdOfThisTab() {
     return id;
   } catch {
     return randomId(); // storage disabled: one session per page load
+  }
+}
+
+function storedConnectionId() {
+  try {
+    return localStorage.getItem(CONNECTION_KEY);
+  } catch {
+    return null;
   }
 }
 
@@ -69,6 +78,7 @@ export class Tidings extends EventTarget {
     this._waiting = new Map();
     this._seen = new Set();
     this._toAck = [];
+    this._ackTimer = null;
     this._attempt = 0;
     this._timer = null;
     this._stopped = true;
@@ -90,6 +100,8 @@ export class Tidings extends EventTarget {
 
   async _open() {
     clearTimeout(this._timer);
+    const attempt = (this._attemptId = (this._attemptId ?? 0) + 1);
+    if (this._ws && this._ws.readyState <= WebSocket.OPEN) this._ws.close(1000);
     let token = this.token;
     if (this.getToken) {
       try {
@@ -99,11 +111,15 @@ export class Tidings extends EventTarget {
         return this._retry();
       }
     }
+    if (this._stopped || attempt !== this._attemptId) return; // closed or superseded meanwhile
     const url = new URL(this.url);
     if (!token) {
       url.searchParams.set("session_id", this.sessionId);
       if (this.deliver) url.searchParams.set("deliver", "1");
     }
+    // The device id, for servers that cannot set the cookie (a socket accepted by the app).
+    const known = this.connectionId ?? storedConnectionId();
+    if (known) url.searchParams.set("connection_id", known);
     const ws = new WebSocket(url);
     this._ws = ws;
     ws.onopen = () => {
@@ -111,7 +127,7 @@ export class Tidings extends EventTarget {
         ws.send(JSON.stringify({ type: "authenticate", token, session_id: this.sessionId, deliver: this.deliver }));
       }
     };
-    ws.onmessage = (event) => this._frame(JSON.parse(event.data));
+    ws.onmessage = (event) => { if (this._ws === ws) this._frame(JSON.parse(event.data)); };
     ws.onclose = (event) => {
       if (this._ws !== ws) return;
       this.connected = false;
@@ -148,6 +164,7 @@ export class Tidings extends EventTarget {
         this.connected = true;
         this._attempt = 0;
         this.connectionId = frame.connection_id;
+        try { localStorage.setItem(CONNECTION_KEY, frame.connection_id); } catch { /* disabled */ }
         this.userId = frame.user_id;
         this.node = frame.node;
         this.sessionId = frame.session_id;
@@ -225,7 +242,14 @@ export class Tidings extends EventTarget {
   /** Subscribe this tab's session to topics (they come back by themselves on reconnection). */
   async subscribe(...topics) {
     const answer = await this.request({ type: "subscribe", topics });
-    for (const topic of answer.topics) this.topics.add(topic);
+    for (const topic of answer.topics) {
+      this.topics.add(topic);
+      if (!this.lastSeq.has(topic)) {
+        // Where the topic stands now: a replay after a reconnection starts from here.
+        const end = await this.request({ type: "readNotifications", topic, since: Number.MAX_SAFE_INTEGER });
+        this.lastSeq.set(topic, Math.max(this.lastSeq.get(topic) ?? 0, end.last_seq));
+      }
+    }
     return answer.topics;
   }
 
@@ -242,22 +266,24 @@ export class Tidings extends EventTarget {
 
   _recoverTopics() {
     for (const topic of this.topics) {
-      if (!this.lastSeq.has(topic)) continue;
       this.readNotifications(topic).then(
         (answer) => { if (!answer.recovered) this._emit("error", { code: "replay_incomplete", topic }); },
-        () => {},
+        (error) => this._emit("error", { code: "replay_failed", topic, message: error.message }),
       );
     }
   }
 
   _queueAck(id) {
     this._toAck.push(id);
-    if (this._toAck.length === 1) {
-      queueMicrotask(() => {
-        const ids = this._toAck.splice(0, 1000);
-        if (ids.length) this.request({ type: "ack", notification_ids: ids }).catch(() => {});
-        if (this._toAck.length) this._queueAck(this._toAck.pop());
-      });
+    if (this._ackTimer == null) this._ackTimer = setTimeout(() => this._flushAcks(), 20);
+  }
+
+  _flushAcks() {
+    this._ackTimer = null;
+    while (this._toAck.length) {
+      const ids = this._toAck.splice(0, 1000);
+      // Unacknowledged ones come again on the next connection: nothing is lost on failure.
+      this.request({ type: "ack", notification_ids: ids }).catch(() => {});
     }
   }
 
