@@ -1,0 +1,215 @@
+"""Notify latency: U users with 2 devices each; notifications at a fixed rate through
+``POST /notify`` (persisted before the answer); latency from the moment the request is sent to
+the moment the new count arrives on both devices of the user, and anything lost.
+
+    python bench/notify_latency.py --users 2000 --rate 1000 --seconds 10 [--store URL]
+
+The load is open-loop: requests are sent on schedule whether or not earlier ones finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import connect
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import free_port, save, start_tidings
+
+from tidings.auth.jwt import JwtAuthenticator
+
+SECRET = "bench-secret-" + "z" * 40
+
+
+async def devices(url: str, users: list[int], ready: Any, done: Any) -> list[tuple]:
+    """Two devices per user; returns (user, version, received_at) of every count frame."""
+    auth = JwtAuthenticator(SECRET)
+    seen: list[tuple] = []
+    sockets = []
+    gate = asyncio.Semaphore(200)
+
+    async def open_device(user: int) -> None:
+        async with gate:
+            ws = await connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {auth.issue(f'user-{user}')}"},
+                compression=None,
+                max_queue=None,
+                open_timeout=60,
+            )
+        sockets.append((user, ws))
+
+    await asyncio.gather(*(open_device(u) for u in users for _ in range(2)))
+    ready.put(len(sockets))
+
+    async def listen(user: int, ws: Any) -> None:
+        try:
+            async for message in ws:
+                frame = orjson.loads(message)
+                if frame["type"] == "newNotificationCountChanged" and frame["version"]:
+                    seen.append((user, frame["version"], time.time()))
+        except Exception:  # closed at the end
+            return
+
+    async def stop() -> None:
+        while not done.is_set():  # noqa: ASYNC110 - a multiprocessing event
+            await asyncio.sleep(0.2)
+        for _, ws in sockets:
+            await ws.close()
+
+    await asyncio.gather(stop(), *(listen(u, ws) for u, ws in sockets))
+    return seen
+
+
+def device_worker(url: str, users: list[int], ready: Any, done: Any, out: Any) -> None:
+    out.put(asyncio.run(devices(url, users, ready, done)))
+
+
+async def publish(base: str, token: str, users: int, rate: int, seconds: float) -> dict:
+    """Open-loop notifies; returns {user: [send times in order]} and errors.
+
+    aiohttp, not httpx, as the load generator: httpx topped out near 360 requests/s here, far
+    below what the server takes (wrk measured 3,600/s on the same endpoint)."""
+    import aiohttp
+
+    sent: dict[int, list[float]] = {}
+    errors = 0
+    interval = 1.0 / rate
+    headers = {"Authorization": f"Bearer {token}"}
+    connector = aiohttp.TCPConnector(limit=128)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        tasks = []
+
+        async def one(user: int) -> None:
+            nonlocal errors
+            sent.setdefault(user, []).append(time.time())
+            try:
+                async with http.post(
+                    f"{base}/notify",
+                    data=orjson.dumps({"user_id": f"user-{user}", "data": {"n": 1}}),
+                    headers={**headers, "Content-Type": "application/json"},
+                ) as response:
+                    await response.read()
+                    if response.status != 201:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+
+        start = time.perf_counter()
+        total = int(rate * seconds)
+        for i in range(total):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i % users)))
+        await asyncio.gather(*tasks)
+    return {"sent": sent, "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--store", help="store URL (default: a fresh SQLite file)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="tidings-latency-"))
+    store = args.store or f"sqlite:///{workdir}/bench.db"
+    port = free_port()
+    server = start_tidings(
+        {"TIDINGS_STORE": store, "TIDINGS_JWT_SECRET": SECRET}, port, workdir / "server.log"
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        created = subprocess.run(
+            [sys.executable, "-m", "tidings", "clients", "create", "bench", "--scope", "notify"],
+            env={"TIDINGS_STORE": store, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        client = orjson.loads(created.stdout)
+        token = httpx.post(
+            f"{base}/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+        ).json()["access_token"]
+        ready: Any = multiprocessing.Queue()
+        out: Any = multiprocessing.Queue()
+        done = multiprocessing.Event()
+        users = list(range(args.users))
+        procs = [
+            multiprocessing.Process(
+                target=device_worker,
+                args=(f"ws://127.0.0.1:{port}/ws", users[i :: args.workers], ready, done, out),
+            )
+            for i in range(args.workers)
+        ]
+        for proc in procs:
+            proc.start()
+        connected = sum(ready.get(timeout=300) for _ in procs)
+        time.sleep(1.0)
+        published = asyncio.run(publish(base, token, args.users, args.rate, args.seconds))
+        time.sleep(3.0)  # the last counts arrive
+        done.set()
+        seen = [row for _ in procs for row in out.get(timeout=60)]
+        for proc in procs:
+            proc.join()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    sent: dict[int, list[float]] = published["sent"]
+    latencies = []
+    for user, version, received in seen:
+        times = sent.get(user, [])
+        if 0 < version <= len(times):
+            latencies.append(received - times[version - 1])
+    latencies.sort()
+    expected = 2 * sum(len(v) for v in sent.values())
+
+    def pct(p: float) -> float | None:
+        return (
+            round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+            if latencies
+            else None
+        )
+
+    result = {
+        "scenario": "notify_latency",
+        "store": store.split(":", 1)[0],
+        "users": args.users,
+        "devices": connected,
+        "rate_per_second": args.rate,
+        "seconds": args.seconds,
+        "notifications": sum(len(v) for v in sent.values()),
+        "http_errors": published["errors"],
+        "count_frames_expected": expected,
+        "count_frames_received": len(latencies),
+        "lost": expected - len(latencies),
+        "latency_p50_ms": pct(0.50),
+        "latency_p95_ms": pct(0.95),
+        "latency_p99_ms": pct(0.99),
+        "latency_max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
+    }
+    path = save("notify_latency", result)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
