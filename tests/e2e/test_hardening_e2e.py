@@ -81,3 +81,16 @@ def test_access_tokens_are_redacted_from_logs(server: ServerProcess) -> None:
 
     asyncio.run(touch())
     assert token not in server.log()
+
+
+def test_nan_and_infinity_are_refused(server: ServerProcess, notify_token: str) -> None:
+    """JSON has no NaN or Infinity: /notify refuses them instead of storing null."""
+    headers = {"Authorization": f"Bearer {notify_token}", "Content-Type": "application/json"}
+    for body in (
+        b'{"user_id":"u-nan","data":{"x":NaN}}',
+        b'{"user_id":"u-nan","data":[1,Infinity]}',
+    ):
+        response = httpx.post(f"{server.url}/notify", content=body, headers=headers)
+        assert response.status_code == 422, response.text
+    listed = httpx.get(f"{server.url}/health")
+    assert listed.status_code == 200

@@ -390,6 +390,9 @@ class Tidings(Lifecycle):
             size = len(orjson.dumps(data))
         except TypeError as exc:
             raise InvalidArgument(f"data is not JSON-serialisable: {exc}") from None
+        if not _finite(data):
+            # JSON has no NaN or Infinity; stored, they would silently come back as null.
+            raise InvalidArgument("data contains NaN or Infinity, which JSON cannot carry")
         if size > self.settings.max_notification_size:
             raise PayloadTooLarge(
                 f"data is {size} bytes of JSON; the limit is {self.settings.max_notification_size}"
@@ -773,6 +776,21 @@ def _external_issuer(settings: Settings) -> ExternalIssuer | None:
         audience=settings.service_audience,
         algorithms=settings.service_algorithms,
     )
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinite float anywhere in a JSON value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
 
 
 def _check_identifier(name: str, value: object, max_length: int) -> None:
