@@ -281,3 +281,46 @@ def test_private_topic_logs_need_admin(server: ServerProcess) -> None:
         f"{server.url}/topics/user:alice/messages", headers={"Authorization": f"Bearer {admin}"}
     )
     assert allowed.status_code == 200
+
+
+async def test_a_slow_consumer_cannot_stall_the_others(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """A subscriber that stops reading does not hold back the others; once its queue is full
+    it is closed with 1013 (try again later)."""
+    node = start_server(TIDINGS_OUTBOUND_QUEUE_SIZE="64")
+    topic = f"firehose-{tag()}"
+    token = await asyncio.to_thread(node.service_token, "publish")
+    healthy = DeviceClient(node.ws_url, token=device_token(f"ok-{tag()}"))
+    await healthy.connect()
+    await healthy.subscribe(topic)
+    # The stuck client reads nothing: websockets stops reading the socket once 1 frame waits.
+    stuck = await connect(
+        node.ws_url,
+        additional_headers={"Authorization": f"Bearer {device_token(f'stuck-{tag()}')}"},
+        max_queue=1,
+    )
+    await stuck.send(orjson.dumps({"type": "subscribe", "id": 1, "topics": [topic]}).decode())
+    await asyncio.sleep(0.5)
+    payload = "x" * 60_000
+    started = asyncio.get_running_loop().time()
+    async with httpx.AsyncClient(timeout=30) as http:
+        for i in range(300):
+            response = await http.post(
+                f"{node.url}/publish",
+                json={"topic": topic, "data": {"i": i, "pad": payload}},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert response.status_code == 202
+    frames = await topic_frames(healthy, 300, timeout=60)
+    assert [f["data"]["i"] for f in frames] == list(range(300))
+    assert asyncio.get_running_loop().time() - started < 60
+    # The stuck one was cut off rather than buffered without end.
+    async with asyncio.timeout(20):
+        try:
+            while True:
+                await stuck.recv()
+        except Exception:
+            pass
+    assert stuck.close_code == 1013
+    await healthy.close()
