@@ -60,3 +60,40 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2))
     return path
+
+
+def service_token(store: str, base: str, scope: str) -> str:
+    """A service token of a fresh client of the node at ``base`` (its store is ``store``)."""
+    import orjson
+
+    created = subprocess.run(
+        [sys.executable, "-m", "tidings", "clients", "create", "bench", "--scope", scope],
+        env={"TIDINGS_STORE": store, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    client = orjson.loads(created.stdout)
+    response = httpx.post(
+        f"{base}/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client["client_id"], client["client_secret"]),
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def percentile(ordered: list[float], p: float) -> float | None:
+    """The p-quantile of an ascending list (None when empty)."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    """Print ``result`` as aligned lines and save it as JSON."""
+    path = save(name, result)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print(f"written to {path}")

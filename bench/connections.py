@@ -23,7 +23,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, save, start_tidings
+from common import free_port, report, start_tidings
 
 from tidings.auth.jwt import JwtAuthenticator
 
@@ -140,11 +140,7 @@ def main() -> None:
         "connect_seconds": round(finished - started, 2),
         "connects_per_second": round(held / (finished - started)),
     }
-    path = save("idle_connections", result)
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(f"written to {path}")
+    report("idle_connections", result)
 
 
 if __name__ == "__main__":

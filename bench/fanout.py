@@ -27,7 +27,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, save, start_tidings
+from common import free_port, percentile, save, service_token, start_tidings
 
 from tidings.auth.jwt import JwtAuthenticator
 
@@ -145,20 +145,9 @@ def start_server(
             port,
             workdir / "tidings.log",
         )
-        env = {"TIDINGS_STORE": f"sqlite:///{workdir}/fanout.db"}
-        created = subprocess.run(
-            [sys.executable, "-m", "tidings", "clients", "create", "bench", "--scope", "publish"],
-            env={**env, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            check=True,
+        token = service_token(
+            f"sqlite:///{workdir}/fanout.db", f"http://127.0.0.1:{port}", "publish"
         )
-        client = orjson.loads(created.stdout)
-        token = httpx.post(
-            f"http://127.0.0.1:{port}/oauth/token",
-            data={"grant_type": "client_credentials"},
-            auth=(client["client_id"], client["client_secret"]),
-        ).json()["access_token"]
         return (
             proc,
             f"ws://127.0.0.1:{port}/ws",
@@ -235,8 +224,9 @@ def run(kind: str, subscribers: int, messages: int, workers: int, inflight: int)
     expected = connected * messages
     elapsed = last - started if latencies else float("nan")
 
-    def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1)
+    def pct(p: float) -> float | None:
+        value = percentile(latencies, p)
+        return None if value is None else round(value * 1000, 1)
 
     return {
         "server": kind,
@@ -246,8 +236,8 @@ def run(kind: str, subscribers: int, messages: int, workers: int, inflight: int)
         "lost": expected - len(latencies),
         "seconds": round(elapsed, 2),
         "delivered_per_second": round(len(latencies) / elapsed) if latencies else 0,
-        "latency_p50_ms": pct(0.5) if latencies else None,
-        "latency_p99_ms": pct(0.99) if latencies else None,
+        "latency_p50_ms": pct(0.5),
+        "latency_p99_ms": pct(0.99),
     }
 
 

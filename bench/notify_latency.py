@@ -12,19 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, save, start_tidings
+from common import free_port, percentile, report, service_token, start_tidings
 
 from tidings.auth.jwt import JwtAuthenticator
 
@@ -133,19 +131,7 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        created = subprocess.run(
-            [sys.executable, "-m", "tidings", "clients", "create", "bench", "--scope", "notify"],
-            env={"TIDINGS_STORE": store, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        client = orjson.loads(created.stdout)
-        token = httpx.post(
-            f"{base}/oauth/token",
-            data={"grant_type": "client_credentials"},
-            auth=(client["client_id"], client["client_secret"]),
-        ).json()["access_token"]
+        token = service_token(store, base, "notify")
         ready: Any = multiprocessing.Queue()
         out: Any = multiprocessing.Queue()
         done = multiprocessing.Event()
@@ -181,11 +167,8 @@ def main() -> None:
     expected = 2 * sum(len(v) for v in sent.values())
 
     def pct(p: float) -> float | None:
-        return (
-            round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
-            if latencies
-            else None
-        )
+        value = percentile(latencies, p)
+        return None if value is None else round(value * 1000, 2)
 
     result = {
         "scenario": "notify_latency",
@@ -204,11 +187,7 @@ def main() -> None:
         "latency_p99_ms": pct(0.99),
         "latency_max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
     }
-    path = save("notify_latency", result)
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(f"written to {path}")
+    report("notify_latency", result)
 
 
 if __name__ == "__main__":

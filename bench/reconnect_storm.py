@@ -22,7 +22,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, save, start_tidings
+from common import free_port, percentile, report, start_tidings
 
 from tidings import Tidings
 from tidings.auth.jwt import JwtAuthenticator
@@ -139,7 +139,7 @@ def main() -> None:
     delivered = len(latencies) * args.missed
 
     def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0.0
+        return round(percentile(latencies, p) or 0.0, 2)
 
     result = {
         "scenario": "reconnect_storm",
@@ -151,15 +151,11 @@ def main() -> None:
         "delivered_and_acked": delivered,
         "failed_devices": failures,
         "notifications_per_second": round(delivered / total) if total else 0,
-        "device_done_p50_s": round(pct(0.5), 2),
-        "device_done_p95_s": round(pct(0.95), 2),
-        "device_done_p99_s": round(pct(0.99), 2),
+        "device_done_p50_s": pct(0.5),
+        "device_done_p95_s": pct(0.95),
+        "device_done_p99_s": pct(0.99),
     }
-    path = save("reconnect_storm", result)
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(f"written to {path}")
+    report("reconnect_storm", result)
 
 
 if __name__ == "__main__":
