@@ -388,3 +388,23 @@ async def test_operator_views(store: Store) -> None:
     await store.ack(device.connection_id, "alice", [notes[3].notification_id])
     assert await store.queue_depth(device.connection_id, "alice") == 3
     assert await store.queue_depth("nope-nope-nope", "alice") == 0
+
+
+async def test_queue_depths_in_one_call(store: Store) -> None:
+    """Depths of many devices come back together; unknown or foreign devices are left out."""
+    phone = await store.bind_device("alice", None)
+    laptop = await store.bind_device("alice", None)
+    bobs = await store.bind_device("bob", None)
+    first = (await store.create_notification("alice", 1)).notification
+    await store.create_notification("alice", 2)
+    await store.ack(phone.connection_id, "alice", [first.notification_id])
+    depths = await store.queue_depths(
+        [
+            (phone.connection_id, "alice"),
+            (laptop.connection_id, "alice"),
+            (bobs.connection_id, "alice"),
+            ("unknown-device-id", "alice"),
+        ]
+    )
+    assert depths == {phone.connection_id: 1, laptop.connection_id: 2}
+    assert await store.queue_depths([]) == {}

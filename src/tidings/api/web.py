@@ -65,6 +65,7 @@ def mount_web(
         for p in everyone:
             per_node[p.node_id] = per_node.get(p.node_id, 0) + 1
         sockets = everyone[: max(0, min(devices, 1000))]
+        depths = await store.queue_depths([(p.connection_id, p.user_id) for p in sockets])
         return {
             "nodes": [
                 {
@@ -83,7 +84,7 @@ def mount_web(
                     "connection_id": p.connection_id,
                     "session_id": p.session_id,
                     "connected_since": p.connected_since,
-                    "queue_depth": await store.queue_depth(p.connection_id, p.user_id),
+                    "queue_depth": depths.get(p.connection_id, 0),
                 }
                 for p in sockets
             ],

@@ -152,8 +152,13 @@ class Store(Lifecycle):
         """The newest notifications of every user, newest first (for operators)."""
 
     @abstractmethod
+    async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:
+        """How many notifications wait in the queues of ``(connection_id, user_id)`` devices,
+        by connection id (unknown devices are left out), in one round trip."""
+
     async def queue_depth(self, connection_id: str, user_id: str) -> int:
         """How many notifications wait in a device's queue (0 for an unknown device)."""
+        return (await self.queue_depths([(connection_id, user_id)])).get(connection_id, 0)
 
     # Topics
 

@@ -200,18 +200,7 @@ class PostgresStore(Store):
         if not ids:
             return MarkSeenResult()
         async with self._connection(transaction=True) as conn:
-            found = {
-                row[0]
-                for row in await conn.fetch(
-                    "SELECT notification_id FROM notifications "
-                    "WHERE user_id = $1 AND notification_id = ANY($2::text[])",
-                    user_id,
-                    ids,
-                )
-            }
-            missing = [nid for nid in ids if nid not in found]
-            if missing:
-                raise NotFound("unknown notification ids", missing)
+            await _owned(conn, user_id, ids)
             # Rows locked by a concurrent markSeen are re-checked after its commit, so each
             # notification is counted down once.
             marked = [
@@ -293,9 +282,7 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             cursor = await self._cursor(conn, connection_id, user_id, lock=False)
             rows = await conn.fetch(
-                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications n "
-                "WHERE user_id = $1 AND seq > $2 AND NOT EXISTS (SELECT 1 FROM device_acks a "
-                "WHERE a.connection_id = $3 AND a.seq = n.seq) ORDER BY seq LIMIT $4",
+                f"SELECT {NOTIFICATION_COLUMNS} {QUEUE} ORDER BY seq LIMIT $4",
                 user_id,
                 max(after_seq, cursor),
                 connection_id,
@@ -309,19 +296,7 @@ class PostgresStore(Store):
         ids = list(dict.fromkeys(notification_ids))
         async with self._connection(transaction=True) as conn:
             cursor = await self._cursor(conn, connection_id, user_id, lock=True)
-            found = {
-                row[0]: row[1]
-                for row in await conn.fetch(
-                    "SELECT notification_id, seq FROM notifications "
-                    "WHERE user_id = $1 AND notification_id = ANY($2::text[])",
-                    user_id,
-                    ids,
-                )
-            }
-            missing = [nid for nid in ids if nid not in found]
-            if missing:
-                raise NotFound("unknown notification ids", missing)
-            above = [seq for seq in found.values() if seq > cursor]
+            above = [row[1] for row in await _owned(conn, user_id, ids) if row[1] > cursor]
             if above:
                 await conn.execute(
                     "INSERT INTO device_acks SELECT $1, unnest($2::bigint[]) "
@@ -340,10 +315,7 @@ class PostgresStore(Store):
         max_length: int | None,
         max_age: float | None,
     ) -> QueueGap | None:
-        pending = (
-            "FROM notifications n WHERE user_id = $1 AND seq > $2 AND NOT EXISTS "
-            "(SELECT 1 FROM device_acks a WHERE a.connection_id = $3 AND a.seq = n.seq)"
-        )
+        pending = QUEUE
         async with self._connection(transaction=True) as conn:
             try:
                 cursor = start = await self._cursor(conn, connection_id, user_id, lock=True)
@@ -428,17 +400,20 @@ class PostgresStore(Store):
             )
         return [_notification(row) for row in rows]
 
-    async def queue_depth(self, connection_id: str, user_id: str) -> int:
+    async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:
+        if not devices:
+            return {}
         async with self._connection() as conn:
-            depth = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM notifications WHERE user_id = d.user_id "
-                "AND seq > d.cursor) - (SELECT count(*) FROM device_acks a "
-                "WHERE a.connection_id = d.connection_id) FROM devices d "
-                "WHERE d.connection_id = $1 AND d.user_id = $2",
-                connection_id,
-                user_id,
+            rows = await conn.fetch(
+                "SELECT d.connection_id, (SELECT count(*) FROM notifications n "
+                "WHERE n.user_id = d.user_id AND n.seq > d.cursor AND NOT EXISTS "
+                "(SELECT 1 FROM device_acks a WHERE a.connection_id = d.connection_id "
+                "AND a.seq = n.seq)) FROM devices d JOIN unnest($1::text[], $2::text[]) "
+                "AS t(connection_id, user_id) USING (connection_id, user_id)",
+                [c for c, _ in devices],
+                [u for _, u in devices],
             )
-        return int(depth or 0)
+        return {row[0]: int(row[1]) for row in rows}
 
     # Topics
 
@@ -669,6 +644,33 @@ def _notification(row: Any) -> Notification:
         seen_date=row[4],
         seq=row[5] if len(row) > 5 else 0,
     )
+
+
+# A device's queue: its user's notifications after the cursor that it has not acknowledged.
+# Parameters: $1 user_id, $2 cursor, $3 connection_id.
+QUEUE = (
+    "FROM notifications n WHERE user_id = $1 AND seq > $2 AND NOT EXISTS "
+    "(SELECT 1 FROM device_acks a WHERE a.connection_id = $3 AND a.seq = n.seq)"
+)
+
+
+async def _owned(conn: Any, user_id: str, ids: Sequence[str]) -> list[Any]:
+    """``(notification_id, seq)`` rows of the user's notifications among ``ids``.
+
+    Raises:
+        NotFound: some ids are unknown or another user's.
+    """
+    rows = await conn.fetch(
+        "SELECT notification_id, seq FROM notifications "
+        "WHERE user_id = $1 AND notification_id = ANY($2::text[])",
+        user_id,
+        list(ids),
+    )
+    found = {row[0] for row in rows}
+    missing = [nid for nid in ids if nid not in found]
+    if missing:
+        raise NotFound("unknown notification ids", missing)
+    return list(rows)
 
 
 async def _advance_cursor(conn: Any, connection_id: str, user_id: str, cursor: int) -> int:

@@ -292,17 +292,7 @@ class SqliteStore(Store):
         now = isoformat(utcnow())
 
         def run(conn: sqlite3.Connection) -> MarkSeenResult:
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(
-                f"SELECT notification_id, seen_date FROM notifications "
-                f"WHERE user_id = ? AND notification_id IN ({marks})",
-                (user_id, *ids),
-            ).fetchall()
-            found = {row[0] for row in rows}
-            missing = [nid for nid in ids if nid not in found]
-            if missing:
-                raise NotFound("unknown notification ids", missing)
-            fresh = [row[0] for row in rows if row[1] is None]
+            fresh = [row[0] for row in _owned(conn, user_id, ids) if row[2] is None]
             if not fresh:
                 return MarkSeenResult()
             marks = ",".join("?" * len(fresh))
@@ -364,18 +354,13 @@ class SqliteStore(Store):
         self, connection_id: str, user_id: str, after_seq: int, limit: int
     ) -> list[Notification]:
         def run(conn: sqlite3.Connection) -> list[Notification]:
-            row = conn.execute(
-                "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
-                (connection_id, user_id),
-            ).fetchone()
-            if row is None:
+            cursor = _cursor(conn, connection_id, user_id)
+            if cursor is None:
                 raise NotFound("unknown device", [connection_id])
             rows = conn.execute(
                 "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
-                "FROM notifications n WHERE user_id = ? AND seq > ? AND NOT EXISTS "
-                "(SELECT 1 FROM device_acks a WHERE a.connection_id = ? AND a.seq = n.seq) "
-                "ORDER BY seq LIMIT ?",
-                (user_id, max(after_seq, row[0]), connection_id, limit),
+                f"{QUEUE} ORDER BY seq LIMIT ?",
+                (user_id, max(after_seq, cursor), connection_id, limit),
             ).fetchall()
             return [_notification(r) for r in rows]
 
@@ -387,27 +372,12 @@ class SqliteStore(Store):
         ids = list(dict.fromkeys(notification_ids))
 
         def run(conn: sqlite3.Connection) -> AckResult:
-            row = conn.execute(
-                "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
-                (connection_id, user_id),
-            ).fetchone()
-            if row is None:
+            cursor = _cursor(conn, connection_id, user_id)
+            if cursor is None:
                 raise NotFound("unknown device", [connection_id])
-            cursor = row[0]
-            marks = ",".join("?" * len(ids))
-            found = dict(
-                conn.execute(
-                    f"SELECT notification_id, seq FROM notifications "
-                    f"WHERE user_id = ? AND notification_id IN ({marks})",
-                    (user_id, *ids),
-                ).fetchall()
-            )
-            missing = [nid for nid in ids if nid not in found]
-            if missing:
-                raise NotFound("unknown notification ids", missing)
             conn.executemany(
                 "INSERT OR IGNORE INTO device_acks VALUES (?, ?)",
-                [(connection_id, seq) for seq in found.values() if seq > cursor],
+                [(connection_id, row[1]) for row in _owned(conn, user_id, ids) if row[1] > cursor],
             )
             cursor = _advance_cursor(conn, connection_id, user_id, cursor)
             return AckResult(ids, cursor)
@@ -425,16 +395,11 @@ class SqliteStore(Store):
         cutoff = isoformat(utcnow() - timedelta(seconds=max_age)) if max_age else None
 
         def run(conn: sqlite3.Connection) -> QueueGap | None:
-            row = conn.execute(
-                "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
-                (connection_id, user_id),
-            ).fetchone()
-            if row is None:
+            found = _cursor(conn, connection_id, user_id)
+            if found is None:
                 return None
-            cursor = start = row[0]
-            pending = "FROM notifications n WHERE user_id = ? AND seq > ? AND NOT EXISTS " + (
-                "(SELECT 1 FROM device_acks a WHERE a.connection_id = ? AND a.seq = n.seq)"
-            )
+            cursor = start = found
+            pending = QUEUE
             skipped, reason = 0, ""
             if cutoff is not None:
                 old = conn.execute(
@@ -508,16 +473,17 @@ class SqliteStore(Store):
 
         return await self._read(run)
 
-    async def queue_depth(self, connection_id: str, user_id: str) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM notifications WHERE user_id = d.user_id "
-                "AND seq > d.cursor) - (SELECT count(*) FROM device_acks a "
-                "WHERE a.connection_id = d.connection_id) FROM devices d "
-                "WHERE d.connection_id = ? AND d.user_id = ?",
-                (connection_id, user_id),
-            ).fetchone()
-            return int(row[0]) if row else 0
+    async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            depths = {}
+            for connection_id, user_id in devices:  # one thread hop for the whole list
+                cursor = _cursor(conn, connection_id, user_id)
+                if cursor is not None:
+                    (depths[connection_id],) = conn.execute(
+                        f"SELECT count(*) {QUEUE}",
+                        (user_id, cursor, connection_id),
+                    ).fetchone()
+            return depths
 
         return await self._read(run)
 
@@ -804,6 +770,41 @@ def _notification(row: tuple[Any, ...]) -> Notification:
 
 def _device(row: tuple[Any, ...]) -> Device:
     return Device(row[0], row[1], parse_iso(row[2]), parse_iso(row[3]), row[4])
+
+
+# A device's queue: its user's notifications after the cursor that it has not acknowledged.
+# Parameters: user_id, cursor, connection_id.
+QUEUE = (
+    "FROM notifications n WHERE user_id = ? AND seq > ? AND NOT EXISTS "
+    "(SELECT 1 FROM device_acks a WHERE a.connection_id = ? AND a.seq = n.seq)"
+)
+
+
+def _cursor(conn: sqlite3.Connection, connection_id: str, user_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
+        (connection_id, user_id),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _owned(conn: sqlite3.Connection, user_id: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """``(notification_id, seq, seen_date)`` of the user's notifications among ``ids``.
+
+    Raises:
+        NotFound: some ids are unknown or another user's.
+    """
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT notification_id, seq, seen_date FROM notifications "
+        f"WHERE user_id = ? AND notification_id IN ({marks})",
+        (user_id, *ids),
+    ).fetchall()
+    found = {row[0] for row in rows}
+    missing = [nid for nid in ids if nid not in found]
+    if missing:
+        raise NotFound("unknown notification ids", missing)
+    return rows
 
 
 def _advance_cursor(conn: sqlite3.Connection, connection_id: str, user_id: str, cursor: int) -> int:
