@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tidings")
 
 DEVICE_KEY = "device_jwt_secret"
+#: events kept for re-publishing while the bus refuses them; past that the oldest go
+MAX_UNPUBLISHED = 10_000
 SERVICE_KEY = "service_token_key"
 
 
@@ -111,9 +113,8 @@ class Tidings(Lifecycle):
         self._key_caches: list[JwksCache] = []
         #: the application's subscribe endpoint, when devices are authenticated by it
         self.delegate: DelegatedAuthenticator | None = None
-        # Latest count (and notification seq) per user whose event the bus refused;
-        # re-published in the background.
-        self._unpublished: dict[str, tuple[UnseenCount, int]] = {}
+        # Events the bus refused, re-published in the background: (channel, payload, version).
+        self._unpublished: dict[tuple[str, ...], tuple[str, bytes, int]] = {}
         self._republisher: asyncio.Task[None] | None = None
 
     # Lifecycle
@@ -420,19 +421,30 @@ class Tidings(Lifecycle):
 
     async def _publish_count(self, count: UnseenCount, seq: int = 0) -> None:
         payload = events.encode_count(count, self.node_id, seq)
+        channel = user_channel(count.user_id)
         try:
-            await self.bus.publish(user_channel(count.user_id), payload)
+            await self.bus.publish(channel, payload)
         except BusError as exc:
             # Committed already: reach this node's devices now, and keep re-publishing the
             # user's latest count until the bus takes it (versions make repeats harmless).
             logger.warning("count event for %s not published: %s", count.user_id, exc)
             self._deliver_count(count, seq)
-            self._queue_republish(count, seq)
+            self._retry_later(("count", count.user_id), channel, payload, count.version)
 
-    def _queue_republish(self, count: UnseenCount, seq: int) -> None:
-        latest = self._unpublished.get(count.user_id)
-        if latest is None or latest[0].version < count.version:
-            self._unpublished[count.user_id] = (count, max(seq, latest[1] if latest else 0))
+    def _retry_later(
+        self, key: tuple[str, ...], channel: str, payload: bytes, version: int = 0
+    ) -> None:
+        """Re-publish an event the bus refused, in the background, until it takes it. For a
+        key seen before, only the newer version is kept (a count supersedes older counts)."""
+        previous = self._unpublished.get(key)
+        if previous is None or previous[2] <= version:
+            self._unpublished[key] = (channel, payload, version)
+        if len(self._unpublished) > MAX_UNPUBLISHED:
+            dropped = next(iter(self._unpublished))
+            del self._unpublished[dropped]
+            logger.warning(
+                "dropping unpublished event %s; devices recover on reconnection", dropped
+            )
         if self._republisher is None or self._republisher.done():
             self._republisher = asyncio.create_task(self._republish())
 
@@ -440,17 +452,16 @@ class Tidings(Lifecycle):
         delay = 0.1
         while self._unpublished:
             await asyncio.sleep(delay)
-            for user_id, entry in list(self._unpublished.items()):
-                count, seq = entry
+            for key, entry in list(self._unpublished.items()):
                 try:
-                    await self.bus.publish(
-                        user_channel(user_id), events.encode_count(count, self.node_id, seq)
-                    )
+                    await self.bus.publish(entry[0], entry[1])
                 except BusError:
                     delay = min(delay * 2, 5.0)
                     break
-                if self._unpublished.get(user_id) is entry:
-                    del self._unpublished[user_id]
+                if self._unpublished.get(key) is entry:
+                    del self._unpublished[key]
+            else:
+                delay = 0.1
 
     def _on_bus_message(self, channel: str, payload: bytes) -> None:
         event = events.decode(payload)
@@ -533,12 +544,15 @@ class Tidings(Lifecycle):
         payload = events.encode_topic_message(message, self.node_id)
         if len(payload) > self.bus.max_payload:
             payload = events.encode_topic_message(message, self.node_id, by_reference=True)
+        channel = topic_channel(topic)
         try:
-            await self.bus.publish(topic_channel(topic), payload)
+            await self.bus.publish(channel, payload)
         except BusError as exc:
-            # Stored already: sessions elsewhere recover it with readNotifications.
+            # Stored already: this node's sessions get it now, the others when the bus takes
+            # it again (each socket drops repeats by seq).
             logger.warning("topic message %s/%d not published: %s", topic, message.seq, exc)
             self._deliver_topic(message)
+            self._retry_later(("topic", topic, str(message.seq)), channel, payload)
         return message
 
     async def _fetch_and_deliver(self, reference: TopicMessage) -> None:
