@@ -1,13 +1,16 @@
 """Fan-out: one topic, N subscribers, messages published back-to-back; delivered messages per
 second and publish-to-receive latency, for tidings and its peers in the same run.
 
-    bash bench/setup.sh                      # once: python-socketio and Node's socket.io
-    python bench/fanout.py --subscribers 1000 --messages 200
+    bash bench/setup.sh                      # once: the peers and the picows load generator
+    python bench/fanout.py --subscribers 1000 --messages 1000
+    python bench/fanout.py --subscribers 1000 --messages 1000 --slow 10 --servers tidings
 
-Every server is driven by the same harness: raw WebSocket clients (the socket.io protocol is
+Every server is driven by the same harness: picows WebSocket clients (the socket.io protocol is
 spoken directly, no client library), spread over several processes, and one publisher sending
 ``POST /publish`` requests with up to ``--inflight`` in flight. tidings persists every message
-(SQLite) before answering; the peers keep nothing.
+(SQLite) before answering; the peers keep nothing. ``--slow N`` adds N subscribers that stop
+reading once subscribed: the others' rate shows whether they stall anyone, and the table says
+how each slow one ended (tidings closes it with 1013 once its queue is full).
 """
 
 from __future__ import annotations
@@ -24,111 +27,115 @@ from typing import Any
 
 import httpx
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).parent))
+import contextlib
+
 from common import free_port, percentile, save, service_token, start_tidings
+from loadgen import Client, open_client, open_many
 
 from tidings.auth.jwt import JwtAuthenticator
 
 SECRET = "bench-secret-" + "z" * 40
 TOPIC = "pet"
 PEERS = Path(__file__).parent / "peers"
+SERVERS = ("tidings", "python-socketio", "node-socketio", "node-ws")
 
 
 # Subscribers, one protocol each
 
 
-async def tidings_subscriber(url: str, index: int) -> ClientConnection:
+async def tidings_subscriber(url: str, index: int) -> Client:
     token = JwtAuthenticator(SECRET).issue(f"sub-{index}")
-    ws = await connect(
-        url,
-        additional_headers={"Authorization": f"Bearer {token}"},
-        compression=None,
-        max_queue=None,
-        open_timeout=60,
-    )
-    await ws.send(orjson.dumps({"type": "subscribe", "id": 1, "topics": [TOPIC]}).decode())
-    while orjson.loads(await ws.recv()).get("type") != "reply":
-        pass
-    return ws
+    client = await open_client(url, {"Authorization": f"Bearer {token}"})
+    await client.expect(b'{"type":"welcome"')
+    client.send(orjson.dumps({"type": "subscribe", "id": 1, "topics": [TOPIC]}))
+    await client.expect(b'{"type":"reply"')
+    return client
 
 
-def tidings_payload(message: str | bytes) -> Any:
-    frame = orjson.loads(message)
-    return frame["data"] if frame.get("type") == "topicMessage" else None
-
-
-async def socketio_subscriber(url: str, index: int) -> ClientConnection:
-    ws = await connect(url, compression=None, max_queue=None, open_timeout=60)
-    await ws.recv()  # engine.io open
-    await ws.send("40")
-    await ws.recv()  # namespace connected
-    await ws.send(f'42["join","{TOPIC}"]')
-    while not str(await ws.recv()).startswith('42["joined"'):
-        pass
-    return ws
-
-
-def socketio_payload(message: str | bytes) -> Any:
-    text = message if isinstance(message, str) else message.decode()
-    if text.startswith("42"):
-        event, data = orjson.loads(text[2:])
-        return data if event == "msg" else None
+def tidings_payload(message: bytes) -> Any:
+    if message.startswith(b'{"type":"topicMessage"'):
+        return orjson.loads(message)["data"]
     return None
+
+
+async def socketio_subscriber(url: str, index: int) -> Client:
+    client = await open_client(url)
+    await client.expect(b"0")  # engine.io open
+    client.send("40")
+    await client.expect(b"40")  # namespace connected
+    client.send(f'42["join","{TOPIC}"]')
+    await client.expect(b'42["joined"')
+    return client
+
+
+def socketio_payload(message: bytes) -> Any:
+    if message.startswith(b'42["msg"'):
+        return orjson.loads(message[2:])[1]
+    return None
+
+
+async def ws_subscriber(url: str, index: int) -> Client:
+    client = await open_client(url)
+    await client.expect(b'{"type":"welcome"')
+    return client
 
 
 PROTOCOLS = {
     "tidings": (tidings_subscriber, tidings_payload),
     "python-socketio": (socketio_subscriber, socketio_payload),
     "node-socketio": (socketio_subscriber, socketio_payload),
+    "node-ws": (ws_subscriber, tidings_payload),
 }
 
 
 async def subscribe_and_listen(
-    kind: str, url: str, indices: list[int], expected: int, ready: Any, go: Any
+    kind: str, url: str, indices: list[int], expected: int, slow: int, ready: Any
 ) -> dict[str, Any]:
     open_one, payload_of = PROTOCOLS[kind]
-    gate = asyncio.Semaphore(200)
-
-    async def opened(i: int) -> ClientConnection:
-        async with gate:
-            return await open_one(url, i)
-
-    sockets = await asyncio.gather(*(opened(i) for i in indices))
+    sockets, _ = await open_many(len(indices), lambda i: open_one(url, indices[i]))
+    laggards, _ = await open_many(slow, lambda i: open_one(url, 10_000_000 + indices[0] + i))
+    for client in laggards:
+        client.pause()
     ready.put(len(sockets))
     latencies: list[float] = []
     last = 0.0
+    pending = len(sockets)
+    finished = asyncio.get_running_loop().create_future()
+    got: dict[int, int] = {}
 
-    async def listen(ws: ClientConnection) -> None:
-        nonlocal last
-        got = 0
-        try:
-            async with asyncio.timeout(120):
-                async for message in ws:
-                    if message == "2":  # engine.io ping
-                        await ws.send("3")
-                        continue
-                    data = payload_of(message)
-                    if data is None:
-                        continue
-                    now = time.time()
-                    latencies.append(now - data["t"])
-                    last = max(last, now)
-                    got += 1
-                    if got == expected:
-                        return
-        except TimeoutError:
-            pass
+    def on_text(client: Client, message: bytes) -> None:
+        nonlocal last, pending
+        data = payload_of(message)
+        if data is None:
+            return
+        now = time.time()
+        latencies.append(now - data["t"])
+        last = now
+        n = got[id(client)] = got.get(id(client), 0) + 1
+        if n == expected:
+            pending -= 1
+            if not pending and not finished.done():
+                finished.set_result(None)
 
-    await asyncio.gather(*(listen(ws) for ws in sockets))
-    for ws in sockets:
-        await ws.close()
-    return {"latencies": latencies, "last": last}
+    for client in sockets:
+        client.on_text = on_text
+    if sockets:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished, 180)
+    slow_codes = [c.close_code for c in laggards]
+    for client in (*sockets, *laggards):
+        client.close()
+    return {"latencies": latencies, "last": last, "slow_codes": slow_codes}
 
 
-def worker(kind: str, url: str, indices: list[int], expected: int, ready: Any, out: Any) -> None:
-    out.put(asyncio.run(subscribe_and_listen(kind, url, indices, expected, ready, None)))
+def worker(
+    kind: str, url: str, indices: list[int], expected: int, slow: int, ready: Any, out: Any
+) -> None:
+    import uvloop
+
+    out.put(uvloop.run(subscribe_and_listen(kind, url, indices, expected, slow, ready)))
 
 
 # Servers
@@ -156,8 +163,10 @@ def start_server(
         )
     if kind == "python-socketio":
         cmd = [sys.executable, str(PEERS / "socketio_server.py"), str(port)]
-    else:
+    elif kind == "node-socketio":
         cmd = ["node", str(PEERS / "socketio_server.js"), str(port)]
+    else:
+        cmd = ["node", str(PEERS / "ws_server.js"), str(port)]
     log = (workdir / f"{kind}.log").open("ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
@@ -167,12 +176,8 @@ def start_server(
             break
         except httpx.HTTPError:
             time.sleep(0.1)
-    return (
-        proc,
-        f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket",
-        f"http://127.0.0.1:{port}/publish",
-        {},
-    )
+    path = "/" if kind == "node-ws" else "/socket.io/?EIO=4&transport=websocket"
+    return proc, f"ws://127.0.0.1:{port}{path}", f"http://127.0.0.1:{port}/publish", {}
 
 
 async def publish_all(url: str, headers: dict[str, str], messages: int, inflight: int) -> float:
@@ -197,23 +202,26 @@ async def publish_all(url: str, headers: dict[str, str], messages: int, inflight
     return started
 
 
-def run(kind: str, subscribers: int, messages: int, workers: int, inflight: int) -> dict[str, Any]:
+def run(
+    kind: str, subscribers: int, messages: int, workers: int, inflight: int, slow: int
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"fanout-{kind}-"))
     proc, sub_url, pub_url, headers = start_server(kind, workdir)
     try:
         ready: Any = multiprocessing.Queue()
         out: Any = multiprocessing.Queue()
         chunks = [list(range(subscribers))[i::workers] for i in range(workers)]
+        slows = [slow // workers + (1 if i < slow % workers else 0) for i in range(workers)]
         procs = [
-            multiprocessing.Process(target=worker, args=(kind, sub_url, c, messages, ready, out))
-            for c in chunks
+            multiprocessing.Process(target=worker, args=(kind, sub_url, c, messages, n, ready, out))
+            for c, n in zip(chunks, slows, strict=True)
         ]
         for p in procs:
             p.start()
-        connected = sum(ready.get(timeout=120) for _ in procs)
+        connected = sum(ready.get(timeout=300) for _ in procs)
         time.sleep(0.5)
         started = asyncio.run(publish_all(pub_url, headers, messages, inflight))
-        results = [out.get(timeout=180) for _ in procs]
+        results = [out.get(timeout=300) for _ in procs]
         for p in procs:
             p.join()
     finally:
@@ -223,6 +231,7 @@ def run(kind: str, subscribers: int, messages: int, workers: int, inflight: int)
     last = max(r["last"] for r in results)
     expected = connected * messages
     elapsed = last - started if latencies else float("nan")
+    codes = [c for r in results for c in r["slow_codes"]]
 
     def pct(p: float) -> float | None:
         value = percentile(latencies, p)
@@ -238,6 +247,8 @@ def run(kind: str, subscribers: int, messages: int, workers: int, inflight: int)
         "delivered_per_second": round(len(latencies) / elapsed) if latencies else 0,
         "latency_p50_ms": pct(0.5),
         "latency_p99_ms": pct(0.99),
+        "slow": len(codes),
+        "slow_closed": ",".join(sorted({str(c) for c in codes if c is not None})) or "-",
     }
 
 
@@ -247,17 +258,18 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--inflight", type=int, default=4)
-    parser.add_argument("--servers", default="tidings,python-socketio,node-socketio")
+    parser.add_argument("--slow", type=int, default=0, help="subscribers that stop reading")
+    parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args()
     rows = [
-        run(kind, args.subscribers, args.messages, args.workers, args.inflight)
+        run(kind, args.subscribers, args.messages, args.workers, args.inflight, args.slow)
         for kind in args.servers.split(",")
     ]
     base = {r["server"]: r["delivered_per_second"] for r in rows}
     columns = list(rows[0])
-    print("  ".join(f"{c:>20}" for c in columns))
+    print("  ".join(f"{c:>15}" for c in columns))
     for row in rows:
-        print("  ".join(f"{row[c]!s:>20}" for c in columns))
+        print("  ".join(f"{row[c]!s:>15}" for c in columns))
     if "tidings" in base:
         for name, rate in base.items():
             if name != "tidings" and rate:

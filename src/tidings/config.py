@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,18 @@ class Settings(BaseSettings):
     node_id: str = Field(default_factory=_default_node_id, description="This node's name.")
     public_url: str | None = Field(
         None, description="URL devices and services use to reach this node (shown in banners)."
+    )
+
+    ws_protocol: Literal["tidings", "websockets-sansio"] = Field(
+        "tidings",
+        description="WebSocket implementation of `tidings serve`: tidings' own lean transport "
+        "(least memory per connection, fastest fan-out) or uvicorn's websockets-based one.",
+    )
+    ws_ping_interval: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds between WebSocket pings from `tidings serve`; a device that sent "
+        "nothing between two pings is disconnected.",
     )
 
     demo: bool = Field(

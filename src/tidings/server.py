@@ -128,6 +128,8 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     """Serve a node with uvicorn until interrupted."""
     import uvicorn
 
+    from tidings.gateway.transport import WebSocketProtocol
+
     for name in ("uvicorn.access", "uvicorn.error"):
         logging.getLogger(name).addFilter(RedactTokens())
 
@@ -136,7 +138,9 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=WebSocketProtocol if settings.ws_protocol == "tidings" else settings.ws_protocol,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_interval,
         # A frame over max_frame_size is answered with an error frame by the gateway; only far
         # larger ones are cut off by the transport (close 1009).
         ws_max_size=max(4 * settings.max_frame_size, 1024 * 1024),

@@ -368,7 +368,7 @@ class Gateway:
                 node=tidings.node_id,
             )
         )
-        writer = conn.start_writer()
+        done = conn.open()
         reader: asyncio.Task[None] | None = None
         try:
             # Subscribe first, then read: a change committed in between reaches the device as
@@ -388,22 +388,24 @@ class Gateway:
                     # The contract promises the count after welcome: without it, try later.
                     logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
                     conn.close(protocol.CLOSE_TRY_AGAIN_LATER, "storage unavailable")
-                reader = asyncio.create_task(self._read_loop(conn, receive))
-                await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not conn.closed:
+                    reader = asyncio.create_task(self._read_loop(conn, receive))
+                    await asyncio.wait({reader, done}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             tidings.registry.remove(conn)
-            for task in (reader, writer):
-                if task is not None and not task.done():
-                    task.cancel()
-            for task in (reader, writer):
-                if task is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait([task])
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        error = task.exception()
-                        if not isinstance(error, (OSError, WebSocketDisconnect)):  # client gone
-                            logger.error("connection %s failed", conn.connection_id, exc_info=error)
-                            conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+            if reader is not None:
+                if not reader.done():
+                    reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([reader])
+                if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                    error = reader.exception()
+                    if not isinstance(error, (OSError, WebSocketDisconnect)):  # client gone
+                        logger.error("connection %s failed", conn.connection_id, exc_info=error)
+                        conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+            conn.abort()  # the client went away (if nothing closed it before)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([done], timeout=2.0)  # a flushing close sends its queue
             await asyncio.shield(tidings.forget_presence(conn))
         if conn.close_code is not None:
             with contextlib.suppress(Exception):

@@ -1,13 +1,17 @@
-"""One device connection: a bounded outbound queue drained by its own writer.
+"""One device connection: a bounded outbound queue, drained by a writer only when needed.
 
 Producers (bus events, replies) never await the socket: :meth:`Connection.push` returns at
-once. When nothing is queued it starts the ASGI ``send`` right there, and if the server
-completes it without waiting (it does unless the socket's buffer is full) the frame is written
-with no task switch at all: that is most of the cost of a fan-out to a thousand sockets. Otherwise
-frames queue up and the connection's writer sends them, so a client that stops reading stalls
-only its own writer. When its queue is full the
-connection is closed with 1013 (try again later): on reconnection the device gets the current
-count, so nothing it needs is lost.
+once. When nothing is queued the frame is written right there: on tidings' own transport
+(:mod:`tidings.gateway.transport`) by a plain call, on any other ASGI server by driving its
+``send`` coroutine by hand, which completes without waiting unless the socket's buffer is full.
+That is most of the cost of a fan-out to a thousand sockets. Otherwise frames queue up and a
+writer task, started for the occasion and gone once the queue is empty, sends them, so a client
+that stops reading stalls only its own writer. When its queue is full the connection is closed
+with 1013 (try again later): on reconnection the device gets the current count, so nothing it
+needs is lost.
+
+An idle connection holds no task, event or future of its own: waiting (for room in the queue,
+for the connection to end) creates a future for the occasion.
 """
 
 from __future__ import annotations
@@ -33,15 +37,15 @@ class Connection:
 
     __slots__ = (
         "_closed",
-        "_drained",
-        "_inflight",
+        "_direct",
+        "_done",
+        "_flush",
+        "_live",
         "_queue",
         "_queued_bytes",
-        "_room",
         "_send",
-        "_wakeup",
+        "_space",
         "_writer",
-        "_writing",
         "claims",
         "close_code",
         "close_reason",
@@ -76,6 +80,10 @@ class Connection:
         claims: dict[str, Any] | None = None,
     ) -> None:
         self._send = send
+        # tidings' own transport writes a text frame synchronously (False: buffer full)
+        self._direct: Callable[[str], bool] | None = getattr(
+            getattr(send, "__self__", None), "write_text", None
+        )
         self.connection_id = connection_id
         self.user_id = user_id
         self.session_id = session_id
@@ -89,7 +97,6 @@ class Connection:
         self.topic_seq: dict[str, int] = {}
         self.topic_above: dict[str, set[int]] = {}
         self.replaying: dict[str, list[tuple[int, str]]] = {}
-        self._room = asyncio.Event()
         #: deliver mode: notifications are pushed and must be acknowledged
         self.deliver = deliver
         #: highest log position pushed on this socket (deliver mode)
@@ -106,14 +113,16 @@ class Connection:
         self.pause_bytes = pause_bytes
         self._queue: deque[str] = deque()
         self._queued_bytes = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._wakeup = asyncio.Event()
+        #: frames may be written (set by open(); before it they queue)
+        self._live = False
         self._closed = False
+        self._flush = False
+        #: the task sending queued frames, while there are any
         self._writer: asyncio.Task[None] | None = None
-        # The writer is in a send, or a send started by push() is finishing in a task.
-        self._writing = False
-        self._inflight: asyncio.Future[None] | None = None
+        #: resolved when the queue shrinks (someone waits for room)
+        self._space: asyncio.Future[None] | None = None
+        #: resolved once the connection is closed and its writer has stopped
+        self._done: asyncio.Future[None] | None = None
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -135,14 +144,13 @@ class Connection:
         """Send or queue a frame. A full queue closes the connection as too slow."""
         if self._closed:
             return
-        if (
-            not self._queue
-            and not self._writing
-            and self._writer is not None
-            and (self._inflight is None or self._inflight.done())
-        ):
-            self._send_now(text)
-            return
+        if self._live and self._writer is None and not self._queue:
+            direct = self._direct
+            if direct is None:
+                self._send_now(text)
+                return
+            if direct(text):
+                return
         if len(self._queue) >= self.max_queue:
             logger.warning(
                 "closing slow connection %s of user %s: %d frames queued",
@@ -154,15 +162,14 @@ class Connection:
             return
         self._queue.append(text)
         self._queued_bytes += len(text)
-        if self._queued_bytes > self.pause_bytes:
-            self._drained.clear()
-        self._wakeup.set()
+        if self._live and self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_loop())
 
     def _send_now(self, text: str) -> None:
-        """Drive the server's send by hand; finish it in a task only if it has to wait."""
+        """Drive the server's send by hand; finish it in the writer only if it has to wait."""
         coro: Any = self._send({"type": "websocket.send", "text": text})
         if not inspect.iscoroutine(coro):  # an ASGI server may return any awaitable
-            self._inflight = asyncio.ensure_future(coro)
+            self._writer = asyncio.ensure_future(self._write_loop(coro))
             return
         try:
             blocker = coro.send(None)
@@ -171,49 +178,54 @@ class Connection:
         except Exception as exc:
             self._lost(exc)
             return
-        self._inflight = asyncio.ensure_future(self._finish(coro, blocker))
+        self._writer = asyncio.ensure_future(self._write_loop(coro, blocker))
 
-    async def _finish(self, coro: Any, blocker: Any) -> None:
-        """Go on with a send that had to wait, exactly as a task would drive it."""
+    async def _write_loop(self, pending: Any = None, blocker: Any = None) -> None:
+        """Finish a send that had to wait (if any), then send what is queued, in order."""
+        queue, send, direct = self._queue, self._send, self._direct
         try:
-            while True:
-                try:
-                    if isinstance(blocker, asyncio.Future):
-                        await asyncio.wait([blocker])
-                    else:
-                        await asyncio.sleep(0)
-                except asyncio.CancelledError:
-                    # Cancelled by close(): cancel what the send waits for and let the send
-                    # unwind through its own handlers, as cancelling its task would.
-                    if isinstance(blocker, asyncio.Future):
-                        blocker.cancel()
-                    try:
-                        coro.throw(asyncio.CancelledError())
-                    except (asyncio.CancelledError, StopIteration):
-                        pass
-                    except Exception as exc:
-                        logger.debug("send of %s ended with %r", self.connection_id, exc)
-                    finally:
-                        coro.close()
-                    raise
-                try:
-                    blocker = coro.send(None)
-                except StopIteration:
-                    return
-                except asyncio.CancelledError:  # the server gave up on this socket
-                    self._lost(ConnectionError("send cancelled by the server"))
-                    return
+            if pending is not None:
+                if inspect.iscoroutine(pending):
+                    await _finish(pending, blocker)
+                else:
+                    await pending
+            while queue and (not self._closed or self._flush):
+                text = queue[0]
+                if direct is None or not direct(text):
+                    await send({"type": "websocket.send", "text": text})
+                queue.popleft()
+                self._queued_bytes -= len(text)
+                self._wake()
         except asyncio.CancelledError:
-            raise
+            pass
         except Exception as exc:
             self._lost(exc)
         finally:
-            if self._queue:
-                self._wakeup.set()
+            self._writer = None
+            if self._closed:
+                self._settle()
 
     def _lost(self, exc: BaseException) -> None:
         logger.info("connection %s lost while sending: %r", self.connection_id, exc)
         self.close(protocol.CLOSE_GOING_AWAY, "connection lost")
+
+    def _wake(self) -> None:
+        space = self._space
+        if space is not None:
+            self._space = None
+            if not space.done():
+                space.set_result(None)
+
+    async def _wait_space(self) -> None:
+        space = self._space
+        if space is None:
+            space = self._space = asyncio.get_running_loop().create_future()
+        await space
+
+    def _settle(self) -> None:
+        self._wake()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     def push_count(self, count: int, version: int, text: str | None = None) -> None:
         """Queue a count frame unless the device already has this version or a newer one."""
@@ -271,61 +283,84 @@ class Connection:
         while not self._closed and (
             len(self._queue) + frames > self.max_queue or self._queued_bytes > self.pause_bytes
         ):
-            self._room.clear()
-            await self._room.wait()
+            await self._wait_space()
+
+    async def wait_writable(self) -> None:
+        """Return once the queued bytes are under ``pause_bytes`` (or the connection closed)."""
+        while not self._closed and self._queued_bytes > self.pause_bytes:
+            await self._wait_space()
+
+    def open(self) -> asyncio.Future[None]:
+        """Start writing (frames pushed before wait until now). The future resolves once the
+        connection is closed and, for a flushing close, its queue sent."""
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+        self._live = True
+        if self._closed and self._writer is None and not (self._flush and self._queue):
+            self._settle()
+        elif self._queue and self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_loop())
+        return self._done
 
     def close(
         self, code: int = protocol.CLOSE_NORMAL, reason: str = "", *, flush: bool = False
     ) -> None:
-        """Ask the writer to stop. Frames still queued are dropped, or with ``flush`` sent
-        first (for a close the client asked for, never for a slow one)."""
+        """Stop sending. Frames still queued are dropped, or with ``flush`` sent first (for a
+        close the client asked for, never for a slow one)."""
+        self._stop(code, reason, flush)
+
+    def abort(self) -> None:
+        """The client is gone: stop without a close frame (``close_code`` stays None)."""
+        self._stop(None, "", False)
+
+    def _stop(self, code: int | None, reason: str, flush: bool) -> None:
         if self._closed:
             return
         self._closed = True
+        self._flush = flush
         self.close_code = code
         self.close_reason = reason
         if self.delivery is not None and not self.delivery.done():
             self.delivery.cancel()
-        if flush:
-            self._wakeup.set()
-            return
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._drained.set()
-        self._room.set()
-        self._wakeup.set()
-        # A writer blocked on a client that stopped reading would never see the flag.
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
-        if self._inflight is not None and not self._inflight.done():
-            self._inflight.cancel()
+        if not flush:
+            self._queue.clear()
+            self._queued_bytes = 0
+            # A writer blocked on a client that stopped reading would never see the flag.
+            if self._writer is not None:
+                self._writer.cancel()
+                return  # it settles when it ends
+        if self._writer is None:
+            if flush and self._queue and self._live:
+                self._writer = asyncio.ensure_future(self._write_loop())
+            else:
+                self._settle()
 
-    async def wait_writable(self) -> None:
-        """Return once the queued bytes are under ``pause_bytes`` (or the connection closed)."""
-        await self._drained.wait()
 
-    def start_writer(self) -> asyncio.Task[None]:
-        """Start the task that drains the queue into the socket."""
-        self._writer = asyncio.create_task(self._write_loop())
-        return self._writer
-
-    async def _write_loop(self) -> None:
-        queue, send = self._queue, self._send
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._inflight is not None and not self._inflight.done():
-                await asyncio.wait([self._inflight])  # frames go out in order
-            self._writing = True
+async def _finish(coro: Any, blocker: Any) -> None:
+    """Go on with a send that had to wait, exactly as a task would drive it."""
+    while True:
+        try:
+            if isinstance(blocker, asyncio.Future):
+                await asyncio.wait([blocker])
+            else:
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            # Cancelled by close(): cancel what the send waits for and let the send
+            # unwind through its own handlers, as cancelling its task would.
+            if isinstance(blocker, asyncio.Future):
+                blocker.cancel()
             try:
-                while queue:
-                    text = queue.popleft()
-                    await send({"type": "websocket.send", "text": text})
-                    self._room.set()
-                    self._queued_bytes -= len(text)
-                    if self._queued_bytes <= self.pause_bytes:
-                        self._drained.set()
+                coro.throw(asyncio.CancelledError())
+            except (asyncio.CancelledError, StopIteration):
+                pass
+            except Exception as exc:
+                logger.debug("a cancelled send ended with %r", exc)
             finally:
-                self._writing = False
-            if self._closed:
-                return
+                coro.close()
+            raise
+        try:
+            blocker = coro.send(None)
+        except StopIteration:
+            return
+        except asyncio.CancelledError:  # the server gave up on this socket
+            raise ConnectionError("send cancelled by the server") from None
