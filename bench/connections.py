@@ -1,11 +1,15 @@
 """Idle connections: N devices connect (JWT at the handshake) and stay idle; measures the
 server's memory per connection and its connect rate.
 
-    python bench/connections.py --connections 15000
+    bash bench/setup.sh                               # once: the picows load generator
+    python bench/connections.py --connections 19900
+    python bench/connections.py --connections 19900 --ws-protocol websockets-sansio
 
 Memory is the growth of the server's resident set from a warm baseline (100 connections) to N,
 divided by the added connections. The connect rate is N over the time from the first to the last
-``welcome`` with every client process connecting at once (up to 500 handshakes in flight each).
+``welcome`` with every client process connecting at once (up to 500 handshakes in flight each),
+and N over the CPU seconds the server spent meanwhile (user + system, from /proc): the clients
+share the machine's two cores, so the second figure is the server's own cost.
 """
 
 from __future__ import annotations
@@ -13,21 +17,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-from websockets.asyncio.client import connect
-
 sys.path.insert(0, str(Path(__file__).parent))
 from common import free_port, report, start_tidings
+from loadgen import open_client, open_many
 
 from tidings.auth.jwt import JwtAuthenticator
 
 SECRET = "bench-secret-" + "z" * 40
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -40,40 +48,28 @@ def rss_kib(pid: int) -> int:
 async def hold(url: str, first: int, count: int, ready: Any, done: Any) -> tuple[float, float, int]:
     auth = JwtAuthenticator(SECRET)
     tokens = [auth.issue(f"idle-{i}") for i in range(first, first + count)]
-    gate = asyncio.Semaphore(500)
-    sockets = []
-    failures = 0
 
-    async def one(token: str) -> None:
-        nonlocal failures
-        try:
-            async with gate:
-                ws = await connect(
-                    url,
-                    additional_headers={"Authorization": f"Bearer {token}"},
-                    compression=None,
-                    open_timeout=120,
-                    ping_interval=None,
-                )
-                while orjson.loads(await ws.recv())["type"] != "welcome":
-                    pass
-            sockets.append(ws)
-        except Exception:
-            failures += 1
+    async def one(i: int) -> Any:
+        client = await open_client(url, {"Authorization": f"Bearer {tokens[i]}"})
+        await client.expect(b'{"type":"welcome"', timeout=120)
+        return client
 
     started = time.time()
-    await asyncio.gather(*(one(t) for t in tokens))
+    sockets, failures = await open_many(count, one, concurrency=500)
     finished = time.time()
     ready.put(len(sockets))
     while not done.is_set():  # noqa: ASYNC110 - a multiprocessing event
         await asyncio.sleep(0.2)
-    for ws in sockets:
-        await ws.close()
+    for client in sockets:
+        client.close()
+    await asyncio.sleep(0.5)
     return started, finished, failures
 
 
 def worker(url: str, first: int, count: int, ready: Any, done: Any, out: Any) -> None:
-    out.put(asyncio.run(hold(url, first, count, ready, done)))
+    import uvloop
+
+    out.put(uvloop.run(hold(url, first, count, ready, done)))
 
 
 def run_clients(url: str, first: int, total: int, workers: int) -> tuple[Any, int, list[Any], Any]:
@@ -96,8 +92,9 @@ def run_clients(url: str, first: int, total: int, workers: int) -> tuple[Any, in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=15000)
+    parser.add_argument("--connections", type=int, default=19900)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ws-protocol", default="tidings", help="TIDINGS_WS_PROTOCOL")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tidings-conns-"))
@@ -107,6 +104,8 @@ def main() -> None:
             "TIDINGS_STORE": f"sqlite:///{workdir}/bench.db",
             "TIDINGS_JWT_SECRET": SECRET,
             "TIDINGS_MAX_CONNECTS_PER_SECOND": "1000000",
+            "TIDINGS_MAX_CONNECTIONS": "1000000",
+            "TIDINGS_WS_PROTOCOL": args.ws_protocol,
         },
         port,
         workdir / "server.log",
@@ -116,7 +115,9 @@ def main() -> None:
         warm_done, _, warm_procs, warm_out = run_clients(url, 0, 100, 1)
         time.sleep(1.0)
         baseline = rss_kib(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         done, held, procs, out = run_clients(url, 100, args.connections, args.workers)
+        cpu_spent = cpu_seconds(server.pid) - cpu_before
         time.sleep(2.0)
         loaded = rss_kib(server.pid)
         done.set()
@@ -132,6 +133,7 @@ def main() -> None:
     finished = max(f for _, f, _ in spans)
     result = {
         "scenario": "idle_connections",
+        "ws_protocol": args.ws_protocol,
         "connections": held,
         "failed": sum(f for _, _, f in spans),
         "server_rss_baseline_mib": round(baseline / 1024, 1),
@@ -139,6 +141,8 @@ def main() -> None:
         "kib_per_connection": round((loaded - baseline) / max(1, held), 1),
         "connect_seconds": round(finished - started, 2),
         "connects_per_second": round(held / (finished - started)),
+        "server_cpu_seconds": round(cpu_spent, 2),
+        "connects_per_server_cpu_second": round(held / max(cpu_spent, 0.01)),
     }
     report("idle_connections", result)
 

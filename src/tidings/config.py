@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     )
 
     # Limits of a node
+    max_batch_size: int = Field(
+        1000, gt=0, le=10_000, description="Notifications per `POST /notify/batch` request."
+    )
+    max_batch_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="Largest `POST /notify/batch` body, in bytes."
+    )
     max_connections: int = Field(100_000, gt=0, description="Open sockets per node.")
     max_connects_per_second: float = Field(
         2000, gt=0, description="New sockets per second per node (burst of one second)."

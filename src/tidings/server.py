@@ -14,6 +14,7 @@ from tidings.core.tidings import Tidings
 logger = logging.getLogger("tidings")
 
 WS_PATH = "/ws"
+BATCH_PATH = "/notify/batch"
 
 
 class TidingsApp:
@@ -26,6 +27,7 @@ class TidingsApp:
         self.tidings = tidings
         self.api = create_api(tidings, manage_lifespan=manage_lifespan)
         self.max_body = tidings.settings.max_notification_size + 16 * 1024
+        self.max_batch_body = max(self.max_body, tidings.settings.max_batch_bytes)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -33,23 +35,24 @@ class TidingsApp:
             await self.tidings.gateway(scope, receive, send)
             return
         if kind == "http":
-            if self._declared_too_large(scope):
-                await _too_large(send, self.max_body)
+            limit = self.max_batch_body if _local_path(scope) == BATCH_PATH else self.max_body
+            if self._declared_too_large(scope, limit):
+                await _too_large(send, limit)
                 return
-            await self._limited(scope, receive, send)
+            await self._limited(scope, receive, send, limit)
             return
         await self.api(scope, receive, send)
 
-    def _declared_too_large(self, scope: dict[str, Any]) -> bool:
+    def _declared_too_large(self, scope: dict[str, Any], limit: int) -> bool:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    return int(value) > self.max_body
+                    return int(value) > limit
                 except ValueError:
                     return True
         return False
 
-    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
         """Read the body first, counting bytes as they arrive (a chunked body declares no
         length): past ``max_body`` the request is answered 413 without reading the rest; else
         the API gets the buffered body (at most ``max_body`` bytes are ever held)."""
@@ -61,8 +64,8 @@ class TidingsApp:
                 return  # the client went away
             body = message.get("body", b"")
             received += len(body)
-            if received > self.max_body:
-                await _too_large(send, self.max_body)
+            if received > limit:
+                await _too_large(send, limit)
                 return
             chunks.append(body)
             if not message.get("more_body", False):

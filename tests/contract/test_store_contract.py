@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import create_database, drop_database
-from tidings.core.models import Presence, utcnow
+from tidings.core.models import NewNotification, Presence, utcnow
 from tidings.errors import Conflict, InvalidArgument, NotFound, StoreError
 from tidings.storage import Store, create_store
 
@@ -408,3 +408,39 @@ async def test_queue_depths_in_one_call(store: Store) -> None:
     )
     assert depths == {phone.connection_id: 1, laptop.connection_id: 2}
     assert await store.queue_depths([]) == {}
+
+
+async def test_batch_creates_idempotently_and_reports_conflicts(store: Store) -> None:
+    """create_notifications writes every new item, returns existing ones for repeated ids
+    (also within the batch), refuses reused ids per item, and gives each created item its
+    user's count after the whole batch."""
+    await store.create_notification("u1", {"a": 1}, "taken")
+    results = await store.create_notifications(
+        [
+            NewNotification("u1", {"n": 1}),
+            NewNotification("u2", {"n": 2}, "b-1"),
+            NewNotification("u1", {"a": 1}, "taken"),  # same content: the existing one
+            NewNotification("u2", {"other": 1}, "taken"),  # another user: conflict
+            NewNotification("u2", {"n": 2}, "b-1"),  # repeated in the batch: existing
+            NewNotification("u1", {"n": 3}),
+        ]
+    )
+    assert [type(r).__name__ for r in results] == [
+        "NotifyResult",
+        "NotifyResult",
+        "NotifyResult",
+        "Conflict",
+        "NotifyResult",
+        "NotifyResult",
+    ]
+    created = [r for r in results if not isinstance(r, Conflict) and r.created]
+    assert [r.notification.data for r in created] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    for r in created:
+        assert r.count == await store.count(r.notification.user_id)
+    assert (await store.count("u1")).count == 3
+    assert (await store.count("u2")).count == 1
+    assert not results[2].created and not results[4].created  # type: ignore[union-attr]
+    unseen = await store.unseen("u1", 10)
+    assert [n.data for n in unseen] == [{"a": 1}, {"n": 1}, {"n": 3}]
+    seqs = [n.seq for n in unseen]
+    assert seqs == sorted(seqs)

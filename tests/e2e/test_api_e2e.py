@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 
@@ -195,3 +196,58 @@ def test_basic_credentials_are_form_decoded(server: ServerProcess) -> None:
         headers={"Authorization": f"Basic {raw}"},
     )
     assert response.status_code == 401
+
+
+async def test_notify_batch_commits_items_and_pushes_each_count_once(
+    server: ServerProcess, notify_token: str
+) -> None:
+    """POST /notify/batch answers one result per item in order: 201 created, 200 for a
+    repeated id, 409, 413 and 422 for refused items (which change nothing); each device gets
+    its user's final count."""
+    from conftest import device_token
+    from tidings.client import DeviceClient
+
+    alice, bob = user(), user()
+    device = DeviceClient(server.ws_url, token=device_token(alice))
+    await device.connect()
+    try:
+        nid = uuid.uuid4().hex
+        items = [
+            {"user_id": alice, "data": {"n": 1}},
+            {"user_id": bob, "data": {"n": 2}, "notification_id": nid},
+            {"user_id": alice, "data": {"n": 3}},
+            {"user_id": bob, "data": {"n": 2}, "notification_id": nid},
+            {"user_id": alice, "data": {"other": True}, "notification_id": nid},
+            {"user_id": alice, "data": "x" * 70_000},
+            {"user_id": "nul\u0000inside", "data": 1},
+        ]
+        response = await asyncio.to_thread(
+            httpx.post,
+            f"{server.url}/notify/batch",
+            json={"notifications": items},
+            headers={"Authorization": f"Bearer {notify_token}"},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [r["status"] for r in body["results"]] == [201, 201, 201, 200, 409, 413, 422]
+        assert (body["created"], body["existing"], body["refused"]) == (3, 1, 3)
+        assert body["results"][1]["notification"]["notification_id"] == nid
+        assert body["results"][4]["error"] == "conflict"
+        assert await device.wait_for_count(2) == 2
+        unseen = await device.get_unseen()
+        assert [n["data"] for n in unseen] == [{"n": 1}, {"n": 3}]
+    finally:
+        await device.close()
+
+
+def test_notify_batch_limits(server: ServerProcess, notify_token: str) -> None:
+    """An empty batch and a body over the batch size limit are refused whole."""
+    headers = {"Authorization": f"Bearer {notify_token}"}
+    empty = httpx.post(f"{server.url}/notify/batch", json={"notifications": []}, headers=headers)
+    assert empty.status_code == 422
+    many = {"notifications": [{"user_id": user(), "data": 1}] * 1001}
+    too_many = httpx.post(f"{server.url}/notify/batch", json=many, headers=headers)
+    assert too_many.status_code == 422
+    assert too_many.json()["error"] == "invalid_argument"
+    unauthorized = httpx.post(f"{server.url}/notify/batch", json={"notifications": []})
+    assert unauthorized.status_code == 401

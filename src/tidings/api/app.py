@@ -6,6 +6,7 @@ import base64
 import binascii
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote_plus
 
@@ -20,6 +21,8 @@ from tidings.api.schemas import (
     LoggedNotification,
     NotificationLog,
     NotificationOut,
+    NotifyBatchRequest,
+    NotifyBatchResponse,
     NotifyRequest,
     OAuthError,
     Published,
@@ -31,6 +34,7 @@ from tidings.api.schemas import (
 from tidings.api.web import mount_web
 from tidings.auth.base import ServicePrincipal
 from tidings.auth.oauth import InvalidClient, InvalidScope
+from tidings.core.models import NewNotification, NotifyResult, isoformat
 from tidings.errors import (
     Conflict,
     InsufficientScope,
@@ -43,6 +47,12 @@ from tidings.errors import (
 
 if TYPE_CHECKING:
     from tidings.core.tidings import Tidings
+
+_BATCH_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    Conflict: (409, "conflict"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    InvalidArgument: (422, "invalid_argument"),
+}
 
 
 class ApiError(Exception):
@@ -164,6 +174,59 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
         if not result.created:
             response.status_code = 200
         return NotificationOut.of(result.notification)
+
+    @app.post(
+        "/notify/batch",
+        response_model=NotifyBatchResponse,
+        responses={413: {"model": ApiErrorBody}, **error_responses},
+        tags=["notifications"],
+        dependencies=[Depends(require_scope("notify"))],
+    )
+    async def notify_batch(body: NotifyBatchRequest) -> Response:
+        """Persist up to ``TIDINGS_MAX_BATCH_SIZE`` notifications at once and push each user's
+        new count once. Answers 200 once all accepted items are committed, with one result
+        per item in request order; refused items (409, 413, 422) change nothing and do not
+        stop the others."""
+        try:
+            outcomes = await tidings.notify_many(
+                [
+                    NewNotification(item.user_id, item.data, item.notification_id)
+                    for item in body.notifications
+                ]
+            )
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc)) from None
+        results: list[dict[str, Any]] = []
+        created = existing = 0
+        stamps: dict[datetime, str] = {}  # the items created together share their date
+        for outcome in outcomes:
+            if isinstance(outcome, NotifyResult):
+                note = outcome.notification
+                created += outcome.created
+                existing += not outcome.created
+                results.append(
+                    {
+                        "status": 201 if outcome.created else 200,
+                        "notification": {
+                            "notification_id": note.notification_id,
+                            "user_id": note.user_id,
+                            "data": note.data,
+                            "creation_date": stamps.get(note.creation_date)
+                            or stamps.setdefault(note.creation_date, isoformat(note.creation_date)),
+                            "seen_date": note.seen_date and isoformat(note.seen_date),
+                        },
+                    }
+                )
+            else:
+                status, code = _BATCH_ERRORS.get(type(outcome), (422, "invalid_argument"))
+                results.append({"status": status, "error": code, "message": str(outcome)})
+        answer = {
+            "results": results,
+            "created": created,
+            "existing": existing,
+            "refused": len(results) - created - existing,
+        }
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.post(
         "/publish",

@@ -43,6 +43,35 @@ class NotificationOut(BaseModel):
         )
 
 
+class NotifyBatchRequest(BaseModel):
+    """Several notifications in one request (one transaction on SQLite)."""
+
+    notifications: list[NotifyRequest] = Field(
+        min_length=1,
+        max_length=10_000,
+        description="At most `TIDINGS_MAX_BATCH_SIZE` (default 1000) items.",
+    )
+
+
+class BatchItem(BaseModel):
+    """The outcome of one item, at its index in the request."""
+
+    status: int = Field(
+        description="201 created, 200 already sent (same notification_id), 409 notification_id "
+        "used for another, 413 data too large, 422 invalid"
+    )
+    notification: NotificationOut | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+class NotifyBatchResponse(BaseModel):
+    results: list[BatchItem]
+    created: int
+    existing: int
+    refused: int
+
+
 class TokenResponse(BaseModel):
     access_token: str
     token_type: str = "Bearer"

@@ -53,6 +53,15 @@ class UnseenCount:
 
 
 @dataclass(frozen=True, slots=True)
+class NewNotification:
+    """One item of a batch for :meth:`Store.create_notifications`."""
+
+    user_id: str
+    data: Any
+    notification_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NotifyResult:
     """What :meth:`Store.create_notification` did."""
 

@@ -24,6 +24,7 @@ from tidings.core import events
 from tidings.core.models import (
     AckResult,
     MarkSeenResult,
+    NewNotification,
     Notification,
     NotifyResult,
     QueueGap,
@@ -34,6 +35,7 @@ from tidings.core.models import (
 from tidings.errors import (
     BusError,
     ConfigurationError,
+    Conflict,
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
@@ -368,6 +370,52 @@ class Tidings(Lifecycle):
         if result.count is not None:
             await self._publish_count(result.count, result.notification.seq)
         return result
+
+    async def notify_many(
+        self, items: Sequence[NewNotification]
+    ) -> list[NotifyResult | TidingsError]:
+        """Persist a batch of notifications (one transaction on stores that can) and push
+        each user's new count once. Per item, in order: its result, or the error that refused
+        it (:class:`InvalidArgument`, :class:`PayloadTooLarge`, :class:`Conflict`); refused
+        items change nothing, the others are written.
+
+        Raises:
+            InvalidArgument: more than ``max_batch_size`` items.
+            StoreUnavailable: the database is unreachable; nothing was acknowledged.
+        """
+        if len(items) > self.settings.max_batch_size:
+            raise InvalidArgument(f"at most {self.settings.max_batch_size} items per batch")
+        results: list[NotifyResult | TidingsError | None] = []
+        valid: list[NewNotification] = []
+        for item in items:
+            try:
+                _check_identifier("user_id", item.user_id, MAX_USER_ID_LENGTH)
+                if item.notification_id is not None:
+                    _check_identifier(
+                        "notification_id", item.notification_id, protocol.MAX_ID_LENGTH
+                    )
+                self._check_size(item.data)
+            except TidingsError as exc:
+                results.append(exc)
+                continue
+            results.append(None)
+            valid.append(item)
+        if valid:
+            written = iter(await asyncio.shield(self._notify_many(valid)))
+            results = [next(written) if r is None else r for r in results]
+        return [r for r in results if r is not None]
+
+    async def _notify_many(self, items: Sequence[NewNotification]) -> list[NotifyResult | Conflict]:
+        results = await self.store.create_notifications(items)
+        latest: dict[str, tuple[UnseenCount, int]] = {}
+        for result in results:
+            if isinstance(result, NotifyResult) and result.count is not None:
+                user = result.notification.user_id
+                seq = max(result.notification.seq, latest.get(user, (result.count, 0))[1])
+                latest[user] = (result.count, seq)
+        if latest:
+            await asyncio.gather(*(self._publish_count(c, seq) for c, seq in latest.values()))
+        return results
 
     async def unseen(
         self, user_id: str, limit: int = protocol.DEFAULT_UNSEEN_LIMIT

@@ -11,6 +11,7 @@ from tidings.core.models import (
     AckResult,
     Device,
     MarkSeenResult,
+    NewNotification,
     NodeInfo,
     Notification,
     NotifyResult,
@@ -21,6 +22,7 @@ from tidings.core.models import (
     TopicMessage,
     UnseenCount,
 )
+from tidings.errors import Conflict
 
 
 class Store(Lifecycle):
@@ -54,6 +56,38 @@ class Store(Lifecycle):
         """
 
     # Notifications and counts
+
+    async def create_notifications(
+        self, items: Sequence[NewNotification]
+    ) -> list[NotifyResult | Conflict]:
+        """Insert several notifications; per item its result, or the :class:`Conflict` that
+        refused it (the others are still written). A store may do it in one transaction (this
+        default makes one call per item); every created item's ``count`` is its user's count
+        after the whole batch.
+
+        Raises:
+            StoreUnavailable: the database is unreachable (then nothing may have been written
+                by a one-transaction store, and a retry with the same ids is safe).
+        """
+        results: list[NotifyResult | Conflict] = []
+        for item in items:
+            try:
+                results.append(
+                    await self.create_notification(item.user_id, item.data, item.notification_id)
+                )
+            except Conflict as exc:
+                results.append(exc)
+        last = {
+            r.notification.user_id: r.count
+            for r in results
+            if isinstance(r, NotifyResult) and r.created
+        }
+        return [
+            NotifyResult(r.notification, r.created, last[r.notification.user_id])
+            if isinstance(r, NotifyResult) and r.created
+            else r
+            for r in results
+        ]
 
     @abstractmethod
     async def create_notification(

@@ -24,6 +24,7 @@ from tidings.core.models import (
     AckResult,
     Device,
     MarkSeenResult,
+    NewNotification,
     NodeInfo,
     Notification,
     NotifyResult,
@@ -123,6 +124,9 @@ class SqliteStore(Store):
         # FULL: a committed notification survives power loss, not only a process crash.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # 32 MiB of page cache (grown only as used): index inserts into a large table stay in
+        # memory instead of re-reading pages (SQLite's default is 2 MiB).
+        conn.execute("PRAGMA cache_size = -32768")
         return conn
 
     @staticmethod
@@ -270,6 +274,85 @@ class SqliteStore(Store):
                 created=True,
                 count=UnseenCount(user_id, unseen, version),
             )
+
+        return await self._write(run)
+
+    async def create_notifications(
+        self, items: Sequence[NewNotification]
+    ) -> list[NotifyResult | Conflict]:
+        """One transaction for the whole batch: a lookup of the ids already used, one insert
+        per new notification, one count update per user."""
+        now = utcnow()
+        stamp = isoformat(now)
+        prepared = [
+            (
+                item.user_id,
+                item.data,
+                orjson.dumps(item.data).decode(),
+                item.notification_id or new_id(),
+            )
+            for item in items
+        ]
+
+        def run(conn: sqlite3.Connection) -> list[NotifyResult | Conflict]:
+            known: dict[str, Notification] = {}
+            ids = [p[3] for p in prepared]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for row in conn.execute(
+                    "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
+                    f"FROM notifications WHERE notification_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    known[row[0]] = _notification(row)
+            outcomes: list[Notification | NotifyResult | Conflict] = []
+            added: dict[str, int] = {}
+            rows: list[tuple[int, str, str, str, str]] = []
+            # Seqs are handed out here (one writer, inside BEGIN IMMEDIATE) so the inserts can
+            # run as one executemany; AUTOINCREMENT's counter follows the largest one.
+            last = conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence "
+                "WHERE name = 'notifications'), 0), "
+                "coalesce((SELECT max(seq) FROM notifications), 0))"
+            ).fetchone()[0]
+            for user_id, data, encoded, nid in prepared:
+                prior = known.get(nid)
+                if prior is not None:
+                    if prior.user_id != user_id or canonical_json(prior.data) != canonical_json(
+                        data
+                    ):
+                        outcomes.append(
+                            Conflict(f"notification_id {nid!r} is already used by another")
+                        )
+                    else:
+                        outcomes.append(NotifyResult(prior, created=False))
+                    continue
+                last += 1
+                rows.append((last, nid, user_id, encoded, stamp))
+                note = Notification(nid, user_id, data, now, seq=last)
+                known[nid] = note
+                outcomes.append(note)
+                added[user_id] = added.get(user_id, 0) + 1
+            conn.executemany(
+                "INSERT INTO notifications (seq, notification_id, user_id, data, creation_date) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            counts: dict[str, UnseenCount] = {}
+            for user_id, n in added.items():
+                unseen, version = conn.execute(
+                    "INSERT INTO user_counts (user_id, unseen, version) VALUES (?, ?, 1) "
+                    "ON CONFLICT (user_id) DO UPDATE SET unseen = unseen + ?, "
+                    "version = version + 1 RETURNING unseen, version",
+                    (user_id, n, n),
+                ).fetchone()
+                counts[user_id] = UnseenCount(user_id, unseen, version)
+            return [
+                NotifyResult(o, created=True, count=counts[o.user_id])
+                if isinstance(o, Notification)
+                else o
+                for o in outcomes
+            ]
 
         return await self._write(run)
 
