@@ -12,7 +12,9 @@ from urllib.parse import parse_qs, unquote_plus
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from tidings import __version__
 from tidings.api.schemas import (
@@ -175,18 +177,35 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
             response.status_code = 200
         return NotificationOut.of(result.notification)
 
+    batch_schema = NotifyBatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    batch_schema.pop("$defs", None)  # NotifyRequest is in the components already (/notify)
+
     @app.post(
         "/notify/batch",
         response_model=NotifyBatchResponse,
         responses={413: {"model": ApiErrorBody}, **error_responses},
         tags=["notifications"],
         dependencies=[Depends(require_scope("notify"))],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": batch_schema}},
+            }
+        },
     )
-    async def notify_batch(body: NotifyBatchRequest) -> Response:
+    async def notify_batch(request: Request) -> Response:
         """Persist up to ``TIDINGS_MAX_BATCH_SIZE`` notifications at once and push each user's
         new count once. Answers 200 once all accepted items are committed, with one result
         per item in request order; refused items (409, 413, 422) change nothing and do not
         stop the others."""
+        # Parsed and validated in one pass by pydantic's JSON parser: a third of the request's
+        # cost when FastAPI decodes with the standard library and validates afterwards.
+        try:
+            body = NotifyBatchRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
         try:
             outcomes = await tidings.notify_many(
                 [

@@ -54,6 +54,9 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
+_Ready = tuple[Device, Principal, str | None, bool]
+
+
 class _Closed(Exception):
     """The socket ended before the device was authenticated."""
 
@@ -91,7 +94,9 @@ class Gateway:
         self._active += 1
         self._idle.clear()
         try:
-            await self._serve(scope, receive, send)
+            ready = await self._serve(scope, receive, send)
+            if ready is not None:
+                await self._run_device(send, receive, *ready)
         finally:
             self._active -= 1
             if not self._active:
@@ -159,18 +164,22 @@ class Gateway:
             if not self._active:
                 self._idle.set()
 
-    async def _serve(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def _serve(self, scope: Scope, receive: Any, send: Any) -> _Ready | None:
+        """The handshake and authentication: what the device is, or None if it was refused.
+
+        Returning (rather than going on to serve the device from here) lets this frame, with
+        the decoded headers, the token and the query, go: an idle device keeps none of it."""
         if (await receive())["type"] != "websocket.connect":
-            return
+            return None
         tidings = self.tidings
         if not tidings.started:
             await _deny(scope, send, 503, "unavailable", "tidings is not started")
-            return
+            return None
         headers = _headers(scope)
         cookie_auth = tidings.delegate is not None and not headers.get("authorization")
         if not self._origin_allowed(scope, headers, cookies=cookie_auth):
             await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
-            return
+            return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         cookie_cid = _cookie(headers.get("cookie", ""), COOKIE_NAME)
         if cookie_cid is not None and not CONNECTION_ID.match(cookie_cid):
@@ -180,7 +189,7 @@ class Gateway:
         deliver = _first(query, "deliver") in ("1", "true")
         if session_id is not None and not 0 < len(session_id) <= protocol.MAX_ID_LENGTH:
             await _deny(scope, send, 400, "invalid_request", "session_id is too long")
-            return
+            return None
         token = _bearer(headers.get("authorization")) or _first(query, "access_token")
         # Delegated mode: the application decides for devices that bring its credentials
         # (cookies, or an Authorization the application issued); others may still use a JWT.
@@ -202,14 +211,14 @@ class Gateway:
             except (DelegateUnavailable, IssuerUnavailable) as exc:
                 logger.warning("refusing device: %s", exc)
                 await _deny(scope, send, 503, "unavailable", "authentication unavailable, retry")
-                return
+                return None
             except InvalidToken as exc:
                 await _deny(scope, send, 401, "invalid_token", str(exc))
-                return
+                return None
             except StoreError as exc:
                 logger.warning("refusing device: store unavailable: %s", exc)
                 await _deny(scope, send, 503, "unavailable", "storage unavailable, retry later")
-                return
+                return None
             await _accept(scope, send, self._cookie_header(scope, device.connection_id, cookie_cid))
         else:
             # Before authentication only an id we issue (or the cookie the browser already has)
@@ -225,14 +234,17 @@ class Gateway:
                 principal, frame = await self._await_authenticate(receive, send)
                 device = await tidings.store.bind_device(principal.user_id, provisional)
             except _Closed:
-                return
+                return None
             except StoreError:
                 await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
-                return
+                return None
             session_id = frame.session_id or session_id
             deliver = deliver or frame.deliver
 
-        await self._run_device(send, receive, device, principal, session_id, deliver)
+        # The request's headers are not read again: release them for as long as the socket
+        # stays open (about a kilobyte per idle connection).
+        scope["headers"] = []
+        return device, principal, session_id, deliver
 
     async def _run_device(
         self,
@@ -369,7 +381,11 @@ class Gateway:
             )
         )
         done = conn.open()
-        reader: asyncio.Task[None] | None = None
+        # The socket is read right here, not in a task of its own (an idle connection holds
+        # one task, the server's): when something closes the connection, the close frame goes
+        # out at once and the server answers the pending receive() with a disconnect.
+        closing: list[asyncio.Task[None]] = []
+        done.add_done_callback(lambda _: closing.append(asyncio.ensure_future(_close(conn, send))))
         try:
             # Subscribe first, then read: a change committed in between reaches the device as
             # an event, and the version filter drops whichever of the two is older.
@@ -389,34 +405,21 @@ class Gateway:
                     logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
                     conn.close(protocol.CLOSE_TRY_AGAIN_LATER, "storage unavailable")
                 if not conn.closed:
-                    reader = asyncio.create_task(self._read_loop(conn, receive))
-                    await asyncio.wait({reader, done}, return_when=asyncio.FIRST_COMPLETED)
+                    try:
+                        await self._read_loop(conn, receive)
+                    except (OSError, WebSocketDisconnect):
+                        pass  # the client is gone
+                    except Exception:
+                        logger.exception("connection %s failed", conn.connection_id)
+                        conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             tidings.registry.remove(conn)
-            if reader is not None:
-                if not reader.done():
-                    reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([reader])
-                if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                    error = reader.exception()
-                    if not isinstance(error, (OSError, WebSocketDisconnect)):  # client gone
-                        logger.error("connection %s failed", conn.connection_id, exc_info=error)
-                        conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
             conn.abort()  # the client went away (if nothing closed it before)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([done], timeout=2.0)  # a flushing close sends its queue
+                if closing:
+                    await asyncio.wait(closing, timeout=2.5)
             await asyncio.shield(tidings.forget_presence(conn))
-        if conn.close_code is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2.0):
-                    await send(
-                        {
-                            "type": "websocket.close",
-                            "code": conn.close_code,
-                            "reason": conn.close_reason,
-                        }
-                    )
 
     async def _read_loop(self, conn: Connection, receive: Any) -> None:
         while not conn.closed:
@@ -508,6 +511,17 @@ class Gateway:
         except Exception:
             logger.exception("frame %s of %s failed", type(frame).__name__, conn.connection_id)
             conn.push(protocol.error(frame.id, protocol.INTERNAL, "internal error"))
+
+
+async def _close(conn: Connection, send: Any) -> None:
+    """Send the close frame of a connection closed by the node (none if the client left)."""
+    if conn.close_code is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2.0):
+            await send(
+                {"type": "websocket.close", "code": conn.close_code, "reason": conn.close_reason}
+            )
 
 
 def _send_text(text: str) -> Message:

@@ -111,7 +111,9 @@ class Connection:
         self.last_version = -1
         #: reading from the client pauses while more than this many bytes wait to be sent
         self.pause_bytes = pause_bytes
-        self._queue: deque[str] = deque()
+        #: frames waiting to be sent (a deque only while there are some: an empty one costs
+        #: 600 bytes, and most connections never queue)
+        self._queue: deque[str] | None = None
         self._queued_bytes = 0
         #: frames may be written (set by open(); before it they queue)
         self._live = False
@@ -151,16 +153,19 @@ class Connection:
                 return
             if direct(text):
                 return
-        if len(self._queue) >= self.max_queue:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        elif len(queue) >= self.max_queue:
             logger.warning(
                 "closing slow connection %s of user %s: %d frames queued",
                 self.connection_id,
                 self.user_id,
-                len(self._queue),
+                len(queue),
             )
             self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
             return
-        self._queue.append(text)
+        queue.append(text)
         self._queued_bytes += len(text)
         if self._live and self._writer is None:
             self._writer = asyncio.ensure_future(self._write_loop())
@@ -182,18 +187,20 @@ class Connection:
 
     async def _write_loop(self, pending: Any = None, blocker: Any = None) -> None:
         """Finish a send that had to wait (if any), then send what is queued, in order."""
-        queue, send, direct = self._queue, self._send, self._direct
+        send, direct = self._send, self._direct
         try:
             if pending is not None:
                 if inspect.iscoroutine(pending):
                     await _finish(pending, blocker)
                 else:
                     await pending
-            while queue and (not self._closed or self._flush):
+            while (queue := self._queue) and (not self._closed or self._flush):
                 text = queue[0]
                 if direct is None or not direct(text):
                     await send({"type": "websocket.send", "text": text})
                 queue.popleft()
+                if not queue:
+                    self._queue = None
                 self._queued_bytes -= len(text)
                 self._wake()
         except asyncio.CancelledError:
@@ -281,7 +288,8 @@ class Connection:
     async def wait_room(self, frames: int) -> None:
         """Return once ``frames`` more fit in the queue (pacing for backlogs and replays)."""
         while not self._closed and (
-            len(self._queue) + frames > self.max_queue or self._queued_bytes > self.pause_bytes
+            len(self._queue or ()) + frames > self.max_queue
+            or self._queued_bytes > self.pause_bytes
         ):
             await self._wait_space()
 
@@ -323,7 +331,7 @@ class Connection:
         if self.delivery is not None and not self.delivery.done():
             self.delivery.cancel()
         if not flush:
-            self._queue.clear()
+            self._queue = None
             self._queued_bytes = 0
             # A writer blocked on a client that stopped reading would never see the flag.
             if self._writer is not None:

@@ -30,7 +30,6 @@ import hashlib
 import logging
 import struct
 import weakref
-from collections import deque
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -58,14 +57,30 @@ _last_frame = b""
 
 
 class _Flusher:
-    """Writes the frames each socket got during one turn of the event loop, at its end."""
+    """Per event loop: writes the frames each socket got during one turn of the loop, at its
+    end; and pings every open socket from one timer (a timer per socket costs 600 bytes)."""
 
-    __slots__ = ("dirty", "loop", "scheduled")
+    __slots__ = ("dirty", "loop", "open", "pinger", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[WebSocketProtocol] = []
         self.scheduled = False
+        self.open: set[WebSocketProtocol] = set()
+        self.pinger: asyncio.TimerHandle | None = None
+
+    def watch(self, protocol: WebSocketProtocol, interval: float) -> None:
+        self.open.add(protocol)
+        if self.pinger is None:
+            self.pinger = self.loop.call_later(interval, self.ping, interval)
+
+    def unwatch(self, protocol: WebSocketProtocol) -> None:
+        self.open.discard(protocol)
+
+    def ping(self, interval: float) -> None:
+        for protocol in tuple(self.open):
+            protocol._keepalive()
+        self.pinger = self.loop.call_later(interval, self.ping, interval) if self.open else None
 
     def add(self, protocol: WebSocketProtocol) -> None:
         self.dirty.append(protocol)
@@ -129,7 +144,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "_inbox",
         "_key",
         "_pending",
-        "_ping_timer",
         "_pong_due",
         "_read_paused",
         "_receiver",
@@ -174,14 +188,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self._buf = b""
         self._fragments: list[bytes] | None = None
         self._fragment_op = 0
-        # Messages for the application: a deque and a future only while someone waits.
-        self._inbox: deque[dict[str, Any]] = deque()
+        # Messages for the application (a list: an empty deque costs 600 bytes), and a future
+        # only while someone waits.
+        self._inbox: list[dict[str, Any]] = []
         self._receiver: asyncio.Future[None] | None = None
         self._read_paused = False
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_due = False
         #: the HTTP answer being built: None, or [status, headers, body] of a refusal
         self.response: list[Any] | None = None
@@ -363,7 +377,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 await waiter
             finally:
                 self._receiver = None
-        message = inbox.popleft()
+        message = inbox.pop(0)
         if self._read_paused and len(inbox) < RECEIVE_BACKLOG // 2:
             self._read_paused = False
             if self._state != _S_CLOSED:
@@ -511,7 +525,7 @@ class WebSocketProtocol(asyncio.Protocol):
             logger.info('%s - "WebSocket %s" [accepted]', _client(self.scope), _target(self.scope))
         interval = self.config.ws_ping_interval
         if interval:
-            self._ping_timer = self.loop.call_later(interval, self._keepalive)
+            self._flusher.watch(self, interval)
         if self._buf:  # frames the client sent before the accept
             data, self._buf = self._buf, b""
             self.loop.call_soon(self.data_received, data)
@@ -554,10 +568,10 @@ class WebSocketProtocol(asyncio.Protocol):
             transport.close()
 
     def _stop_timers(self) -> None:
-        for timer in (self._ping_timer, self._close_timer):
-            if timer is not None:
-                timer.cancel()
-        self._ping_timer = self._close_timer = None
+        self._flusher.unwatch(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
 
     def _resume_writers(self) -> None:
         waiter = self._writable
@@ -574,7 +588,6 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self._pong_due = True
         self._out(b"\x89\x00")
-        self._ping_timer = self.loop.call_later(self.config.ws_ping_interval, self._keepalive)
 
     # Frames from the client
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import secrets
+import time
 from importlib import resources
 from typing import Any
 
@@ -16,6 +19,40 @@ CONNECTION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 def new_id() -> str:
     """A random, URL-safe, 128-bit id."""
     return secrets.token_urlsafe(16)
+
+
+# base64's URL-safe alphabet, and the same 64 characters in ASCII order
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_SORTED = bytes.maketrans(_B64, bytes(sorted(_B64)))
+
+
+def new_sorted_id() -> str:
+    """A URL-safe, 128-bit id that sorts by creation time: 48 bits of milliseconds, then 80
+    random bits, in a base64 alphabet in ASCII order (22 characters).
+
+    Notification ids are inserted into unique B-tree indexes: random ids dirty a page per row
+    once the index outgrows the cache (measured: a commit of 500 notifications on SQLite cost
+    5 ms with random ids, 1 ms with these), ids in time order append."""
+    global _entropy, _taken
+    if _taken + 10 > len(_entropy):
+        _entropy, _taken = os.urandom(4000), 0  # one system call per 400 ids
+    random = _entropy[_taken : _taken + 10]
+    _taken += 10
+    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    return base64.urlsafe_b64encode(stamp + random)[:22].translate(_SORTED).decode()
+
+
+_entropy = b""
+_taken = 0
+
+
+def _forget_entropy() -> None:
+    """A forked process must not hand out the ids its parent's buffered bytes would make."""
+    global _entropy, _taken
+    _entropy, _taken = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_entropy)
 
 
 def canonical_json(value: Any) -> bytes:

@@ -47,6 +47,7 @@ from tidings.storage._common import (
     canonical_json,
     load_migrations,
     new_id,
+    new_sorted_id,
     split_sql,
 )
 from tidings.storage.base import Store
@@ -146,7 +147,7 @@ class PostgresStore(Store):
     async def create_notification(
         self, user_id: str, data: Any, notification_id: str | None = None
     ) -> NotifyResult:
-        nid = notification_id or new_id()
+        nid = notification_id or new_sorted_id()
         now = utcnow()
         async with self._connection(transaction=True) as conn:
             # One user's notifications commit in seq order: a device queue's cursor must never

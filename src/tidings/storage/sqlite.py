@@ -51,6 +51,7 @@ from tidings.storage._common import (
     canonical_json,
     load_migrations,
     new_id,
+    new_sorted_id,
     split_sql,
 )
 from tidings.storage.base import Store
@@ -240,7 +241,7 @@ class SqliteStore(Store):
         self, user_id: str, data: Any, notification_id: str | None = None
     ) -> NotifyResult:
         encoded = orjson.dumps(data)
-        nid = notification_id or new_id()
+        nid = notification_id or new_sorted_id()
         now = utcnow()
 
         def run(conn: sqlite3.Connection) -> NotifyResult:
@@ -289,7 +290,7 @@ class SqliteStore(Store):
                 item.user_id,
                 item.data,
                 orjson.dumps(item.data).decode(),
-                item.notification_id or new_id(),
+                item.notification_id or new_sorted_id(),
             )
             for item in items
         ]
