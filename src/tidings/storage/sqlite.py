@@ -96,6 +96,8 @@ class SqliteStore(Store):
         self._rconn: sqlite3.Connection | None = None
         self._pending: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._reads: list[_Write] = []
+        self._read_flusher: asyncio.Task[None] | None = None
         self._started = False
 
     # Lifecycle
@@ -157,8 +159,9 @@ class SqliteStore(Store):
         if not self._started:
             return
         self._started = False  # refuse new calls at once; pending writes still finish
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        for flusher in (self._flusher, self._read_flusher):
+            if flusher is not None:
+                await asyncio.shield(flusher)
         loop = asyncio.get_running_loop()
         for executor, conn in {(self._writer, self._wconn), (self._reader, self._rconn)}:
             if conn is not None:
@@ -177,14 +180,45 @@ class SqliteStore(Store):
             raise StoreError("store is not started; call start() or use 'async with'")
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the reading connection, batched with concurrent reads: one hop to
+        the reader thread for all of them (a hop costs more than a point read)."""
         self._check_started()
-        conn = self._rconn
-        assert conn is not None  # narrowed by _check_started
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._reads.append(_Write(fn, future))
+        if self._read_flusher is None or self._read_flusher.done():
+            self._read_flusher = asyncio.create_task(self._flush_reads())
+        return await future
+
+    async def _flush_reads(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._reader, fn, conn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite read failed: {exc}") from exc
+        while self._reads:
+            batch, self._reads = self._reads[:256], self._reads[256:]
+            try:
+                outcomes = await loop.run_in_executor(self._reader, self._run_reads, batch)
+            except Exception as exc:
+                outcomes = [StoreUnavailable(f"sqlite read failed: {exc}")] * len(batch)
+            for read, outcome in zip(batch, outcomes, strict=True):
+                if read.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    read.future.set_exception(outcome)
+                else:
+                    read.future.set_result(outcome)
+
+    def _run_reads(self, batch: list[_Write]) -> list[Any]:
+        conn = self._rconn
+        assert conn is not None
+        outcomes: list[Any] = []
+        for read in batch:
+            try:
+                outcomes.append(read.fn(conn))
+            except sqlite3.Error as exc:
+                failure = StoreUnavailable(f"sqlite read failed: {exc}")
+                failure.__cause__ = exc
+                outcomes.append(failure)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` inside a write transaction, grouped with concurrent writes."""
