@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import free_port, percentile, report, service_token, start_tidings
+from loadgen import Client, open_client, open_many
 
 from tidings.auth.jwt import JwtAuthenticator
 
@@ -33,44 +33,36 @@ async def devices(url: str, users: list[int], ready: Any, done: Any) -> list[tup
     """Two devices per user; returns (user, version, received_at) of every count frame."""
     auth = JwtAuthenticator(SECRET)
     seen: list[tuple] = []
-    sockets = []
-    gate = asyncio.Semaphore(200)
+    owners = [u for u in users for _ in range(2)]
 
-    async def open_device(user: int) -> None:
-        async with gate:
-            ws = await connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {auth.issue(f'user-{user}')}"},
-                compression=None,
-                max_queue=None,
-                open_timeout=60,
-            )
-        sockets.append((user, ws))
+    async def open_device(i: int) -> Client:
+        token = auth.issue(f"user-{owners[i]}")
+        client = await open_client(url, {"Authorization": f"Bearer {token}"})
+        await client.expect(b'{"type":"welcome"')
+        user = owners[i]
 
-    await asyncio.gather(*(open_device(u) for u in users for _ in range(2)))
+        def on_text(_: Client, message: bytes) -> None:
+            if message.startswith(b'{"type":"newNotificationCountChanged"'):
+                version = orjson.loads(message)["version"]
+                if version:
+                    seen.append((user, version, time.time()))
+
+        client.on_text = on_text
+        return client
+
+    sockets, _ = await open_many(len(owners), open_device)
     ready.put(len(sockets))
-
-    async def listen(user: int, ws: Any) -> None:
-        try:
-            async for message in ws:
-                frame = orjson.loads(message)
-                if frame["type"] == "newNotificationCountChanged" and frame["version"]:
-                    seen.append((user, frame["version"], time.time()))
-        except Exception:  # closed at the end
-            return
-
-    async def stop() -> None:
-        while not done.is_set():  # noqa: ASYNC110 - a multiprocessing event
-            await asyncio.sleep(0.2)
-        for _, ws in sockets:
-            await ws.close()
-
-    await asyncio.gather(stop(), *(listen(u, ws) for u, ws in sockets))
+    while not done.is_set():  # noqa: ASYNC110 - a multiprocessing event
+        await asyncio.sleep(0.2)
+    for client in sockets:
+        client.close()
     return seen
 
 
 def device_worker(url: str, users: list[int], ready: Any, done: Any, out: Any) -> None:
-    out.put(asyncio.run(devices(url, users, ready, done)))
+    import uvloop
+
+    out.put(uvloop.run(devices(url, users, ready, done)))
 
 
 async def publish(base: str, token: str, users: int, rate: int, seconds: float) -> dict:
@@ -121,13 +113,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--store", help="store URL (default: a fresh SQLite file)")
+    parser.add_argument("--ws-protocol", default="tidings", help="TIDINGS_WS_PROTOCOL")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tidings-latency-"))
     store = args.store or f"sqlite:///{workdir}/bench.db"
     port = free_port()
     server = start_tidings(
-        {"TIDINGS_STORE": store, "TIDINGS_JWT_SECRET": SECRET}, port, workdir / "server.log"
+        {
+            "TIDINGS_STORE": store,
+            "TIDINGS_JWT_SECRET": SECRET,
+            "TIDINGS_WS_PROTOCOL": args.ws_protocol,
+        },
+        port,
+        workdir / "server.log",
     )
     base = f"http://127.0.0.1:{port}"
     try:
