@@ -9,8 +9,10 @@ Every server is driven by the same harness: picows WebSocket clients (the socket
 spoken directly, no client library), spread over several processes, and one publisher sending
 ``POST /publish`` requests with up to ``--inflight`` in flight. tidings persists every message
 (SQLite) before answering; the peers keep nothing. ``--slow N`` adds N subscribers that stop
-reading once subscribed: the others' rate shows whether they stall anyone, and the table says
-how each slow one ended (tidings closes it with 1013 once its queue is full).
+reading once subscribed and read again once the others are done: the others' rate shows whether
+they stall anyone, and the table says what the slow ones got and how they ended (tidings closes
+one with 1013 once its queue of 1,024 frames is full; ``--pad`` makes messages big enough for
+that to happen before the kernel's socket buffers absorb everything).
 """
 
 from __future__ import annotations
@@ -124,10 +126,32 @@ async def subscribe_and_listen(
     if sockets:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished, 180)
+    # The slow ones read again: each either gets everything, or (tidings) the close 1013 it
+    # was sent when its queue overflowed, after what was queued before.
+    slow_got = 0
+
+    def count_slow(client: Client, message: bytes) -> None:
+        nonlocal slow_got
+        if payload_of(message) is not None:
+            slow_got += 1
+
+    for client in laggards:
+        client.on_text = count_slow
+        client.resume()
+    deadline = time.monotonic() + 20
+    while laggards and time.monotonic() < deadline and slow_got < expected * len(laggards):
+        if all(c.closed.done() for c in laggards):
+            break
+        await asyncio.sleep(0.1)
     slow_codes = [c.close_code for c in laggards]
     for client in (*sockets, *laggards):
         client.close()
-    return {"latencies": latencies, "last": last, "slow_codes": slow_codes}
+    return {
+        "latencies": latencies,
+        "last": last,
+        "slow_codes": slow_codes,
+        "slow_received": slow_got,
+    }
 
 
 def worker(
@@ -180,7 +204,9 @@ def start_server(
     return proc, f"ws://127.0.0.1:{port}{path}", f"http://127.0.0.1:{port}/publish", {}
 
 
-async def publish_all(url: str, headers: dict[str, str], messages: int, inflight: int) -> float:
+async def publish_all(
+    url: str, headers: dict[str, str], messages: int, inflight: int, pad: int = 0
+) -> float:
     """Back-to-back publishes with up to ``inflight`` in flight (aiohttp: httpx was the
     bottleneck near 360 requests/s)."""
     import aiohttp
@@ -190,7 +216,8 @@ async def publish_all(url: str, headers: dict[str, str], messages: int, inflight
 
         async def one(i: int) -> None:
             async with gate:
-                body = orjson.dumps({"topic": TOPIC, "data": {"t": time.time(), "i": i}})
+                data = {"t": time.time(), "i": i, **({"pad": "x" * pad} if pad else {})}
+                body = orjson.dumps({"topic": TOPIC, "data": data})
                 async with http.post(
                     url, data=body, headers={**headers, "Content-Type": "application/json"}
                 ) as response:
@@ -203,7 +230,13 @@ async def publish_all(url: str, headers: dict[str, str], messages: int, inflight
 
 
 def run(
-    kind: str, subscribers: int, messages: int, workers: int, inflight: int, slow: int
+    kind: str,
+    subscribers: int,
+    messages: int,
+    workers: int,
+    inflight: int,
+    slow: int,
+    pad: int = 0,
 ) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"fanout-{kind}-"))
     proc, sub_url, pub_url, headers = start_server(kind, workdir)
@@ -220,7 +253,7 @@ def run(
             p.start()
         connected = sum(ready.get(timeout=300) for _ in procs)
         time.sleep(0.5)
-        started = asyncio.run(publish_all(pub_url, headers, messages, inflight))
+        started = asyncio.run(publish_all(pub_url, headers, messages, inflight, pad))
         results = [out.get(timeout=300) for _ in procs]
         for p in procs:
             p.join()
@@ -232,6 +265,7 @@ def run(
     expected = connected * messages
     elapsed = last - started if latencies else float("nan")
     codes = [c for r in results for c in r["slow_codes"]]
+    slow_received = sum(r["slow_received"] for r in results)
 
     def pct(p: float) -> float | None:
         value = percentile(latencies, p)
@@ -248,6 +282,7 @@ def run(
         "latency_p50_ms": pct(0.5),
         "latency_p99_ms": pct(0.99),
         "slow": len(codes),
+        "slow_received": f"{slow_received}/{len(codes) * messages}" if codes else "-",
         "slow_closed": ",".join(sorted({str(c) for c in codes if c is not None})) or "-",
     }
 
@@ -259,10 +294,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--inflight", type=int, default=4)
     parser.add_argument("--slow", type=int, default=0, help="subscribers that stop reading")
+    parser.add_argument("--pad", type=int, default=0, help="bytes of padding per message")
     parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args()
     rows = [
-        run(kind, args.subscribers, args.messages, args.workers, args.inflight, args.slow)
+        run(
+            kind,
+            args.subscribers,
+            args.messages,
+            args.workers,
+            args.inflight,
+            args.slow,
+            args.pad,
+        )
         for kind in args.servers.split(",")
     ]
     base = {r["server"]: r["delivered_per_second"] for r in rows}

@@ -74,6 +74,10 @@ class Client(WSListener):  # type: ignore[misc]
         assert self.transport is not None
         self.transport.underlying_transport.pause_reading()
 
+    def resume(self) -> None:
+        assert self.transport is not None
+        self.transport.underlying_transport.resume_reading()
+
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_disconnected:
             self.transport.send_close()
