@@ -8,7 +8,7 @@ import logging
 import re
 from typing import Any
 
-from tidings.api.app import create_api
+from tidings.api.app import create_api, fast_notify
 from tidings.config import Settings
 from tidings.core.tidings import Tidings
 
@@ -16,6 +16,7 @@ logger = logging.getLogger("tidings")
 
 WS_PATH = "/ws"
 BATCH_PATH = "/notify/batch"
+NOTIFY_PATH = "/notify"
 
 
 class TidingsApp:
@@ -40,7 +41,13 @@ class TidingsApp:
             if self._declared_too_large(scope, limit):
                 await _too_large(send, limit)
                 return
-            await self._limited(scope, receive, send, limit)
+            body = await self._read_limited(receive, send, limit)
+            if body is None:
+                return
+            if scope["method"] == "POST" and _local_path(scope) == NOTIFY_PATH:
+                await fast_notify(self.tidings, scope, body, send)  # the hot path, no framework
+                return
+            await self._replay(scope, body, receive, send)
             return
         await self.api(scope, receive, send)
 
@@ -53,31 +60,34 @@ class TidingsApp:
                     return True
         return False
 
-    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
-        """Read the body first, counting bytes as they arrive (a chunked body declares no
-        length): past ``max_body`` the request is answered 413 without reading the rest; else
-        the API gets the buffered body (at most ``max_body`` bytes are ever held)."""
+    async def _read_limited(self, receive: Any, send: Any, limit: int) -> bytes | None:
+        """Read the body, counting bytes as they arrive (a chunked body declares no length):
+        past ``limit`` the request is answered 413 without reading the rest (None); else the
+        body (at most ``limit`` bytes are ever held). None too if the client went away."""
         chunks: list[bytes] = []
         received = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return  # the client went away
+                return None  # the client went away
             body = message.get("body", b"")
             received += len(body)
             if received > limit:
                 await _too_large(send, limit)
-                return
+                return None
             chunks.append(body)
             if not message.get("more_body", False):
-                break
+                return b"".join(chunks)
+
+    async def _replay(self, scope: dict[str, Any], body: bytes, receive: Any, send: Any) -> None:
+        """Hand the request, with the body already read, to the API."""
         replayed = False
 
         async def replay() -> dict[str, Any]:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             message: dict[str, Any] = await receive()
             return message
 
