@@ -47,6 +47,17 @@ def start_tidings(env: dict[str, str], port: int, log: Path) -> subprocess.Popen
     raise RuntimeError("tidings did not start")
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the server has not exited after 10 s (a peer draining 20,000
+    connections may take longer, and its figures are already taken)."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),

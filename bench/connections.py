@@ -2,8 +2,9 @@
 server's memory per connection and its connect rate.
 
     bash bench/setup.sh                               # once: the picows load generator
-    python bench/connections.py --connections 19900
-    python bench/connections.py --connections 19900 --ws-protocol websockets-sansio
+    python bench/connections.py --connections 19800
+    python bench/connections.py --connections 19800 --ws-protocol websockets-sansio
+    python bench/connections.py --connections 19800 --server node-socketio   # or a peer
 
 Memory is the growth of the server's resident set from a warm baseline (100 connections) to N,
 divided by the added connections. The connect rate is N over the time from the first to the last
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, report, start_tidings
+from common import free_port, report, start_tidings, stop
+from fanout import PROTOCOLS
+from fanout import start_server as start_peer
 from loadgen import open_client, open_many
 
 from tidings.auth.jwt import JwtAuthenticator
@@ -45,11 +48,15 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def hold(url: str, first: int, count: int, ready: Any, done: Any) -> tuple[float, float, int]:
+async def hold(
+    kind: str, url: str, first: int, count: int, ready: Any, done: Any
+) -> tuple[float, float, int]:
     auth = JwtAuthenticator(SECRET)
     tokens = [auth.issue(f"idle-{i}") for i in range(first, first + count)]
 
     async def one(i: int) -> Any:
+        if kind != "tidings":  # a peer: its own handshake (socket.io joins a room), no JWT
+            return await PROTOCOLS[kind][0](url, first + i)
         client = await open_client(url, {"Authorization": f"Bearer {tokens[i]}"})
         await client.expect(b'{"type":"welcome"', timeout=120)
         return client
@@ -66,13 +73,15 @@ async def hold(url: str, first: int, count: int, ready: Any, done: Any) -> tuple
     return started, finished, failures
 
 
-def worker(url: str, first: int, count: int, ready: Any, done: Any, out: Any) -> None:
+def worker(kind: str, url: str, first: int, count: int, ready: Any, done: Any, out: Any) -> None:
     import uvloop
 
-    out.put(uvloop.run(hold(url, first, count, ready, done)))
+    out.put(uvloop.run(hold(kind, url, first, count, ready, done)))
 
 
-def run_clients(url: str, first: int, total: int, workers: int) -> tuple[Any, int, list[Any], Any]:
+def run_clients(
+    kind: str, url: str, first: int, total: int, workers: int
+) -> tuple[Any, int, list[Any], Any]:
     """Start client processes; returns once all hold their sockets: (done, held, procs, out)."""
     ready: Any = multiprocessing.Queue()
     out: Any = multiprocessing.Queue()
@@ -80,7 +89,7 @@ def run_clients(url: str, first: int, total: int, workers: int) -> tuple[Any, in
     share = total // workers
     procs = [
         multiprocessing.Process(
-            target=worker, args=(url, first + i * share, share, ready, done, out)
+            target=worker, args=(kind, url, first + i * share, share, ready, done, out)
         )
         for i in range(workers)
     ]
@@ -92,31 +101,38 @@ def run_clients(url: str, first: int, total: int, workers: int) -> tuple[Any, in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=19900)
+    parser.add_argument("--connections", type=int, default=19800)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ws-protocol", default="tidings", help="TIDINGS_WS_PROTOCOL")
+    parser.add_argument(
+        "--server", default="tidings", choices=["tidings", *PROTOCOLS.keys() - {"tidings"}]
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tidings-conns-"))
-    port = free_port()
-    server = start_tidings(
-        {
-            "TIDINGS_STORE": f"sqlite:///{workdir}/bench.db",
-            "TIDINGS_JWT_SECRET": SECRET,
-            "TIDINGS_MAX_CONNECTS_PER_SECOND": "1000000",
-            "TIDINGS_MAX_CONNECTIONS": "1000000",
-            "TIDINGS_WS_PROTOCOL": args.ws_protocol,
-        },
-        port,
-        workdir / "server.log",
-    )
-    url = f"ws://127.0.0.1:{port}/ws"
+    if args.server == "tidings":
+        port = free_port()
+        server = start_tidings(
+            {
+                "TIDINGS_STORE": f"sqlite:///{workdir}/bench.db",
+                "TIDINGS_JWT_SECRET": SECRET,
+                "TIDINGS_MAX_CONNECTS_PER_SECOND": "1000000",
+                "TIDINGS_MAX_CONNECTIONS": "1000000",
+                "TIDINGS_WS_PROTOCOL": args.ws_protocol,
+            },
+            port,
+            workdir / "server.log",
+        )
+        url = f"ws://127.0.0.1:{port}/ws"
+    else:
+        server, url, _, _ = start_peer(args.server, workdir)
+    kind = args.server
     try:
-        warm_done, _, warm_procs, warm_out = run_clients(url, 0, 100, 1)
+        warm_done, _, warm_procs, warm_out = run_clients(kind, url, 0, 100, 1)
         time.sleep(1.0)
         baseline = rss_kib(server.pid)
         cpu_before = cpu_seconds(server.pid)
-        done, held, procs, out = run_clients(url, 100, args.connections, args.workers)
+        done, held, procs, out = run_clients(kind, url, 100, args.connections, args.workers)
         cpu_spent = cpu_seconds(server.pid) - cpu_before
         time.sleep(2.0)
         loaded = rss_kib(server.pid)
@@ -127,13 +143,13 @@ def main() -> None:
         for proc in [*procs, *warm_procs]:
             proc.join()
     finally:
-        server.terminate()
-        server.wait(10)
+        stop(server)
     started = min(s for s, _, _ in spans)
     finished = max(f for _, f, _ in spans)
     result = {
         "scenario": "idle_connections",
-        "ws_protocol": args.ws_protocol,
+        "server": kind,
+        "ws_protocol": args.ws_protocol if kind == "tidings" else "-",
         "connections": held,
         "failed": sum(f for _, _, f in spans),
         "server_rss_baseline_mib": round(baseline / 1024, 1),

@@ -33,7 +33,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).parent))
 import contextlib
 
-from common import free_port, percentile, save, service_token, start_tidings
+from common import free_port, percentile, save, service_token, start_tidings, stop
 from loadgen import Client, open_client, open_many
 
 from tidings.auth.jwt import JwtAuthenticator
@@ -258,8 +258,7 @@ def run(
         for p in procs:
             p.join()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
     latencies = sorted(x for r in results for x in r["latencies"])
     last = max(r["last"] for r in results)
     expected = connected * messages
