@@ -4,6 +4,7 @@ notification per request and in batches (``POST /notify/batch``).
     bash bench/setup.sh                      # once: aiohttp for the load generator
     python bench/ingest.py --seconds 10
     python bench/ingest.py --seconds 10 --batch 500
+    python bench/ingest.py --seconds 10 --k6          # single requests from k6 (Go) instead
 
 The load comes from ``--workers`` processes, each keeping ``--concurrency`` requests in flight
 over keep-alive connections for ``--seconds``; every answer is checked (201, or 200 with every
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +27,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, report, service_token, start_tidings
+from common import free_port, report, service_token, start_tidings, stop
 
 
 async def load(url: str, token: str, batch: int, seconds: float, concurrency: int) -> list[int]:
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight each")
     parser.add_argument("--store", default=None, help="store URL (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--k6", action="store_true", help="single requests from k6 (bench/setup.sh installs it)"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tidings-ingest-"))
@@ -97,29 +102,68 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         token = service_token(store, base, "notify")
-        out: Any = multiprocessing.Queue()
-        procs = [
-            multiprocessing.Process(
-                target=worker, args=(base, token, args.batch, args.seconds, args.concurrency, out)
-            )
-            for _ in range(args.workers)
-        ]
-        started = time.monotonic()
-        for proc in procs:
-            proc.start()
-        totals = [out.get(timeout=args.seconds + 120) for _ in procs]
-        elapsed = time.monotonic() - started
-        for proc in procs:
-            proc.join()
+        if args.k6:
+            totals = [run_k6(base, token, args.seconds, args.workers * args.concurrency)]
+            elapsed = args.seconds
+        else:
+            totals, elapsed = run_python(base, token, args)
     finally:
-        server.terminate()
-        server.wait(10)
+        stop(server)
+    report_result(args, store, totals, elapsed)
+
+
+def run_k6(base: str, token: str, seconds: float, users: int) -> list[int]:
+    """[acknowledged, failed] from k6's summary."""
+    summary = Path(tempfile.mkdtemp(prefix="tidings-k6-")) / "summary.json"
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "k6"),
+            "run",
+            "--quiet",
+            "--vus",
+            str(users),
+            "--duration",
+            f"{seconds}s",
+            "--summary-export",
+            str(summary),
+            "-e",
+            f"URL={base}",
+            "-e",
+            f"TOKEN={token}",
+            str(Path(__file__).parent / "ingest_k6.js"),
+        ],
+        check=True,
+    )
+    checks = orjson.loads(summary.read_bytes())["root_group"]["checks"]["created"]
+    return [int(checks["passes"]), int(checks["fails"])]
+
+
+def run_python(base: str, token: str, args: Any) -> tuple[list[list[int]], float]:
+    """[acknowledged, failed] of each aiohttp worker process, and the seconds they took."""
+    out: Any = multiprocessing.Queue()
+    procs = [
+        multiprocessing.Process(
+            target=worker, args=(base, token, args.batch, args.seconds, args.concurrency, out)
+        )
+        for _ in range(args.workers)
+    ]
+    started = time.monotonic()
+    for proc in procs:
+        proc.start()
+    totals = [out.get(timeout=args.seconds + 120) for _ in procs]
+    elapsed = time.monotonic() - started
+    for proc in procs:
+        proc.join()
+    return totals, elapsed
+
+
+def report_result(args: Any, store: str, totals: list[list[int]], elapsed: float) -> None:
     acknowledged = sum(t[0] for t in totals)
     stored = asyncio.run(count_stored(store))
     requests = acknowledged // max(1, args.batch) if args.batch else acknowledged
     result = {
         "scenario": "ingest",
-        "mode": f"batch of {args.batch}" if args.batch else "single",
+        "mode": f"batch of {args.batch}" if args.batch else "single" + (" (k6)" if args.k6 else ""),
         "store": store.split(":")[0],
         "seconds": round(elapsed, 1),
         "requests_per_second": round(requests / elapsed),
