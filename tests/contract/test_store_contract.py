@@ -444,3 +444,20 @@ async def test_batch_creates_idempotently_and_reports_conflicts(store: Store) ->
     assert [n.data for n in unseen] == [{"a": 1}, {"n": 1}, {"n": 3}]
     seqs = [n.seq for n in unseen]
     assert seqs == sorted(seqs)
+
+
+async def test_attach_registers_the_socket_and_returns_count_and_topics(store: Store) -> None:
+    """attach() registers the socket (as add_presence), and returns the user's count and the
+    session's topics in order; another session's topics are not included."""
+    await store.create_notification("u1", {"n": 1})
+    await store.create_notification("u1", {"n": 2})
+    await store.subscribe_session("u1", "tab-1", ["pet", "news"])
+    await store.subscribe_session("u1", "tab-2", ["other"])
+    socket = Presence("sock-1", "dev-1", "u1", "tab-1", "node-a", utcnow())
+    count, topics = await store.attach(socket)
+    assert (count.count, count.version) == (2, 2)
+    assert topics == ["news", "pet"]
+    assert [p.socket_id for p in await store.presence(user_id="u1")] == ["sock-1"]
+    fresh = Presence("sock-2", "dev-2", "nobody", "s", "node-a", utcnow())
+    count, topics = await store.attach(fresh)
+    assert (count.count, count.version, topics) == (0, 0, [])

@@ -12,14 +12,15 @@ Why not PyJWT's ``PyJWKClient``: it is synchronous; this fetches with httpx on t
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from typing import Any
 
 import httpx
+import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from joserfc.jws import extract_compact
 
 from tidings.errors import InvalidToken, IssuerUnavailable
 
@@ -27,15 +28,25 @@ logger = logging.getLogger("tidings.auth")
 
 
 def token_header(token: str) -> dict[str, Any]:
-    """The unverified protected header of a compact JWS.
+    """The unverified protected header of a compact JWS (only to choose the key and the
+    algorithm; the signature is checked afterwards by joserfc).
+
+    Decoded here rather than with joserfc's compact parser, which also splits and decodes the
+    payload and signature and reads the JSON with the standard library: on every connect and
+    every service request that was 5 % of the node's time.
 
     Raises:
         InvalidToken: not a compact JWS.
     """
+    segment, _, rest = token.partition(".")
     try:
-        header: dict[str, Any] = extract_compact(token.encode()).protected
-    except (JoseError, ValueError, TypeError, UnicodeError):
+        if not rest or rest.count(".") != 1:
+            raise ValueError("not three segments")
+        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError, UnicodeError, orjson.JSONDecodeError):
         raise InvalidToken("token is not a signed JWT") from None
+    if not isinstance(header, dict):
+        raise InvalidToken("token is not a signed JWT")
     return header
 
 

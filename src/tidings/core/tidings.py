@@ -248,13 +248,6 @@ class Tidings(Lifecycle):
             except TidingsError as exc:
                 logger.warning("cluster heartbeat failed: %s", exc)
 
-    async def register_presence(self, conn: Connection) -> None:
-        """Add a socket to the cluster's registry (failures are logged, never raised)."""
-        try:
-            await self.store.add_presence([conn.presence(self.node_id)])
-        except TidingsError as exc:
-            logger.warning("registry add of %s failed: %s", conn.connection_id, exc)
-
     async def forget_presence(self, conn: Connection) -> None:
         try:
             await self.store.remove_presence(conn.socket_id)
@@ -655,9 +648,13 @@ class Tidings(Lifecycle):
             if c.session_id == conn.session_id
         ]
 
-    async def reactivate_session(self, conn: Connection) -> list[str]:
-        """Subscribe a (re)connecting socket to its session's topics, still allowed ones only."""
-        topics = await self.store.session_topics(conn.user_id, conn.session_id)
+    async def reactivate_session(
+        self, conn: Connection, topics: Sequence[str] | None = None
+    ) -> list[str]:
+        """Subscribe a (re)connecting socket to its session's topics (read from the store
+        unless given), still allowed ones only."""
+        if topics is None:
+            topics = await self.store.session_topics(conn.user_id, conn.session_id)
         refused = set(await self.topic_policy.refused(conn.user_id, conn.claims, topics))
         allowed = [t for t in topics if t not in refused]
         await self.registry.join_topics(conn, allowed)

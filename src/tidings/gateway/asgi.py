@@ -393,11 +393,12 @@ class Gateway:
             if not tidings.started:  # the node began shutting down during the handshake
                 conn.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
             else:
-                await tidings.register_presence(conn)
                 try:
-                    count = await tidings.store.count(conn.user_id)
+                    # One store call: register the socket, read the count and the session's
+                    # topics (a connect storm's cost is mostly store round trips).
+                    count, topics = await tidings.store.attach(conn.presence(tidings.node_id))
                     conn.push_count(count.count, count.version)
-                    await tidings.reactivate_session(conn)
+                    await tidings.reactivate_session(conn, topics)
                     if conn.deliver:
                         await tidings.open_queue(conn)
                 except StoreError as exc:

@@ -257,6 +257,14 @@ class Store(Lifecycle):
     async def add_presence(self, presences: Sequence[Presence]) -> None:
         """Register open sockets (re-registering one is harmless)."""
 
+    async def attach(self, presence: Presence) -> tuple[UnseenCount, list[str]]:
+        """A socket opens: register it (as :meth:`add_presence`), and return its user's count
+        and its session's topics, marked active (as :meth:`count` and :meth:`session_topics`).
+        Stores do it in one round trip; this default makes three."""
+        await self.add_presence([presence])
+        count = await self.count(presence.user_id)
+        return count, await self.session_topics(presence.user_id, presence.session_id)
+
     @abstractmethod
     async def remove_presence(self, socket_id: str) -> None:
         """Forget a closed socket."""
