@@ -416,15 +416,19 @@ class WebSocketProtocol(asyncio.Protocol):
             n = len(payload)
             frame = bytes((0x81, n)) + payload if n < 126 else frame_header(OP_TEXT, n) + payload
             _last_text, _last_frame = text, frame
+        self._later(frame)
+        return True
+
+    def _later(self, data: bytes) -> None:
+        """Write at the end of this turn of the loop, with whatever else this socket gets."""
         pending = self._pending
         if pending is None:
-            self._pending = [frame]
+            self._pending = [data]
             self._flusher.add(self)
         else:
-            pending.append(frame)
+            pending.append(data)
             if len(pending) > 64:
                 self._flush()
-        return True
 
     def _flush(self) -> None:
         pending = self._pending
@@ -519,7 +523,7 @@ class WebSocketProtocol(asyncio.Protocol):
         out.append(b"\r\n")
         self._key = b""
         self._state = _S_OPEN
-        self._out(b"".join(out))
+        self._later(b"".join(out))  # goes out with the first frames, in one write
         if self.config.access_log and logger.isEnabledFor(logging.INFO):
             assert self.scope is not None
             logger.info('%s - "WebSocket %s" [accepted]', _client(self.scope), _target(self.scope))
