@@ -3,6 +3,7 @@
 the moment the new count arrives on both devices of the user, and anything lost.
 
     python bench/notify_latency.py --users 2000 --rate 1000 --seconds 10 [--store URL]
+    python bench/notify_latency.py --users 2000 --rate 1000 --seconds 10 --server node-socketio
 
 The load is open-loop: requests are sent on schedule whether or not earlier ones finished.
 """
@@ -21,7 +22,8 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, percentile, report, service_token, start_tidings
+from common import free_port, percentile, report, service_token, start_tidings, stop
+from fanout import start_server as start_peer
 from loadgen import Client, open_client, open_many
 
 from tidings.auth.jwt import JwtAuthenticator
@@ -29,23 +31,36 @@ from tidings.auth.jwt import JwtAuthenticator
 SECRET = "bench-secret-" + "z" * 40
 
 
-async def devices(url: str, users: list[int], ready: Any, done: Any) -> list[tuple]:
-    """Two devices per user; returns (user, version, received_at) of every count frame."""
+async def devices(kind: str, url: str, users: list[int], ready: Any, done: Any) -> list[tuple]:
+    """Two devices per user; returns (user, version, received_at) of every count frame (for a
+    peer: of every message to the user's room, whose data carries the version)."""
     auth = JwtAuthenticator(SECRET)
     seen: list[tuple] = []
     owners = [u for u in users for _ in range(2)]
 
     async def open_device(i: int) -> Client:
-        token = auth.issue(f"user-{owners[i]}")
-        client = await open_client(url, {"Authorization": f"Bearer {token}"})
-        await client.expect(b'{"type":"welcome"')
         user = owners[i]
+        if kind == "tidings":
+            token = auth.issue(f"user-{user}")
+            client = await open_client(url, {"Authorization": f"Bearer {token}"})
+            await client.expect(b'{"type":"welcome"')
+        else:  # a socket.io peer: the device joins its user's room
+            client = await open_client(url)
+            await client.expect(b"0")
+            client.send("40")
+            await client.expect(b"40")
+            client.send(f'42["join","user-{user}"]')
+            await client.expect(b'42["joined"')
 
         def on_text(_: Client, message: bytes) -> None:
             if message.startswith(b'{"type":"newNotificationCountChanged"'):
                 version = orjson.loads(message)["version"]
-                if version:
-                    seen.append((user, version, time.time()))
+            elif message.startswith(b'42["msg"'):
+                version = orjson.loads(message[2:])[1]["v"]
+            else:
+                return
+            if version:
+                seen.append((user, version, time.time()))
 
         client.on_text = on_text
         return client
@@ -59,14 +74,15 @@ async def devices(url: str, users: list[int], ready: Any, done: Any) -> list[tup
     return seen
 
 
-def device_worker(url: str, users: list[int], ready: Any, done: Any, out: Any) -> None:
+def device_worker(kind: str, url: str, users: list[int], ready: Any, done: Any, out: Any) -> None:
     import uvloop
 
-    out.put(uvloop.run(devices(url, users, ready, done)))
+    out.put(uvloop.run(devices(kind, url, users, ready, done)))
 
 
-async def publish(base: str, token: str, users: int, rate: int, seconds: float) -> dict:
-    """Open-loop notifies; returns {user: [send times in order]} and errors.
+async def publish(kind: str, base: str, token: str, users: int, rate: int, seconds: float) -> dict:
+    """Open-loop notifies; returns {user: [send times in order]} and errors. A peer gets
+    ``POST /publish`` to the user's room instead, with the version in the data.
 
     aiohttp, not httpx, as the load generator: httpx topped out near 360 requests/s here, far
     below what the server takes (wrk measured 3,600/s on the same endpoint)."""
@@ -82,15 +98,22 @@ async def publish(base: str, token: str, users: int, rate: int, seconds: float) 
 
         async def one(user: int) -> None:
             nonlocal errors
-            sent.setdefault(user, []).append(time.time())
+            times = sent.setdefault(user, [])
+            times.append(time.time())
+            if kind == "tidings":
+                path, ok = "/notify", 201
+                body = {"user_id": f"user-{user}", "data": {"n": 1}}
+            else:
+                path, ok = "/publish", 202
+                body = {"topic": f"user-{user}", "data": {"v": len(times)}}
             try:
                 async with http.post(
-                    f"{base}/notify",
-                    data=orjson.dumps({"user_id": f"user-{user}", "data": {"n": 1}}),
+                    f"{base}{path}",
+                    data=orjson.dumps(body),
                     headers={**headers, "Content-Type": "application/json"},
                 ) as response:
                     await response.read()
-                    if response.status != 201:
+                    if response.status != ok:
                         errors += 1
             except aiohttp.ClientError:
                 errors += 1
@@ -114,23 +137,35 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--store", help="store URL (default: a fresh SQLite file)")
     parser.add_argument("--ws-protocol", default="tidings", help="TIDINGS_WS_PROTOCOL")
+    parser.add_argument(
+        "--server",
+        default="tidings",
+        choices=["tidings", "python-socketio", "node-socketio"],
+        help="a peer keeps nothing: each notify is a message to the user's room",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tidings-latency-"))
     store = args.store or f"sqlite:///{workdir}/bench.db"
-    port = free_port()
-    server = start_tidings(
-        {
-            "TIDINGS_STORE": store,
-            "TIDINGS_JWT_SECRET": SECRET,
-            "TIDINGS_WS_PROTOCOL": args.ws_protocol,
-        },
-        port,
-        workdir / "server.log",
-    )
-    base = f"http://127.0.0.1:{port}"
+    kind = args.server
+    if kind == "tidings":
+        port = free_port()
+        server = start_tidings(
+            {
+                "TIDINGS_STORE": store,
+                "TIDINGS_JWT_SECRET": SECRET,
+                "TIDINGS_WS_PROTOCOL": args.ws_protocol,
+            },
+            port,
+            workdir / "server.log",
+        )
+        base = f"http://127.0.0.1:{port}"
+        ws_url = f"ws://127.0.0.1:{port}/ws"
+    else:
+        server, ws_url, publish_url, _ = start_peer(kind, workdir)
+        base = publish_url.removesuffix("/publish")
     try:
-        token = service_token(store, base, "notify")
+        token = service_token(store, base, "notify") if kind == "tidings" else ""
         ready: Any = multiprocessing.Queue()
         out: Any = multiprocessing.Queue()
         done = multiprocessing.Event()
@@ -138,7 +173,7 @@ def main() -> None:
         procs = [
             multiprocessing.Process(
                 target=device_worker,
-                args=(f"ws://127.0.0.1:{port}/ws", users[i :: args.workers], ready, done, out),
+                args=(kind, ws_url, users[i :: args.workers], ready, done, out),
             )
             for i in range(args.workers)
         ]
@@ -146,15 +181,14 @@ def main() -> None:
             proc.start()
         connected = sum(ready.get(timeout=300) for _ in procs)
         time.sleep(1.0)
-        published = asyncio.run(publish(base, token, args.users, args.rate, args.seconds))
+        published = asyncio.run(publish(kind, base, token, args.users, args.rate, args.seconds))
         time.sleep(3.0)  # the last counts arrive
         done.set()
         seen = [row for _ in procs for row in out.get(timeout=60)]
         for proc in procs:
             proc.join()
     finally:
-        server.terminate()
-        server.wait(10)
+        stop(server)
 
     sent: dict[int, list[float]] = published["sent"]
     latencies = []
@@ -171,7 +205,8 @@ def main() -> None:
 
     result = {
         "scenario": "notify_latency",
-        "store": store.split(":", 1)[0],
+        "server": kind,
+        "store": store.split(":", 1)[0] if kind == "tidings" else "none",
         "users": args.users,
         "devices": connected,
         "rate_per_second": args.rate,
