@@ -429,10 +429,12 @@ class Tidings(Lifecycle):
 
     def _check_size(self, data: Any) -> None:
         try:
-            size = len(orjson.dumps(data))
+            encoded = orjson.dumps(data)
         except TypeError as exc:
             raise InvalidArgument(f"data is not JSON-serialisable: {exc}") from None
-        if not _finite(data):
+        size = len(encoded)
+        # orjson writes NaN and Infinity as null: only data with a null can hold one.
+        if b"null" in encoded and not _finite(data):
             # JSON has no NaN or Infinity; stored, they would silently come back as null.
             raise InvalidArgument("data contains NaN or Infinity, which JSON cannot carry")
         if size > self.settings.max_notification_size:

@@ -373,15 +373,17 @@ class SqliteStore(Store):
                 "VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            counts: dict[str, UnseenCount] = {}
-            for user_id, n in added.items():
-                unseen, version = conn.execute(
-                    "INSERT INTO user_counts (user_id, unseen, version) VALUES (?, ?, 1) "
-                    "ON CONFLICT (user_id) DO UPDATE SET unseen = unseen + ?, "
-                    "version = version + 1 RETURNING unseen, version",
-                    (user_id, n, n),
-                ).fetchone()
-                counts[user_id] = UnseenCount(user_id, unseen, version)
+            # Every user's count in one statement ("WHERE true" lets SQLite parse the upsert).
+            counts = {
+                user_id: UnseenCount(user_id, unseen, version)
+                for user_id, unseen, version in conn.execute(
+                    "INSERT INTO user_counts (user_id, unseen, version) "
+                    "SELECT key, value, 1 FROM json_each(?) WHERE true "
+                    "ON CONFLICT (user_id) DO UPDATE SET unseen = unseen + excluded.unseen, "
+                    "version = version + 1 RETURNING user_id, unseen, version",
+                    (orjson.dumps(added).decode(),),
+                )
+            }
             return [
                 NotifyResult(o, created=True, count=counts[o.user_id])
                 if isinstance(o, Notification)
