@@ -461,3 +461,22 @@ async def test_attach_registers_the_socket_and_returns_count_and_topics(store: S
     fresh = Presence("sock-2", "dev-2", "nobody", "s", "node-a", utcnow())
     count, topics = await store.attach(fresh)
     assert (count.count, count.version, topics) == (0, 0, [])
+
+
+async def test_concurrent_batches_sharing_users_all_commit(store: Store) -> None:
+    """Batches that touch the same users at once neither deadlock nor lose a count: every item
+    is written, each user's count is the number of its items, and its seqs keep their order."""
+    batches = [
+        [NewNotification(f"u{(b + k) % 5}", {"b": b, "k": k}) for k in range(40)] for b in range(6)
+    ]
+    async with asyncio.timeout(30):
+        results = await asyncio.gather(*(store.create_notifications(b) for b in batches))
+    assert all(not isinstance(r, Conflict) and r.created for rs in results for r in rs)
+    expected = {f"u{u}": 0 for u in range(5)}
+    for batch in batches:
+        for item in batch:
+            expected[item.user_id] += 1
+    for user_id, n in expected.items():
+        assert (await store.count(user_id)).count == n
+        seqs = [note.seq for note in await store.unseen(user_id, 1000)]
+        assert len(seqs) == n and seqs == sorted(seqs)

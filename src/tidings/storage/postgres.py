@@ -23,6 +23,7 @@ from tidings.core.models import (
     AckResult,
     Device,
     MarkSeenResult,
+    NewNotification,
     NodeInfo,
     Notification,
     NotifyResult,
@@ -185,6 +186,110 @@ class PostgresStore(Store):
             created=True,
             count=UnseenCount(user_id, unseen, version),
         )
+
+    async def create_notifications(
+        self, items: Sequence[NewNotification]
+    ) -> list[NotifyResult | Conflict]:
+        """One transaction and four statements for the whole batch: the users' locks (in one
+        order, so concurrent batches cannot deadlock), the ids already used, a multi-row insert,
+        and every user's count."""
+        now = utcnow()
+        prepared = [
+            (
+                item.user_id,
+                item.data,
+                orjson.dumps(item.data).decode(),
+                item.notification_id or new_sorted_id(),
+            )
+            for item in items
+        ]
+        async with self._connection(transaction=True) as conn:
+            # The same per-user locks as create_notification (seq order per user), taken in
+            # the order of their keys.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(u, 7) "
+                "AS k FROM unnest($1::text[]) AS u ORDER BY k) AS locks",
+                [p[0] for p in prepared],
+            )
+            known = {
+                row[0]: _notification(row)
+                for row in await conn.fetch(
+                    f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                    "WHERE notification_id = ANY($1::text[])",
+                    [p[3] for p in prepared],
+                )
+            }
+            outcomes: list[Notification | NotifyResult | Conflict] = []
+            fresh: dict[str, tuple[str, Any, str]] = {}
+            for user_id, data, encoded, nid in prepared:
+                prior = known.get(nid)
+                if prior is None and nid in fresh:
+                    prior = Notification(nid, fresh[nid][0], fresh[nid][1], now)
+                if prior is not None:
+                    if prior.user_id != user_id or canonical_json(prior.data) != canonical_json(
+                        data
+                    ):
+                        outcomes.append(
+                            Conflict(f"notification_id {nid!r} is taken by another notification")
+                        )
+                    else:
+                        outcomes.append(NotifyResult(prior, created=False))
+                    continue
+                fresh[nid] = (user_id, data, encoded)
+                outcomes.append(Notification(nid, user_id, data, now))
+            seqs: dict[str, int] = {}
+            if fresh:
+                ids = list(fresh)
+                rows = await conn.fetch(
+                    "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
+                    "SELECT i, u, d::json, $4 FROM unnest($1::text[], $2::text[], $3::text[]) "
+                    "AS t(i, u, d) ON CONFLICT (notification_id) DO NOTHING "
+                    "RETURNING notification_id, seq",
+                    ids,
+                    [fresh[i][0] for i in ids],
+                    [fresh[i][2] for i in ids],
+                    now,
+                )
+                seqs = {row[0]: row[1] for row in rows}
+            added: dict[str, int] = {}
+            for nid in seqs:
+                added[fresh[nid][0]] = added.get(fresh[nid][0], 0) + 1
+            counts: dict[str, UnseenCount] = {}
+            if added:
+                users = list(added)
+                for user_id, unseen, version in await conn.fetch(
+                    "INSERT INTO user_counts AS c (user_id, unseen, version) "
+                    "SELECT u, n, 1 FROM unnest($1::text[], $2::int[]) AS t(u, n) "
+                    "ON CONFLICT (user_id) DO UPDATE SET unseen = c.unseen + excluded.unseen, "
+                    "version = c.version + 1 RETURNING user_id, unseen, version",
+                    users,
+                    [added[u] for u in users],
+                ):
+                    counts[user_id] = UnseenCount(user_id, unseen, version)
+        results: list[NotifyResult | Conflict] = []
+        for outcome in outcomes:
+            if isinstance(outcome, NotifyResult) and outcome.notification.seq == 0:
+                # a repeat, inside this batch, of an item created by it
+                first = outcome.notification
+                seq = seqs.get(first.notification_id, 0)
+                again = Notification(first.notification_id, first.user_id, first.data, now, seq=seq)
+                results.append(NotifyResult(again, created=False))
+            elif not isinstance(outcome, Notification):
+                results.append(outcome)
+            elif outcome.notification_id in seqs:
+                note = Notification(
+                    outcome.notification_id,
+                    outcome.user_id,
+                    outcome.data,
+                    now,
+                    seq=seqs[outcome.notification_id],
+                )
+                results.append(NotifyResult(note, created=True, count=counts[note.user_id]))
+            else:  # taken meanwhile by a transaction of another user: as the single path says
+                results.append(
+                    Conflict(f"notification_id {outcome.notification_id!r} is taken meanwhile")
+                )
+        return results
 
     async def unseen(self, user_id: str, limit: int) -> list[Notification]:
         async with self._connection() as conn:
