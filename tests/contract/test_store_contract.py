@@ -412,8 +412,8 @@ async def test_queue_depths_in_one_call(store: Store) -> None:
 
 async def test_batch_creates_idempotently_and_reports_conflicts(store: Store) -> None:
     """create_notifications writes every new item, returns existing ones for repeated ids
-    (also within the batch), refuses reused ids per item, and gives each created item its
-    user's count after the whole batch."""
+    (also within the batch), refuses reused ids per item, and gives each created item the count
+    its user had right after it, as if they had been created one by one."""
     await store.create_notification("u1", {"a": 1}, "taken")
     results = await store.create_notifications(
         [
@@ -435,8 +435,11 @@ async def test_batch_creates_idempotently_and_reports_conflicts(store: Store) ->
     ]
     created = [r for r in results if not isinstance(r, Conflict) and r.created]
     assert [r.notification.data for r in created] == [{"n": 1}, {"n": 2}, {"n": 3}]
-    for r in created:
-        assert r.count == await store.count(r.notification.user_id)
+    assert [(r.notification.user_id, r.count.count, r.count.version) for r in created] == [  # type: ignore[union-attr]
+        ("u1", 2, 2),
+        ("u2", 1, 1),
+        ("u1", 3, 3),
+    ]
     assert (await store.count("u1")).count == 3
     assert (await store.count("u2")).count == 1
     assert not results[2].created and not results[4].created  # type: ignore[union-attr]

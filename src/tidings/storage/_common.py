@@ -75,3 +75,26 @@ def split_sql(script: str) -> list[str]:
     """Statements of a migration file (they hold no ';' or '--' inside literals)."""
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+def with_counts(
+    outcomes: list[Any], added: dict[str, int], final: dict[str, tuple[int, int]]
+) -> list[Any]:
+    """Results of a batch: each created notification (a ``Notification`` among ``outcomes``)
+    gets the count its user had right after it, as if the batch had been written one by one
+    (``final`` is each user's count after the batch, ``added`` how many the batch created)."""
+    from tidings.core.models import Notification, NotifyResult, UnseenCount
+
+    seen: dict[str, int] = {}
+    results: list[Any] = []
+    for outcome in outcomes:
+        if not isinstance(outcome, Notification):
+            results.append(outcome)
+            continue
+        user = outcome.user_id
+        k = seen[user] = seen.get(user, 0) + 1
+        unseen, version = final[user]
+        behind = added[user] - k
+        count = UnseenCount(user, unseen - behind, version - behind)
+        results.append(NotifyResult(outcome, created=True, count=count))
+    return results

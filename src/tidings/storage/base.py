@@ -62,8 +62,9 @@ class Store(Lifecycle):
     ) -> list[NotifyResult | Conflict]:
         """Insert several notifications; per item its result, or the :class:`Conflict` that
         refused it (the others are still written). A store may do it in one transaction (this
-        default makes one call per item); every created item's ``count`` is its user's count
-        after the whole batch.
+        default makes one call per item); each created item's ``count`` is its user's count
+        right after it, as if the items had been created one by one (the version rises by one
+        per notification).
 
         Raises:
             StoreUnavailable: the database is unreachable (then nothing may have been written
@@ -77,17 +78,7 @@ class Store(Lifecycle):
                 )
             except Conflict as exc:
                 results.append(exc)
-        last = {
-            r.notification.user_id: r.count
-            for r in results
-            if isinstance(r, NotifyResult) and r.created
-        }
-        return [
-            NotifyResult(r.notification, r.created, last[r.notification.user_id])
-            if isinstance(r, NotifyResult) and r.created
-            else r
-            for r in results
-        ]
+        return results
 
     @abstractmethod
     async def create_notification(

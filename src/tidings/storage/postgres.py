@@ -8,6 +8,7 @@ resumes by itself when the database comes back.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -50,6 +51,7 @@ from tidings.storage._common import (
     new_id,
     new_sorted_id,
     split_sql,
+    with_counts,
 )
 from tidings.storage.base import Store
 
@@ -77,6 +79,9 @@ class PostgresStore(Store):
             raise ConfigurationError("pool_min and pool_max must be integers") from None
         self.dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
         self._pool: asyncpg.Pool | None = None
+        #: single notifications waiting to be written together, and the task writing them
+        self._notifies: list[tuple[NewNotification, asyncio.Future[Any]]] = []
+        self._notifier: asyncio.Task[None] | None = None
 
     # Lifecycle
 
@@ -116,6 +121,8 @@ class PostgresStore(Store):
             )
 
     async def close(self) -> None:
+        if self._notifier is not None and not self._notifier.done():
+            await asyncio.shield(self._notifier)
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -148,44 +155,32 @@ class PostgresStore(Store):
     async def create_notification(
         self, user_id: str, data: Any, notification_id: str | None = None
     ) -> NotifyResult:
-        nid = notification_id or new_sorted_id()
-        now = utcnow()
-        async with self._connection(transaction=True) as conn:
-            # One user's notifications commit in seq order: a device queue's cursor must never
-            # step over a seq that is still to become visible (BIGSERIAL values are taken at
-            # insert, not at commit). Different users still insert in parallel.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", user_id)
-            seq = await conn.fetchval(
-                "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
-                "VALUES ($1, $2, $3::json, $4) ON CONFLICT (notification_id) DO NOTHING "
-                "RETURNING seq",
-                nid,
-                user_id,
-                orjson.dumps(data).decode(),
-                now,
-            )
-            if seq is None:
-                row = await conn.fetchrow(
-                    f"SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE notification_id = $1",
-                    nid,
-                )
-                existing = _notification(row)
-                if existing.user_id != user_id or canonical_json(existing.data) != canonical_json(
-                    data
-                ):
-                    raise Conflict(f"notification_id {nid!r} is taken by another notification")
-                return NotifyResult(existing, created=False)
-            unseen, version = await conn.fetchrow(
-                "INSERT INTO user_counts AS c (user_id, unseen, version) VALUES ($1, 1, 1) "
-                "ON CONFLICT (user_id) DO UPDATE "
-                "SET unseen = c.unseen + 1, version = c.version + 1 RETURNING unseen, version",
-                user_id,
-            )
-        return NotifyResult(
-            Notification(nid, user_id, data, now, seq=seq),
-            created=True,
-            count=UnseenCount(user_id, unseen, version),
-        )
+        """Grouped with the notifications other callers create meanwhile into one transaction
+        (:meth:`create_notifications`): one commit for a burst of concurrent requests, as the
+        SQLite store's group commit does. Each caller still gets only its own result."""
+        future: asyncio.Future[NotifyResult | Conflict] = asyncio.get_running_loop().create_future()
+        self._notifies.append((NewNotification(user_id, data, notification_id), future))
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._flush_notifies())
+        outcome = await future
+        if isinstance(outcome, Conflict):
+            raise outcome
+        return outcome
+
+    async def _flush_notifies(self) -> None:
+        while self._notifies:
+            batch, self._notifies = self._notifies[:1000], self._notifies[1000:]
+            try:
+                outcomes: list[Any] = await self.create_notifications([b[0] for b in batch])
+            except Exception as exc:  # StoreUnavailable: nothing of the batch was written
+                outcomes = [exc] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException) and not isinstance(outcome, Conflict):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
     async def create_notifications(
         self, items: Sequence[NewNotification]
@@ -254,42 +249,37 @@ class PostgresStore(Store):
             added: dict[str, int] = {}
             for nid in seqs:
                 added[fresh[nid][0]] = added.get(fresh[nid][0], 0) + 1
-            counts: dict[str, UnseenCount] = {}
+            final: dict[str, tuple[int, int]] = {}
             if added:
                 users = list(added)
                 for user_id, unseen, version in await conn.fetch(
                     "INSERT INTO user_counts AS c (user_id, unseen, version) "
-                    "SELECT u, n, 1 FROM unnest($1::text[], $2::int[]) AS t(u, n) "
+                    "SELECT u, n, n FROM unnest($1::text[], $2::int[]) AS t(u, n) "
                     "ON CONFLICT (user_id) DO UPDATE SET unseen = c.unseen + excluded.unseen, "
-                    "version = c.version + 1 RETURNING user_id, unseen, version",
+                    "version = c.version + excluded.version RETURNING user_id, unseen, version",
                     users,
                     [added[u] for u in users],
                 ):
-                    counts[user_id] = UnseenCount(user_id, unseen, version)
-        results: list[NotifyResult | Conflict] = []
+                    final[user_id] = (unseen, version)
+        settled: list[Notification | NotifyResult | Conflict] = []
         for outcome in outcomes:
-            if isinstance(outcome, NotifyResult) and outcome.notification.seq == 0:
+            if isinstance(outcome, Notification):
+                nid = outcome.notification_id
+                if nid in seqs:
+                    settled.append(
+                        Notification(nid, outcome.user_id, outcome.data, now, seq=seqs[nid])
+                    )
+                else:  # taken meanwhile by a transaction of another user
+                    settled.append(Conflict(f"notification_id {nid!r} is taken meanwhile"))
+            elif isinstance(outcome, NotifyResult) and outcome.notification.seq == 0:
                 # a repeat, inside this batch, of an item created by it
                 first = outcome.notification
                 seq = seqs.get(first.notification_id, 0)
                 again = Notification(first.notification_id, first.user_id, first.data, now, seq=seq)
-                results.append(NotifyResult(again, created=False))
-            elif not isinstance(outcome, Notification):
-                results.append(outcome)
-            elif outcome.notification_id in seqs:
-                note = Notification(
-                    outcome.notification_id,
-                    outcome.user_id,
-                    outcome.data,
-                    now,
-                    seq=seqs[outcome.notification_id],
-                )
-                results.append(NotifyResult(note, created=True, count=counts[note.user_id]))
-            else:  # taken meanwhile by a transaction of another user: as the single path says
-                results.append(
-                    Conflict(f"notification_id {outcome.notification_id!r} is taken meanwhile")
-                )
-        return results
+                settled.append(NotifyResult(again, created=False))
+            else:
+                settled.append(outcome)
+        return with_counts(settled, added, final)
 
     async def unseen(self, user_id: str, limit: int) -> list[Notification]:
         async with self._connection() as conn:

@@ -53,6 +53,7 @@ from tidings.storage._common import (
     new_id,
     new_sorted_id,
     split_sql,
+    with_counts,
 )
 from tidings.storage.base import Store
 
@@ -373,23 +374,19 @@ class SqliteStore(Store):
                 "VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            # Every user's count in one statement ("WHERE true" lets SQLite parse the upsert).
-            counts = {
-                user_id: UnseenCount(user_id, unseen, version)
+            # Every user's count in one statement ("WHERE true" lets SQLite parse the upsert);
+            # the version rises by one per notification, as if they had come one by one.
+            final = {
+                user_id: (unseen, version)
                 for user_id, unseen, version in conn.execute(
                     "INSERT INTO user_counts (user_id, unseen, version) "
-                    "SELECT key, value, 1 FROM json_each(?) WHERE true "
+                    "SELECT key, value, value FROM json_each(?) WHERE true "
                     "ON CONFLICT (user_id) DO UPDATE SET unseen = unseen + excluded.unseen, "
-                    "version = version + 1 RETURNING user_id, unseen, version",
+                    "version = version + excluded.version RETURNING user_id, unseen, version",
                     (orjson.dumps(added).decode(),),
                 )
             }
-            return [
-                NotifyResult(o, created=True, count=counts[o.user_id])
-                if isinstance(o, Notification)
-                else o
-                for o in outcomes
-            ]
+            return with_counts(outcomes, added, final)
 
         return await self._write(run)
 
