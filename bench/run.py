@@ -44,8 +44,8 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str], str]] = {
     ),
     "ingest": (
         "ingest.py",
-        ["--seconds", "10"],
-        ["--seconds", "4"],
+        ["--seconds", "10", "--k6"],
+        ["--seconds", "4", "--k6"],
         "ingest",
     ),
     "ingest-batch": (
