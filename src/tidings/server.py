@@ -8,7 +8,7 @@ import logging
 import re
 from typing import Any
 
-from tidings.api.app import create_api, fast_notify
+from tidings.api.app import FAST_ROUTES, create_api, fast_post
 from tidings.config import Settings
 from tidings.core.tidings import Tidings
 
@@ -16,7 +16,6 @@ logger = logging.getLogger("tidings")
 
 WS_PATH = "/ws"
 BATCH_PATH = "/notify/batch"
-NOTIFY_PATH = "/notify"
 
 
 class TidingsApp:
@@ -44,8 +43,9 @@ class TidingsApp:
             body = await self._read_limited(receive, send, limit)
             if body is None:
                 return
-            if scope["method"] == "POST" and _local_path(scope) == NOTIFY_PATH:
-                await fast_notify(self.tidings, scope, body, send)  # the hot path, no framework
+            path = _local_path(scope)
+            if scope["method"] == "POST" and path in FAST_ROUTES:
+                await fast_post(self.tidings, path, scope, body, send)  # hot paths, no framework
                 return
             await self._replay(scope, body, receive, send)
             return

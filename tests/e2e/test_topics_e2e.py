@@ -324,3 +324,22 @@ async def test_a_slow_consumer_cannot_stall_the_others(
             pass
     assert stuck.close_code == 1013
     await healthy.close()
+
+
+def test_publish_refusals_match_the_documented_errors(server: ServerProcess) -> None:
+    """/publish without a token is 401 with a challenge; oversized data 413, a malformed body
+    422 naming the field; a good one 202 with the topic and its seq."""
+    topic = f"errors-{tag()}"
+    anonymous = httpx.post(f"{server.url}/publish", json={"topic": topic, "data": 1})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    headers = {"Authorization": f"Bearer {server.service_token('publish')}"}
+    big = httpx.post(
+        f"{server.url}/publish", json={"topic": topic, "data": "x" * 70_000}, headers=headers
+    )
+    assert big.status_code == 413 and big.json()["error"] == "payload_too_large"
+    missing = httpx.post(f"{server.url}/publish", json={"data": 1}, headers=headers)
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "topic"]
+    good = httpx.post(f"{server.url}/publish", json={"topic": topic, "data": 1}, headers=headers)
+    assert good.status_code == 202 and good.json() == {"topic": topic, "seq": 1}
