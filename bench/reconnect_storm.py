@@ -22,7 +22,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, percentile, report, start_tidings
+from common import free_port, percentile, report, start_tidings, stop
 
 from tidings import Tidings
 from tidings.auth.jwt import JwtAuthenticator
@@ -130,8 +130,7 @@ def main() -> None:
         for proc in procs:
             proc.join()
     finally:
-        server.terminate()
-        server.wait(10)
+        stop(server)
 
     latencies = sorted(x for r in results for x in r["latencies"])
     failures = sum(r["failures"] for r in results)
