@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
@@ -98,3 +99,41 @@ def with_counts(
         count = UnseenCount(user, unseen - behind, version - behind)
         results.append(NotifyResult(outcome, created=True, count=count))
     return results
+
+
+def repeated(prior: Any, user_id: str, data: Any) -> Any:
+    """What sending a known ``notification_id`` again gets: the first notification
+    (``NotifyResult`` with ``created=False``) if it is the same user and data, else a
+    ``Conflict``."""
+    from tidings.core.models import NotifyResult
+    from tidings.errors import Conflict
+
+    if prior.user_id != user_id or canonical_json(prior.data) != canonical_json(data):
+        return Conflict(f"notification_id {prior.notification_id!r} is taken by another")
+    return NotifyResult(prior, created=False)
+
+
+def settle(futures: Iterable[Any], outcomes: Iterable[Any]) -> None:
+    """Hand each waiting caller its outcome: an exception is raised to it, anything else
+    returned. Futures whose caller gave up are skipped."""
+    for future, outcome in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def prepare(items: Iterable[Any]) -> list[tuple[str, Any, str, str]]:
+    """A batch's items as ``(user_id, data, data as JSON text, notification_id)``, with an id
+    generated where the caller gave none."""
+    return [
+        (
+            item.user_id,
+            item.data,
+            orjson.dumps(item.data).decode(),
+            item.notification_id or new_sorted_id(),
+        )
+        for item in items
+    ]

@@ -46,10 +46,11 @@ from tidings.errors import (
 )
 from tidings.storage._common import (
     CONNECTION_ID,
-    canonical_json,
     load_migrations,
     new_id,
-    new_sorted_id,
+    prepare,
+    repeated,
+    settle,
     split_sql,
     with_counts,
 )
@@ -158,14 +159,11 @@ class PostgresStore(Store):
         """Grouped with the notifications other callers create meanwhile into one transaction
         (:meth:`create_notifications`): one commit for a burst of concurrent requests, as the
         SQLite store's group commit does. Each caller still gets only its own result."""
-        future: asyncio.Future[NotifyResult | Conflict] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[NotifyResult] = asyncio.get_running_loop().create_future()
         self._notifies.append((NewNotification(user_id, data, notification_id), future))
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.create_task(self._flush_notifies())
-        outcome = await future
-        if isinstance(outcome, Conflict):
-            raise outcome
-        return outcome
+        return await future  # raises the item's Conflict, or what failed the whole batch
 
     async def _flush_notifies(self) -> None:
         while self._notifies:
@@ -174,13 +172,7 @@ class PostgresStore(Store):
                 outcomes: list[Any] = await self.create_notifications([b[0] for b in batch])
             except Exception as exc:  # StoreUnavailable: nothing of the batch was written
                 outcomes = [exc] * len(batch)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if isinstance(outcome, BaseException) and not isinstance(outcome, Conflict):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            settle((future for _, future in batch), outcomes)
 
     async def create_notifications(
         self, items: Sequence[NewNotification]
@@ -189,15 +181,7 @@ class PostgresStore(Store):
         order, so concurrent batches cannot deadlock), the ids already used, a multi-row insert,
         and every user's count."""
         now = utcnow()
-        prepared = [
-            (
-                item.user_id,
-                item.data,
-                orjson.dumps(item.data).decode(),
-                item.notification_id or new_sorted_id(),
-            )
-            for item in items
-        ]
+        prepared = prepare(items)
         async with self._connection(transaction=True) as conn:
             # The same per-user locks as create_notification (seq order per user), taken in
             # the order of their keys.
@@ -221,14 +205,7 @@ class PostgresStore(Store):
                 if prior is None and nid in fresh:
                     prior = Notification(nid, fresh[nid][0], fresh[nid][1], now)
                 if prior is not None:
-                    if prior.user_id != user_id or canonical_json(prior.data) != canonical_json(
-                        data
-                    ):
-                        outcomes.append(
-                            Conflict(f"notification_id {nid!r} is taken by another notification")
-                        )
-                    else:
-                        outcomes.append(NotifyResult(prior, created=False))
+                    outcomes.append(repeated(prior, user_id, data))
                     continue
                 fresh[nid] = (user_id, data, encoded)
                 outcomes.append(Notification(nid, user_id, data, now))

@@ -52,6 +52,9 @@ from tidings.storage._common import (
     load_migrations,
     new_id,
     new_sorted_id,
+    prepare,
+    repeated,
+    settle,
     split_sql,
     with_counts,
 )
@@ -198,13 +201,7 @@ class SqliteStore(Store):
                 outcomes = await loop.run_in_executor(self._reader, self._run_reads, batch)
             except Exception as exc:
                 outcomes = [StoreUnavailable(f"sqlite read failed: {exc}")] * len(batch)
-            for read, outcome in zip(batch, outcomes, strict=True):
-                if read.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    read.future.set_exception(outcome)
-                else:
-                    read.future.set_result(outcome)
+            settle((read.future for read in batch), outcomes)
 
     def _run_reads(self, batch: list[_Write]) -> list[Any]:
         conn = self._rconn
@@ -240,13 +237,7 @@ class SqliteStore(Store):
                 failure = StoreUnavailable(f"sqlite write failed: {exc}")
                 failure.__cause__ = exc
                 outcomes = [failure] * len(batch)
-            for write, outcome in zip(batch, outcomes, strict=True):
-                if write.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    write.future.set_exception(outcome)
-                else:
-                    write.future.set_result(outcome)
+            settle((write.future for write in batch), outcomes)
 
     def _run_batch(self, batch: list[_Write]) -> list[Any]:
         conn = self._wconn
@@ -320,15 +311,7 @@ class SqliteStore(Store):
         per new notification, one count update per user."""
         now = utcnow()
         stamp = isoformat(now)
-        prepared = [
-            (
-                item.user_id,
-                item.data,
-                orjson.dumps(item.data).decode(),
-                item.notification_id or new_sorted_id(),
-            )
-            for item in items
-        ]
+        prepared = prepare(items)
 
         def run(conn: sqlite3.Connection) -> list[NotifyResult | Conflict]:
             known: dict[str, Notification] = {}
@@ -354,14 +337,7 @@ class SqliteStore(Store):
             for user_id, data, encoded, nid in prepared:
                 prior = known.get(nid)
                 if prior is not None:
-                    if prior.user_id != user_id or canonical_json(prior.data) != canonical_json(
-                        data
-                    ):
-                        outcomes.append(
-                            Conflict(f"notification_id {nid!r} is already used by another")
-                        )
-                    else:
-                        outcomes.append(NotifyResult(prior, created=False))
+                    outcomes.append(repeated(prior, user_id, data))
                     continue
                 last += 1
                 rows.append((last, nid, user_id, encoded, stamp))
