@@ -139,7 +139,7 @@ class Gateway:
             if accept:
                 await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
             else:
-                await send({"type": "websocket.close", "code": 4403, "reason": "forbidden origin"})
+                await _close_frame(send, 4403, "forbidden origin")
             return
         self._active += 1
         self._idle.clear()
@@ -152,7 +152,7 @@ class Gateway:
                     principal.user_id, cookie_cid or _first(query, "connection_id")
                 )
             except StoreError:
-                await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
+                await _close_frame(send, protocol.CLOSE_TRY_AGAIN_LATER)
                 return
             if accept:
                 await _accept(
@@ -236,7 +236,7 @@ class Gateway:
             except _Closed:
                 return None
             except StoreError:
-                await send({"type": "websocket.close", "code": protocol.CLOSE_TRY_AGAIN_LATER})
+                await _close_frame(send, protocol.CLOSE_TRY_AGAIN_LATER)
                 return None
             session_id = frame.session_id or session_id
             deliver = deliver or frame.deliver
@@ -331,32 +331,16 @@ class Gateway:
                     try:
                         principal = await self.tidings.authenticator.authenticate(frame.token)
                     except IssuerUnavailable:
-                        await send(
-                            {
-                                "type": "websocket.close",
-                                "code": protocol.CLOSE_TRY_AGAIN_LATER,
-                                "reason": "token issuer unavailable",
-                            }
+                        await _close_frame(
+                            send, protocol.CLOSE_TRY_AGAIN_LATER, "token issuer unavailable"
                         )
                         raise _Closed from None
                     except InvalidToken as exc:
-                        await send(
-                            {
-                                "type": "websocket.close",
-                                "code": protocol.CLOSE_UNAUTHORIZED,
-                                "reason": str(exc)[:120],
-                            }
-                        )
+                        await _close_frame(send, protocol.CLOSE_UNAUTHORIZED, str(exc)[:120])
                         raise _Closed from None
                     return principal, frame
         except TimeoutError:
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": protocol.CLOSE_AUTH_TIMEOUT,
-                    "reason": "authentication timeout",
-                }
-            )
+            await _close_frame(send, protocol.CLOSE_AUTH_TIMEOUT, "authentication timeout")
             raise _Closed from None
 
     def _parse(self, text: str | None) -> protocol.ClientFrame:
@@ -520,9 +504,11 @@ async def _close(conn: Connection, send: Any) -> None:
         return
     with contextlib.suppress(Exception):
         async with asyncio.timeout(2.0):
-            await send(
-                {"type": "websocket.close", "code": conn.close_code, "reason": conn.close_reason}
-            )
+            await _close_frame(send, conn.close_code, conn.close_reason)
+
+
+async def _close_frame(send: Any, code: int, reason: str = "") -> None:
+    await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 def _send_text(text: str) -> Message:
@@ -590,7 +576,7 @@ async def _deny(scope: Scope, send: Any, status: int, code: str, message: str) -
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         code_map = {401: protocol.CLOSE_UNAUTHORIZED, 400: 1008}
-        await send({"type": "websocket.close", "code": code_map.get(status, 1013)})
+        await _close_frame(send, code_map.get(status, 1013))
 
 
 async def _plain_response(send: Any, status: int, body: bytes) -> None:

@@ -125,7 +125,11 @@ def settle(futures: Iterable[Any], outcomes: Iterable[Any]) -> None:
             future.set_result(outcome)
 
 
-def prepare(items: Iterable[Any]) -> list[tuple[str, Any, str, str]]:
+#: a batch item ready to write: (user_id, data, data as JSON text, notification_id)
+Prepared = tuple[str, Any, str, str]
+
+
+def prepare(items: Iterable[Any]) -> list[Prepared]:
     """A batch's items as ``(user_id, data, data as JSON text, notification_id)``, with an id
     generated where the caller gave none."""
     return [

@@ -46,6 +46,7 @@ from tidings.errors import (
 )
 from tidings.storage._common import (
     CONNECTION_ID,
+    Prepared,
     load_migrations,
     new_id,
     prepare,
@@ -81,7 +82,7 @@ class PostgresStore(Store):
         self.dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
         self._pool: asyncpg.Pool | None = None
         #: single notifications waiting to be written together, and the task writing them
-        self._notifies: list[tuple[NewNotification, asyncio.Future[Any]]] = []
+        self._notifies: list[tuple[Prepared, asyncio.Future[Any]]] = []
         self._notifier: asyncio.Task[None] | None = None
 
     # Lifecycle
@@ -159,20 +160,36 @@ class PostgresStore(Store):
         """Grouped with the notifications other callers create meanwhile into one transaction
         (:meth:`create_notifications`): one commit for a burst of concurrent requests, as the
         SQLite store's group commit does. Each caller still gets only its own result."""
+        # Encoded here, so data that cannot be JSON fails this caller, not the whole group.
+        item = prepare([NewNotification(user_id, data, notification_id)])[0]
         future: asyncio.Future[NotifyResult] = asyncio.get_running_loop().create_future()
-        self._notifies.append((NewNotification(user_id, data, notification_id), future))
+        self._notifies.append((item, future))
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.create_task(self._flush_notifies())
-        return await future  # raises the item's Conflict, or what failed the whole batch
+        return await future  # raises the item's Conflict, or what failed its write
 
     async def _flush_notifies(self) -> None:
         while self._notifies:
             batch, self._notifies = self._notifies[:1000], self._notifies[1000:]
+            futures = [future for _, future in batch]
             try:
-                outcomes: list[Any] = await self.create_notifications([b[0] for b in batch])
-            except Exception as exc:  # StoreUnavailable: nothing of the batch was written
+                outcomes: list[Any] = await self._write_batch([item for item, _ in batch])
+            except StoreUnavailable as exc:  # nothing of the batch was written
                 outcomes = [exc] * len(batch)
-            settle((future for _, future in batch), outcomes)
+            except Exception as exc:
+                if len(batch) == 1:
+                    outcomes = [exc]
+                else:
+                    # One item's value was refused and rolled the group back: write each
+                    # alone, so the refusal reaches its own caller and no other.
+                    outcomes = [await self._write_alone(item) for item, _ in batch]
+            settle(futures, outcomes)
+
+    async def _write_alone(self, item: Prepared) -> Any:
+        try:
+            return (await self._write_batch([item]))[0]
+        except Exception as exc:
+            return exc
 
     async def create_notifications(
         self, items: Sequence[NewNotification]
@@ -180,8 +197,10 @@ class PostgresStore(Store):
         """One transaction and four statements for the whole batch: the users' locks (in one
         order, so concurrent batches cannot deadlock), the ids already used, a multi-row insert,
         and every user's count."""
+        return await self._write_batch(prepare(items))
+
+    async def _write_batch(self, prepared: list[Prepared]) -> list[NotifyResult | Conflict]:
         now = utcnow()
-        prepared = prepare(items)
         async with self._connection(transaction=True) as conn:
             # The same per-user locks as create_notification (seq order per user), taken in
             # the order of their keys.
