@@ -289,7 +289,8 @@ async def pg_proxy() -> Iterator[TcpProxy]:  # type: ignore[misc]
 async def test_database_outage_answers_503_and_service_resumes(
     postgres_url: str, start_server: Callable[..., ServerProcess], pg_proxy: TcpProxy
 ) -> None:
-    """With PostgreSQL gone /notify answers 503 and writes nothing; devices stay connected;
+    """With PostgreSQL gone /notify and /notify/batch answer 503 and write nothing; devices
+    stay connected;
     when it returns, notifications flow again without restarting the node."""
     via_proxy = postgres_url.replace(":5432/", f":{pg_proxy.port}/")
     # The proxy lives on this event loop: start the server from a thread.
@@ -312,6 +313,12 @@ async def test_database_outage_answers_503_and_service_resumes(
         )
         assert response.status_code == 503
         assert response.json()["error"] == "unavailable"
+        batch = await http.post(
+            f"{node.url}/notify/batch",
+            json={"notifications": [{"user_id": alice, "data": "during, batched"}]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert batch.status_code == 503  # and nothing of it is written (checked below)
         assert (await http.get(f"{node.url}/health")).status_code == 503
         # The device is still connected and told plainly that storage is down.
         with pytest.raises(ClientError) as info:

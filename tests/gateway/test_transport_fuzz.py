@@ -203,3 +203,46 @@ def test_arbitrary_bytes_never_crash_and_close_with_a_protocol_code(
             code = struct.unpack("!H", payload[:2])[0]
             assert code in CLOSE_CODES or 3000 <= code <= 4999
             payload[2:].decode()  # the reason is valid UTF-8
+
+
+async def test_a_send_waiting_for_room_ends_when_the_connection_is_lost() -> None:
+    """While the socket's buffer is full, write_text refuses and send() waits; if the client
+    is lost meanwhile, the waiting send raises (an OSError, as servers report a gone client)
+    instead of hanging, and the application's receive() reports the disconnect."""
+    accepted = asyncio.Event()
+    parked = asyncio.Event()
+    calls: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        calls["send"], calls["receive"] = send, receive
+        accepted.set()
+        await parked.wait()
+
+    protocol = WebSocketProtocol(Config(app), ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(
+        b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+        b"sec-websocket-version: 13\r\nsec-websocket-key: "
+        + base64.b64encode(os.urandom(16))
+        + b"\r\n\r\n"
+    )
+    async with asyncio.timeout(2):
+        await accepted.wait()
+    protocol.pause_writing()  # the transport says its buffer is over the high-water mark
+    assert protocol.write_text("refused") is False
+    pending = asyncio.ensure_future(calls["send"]({"type": "websocket.send", "text": "waits"}))
+    await asyncio.sleep(0.01)
+    assert not pending.done()
+    protocol.connection_lost(ConnectionResetError("peer gone"))
+    async with asyncio.timeout(2):
+        try:
+            await pending
+        except OSError:
+            pass
+        else:
+            raise AssertionError("the send succeeded on a lost connection")
+        assert (await calls["receive"]())["type"] == "websocket.disconnect"
+    parked.set()
