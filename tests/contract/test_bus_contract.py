@@ -57,10 +57,14 @@ class Inbox:
         self.arrived.set()
 
     async def wait(self, n: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.messages) < n:
-                self.arrived.clear()
-                await self.arrived.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.messages) < n:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            got = sorted(channel for channel, _ in self.messages)
+            raise AssertionError(f"{len(got)} of {n} messages within {timeout}s: {got}") from None
 
 
 async def settle() -> None:
