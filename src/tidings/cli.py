@@ -87,6 +87,43 @@ def serve(
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+@store_option
+@click.option("--bus", help="Bus URL (TIDINGS_BUS, default memory://).")
+@click.option("--node-id", help="This worker's name (TIDINGS_NODE_ID).")
+@click.option("--workers", type=int, help="Worker loops (TIDINGS_WORKERS, default 1).")
+@click.option("--log-level", default="info", show_default=True)
+def worker(
+    store: str | None,
+    bus: str | None,
+    node_id: str | None,
+    workers: int | None,
+    log_level: str,
+) -> None:
+    """Send pipeline deliveries, without serving devices or the API, until SIGTERM."""
+    settings = _settings(store=store, bus=bus, node_id=node_id, workers=workers)
+    if settings.workers < 1:
+        raise click.UsageError("a worker process needs --workers 1 or more")
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _run(_work(settings))
+
+
+async def _work(settings: Settings) -> None:
+    import signal
+
+    from tidings.core.tidings import Tidings
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Tidings(settings):
+        logging.getLogger("tidings").info(
+            "worker %s sending deliveries (store %s)", settings.node_id, settings.store
+        )
+        await stop.wait()
+
+
 def _print_banner(settings: Settings) -> None:
     base = settings.public_url or f"http://{settings.host}:{settings.port}"
     ws = base.replace("http", "ws", 1) + "/ws"

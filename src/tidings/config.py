@@ -157,6 +157,61 @@ class Settings(BaseSettings):
     )
     max_unseen_page: int = Field(1000, gt=0, description="Largest `getUnseen` limit.")
 
+    # Pipeline (POST /messages): workers, tries, limits
+    workers: int = Field(
+        1, ge=0, description="Worker loops sending pipeline deliveries in this node (0: none)."
+    )
+    worker_concurrency: int = Field(
+        16, gt=0, le=1000, description="Deliveries one worker loop sends at once."
+    )
+    pipeline_lease: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a worker holds a claimed delivery without renewing it; past that "
+        "the delivery is stale and queued again.",
+    )
+    pipeline_max_attempts: int = Field(8, gt=0, description="Tries per delivery before failed.")
+    pipeline_retry_base: float = Field(
+        2.0, gt=0, description="First retry waits up to this many seconds, doubling per try."
+    )
+    pipeline_retry_max: float = Field(600.0, gt=0, description="Longest wait between tries.")
+    pipeline_poll_interval: float = Field(
+        1.0, gt=0, description="Seconds between a worker's looks at the queue when not woken."
+    )
+    max_recipients: int = Field(
+        1000, gt=0, le=100_000, description="User ids one `POST /messages` may name."
+    )
+    rate_limits: dict[str, str] = Field(
+        default_factory=lambda: {"email": "20/hour", "sms": "10/hour", "web_push": "60/hour"},
+        description='Deliveries per user per channel, JSON: {"email": "20/hour"}.',
+    )
+
+    # Pipeline providers
+    smtp_url: str | None = Field(
+        None, description="SMTP server for email: smtp://[user:pw@]host[:port][?starttls=true]."
+    )
+    email_from: str = Field("tidings@localhost", description="From address of emails.")
+    webhook_secret: str | None = Field(
+        None,
+        description="Standard Webhooks signing secret (whsec_…). Unset: generated, kept in "
+        "the store.",
+    )
+    vapid_private_key: str | None = Field(
+        None, description="VAPID private key for web push. Unset: generated, kept in the store."
+    )
+    vapid_subject: str = Field(
+        "mailto:admin@localhost", description="VAPID `sub` claim: a mailto: or https: URL."
+    )
+    sms_url: str | None = Field(None, description="The SMS provider's HTTP endpoint.")
+    sms_token: str | None = Field(None, description="Bearer token for the SMS provider.")
+    sms_from: str | None = Field(None, description="Sender id or number for SMS.")
+    provider_timeout: float = Field(10.0, gt=0, description="Seconds per send to a provider.")
+    allow_private_addresses: bool = Field(
+        False,
+        description="Let webhooks and push endpoints point to loopback or private networks "
+        "(tests, closed networks); off, they are refused (SSRF).",
+    )
+
     # Cookies
     cookie_secure: bool | None = Field(
         None, description="Mark the tidings_cid cookie Secure (default: when served over TLS)."

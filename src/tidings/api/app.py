@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from tidings import __version__
+from tidings.api.pipeline import mount_pipeline
 from tidings.api.schemas import (
     ApiErrorBody,
     Health,
@@ -492,6 +493,7 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
         )
         return JSONResponse(body.model_dump(), code)
 
+    mount_pipeline(app, tidings, require_scope)
     mount_web(app, tidings, require_scope)
     return app
 

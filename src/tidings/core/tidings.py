@@ -49,6 +49,8 @@ from tidings.gateway.registry import Registry, topic_channel, user_channel
 from tidings.storage import Store, create_store
 
 if TYPE_CHECKING:
+    from tidings.delivery.channels.base import Channel
+    from tidings.delivery.pipeline import Pipeline
     from tidings.gateway.asgi import Gateway
 
 logger = logging.getLogger("tidings")
@@ -83,6 +85,7 @@ class Tidings(Lifecycle):
         bus: Bus | str | None = None,
         authenticator: DeviceAuthenticator | None = None,
         topic_policy: TopicPolicy | TopicHook | None = None,
+        channels: Sequence[Channel] | None = None,
         **overrides: Any,
     ) -> None:
         # A URL selects a backend like the setting does; an instance is used as it is.
@@ -118,6 +121,8 @@ class Tidings(Lifecycle):
         # Events the bus refused, re-published in the background: (channel, payload, version).
         self._unpublished: dict[tuple[str, ...], tuple[str, bytes, int]] = {}
         self._republisher: asyncio.Task[None] | None = None
+        self._channels = channels
+        self._pipeline: Pipeline | None = None
 
     # Lifecycle
 
@@ -155,7 +160,13 @@ class Tidings(Lifecycle):
                 self.store, key, ttl=settings.service_token_ttl, external=_external_issuer(settings)
             )
             await self.store.heartbeat(self.node_id, self.node_uri)
+            from tidings.delivery.pipeline import Pipeline
+
+            self._pipeline = Pipeline(self, self._channels)
+            await self._pipeline.start()
         except BaseException:
+            if self._pipeline is not None:
+                await self._pipeline.close()
             await self.bus.close()
             await self.store.close()
             raise
@@ -178,6 +189,8 @@ class Tidings(Lifecycle):
         if self._gateway is not None:
             await self._gateway.wait_closed(timeout=5.0)
         await self.registry.drain()
+        if self._pipeline is not None:
+            await self._pipeline.close()
         if self._republisher is not None:
             self._tasks.add(self._republisher)
         for task in tuple(self._tasks):
@@ -204,6 +217,13 @@ class Tidings(Lifecycle):
     @property
     def started(self) -> bool:
         return self._started
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The multi-channel pipeline (``POST /messages``) of this node."""
+        if self._pipeline is None:
+            raise TidingsError("Tidings is not started")
+        return self._pipeline
 
     @property
     def node_uri(self) -> str:
@@ -523,6 +543,9 @@ class Tidings(Lifecycle):
                     self._deliver_topic(message)
                 else:
                     self._spawn(self._fetch_and_deliver(message))
+        elif event["type"].startswith("pipeline-"):
+            if self._pipeline is not None:
+                self._pipeline.on_event(event)
         elif event["type"] == events.DEVICE_FORGOTTEN:
             user_id, connection_id = event.get("user_id"), event.get("connection_id")
             if isinstance(user_id, str) and isinstance(connection_id, str):

@@ -1,0 +1,425 @@
+"""HTTP routes of the pipeline: messages, templates, preferences and contact points.
+
+Services call ``/messages`` and ``/templates`` with scope ``messages`` (``admin`` sees every
+service's messages), and ``/users/{user_id}/…`` for any user; users call ``/me/…`` with their
+device JWT, which always acts on the token's own user.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
+# dependencies local to the functions that mount them.
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tidings.api.schemas import ApiErrorBody
+from tidings.auth.base import ServicePrincipal
+from tidings.delivery.channels.base import InvalidAddress
+from tidings.delivery.models import Content, NewMessage
+from tidings.delivery.pipeline import body_hash
+from tidings.delivery.templates import TemplateFailure
+from tidings.errors import AuthError, Conflict, InvalidArgument, TopicRefused
+
+if TYPE_CHECKING:
+    from tidings.core.tidings import Tidings
+
+T = TypeVar("T")
+#: who a preferences call acts for: (user id, the device JWT's claims, or None for a service)
+Caller = tuple[str, dict[str, Any] | None]
+ChannelName = Literal["in_app", "email", "webhook", "web_push", "sms"]
+StateName = Literal["pending", "active", "sent", "failed", "stale", "deleted"]
+ContactChannel = Literal["email", "webhook", "web_push", "sms"]
+UserId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+Topic = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+TemplateId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class Recipients(BaseModel):
+    """Who gets the message: user ids, or every user subscribed to a topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[UserId] | None = Field(None, min_length=1, max_length=100_000)
+    topic: Topic | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Recipients":
+        if (self.user_ids is None) == (self.topic is None):
+            raise ValueError("give exactly one of user_ids and topic")
+        return self
+
+
+class ContentIn(BaseModel):
+    """Jinja sources of a message's parts (rendered in the sandbox with the message's data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str | None = Field(None, max_length=1000)
+    text: str = Field(min_length=1, max_length=100_000)
+    html: str | None = Field(None, max_length=500_000)
+
+    def content(self) -> Content:
+        return Content(self.text, self.subject, self.html)
+
+
+class MessageRequest(BaseModel):
+    """A message to post (docs/pipeline.md)."""
+
+    recipients: Recipients
+    channels: list[ChannelName] = Field(min_length=1, max_length=5)
+    template_id: str | None = Field(None, min_length=1, max_length=128)
+    content: ContentIn | None = None
+    data: dict[str, Any] = Field(default_factory=dict, description="Values for the template.")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+    critical: bool = Field(False, description="Bypass the rate limit (still counted).")
+
+    @model_validator(mode="after")
+    def _source(self) -> "MessageRequest":
+        if (self.template_id is None) == (self.content is None):
+            raise ValueError("give exactly one of template_id and content")
+        return self
+
+
+class Switch(BaseModel):
+    enabled: bool
+
+
+class ContactIn(BaseModel):
+    address: str | dict[str, Any] = Field(
+        description="Email address, webhook URL, web push subscription object or E.164 number."
+    )
+
+
+class MessageOut(BaseModel):
+    """A message; ``deliveries`` only from ``GET /messages/{id}``."""
+
+    message_id: str
+    state: str
+    created_at: str
+    template_id: str | None
+    content: dict[str, Any] | None
+    channels: list[str]
+    recipients: dict[str, Any]
+    critical: bool
+    idempotency_key: str | None
+    counts: dict[str, int]
+    deliveries: list[dict[str, Any]] | None = None
+
+
+def _errors(exc: Exception) -> Exception:
+    """The API's answer to a pipeline error (others pass through to the app's handlers)."""
+    from tidings.api.app import ApiError
+
+    if isinstance(exc, TemplateFailure):
+        return ApiError(422, "template_error", str(exc))
+    if isinstance(exc, InvalidAddress):
+        return ApiError(422, "invalid_address", str(exc))
+    if isinstance(exc, TopicRefused):
+        return ApiError(403, "topic_refused", str(exc))
+    if isinstance(exc, InvalidArgument):
+        return ApiError(422, "invalid_argument", str(exc))
+    if isinstance(exc, Conflict):
+        return ApiError(409, "conflict", str(exc))
+    return exc
+
+
+async def _call(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except (InvalidArgument, Conflict, TopicRefused) as exc:
+        raise _errors(exc) from None
+
+
+def mount_pipeline(
+    app: FastAPI,
+    tidings: "Tidings",
+    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+) -> None:
+    """Add the pipeline's routes to the service API."""
+    from tidings.api.app import ApiError, authorize
+
+    router = APIRouter()
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ApiErrorBody, "description": "Missing or invalid token"},
+        403: {"model": ApiErrorBody, "description": "Token lacks the scope"},
+        422: {"model": ApiErrorBody, "description": "Invalid request"},
+        503: {"model": ApiErrorBody, "description": "Storage unavailable; nothing written"},
+    }
+    not_found: dict[int | str, dict[str, Any]] = {
+        404: {"model": ApiErrorBody, "description": "Unknown (or another's) id"}
+    }
+
+    async def messages_or_admin(request: Request) -> str | None:
+        """The caller's client id, or ``None`` for an admin (who sees every message)."""
+        header = request.headers.get("authorization", "")
+        try:
+            return (await authorize(tidings, header, "messages")).client_id
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            await authorize(tidings, header, "admin")
+            return None
+
+    async def device_user(request: Request) -> Caller:
+        """The user of the device JWT in ``Authorization``, and the token's claims."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a device JWT is required (Authorization: Bearer)",
+                {"WWW-Authenticate": 'Bearer realm="tidings"'},
+            )
+        try:
+            principal = await tidings.authenticator.authenticate(token.strip())
+        except AuthError as exc:
+            raise ApiError(
+                401, "invalid_token", str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            ) from None
+        return principal.user_id, principal.claims
+
+    def found(message: Any, message_id: str) -> dict[str, Any]:
+        if message is None:
+            raise ApiError(404, "not_found", f"no message {message_id!r}")
+        body: dict[str, Any] = message.to_dict()
+        return body
+
+    # Messages
+
+    @router.post(
+        "/messages",
+        status_code=202,
+        response_model=MessageOut,
+        response_model_exclude_none=True,
+        responses={
+            200: {"model": MessageOut, "description": "Posted before (same idempotency key)"},
+            409: {"model": ApiErrorBody, "description": "Idempotency key used with another body"},
+            **errors,
+        },
+        tags=["pipeline"],
+    )
+    async def post_message(
+        body: MessageRequest,
+        principal: Annotated[ServicePrincipal, Depends(require_scope("messages"))],
+        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> JSONResponse:
+        """Post a message for users or a topic's subscribers on one or more channels.
+
+        Answers once the message and every delivery are persisted; workers send them.
+        Refused deliveries (opted out, no or invalid address, rate limited) are recorded with
+        their reason."""
+        key = body.idempotency_key or idempotency_key
+        fields = body.model_dump(exclude={"idempotency_key"})
+        message = NewMessage(
+            client_id=principal.client_id,
+            channels=tuple(dict.fromkeys(body.channels)),
+            user_ids=None
+            if body.recipients.user_ids is None
+            else tuple(dict.fromkeys(body.recipients.user_ids)),
+            topic=body.recipients.topic,
+            template_id=body.template_id,
+            content=body.content.content() if body.content else None,
+            data=body.data,
+            critical=body.critical,
+            idempotency_key=key,
+            body_hash=body_hash(fields),
+        )
+        limit = tidings.settings.max_recipients
+        if message.user_ids is not None and len(message.user_ids) > limit:
+            raise ApiError(422, "invalid_argument", f"at most {limit} user ids per message")
+        created, fresh = await _call(tidings.pipeline.create_message(message))
+        return JSONResponse(created.to_dict(), 202 if fresh else 200)
+
+    @router.get(
+        "/messages",
+        response_model=list[MessageOut],
+        response_model_exclude_none=True,
+        responses=errors,
+        tags=["pipeline"],
+        dependencies=[Depends(require_scope("admin"))],
+    )
+    async def list_messages(
+        state: Annotated[StateName | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> JSONResponse:
+        """Recent messages of every service, newest first (scope ``admin``)."""
+        found_messages = await tidings.pipeline.store.list_messages(state, limit)
+        return JSONResponse([m.to_dict() for m in found_messages])
+
+    @router.get(
+        "/messages/{message_id}",
+        response_model=MessageOut,
+        responses={**errors, **not_found},
+        tags=["pipeline"],
+    )
+    async def get_message(
+        message_id: Annotated[str, Path(max_length=64)],
+        client: Annotated[str | None, Depends(messages_or_admin)],
+    ) -> JSONResponse:
+        """The message with every delivery: state, tries, last error and history."""
+        message = await tidings.pipeline.store.get_message(message_id, client)
+        return JSONResponse(found(message, message_id))
+
+    @router.delete(
+        "/messages/{message_id}",
+        response_model=MessageOut,
+        responses={**errors, **not_found},
+        tags=["pipeline"],
+    )
+    async def delete_message(
+        message_id: Annotated[str, Path(max_length=64)],
+        client: Annotated[str | None, Depends(messages_or_admin)],
+    ) -> JSONResponse:
+        """Move the deliveries not yet sent (``pending``, ``stale``) to ``deleted``; those
+        being sent finish."""
+        message = await tidings.pipeline.store.delete_message(message_id, client)
+        return JSONResponse(found(message, message_id))
+
+    @router.post(
+        "/messages/{message_id}/retry",
+        response_model=MessageOut,
+        responses={**errors, **not_found},
+        tags=["pipeline"],
+    )
+    async def retry_message(
+        message_id: Annotated[str, Path(max_length=64)],
+        client: Annotated[str | None, Depends(messages_or_admin)],
+    ) -> JSONResponse:
+        """Queue the message's ``failed`` deliveries again, tries counted from zero."""
+        message = await tidings.pipeline.store.retry_message(message_id, client)
+        if message is not None:
+            await tidings.pipeline.wake_all()
+        return JSONResponse(found(message, message_id))
+
+    mount_templates(router, tidings, require_scope, errors, not_found)
+    mount_preferences(router, tidings, require_scope, device_user, errors)
+    app.include_router(router)
+
+
+def mount_templates(
+    router: APIRouter,
+    tidings: "Tidings",
+    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+    errors: dict[int | str, dict[str, Any]],
+    not_found: dict[int | str, dict[str, Any]],
+) -> None:
+    from tidings.api.app import ApiError
+
+    scoped = [Depends(require_scope("messages"))]
+
+    @router.put(
+        "/templates/{template_id}",
+        responses={201: {"description": "Created"}, **errors},
+        tags=["templates"],
+        dependencies=scoped,
+    )
+    async def put_template(template_id: TemplateId, body: ContentIn) -> JSONResponse:
+        """Create or replace a template; every node's cache drops its old version."""
+        template, created = await _call(tidings.pipeline.put_template(template_id, body.content()))
+        return JSONResponse(template.to_dict(), 201 if created else 200)
+
+    @router.get(
+        "/templates/{template_id}",
+        responses={**errors, **not_found},
+        tags=["templates"],
+        dependencies=scoped,
+    )
+    async def get_template(template_id: TemplateId) -> JSONResponse:
+        template = await tidings.pipeline.store.get_template(template_id)
+        if template is None:
+            raise ApiError(404, "not_found", f"no template {template_id!r}")
+        return JSONResponse(template.to_dict())
+
+    @router.get("/templates", responses=errors, tags=["templates"], dependencies=scoped)
+    async def list_templates() -> JSONResponse:
+        templates = await tidings.pipeline.store.list_templates()
+        return JSONResponse([t.to_dict() for t in templates])
+
+    @router.delete(
+        "/templates/{template_id}",
+        status_code=204,
+        responses={**errors, **not_found},
+        tags=["templates"],
+        dependencies=scoped,
+    )
+    async def delete_template(template_id: TemplateId) -> Response:
+        if not await tidings.pipeline.delete_template(template_id):
+            raise ApiError(404, "not_found", f"no template {template_id!r}")
+        return Response(status_code=204)
+
+
+def mount_preferences(
+    router: APIRouter,
+    tidings: "Tidings",
+    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+    device_user: Callable[[Request], Awaitable[Caller]],
+    errors: dict[int | str, dict[str, Any]],
+) -> None:
+    """The same five routes under ``/me`` (device JWT) and ``/users/{user_id}`` (service)."""
+    from tidings.core.tidings import _check_identifier
+
+    async def service_user(
+        user_id: Annotated[str, Path(min_length=1, max_length=256)],
+        _: Annotated[ServicePrincipal, Depends(require_scope("messages"))],
+    ) -> Caller:
+        await _call(_checked(user_id))
+        return user_id, None  # a service: trusted with any topic
+
+    async def _checked(user_id: str) -> None:
+        _check_identifier("user_id", user_id, 256)
+
+    for prefix, who in (("/me", device_user), ("/users/{user_id}", service_user)):
+        user = Annotated[Caller, Depends(who)]
+
+        @router.get(f"{prefix}/preferences", responses=errors, tags=["preferences"])
+        async def preferences(caller: user) -> JSONResponse:
+            """Channel switches, topic subscriptions and contact points of the user."""
+            found = await tidings.pipeline.preferences(caller[0])
+            return JSONResponse(found.to_dict())
+
+        @router.put(f"{prefix}/channels/{{channel}}", responses=errors, tags=["preferences"])
+        async def set_channel(
+            channel: ChannelName,
+            body: Switch,
+            caller: user,
+        ) -> JSONResponse:
+            """Turn a channel on or off for the user (every channel is on until turned off)."""
+            await tidings.pipeline.store.set_channel(caller[0], channel, body.enabled)
+            return JSONResponse({"channel": channel, "enabled": body.enabled})
+
+        @router.put(f"{prefix}/topics/{{topic}}", responses=errors, tags=["preferences"])
+        async def subscribe(topic: Topic, caller: user) -> JSONResponse:
+            """Subscribe the user to a topic's messages (the topic policy applies)."""
+            await _call(tidings.pipeline.check_topic(caller[0], caller[1], topic))
+            await tidings.pipeline.store.set_topic(caller[0], topic, True)
+            return JSONResponse({"topic": topic, "subscribed": True})
+
+        @router.delete(f"{prefix}/topics/{{topic}}", responses=errors, tags=["preferences"])
+        async def unsubscribe(topic: Topic, caller: user) -> JSONResponse:
+            await tidings.pipeline.store.set_topic(caller[0], topic, False)
+            return JSONResponse({"topic": topic, "subscribed": False})
+
+        @router.put(f"{prefix}/contacts/{{channel}}", responses=errors, tags=["preferences"])
+        async def set_contact(
+            channel: ContactChannel,
+            body: ContactIn,
+            caller: user,
+        ) -> JSONResponse:
+            """Set the user's contact point on a channel; refused with ``invalid_address``."""
+            address = await _call(tidings.pipeline.set_contact(caller[0], channel, body.address))
+            return JSONResponse({"channel": channel, "address": address})
+
+        @router.delete(f"{prefix}/contacts/{{channel}}", responses=errors, tags=["preferences"])
+        async def delete_contact(
+            channel: ContactChannel,
+            caller: user,
+        ) -> JSONResponse:
+            await tidings.pipeline.store.set_contact(caller[0], channel, None)
+            return JSONResponse({"channel": channel, "address": None})
+
+    @router.get("/webpush/vapid-public-key", tags=["preferences"])
+    async def vapid_public_key() -> JSONResponse:
+        """The ``applicationServerKey`` browsers subscribe to push with."""
+        return JSONResponse({"public_key": tidings.pipeline.vapid_public_key()})

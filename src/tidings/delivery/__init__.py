@@ -1,0 +1,1 @@
+"""The multi-channel pipeline: messages, deliveries, channels, templates, workers."""

@@ -1,0 +1,1 @@
+"""Delivery channels: in-app, email, webhook, web push, SMS (see ``base.Channel``)."""

@@ -1,0 +1,124 @@
+"""The :class:`Channel` interface every delivery channel implements.
+
+A channel turns one rendered delivery into one send through a provider (an SMTP server, the
+user's webhook, a push service, an SMS gateway). It says how a send failed, because the worker
+decides by it::
+
+    DeliveryFailure
+    ├── TransientFailure   try again later (4xx SMTP reply, HTTP 5xx/429, timeout, refused)
+    └── PermanentFailure   never succeeds as it is (5xx SMTP reply, HTTP 4xx, expired push
+                           subscription): the delivery goes ``failed``
+
+Channels must not keep per-delivery state: the same delivery may be sent again by another
+worker after this one died (at-least-once), so a provider that accepts an idempotency key is
+given :attr:`Outgoing.delivery_id`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tidings._lifecycle import Lifecycle
+from tidings.errors import InvalidArgument, TidingsError
+
+#: the channels tidings knows, in the order they are documented
+CHANNEL_NAMES = ("in_app", "email", "webhook", "web_push", "sms")
+
+
+class InvalidAddress(InvalidArgument):
+    """A contact point (email address, URL, push subscription, phone number) is not usable."""
+
+
+class DeliveryFailure(TidingsError):
+    """A send did not succeed. ``reason`` is a short machine-readable word recorded on the
+    delivery (``provider_error``, ``rejected``, ``timeout``, ``unreachable``, ``gone`` …);
+    the message is the provider's own words, recorded as the delivery's ``last_error``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TransientFailure(DeliveryFailure):
+    """Worth another try: the delivery is retried with backoff. ``retry_after`` (seconds) is
+    the provider's own hint, when it gave one (HTTP ``Retry-After``)."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(reason, message)
+        self.retry_after = retry_after
+
+
+class PermanentFailure(DeliveryFailure):
+    """Never succeeds as it is: the delivery goes ``failed`` with this reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A message rendered for one recipient: the template's parts with the data filled in.
+
+    ``text`` is always there; ``subject`` and ``html`` only when the template has them.
+    ``data`` is the message's data as the service sent it (for channels that carry JSON)."""
+
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One delivery, claimed by a worker, ready to be sent."""
+
+    delivery_id: str
+    message_id: str
+    user_id: str
+    channel: str
+    #: the contact point as validated by :meth:`Channel.validate` (``None`` for in-app)
+    address: Any
+    rendered: Rendered
+    #: 1 for the first try
+    attempt: int
+    critical: bool = False
+    #: the message's template id, when it had one
+    template_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Channel(Lifecycle, ABC):
+    """Sends deliveries of one kind. Implementations are named ``<Kind>Channel``."""
+
+    #: the channel's name in the API (one of :data:`CHANNEL_NAMES`)
+    name: ClassVar[str]
+    #: whether a user needs a contact point on this channel (in-app needs none)
+    needs_address: ClassVar[bool] = True
+
+    async def start(self) -> None:
+        """Open what the channel keeps open (HTTP client pools). Default: nothing."""
+
+    async def close(self) -> None:
+        """Release it. Idempotent. Default: nothing."""
+
+    def validate(self, address: Any) -> Any:
+        """The address in its normal form (for example a lower-cased email domain).
+
+        Called when a user or service stores a contact point, and again when a message is
+        created, so that an address that became invalid is refused with ``invalid_address``.
+
+        Raises:
+            InvalidAddress: the address cannot be used on this channel; the message says why.
+        """
+        return address
+
+    @abstractmethod
+    async def send(self, outgoing: Outgoing) -> str | None:
+        """Send one delivery; the provider's message id when it gives one.
+
+        Must finish or raise within the channel's own timeout (well below the worker's lease).
+
+        Raises:
+            TransientFailure: try again later.
+            PermanentFailure: do not try again.
+        """

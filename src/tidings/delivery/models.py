@@ -1,0 +1,247 @@
+"""Value types of the pipeline: messages, deliveries, their states, templates, preferences."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tidings.core.models import isoformat
+
+# States of a delivery (docs/pipeline.md)
+PENDING = "pending"
+ACTIVE = "active"
+SENT = "sent"
+FAILED = "failed"
+STALE = "stale"
+DELETED = "deleted"
+STATES = (PENDING, ACTIVE, SENT, FAILED, STALE, DELETED)
+#: states a worker may still pick up
+QUEUED = (PENDING, STALE)
+#: states that end a delivery
+FINAL = (SENT, FAILED, DELETED)
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What a message says: Jinja sources of its parts (a stored template or inline)."""
+
+    text: str
+    subject: str | None = None
+    html: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "text": self.text, "html": self.html}
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A stored template; ``version`` rises with every change (the caches' key)."""
+
+    template_id: str
+    content: Content
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "template_id": self.template_id,
+            **self.content.to_dict(),
+            "version": self.version,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A ``POST /messages`` request, checked."""
+
+    client_id: str
+    channels: tuple[str, ...]
+    user_ids: tuple[str, ...] | None
+    topic: str | None
+    template_id: str | None
+    content: Content | None
+    data: Any
+    critical: bool
+    idempotency_key: str | None
+    #: digest of the request's canonical JSON: the same key with another body is a conflict
+    body_hash: str
+
+    def recipients(self) -> dict[str, Any]:
+        if self.topic is not None:
+            return {"topic": self.topic}
+        return {"user_ids": list(self.user_ids or ())}
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """One user's channel switches, topic subscriptions and contact points."""
+
+    user_id: str
+    channels: dict[str, bool] = field(default_factory=dict)
+    topics: list[str] = field(default_factory=list)
+    contacts: dict[str, Any] = field(default_factory=dict)
+
+    def enabled(self, channel: str) -> bool:
+        return self.channels.get(channel, True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "channels": self.channels,
+            "topics": self.topics,
+            "contacts": self.contacts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    """What the planner decided for one (user, channel) of a new message."""
+
+    user_id: str
+    channel: str
+    state: str  # PENDING, or FAILED / DELETED with the reason it will not be sent
+    reason: str
+    address: Any = None
+    detail: str | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.state == PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    state: str
+    reason: str
+    detail: str | None
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "detail": self.detail,
+            "at": isoformat(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One (recipient, channel) of a message, with its state and history."""
+
+    delivery_id: str
+    message_id: str
+    user_id: str
+    channel: str
+    state: str
+    reason: str
+    attempts: int
+    last_error: str | None
+    provider_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "user_id": self.user_id,
+            "channel": self.channel,
+            "state": self.state,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "provider_id": self.provider_id,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+            "sent_at": isoformat(self.sent_at) if self.sent_at else None,
+            "history": [entry.to_dict() for entry in self.history],
+        }
+
+
+def message_state(counts: dict[str, int]) -> str:
+    """A message's state, derived from how many of its deliveries are in each state."""
+    live = {state: n for state, n in counts.items() if n}
+    total = sum(live.values())
+    if not total or live.get(DELETED, 0) == total:
+        return DELETED
+    if live.get(STALE):
+        return STALE
+    if live.get(ACTIVE):
+        return ACTIVE
+    done = sum(live.get(state, 0) for state in FINAL)
+    if done == total:
+        return FAILED if live.get(FAILED) else SENT
+    return ACTIVE if done else PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as stored, with its deliveries' counts (and the deliveries when asked)."""
+
+    message_id: str
+    client_id: str
+    channels: list[str]
+    recipients: dict[str, Any]
+    template_id: str | None
+    content: Content | None
+    data: Any
+    critical: bool
+    idempotency_key: str | None
+    created_at: datetime
+    counts: dict[str, int]
+    deliveries: list[Delivery] | None = None
+
+    @property
+    def state(self) -> str:
+        return message_state(self.counts)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "message_id": self.message_id,
+            "state": self.state,
+            "created_at": isoformat(self.created_at),
+            "template_id": self.template_id,
+            "content": self.content.to_dict() if self.content else None,
+            "channels": self.channels,
+            "recipients": self.recipients,
+            "critical": self.critical,
+            "idempotency_key": self.idempotency_key,
+            "counts": {state: n for state, n in self.counts.items() if n},
+        }
+        if self.deliveries is not None:
+            body["deliveries"] = [delivery.to_dict() for delivery in self.deliveries]
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery a worker holds: what it needs to render and send it."""
+
+    delivery_id: str
+    message_id: str
+    user_id: str
+    channel: str
+    address: Any
+    #: this claim's try number; a completion with an older one is ignored
+    attempt: int
+    template_id: str | None
+    content: Content | None
+    data: Any
+    critical: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a send ended: ``sent``, ``retry`` at ``retry_at``, or ``failed``."""
+
+    state: str  # SENT, PENDING (retry) or FAILED
+    reason: str
+    error: str | None = None
+    provider_id: str | None = None
+    retry_at: datetime | None = None

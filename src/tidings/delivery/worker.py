@@ -1,0 +1,211 @@
+"""A :class:`Worker` claims deliveries from the outbox, renders and sends them, and records
+how each send ended.
+
+Never twice at once: a worker renews the leases of what it is sending every third of the lease;
+a send whose lease could not be renewed before it would lapse is cancelled, so by the time the
+control loop of any node finds it stale, nobody is still sending it. A completion names the try
+it belongs to, and is ignored if the delivery was claimed again since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from tidings.delivery.channels.base import (
+    Outgoing,
+    PermanentFailure,
+    TransientFailure,
+)
+from tidings.delivery.models import FAILED, PENDING, SENT, Claim, Outcome
+from tidings.delivery.pipeline import retry_at, retry_delay
+from tidings.delivery.templates import TemplateFailure
+from tidings.errors import TidingsError
+
+if TYPE_CHECKING:
+    from tidings.delivery.pipeline import Pipeline
+
+logger = logging.getLogger("tidings.delivery")
+
+#: a send is given up this long before its lease would lapse without a renewal
+SAFETY = 0.8
+
+
+class Worker:
+    """One worker loop: up to ``worker_concurrency`` sends at once."""
+
+    def __init__(self, pipeline: Pipeline, owner: str) -> None:
+        self.pipeline = pipeline
+        self.owner = owner
+        settings = pipeline.settings
+        self.lease = settings.pipeline_lease
+        self.concurrency = settings.worker_concurrency
+        self._sends: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
+        #: monotonic time until which each claim's lease is known to hold
+        self._held_until: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Claim nothing more; sends under way finish (see :meth:`wait_stopped`)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def wait_stopped(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout)
+        for _, task in list(self._sends.values()):
+            task.cancel()  # its lease lapses and another worker sends it
+
+    async def run(self) -> None:
+        renewer = asyncio.create_task(self._renew_loop())
+        try:
+            await self._claim_loop()
+            while self._sends:  # stopping: let the sends under way finish
+                await asyncio.wait([task for _, task in self._sends.values()])
+        finally:
+            renewer.cancel()
+            self._stopped.set()
+
+    async def _claim_loop(self) -> None:
+        poll = self.pipeline.settings.pipeline_poll_interval
+        names = list(self.pipeline.channels)
+        while not self._stopping:
+            self._wake.clear()
+            free = self.concurrency - len(self._sends)
+            claims: list[Claim] = []
+            if free > 0:
+                try:
+                    claims = await self.pipeline.store.claim(names, self.owner, free, self.lease)
+                except TidingsError as exc:
+                    logger.warning("claiming deliveries failed: %s", exc)
+            deadline = time.monotonic() + self.lease * SAFETY
+            for claim in claims:
+                self._held_until[claim.delivery_id] = deadline
+                task = asyncio.create_task(self._send(claim))
+                self._sends[claim.delivery_id] = (claim, task)
+                task.add_done_callback(functools.partial(self._done, claim.delivery_id))
+            if claims and len(claims) == free:
+                continue  # more may be due: look again at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), poll)
+
+    def _done(self, delivery_id: str, _: object = None) -> None:
+        self._sends.pop(delivery_id, None)
+        self._held_until.pop(delivery_id, None)
+        self._wake.set()  # room for another claim
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.lease / 3, 5.0))
+            claims = [claim for claim, _ in self._sends.values()]
+            if claims:
+                asked = time.monotonic()
+                try:
+                    held = await self.pipeline.store.renew(self.owner, claims, self.lease)
+                except TidingsError as exc:
+                    logger.warning("renewing leases failed: %s", exc)
+                    held = None
+                for claim in claims:
+                    if held is None:
+                        continue
+                    if claim.delivery_id in held:
+                        self._held_until[claim.delivery_id] = asked + self.lease * SAFETY
+                    else:
+                        self._abandon(claim, "its lease was taken over")
+            now = time.monotonic()
+            for claim, _ in list(self._sends.values()):
+                if self._held_until.get(claim.delivery_id, now) <= now:
+                    self._abandon(claim, "its lease could not be renewed")
+
+    def _abandon(self, claim: Claim, why: str) -> None:
+        entry = self._sends.get(claim.delivery_id)
+        if entry is not None and not entry[1].done():
+            logger.warning("abandoning delivery %s: %s", claim.delivery_id, why)
+            entry[1].cancel()
+
+    async def _send(self, claim: Claim) -> None:
+        outcome = await self._attempt(claim)
+        for pause in (0.1, 0.5, 1.0, 2.0):
+            try:
+                if not await self.pipeline.store.complete(self.owner, claim, outcome):
+                    logger.warning(
+                        "delivery %s was claimed again meanwhile; this try's result (%s) "
+                        "is dropped",
+                        claim.delivery_id,
+                        outcome.state,
+                    )
+                return
+            except TidingsError as exc:
+                logger.warning("recording delivery %s failed: %s", claim.delivery_id, exc)
+                await asyncio.sleep(pause)
+        # Unrecorded: the lease lapses, the delivery goes stale and is sent again.
+
+    async def _attempt(self, claim: Claim) -> Outcome:
+        pipeline, settings = self.pipeline, self.pipeline.settings
+        channel = pipeline.channels.get(claim.channel)
+        if channel is None:
+            return Outcome(FAILED, "channel_unavailable", f"no {claim.channel} channel here")
+        if claim.attempt > settings.pipeline_max_attempts:
+            return Outcome(FAILED, "max_attempts", "its workers kept dying while sending it")
+        if channel.needs_address and claim.address is None:
+            return Outcome(FAILED, "no_address", f"no {claim.channel} contact point")
+        try:
+            rendered = await pipeline.renderer.render(
+                claim.template_id,
+                claim.content,
+                claim.data,
+                user_id=claim.user_id,
+                channel=claim.channel,
+            )
+        except TemplateFailure as exc:
+            return Outcome(FAILED, "template_error", str(exc))
+        except TidingsError as exc:  # the template could not be read: try later
+            return self._retry(claim, "provider_error", str(exc), None)
+        outgoing = Outgoing(
+            claim.delivery_id,
+            claim.message_id,
+            claim.user_id,
+            claim.channel,
+            claim.address,
+            rendered,
+            claim.attempt,
+            claim.critical,
+            claim.template_id,
+        )
+        try:
+            provider_id = await asyncio.wait_for(
+                channel.send(outgoing), settings.provider_timeout + 5
+            )
+        except TransientFailure as exc:
+            return self._retry(claim, exc.reason, exc.message, exc.retry_after)
+        except PermanentFailure as exc:
+            return Outcome(FAILED, exc.reason, exc.message)
+        except TimeoutError:
+            return self._retry(claim, "timeout", "the provider did not answer in time", None)
+        except Exception as exc:  # a channel's bug must not kill the worker
+            logger.exception("channel %s failed on delivery %s", claim.channel, claim.delivery_id)
+            return self._retry(claim, "provider_error", f"{type(exc).__name__}: {exc}", None)
+        return Outcome(SENT, "sent", provider_id=provider_id)
+
+    def _retry(self, claim: Claim, reason: str, error: str, hint: float | None) -> Outcome:
+        settings = self.pipeline.settings
+        if claim.attempt >= settings.pipeline_max_attempts:
+            return Outcome(FAILED, "max_attempts", f"{reason}: {error}")
+        delay = retry_delay(
+            claim.attempt,
+            settings.pipeline_retry_base,
+            settings.pipeline_retry_max,
+            hint,
+            random.random(),
+        )
+        return Outcome(PENDING, "retry", f"{reason}: {error}", retry_at=retry_at(delay))
