@@ -282,3 +282,70 @@ def test_browser_client_topics_replay_after_a_dropped_connection(
     assert [m["data"] for m in messages if m["topic"] == quiet] == ["quiet one"]
     assert len(_wait_events(page, "welcome", 2)) >= 2  # it did reconnect
     context.close()
+
+
+def test_admin_console_retries_a_failed_pipeline_delivery(
+    browser: object, start_server: Callable[..., ServerProcess]
+) -> None:
+    """The admin console lists pipeline messages with their deliveries; a delivery that failed
+    for want of an address is retried from it once the user has one, and shows sent."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    received: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        node = start_server(
+            TIDINGS_ALLOW_PRIVATE_ADDRESSES="true", TIDINGS_PIPELINE_POLL_INTERVAL="0.2"
+        )
+        headers = {"Authorization": f"Bearer {node.service_token('messages')}"}
+        user = f"carol-{uuid.uuid4().hex[:6]}"
+        posted = httpx.post(
+            f"{node.url}/messages",
+            headers=headers,
+            json={
+                "recipients": {"user_ids": [user]},
+                "channels": ["webhook"],
+                "content": {"text": "Your parcel is at the door"},
+            },
+        )
+        assert posted.status_code == 202, posted.text
+        message_id = posted.json()["message_id"]
+        assert posted.json()["counts"] == {"failed": 1}
+        url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        contact = httpx.put(
+            f"{node.url}/users/{user}/contacts/webhook", headers=headers, json={"address": url}
+        )
+        assert contact.status_code == 200, contact.text
+
+        client_id, secret = node.create_client("admin")
+        context = browser.new_context()  # type: ignore[attr-defined]
+        admin = Tab(context, f"{node.url}/admin")
+        admin.page.fill("#clientId", client_id)
+        admin.page.fill("#clientSecret", secret)
+        admin.page.click("#credentials button")
+        admin.page.click(f"#messages >> text={message_id}")
+        admin.page.wait_for_selector("#deliveries >> text=no_address")
+        admin.shot("admin-message-failed")
+        admin.page.click("#retry")
+        admin.page.wait_for_selector("#deliveries td >> text=/^sent$/", timeout=15_000)
+        admin.shot("admin-message-retried")
+        assert len(received) == 1 and b"Your parcel is at the door" in received[0]
+        assert admin.errors == []
+        context.close()
+    finally:
+        receiver.shutdown()
+        receiver.server_close()

@@ -58,7 +58,8 @@ def mount_web(
         dependencies=[Depends(require_scope("admin"))],
     )
     async def overview(devices: int = 200, recent: int = 50) -> dict[str, Any]:
-        """Nodes, their open sockets (with each device's queue depth) and recent notifications."""
+        """Nodes, their open sockets (with each device's queue depth), recent notifications
+        and the pipeline's queued work per channel and state."""
         store = tidings.store
         everyone = await store.presence()
         per_node: dict[str, int] = {}
@@ -92,6 +93,7 @@ def mount_web(
                 {**n.to_dict(), "seq": n.seq}
                 for n in await store.recent_notifications(max(0, min(recent, 500)))
             ],
+            "pipeline": await tidings.pipeline.store.depths(),
         }
 
     if not tidings.settings.demo:

@@ -183,7 +183,7 @@ class PostgresPipelineStore(PipelineStore):
                 # Concurrent requests with one key wait here for the first to commit.
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 11))",
-                    f"{message.client_id}\x00{message.idempotency_key}",
+                    f"{message.client_id}/{message.idempotency_key}",  # a clash only shares a lock
                 )
                 row = await conn.fetchrow(
                     "SELECT message_id, body_hash FROM pipeline_messages "
@@ -260,9 +260,11 @@ class PostgresPipelineStore(PipelineStore):
                 return None
             now = utcnow()
             rows = await conn.fetch(
-                "UPDATE pipeline_deliveries SET state = $1, reason = 'retried_by_request', "
-                "attempts = 0, updated_at = $2 WHERE message_id = $3 AND state = $4 "
-                "RETURNING delivery_id, channel",
+                # The current contact point: the user may have given one since (no_address).
+                "UPDATE pipeline_deliveries d SET state = $1, reason = 'retried_by_request', "
+                "attempts = 0, updated_at = $2, address = COALESCE((SELECT c.address FROM "
+                "pipeline_contacts c WHERE c.user_id = d.user_id AND c.channel = d.channel), "
+                "d.address) WHERE message_id = $3 AND state = $4 RETURNING delivery_id, channel",
                 PENDING,
                 now,
                 message_id,
@@ -527,7 +529,7 @@ async def _history(
     await conn.execute(
         "INSERT INTO pipeline_history (delivery_id, state, reason, detail, at) "
         "SELECT i, s, r, d, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
-        "AS t(i, s, r, d) ORDER BY ordinality",
+        "AS t(i, s, r, d)",
         [e[0] for e in entries],
         [e[1] for e in entries],
         [e[2] for e in entries],

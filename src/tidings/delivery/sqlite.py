@@ -243,10 +243,13 @@ class SqlitePipelineStore(PipelineStore):
             if _message(conn, message_id, client_id, deliveries=False) is None:
                 return None
             now = isoformat(utcnow())
+            # The user may have given a contact point since (a delivery that failed with
+            # no_address): the retry takes the current one.
             rows = conn.execute(
-                "UPDATE pipeline_deliveries SET state = ?, reason = ?, attempts = 0, "
-                "updated_at = ? WHERE message_id = ? AND state = ? "
-                "RETURNING delivery_id, channel",
+                "UPDATE pipeline_deliveries AS d SET state = ?, reason = ?, attempts = 0, "
+                "updated_at = ?, address = COALESCE((SELECT c.address FROM pipeline_contacts c "
+                "WHERE c.user_id = d.user_id AND c.channel = d.channel), d.address) "
+                "WHERE message_id = ? AND state = ? RETURNING delivery_id, channel",
                 (PENDING, "retried_by_request", now, message_id, FAILED),
             ).fetchall()
             conn.executemany(

@@ -193,6 +193,7 @@ def raise_for_status(
 
 
 def check_timeout(timeout: float) -> float:
+    """``timeout`` as a float; :class:`ConfigurationError` unless a positive finite number."""
     if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
         raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
     return float(timeout)

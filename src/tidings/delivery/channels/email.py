@@ -97,6 +97,9 @@ def _classify(exc: Exception) -> DeliveryFailure:
     """The delivery failure an aiosmtplib (or socket) error means."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # wrong credentials are the operator's to fix: the deliveries must not be lost for it
+        return TransientFailure("provider_error", f"SMTP login refused: {exc.code} {exc.message}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         message = f"{exc.code} {exc.message}".strip()
         if 400 <= exc.code < 500:

@@ -156,6 +156,23 @@ def _fit(payload: dict[str, Any]) -> bytes:
     return encoded
 
 
+def _encrypt(plaintext: bytes, p256dh: bytes, auth: bytes) -> bytes:
+    """RFC 8291: one aes128gcm record for the subscription, with a fresh sender key."""
+    try:
+        return bytes(
+            ece_encrypt(
+                plaintext,
+                salt=os.urandom(16),
+                private_key=ec.generate_private_key(ec.SECP256R1()),
+                dh=p256dh,
+                auth_secret=auth,
+                version="aes128gcm",
+            )
+        )
+    except ECEException as exc:
+        raise PermanentFailure("invalid_address", f"cannot encrypt: {exc.message}") from exc
+
+
 def _origin(endpoint: str) -> str:
     url = httpx.URL(endpoint)
     host = url.raw_host.decode("ascii")
@@ -231,17 +248,7 @@ class WebPushChannel(HttpChannel):
                 "delivery_id": outgoing.delivery_id,
             }
         )
-        try:
-            body = ece_encrypt(
-                plaintext,
-                salt=os.urandom(16),
-                private_key=ec.generate_private_key(ec.SECP256R1()),
-                dh=p256dh,
-                auth_secret=auth,
-                version="aes128gcm",
-            )
-        except ECEException as exc:
-            raise PermanentFailure("invalid_address", f"cannot encrypt: {exc.message}") from exc
+        body = _encrypt(plaintext, p256dh, auth)
         headers = {
             "authorization": self.authorization(endpoint),
             "content-encoding": "aes128gcm",
@@ -252,7 +259,7 @@ class WebPushChannel(HttpChannel):
         topic = outgoing.extra.get("topic")
         if isinstance(topic, str) and _TOPIC.fullmatch(topic):
             headers["topic"] = topic
-        response = await self.post(endpoint, content=bytes(body), headers=headers)
+        response = await self.post(endpoint, content=body, headers=headers)
         raise_for_status(response, gone=(404, 410))
         location: str | None = response.headers.get("location")
         return location
