@@ -161,6 +161,7 @@ def test_parses_topic_frames() -> None:
         '{"type":"subscribe","topics":["a\\nb"]}',
         '{"type":"readNotifications","topic":"pet","since":-1}',
         '{"type":"readNotifications","topic":"pet","since":"3"}',
+        '{"type":"readNotifications","topic":"pet","since":9223372036854775808}',
         '{"type":"readNotifications","since":3}',
         '{"type":"authenticate","token":"t","deliver":"yes"}',
         '{"type":"ack","notification_ids":[]}',

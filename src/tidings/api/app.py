@@ -378,7 +378,7 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
     async def topic_messages(
         request: Request,
         topic: str,
-        since: int = Query(0, ge=0),
+        since: int = Query(0, ge=0, le=2**63 - 1),  # a 64-bit sequence
         limit: int = Query(500, ge=1, le=1000),
     ) -> TopicLog:
         """Messages of a topic after ``since``, for a consumer that keeps its own cursor.

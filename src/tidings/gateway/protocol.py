@@ -43,6 +43,8 @@ CLOSE_AUTH_TIMEOUT = 4408
 
 # Limits that are part of the contract.
 MAX_ID_LENGTH = 128
+#: topic sequences are 64-bit signed integers in every store
+MAX_SEQ = 2**63 - 1
 MAX_TOKEN_LENGTH = 8192
 MAX_IDS_PER_FRAME = 1000
 DEFAULT_UNSEEN_LIMIT = 100
@@ -246,8 +248,8 @@ def _parse_read_notifications(raw: dict[str, Any], frame_id: Any, _: int) -> Rea
     if not _valid_topic(topic):
         raise ProtocolError(INVALID_FRAME, "'topic' must be a topic name", frame_id)
     since = raw.get("since", 0)
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise ProtocolError(INVALID_FRAME, "'since' must be an integer >= 0", frame_id)
+    if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= MAX_SEQ:
+        raise ProtocolError(INVALID_FRAME, "'since' must be an integer from 0 to 2**63-1", frame_id)
     assert isinstance(topic, str)
     return ReadNotifications(frame_id, topic, since)
 
