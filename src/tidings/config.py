@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     max_recipients: int = Field(
         1000, gt=0, le=100_000, description="User ids one `POST /messages` may name."
     )
+    max_topic_recipients: int = Field(
+        100_000, gt=0, description="Subscribers a message to a topic may reach."
+    )
     rate_limits: dict[str, str] = Field(
         default_factory=lambda: {"email": "20/hour", "sms": "10/hour", "web_push": "60/hour"},
         description='Deliveries per user per channel, JSON: {"email": "20/hour"}.',

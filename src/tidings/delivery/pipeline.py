@@ -231,7 +231,9 @@ class Pipeline(Lifecycle):
             counted_channels(message, self.limits),
             since,
             lambda recipients: self._plan(message, recipients),
-            self.settings.max_recipients,
+            self.settings.max_recipients
+            if message.topic is None
+            else self.settings.max_topic_recipients,
         )
         if created[1] and any(created[0].counts.get(state) for state in ("pending",)):
             await self._announce({"type": WORK, "channels": list(message.channels)})

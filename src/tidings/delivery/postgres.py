@@ -421,7 +421,7 @@ async def _resolve(conn: Any, message: NewMessage, max_recipients: int) -> list[
     if len(rows) > max_recipients:
         raise InvalidArgument(
             f"topic {message.topic!r} has more than {max_recipients} subscribers "
-            "(TIDINGS_MAX_RECIPIENTS)"
+            "(TIDINGS_MAX_TOPIC_RECIPIENTS)"
         )
     return [row[0] for row in rows]
 

@@ -429,7 +429,7 @@ def _resolve(conn: sqlite3.Connection, message: NewMessage, max_recipients: int)
     if len(users) > max_recipients:
         raise InvalidArgument(
             f"topic {message.topic!r} has more than {max_recipients} subscribers "
-            "(TIDINGS_MAX_RECIPIENTS)"
+            "(TIDINGS_MAX_TOPIC_RECIPIENTS)"
         )
     return users
 
