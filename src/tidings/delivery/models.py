@@ -168,7 +168,9 @@ def message_state(counts: dict[str, int]) -> str:
     """A message's state, derived from how many of its deliveries are in each state."""
     live = {state: n for state, n in counts.items() if n}
     total = sum(live.values())
-    if not total or live.get(DELETED, 0) == total:
+    if not total:
+        return SENT  # nothing to send (a topic nobody follows): done, not waiting
+    if live.get(DELETED, 0) == total:
         return DELETED
     if live.get(STALE):
         return STALE
