@@ -215,7 +215,11 @@ class PostgresPipelineStore(PipelineStore):
     async def get_message(
         self, message_id: str, client_id: str | None, *, deliveries: bool = True
     ) -> Message | None:
-        async with self.store._connection() as conn:
+        async with (
+            self.store._connection() as conn,
+            # one snapshot: a delivery's row and its history agree
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             return await _message(conn, message_id, client_id, deliveries=deliveries)
 
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:

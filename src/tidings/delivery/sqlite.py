@@ -8,10 +8,10 @@ row — the second sees it leased.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -40,6 +40,7 @@ from tidings.errors import Conflict, InvalidArgument
 from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.sqlite import SqliteStore
 
+T = TypeVar("T")
 _CHUNK = 500  # bound parameters per IN (...) list
 MESSAGE_COLUMNS = (
     "message_id, client_id, channels, recipients, template_id, content, data, critical, "
@@ -198,7 +199,9 @@ class SqlitePipelineStore(PipelineStore):
         self, message_id: str, client_id: str | None, *, deliveries: bool = True
     ) -> Message | None:
         return await self.store._read(
-            lambda conn: _message(conn, message_id, client_id, deliveries=deliveries)
+            lambda conn: _snapshot(
+                conn, lambda: _message(conn, message_id, client_id, deliveries=deliveries)
+            )
         )
 
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:
@@ -210,7 +213,7 @@ class SqlitePipelineStore(PipelineStore):
                 "ORDER BY created_at DESC, message_id DESC LIMIT ?",
                 (window,),
             ).fetchall()
-            counts = _counts(conn, [row[0] for row in rows])
+            counts = _snapshot(conn, lambda: _counts(conn, [row[0] for row in rows]))
             found = [_message_of(row, counts.get(row[0], {})) for row in rows]
             return [m for m in found if state is None or m.state == state][:limit]
 
@@ -399,6 +402,16 @@ class SqlitePipelineStore(PipelineStore):
             return found
 
         return await self.store._read(run)
+
+
+def _snapshot(conn: sqlite3.Connection, read: Callable[[], T]) -> T:
+    """``read()``'s statements in one read transaction: they see one state of the database
+    (a delivery's row and its history agree), not each the latest commit."""
+    conn.execute("BEGIN")
+    try:
+        return read()
+    finally:
+        conn.execute("COMMIT")
 
 
 def _templates(conn: sqlite3.Connection, template_id: str | None) -> list[Template]:

@@ -9,6 +9,7 @@ The server is given as a URL: ``smtp://[user:password@]host[:port][?starttls=tru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import re
 import socket
@@ -188,21 +189,32 @@ class EmailChannel(Channel):
         # One SMTP session per send: a session carries one transaction at a time, servers drop
         # idle ones within minutes, and a pool would need a lock, RSET and liveness checks per
         # connection for a saving (one handshake) that matters little at notification rates.
+        client = aiosmtplib.SMTP(
+            hostname=server.host,
+            port=server.port,
+            username=server.username,
+            password=server.password,
+            use_tls=server.use_tls,
+            start_tls=server.start_tls,
+            local_hostname=self._local_hostname,
+            timeout=self._timeout,
+        )
         try:
             async with asyncio.timeout(self._timeout):
-                await aiosmtplib.send(
-                    message,
-                    sender=self._envelope_sender,
-                    recipients=[outgoing.address],
-                    hostname=server.host,
-                    port=server.port,
-                    username=server.username,
-                    password=server.password,
-                    use_tls=server.use_tls,
-                    start_tls=server.start_tls,
-                    local_hostname=self._local_hostname,
-                    timeout=self._timeout,
+                await client.connect()
+                await client.send_message(
+                    message, sender=self._envelope_sender, recipients=[outgoing.address]
                 )
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _classify(exc) from exc
+        except BaseException as exc:
+            # Dropped at once, not closed politely: aiosmtplib's own context manager sends QUIT
+            # and waits for the answer, so a send the worker abandons (its lease lapsed) would
+            # stay open until the server replied, and could still be accepted meanwhile.
+            client.close()
+            if isinstance(exc, aiosmtplib.SMTPException | OSError):
+                raise _classify(exc) from exc
+            raise
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await client.quit()
+        client.close()
         return str(message["Message-ID"])
