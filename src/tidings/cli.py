@@ -18,6 +18,7 @@ from tidings.auth.jwt import JwtAuthenticator
 from tidings.auth.oauth import SCOPES, create_client, parse_scopes
 from tidings.config import Settings
 from tidings.errors import ClientError, ConfigurationError, TidingsError
+from tidings.logs import configure, safe_url
 from tidings.storage import Store, create_store
 
 T = TypeVar("T")
@@ -78,7 +79,7 @@ def serve(
     from tidings.server import run
 
     settings = _settings(host=host, port=port, store=store, bus=bus, node_id=node_id, demo=demo)
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure(log_level, settings.log_format)
     if banner:
         _print_banner(settings)
     try:
@@ -104,7 +105,7 @@ def worker(
     settings = _settings(store=store, bus=bus, node_id=node_id, workers=workers)
     if settings.workers < 1:
         raise click.UsageError("a worker process needs --workers 1 or more")
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure(log_level, settings.log_format)
     _run(_work(settings))
 
 
@@ -119,7 +120,7 @@ async def _work(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Tidings(settings):
         logging.getLogger("tidings").info(
-            "worker %s sending deliveries (store %s)", settings.node_id, settings.store
+            "worker %s sending deliveries (store %s)", settings.node_id, safe_url(settings.store)
         )
         await stop.wait()
 
@@ -130,7 +131,7 @@ def _print_banner(settings: Settings) -> None:
     demo = f"\n  demo inbox           {base}/demo   (open it in two tabs)" if settings.demo else ""
     click.echo(
         f"""
-tidings {__version__} on {base}  (store {settings.store}, bus {settings.bus})
+tidings {__version__} on {base}  (store {safe_url(settings.store)}, bus {safe_url(settings.bus)})
   devices connect to   {ws}
   API reference        {base}/docs
   admin console        {base}/admin{demo}

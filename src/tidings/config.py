@@ -92,6 +92,17 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, gt=0, description="Largest `POST /notify/batch` body, in bytes."
     )
     max_connections: int = Field(100_000, gt=0, description="Open sockets per node.")
+    max_connections_per_user: int | None = Field(
+        100,
+        gt=0,
+        description="Open sockets one user may hold across the cluster (null: no limit).",
+    )
+    max_frames_per_second: float = Field(
+        50.0,
+        gt=0,
+        description="Frames a device may send per second (burst of two seconds' worth); "
+        "more are answered `rate_limited`, and a device that keeps flooding is closed (1008).",
+    )
     max_connects_per_second: float = Field(
         2000, gt=0, description="New sockets per second per node (burst of one second)."
     )
@@ -156,6 +167,23 @@ class Settings(BaseSettings):
         1024, gt=0, description="Frames queued per connection before it is closed as too slow."
     )
     max_unseen_page: int = Field(1000, gt=0, description="Largest `getUnseen` limit.")
+
+    # Operations
+    shutdown_delay: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between SIGTERM and closing anything: /ready answers 503 at once, "
+        "so a load balancer stops sending traffic first (5 behind Kubernetes).",
+    )
+    shutdown_timeout: float = Field(
+        10.0, gt=0, description="Seconds a stopping node waits for requests and sends to finish."
+    )
+    metrics_token: str | None = Field(
+        None, description="If set, GET /metrics requires `Authorization: Bearer <token>`."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line (for log collectors)."
+    )
 
     # Pipeline (POST /messages): workers, tries, limits
     workers: int = Field(

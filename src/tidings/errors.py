@@ -17,6 +17,8 @@ Every error derives from :class:`TidingsError`; each layer has its own subtree::
     │   ├── IssuerUnavailable       a token issuer's keys cannot be fetched (retry later)
     │   ├── InsufficientScope       a valid service token lacks the scope
     │   └── TopicRefused            the topic policy refused topics
+    ├── LimitExceeded               a configured limit refused the request
+    │   └── TooManyConnections      a user has the most sockets allowed across the cluster
     ├── ProtocolError               a client frame breaks the wire contract
     └── ClientError                 the server refused a request of tidings.client
 
@@ -106,6 +108,14 @@ class TopicRefused(AuthError, PermissionError):
     def __init__(self, topics: list[str]) -> None:
         super().__init__(f"not allowed: {', '.join(topics)}")
         self.topics = topics
+
+
+class LimitExceeded(TidingsError):
+    """A configured limit refused the request; nothing was changed."""
+
+
+class TooManyConnections(LimitExceeded):
+    """The user already holds ``TIDINGS_MAX_CONNECTIONS_PER_USER`` sockets in the cluster."""
 
 
 class ProtocolError(TidingsError):

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
+import math
+import threading
 from typing import Any
+
+import uvicorn
 
 from tidings.api.app import FAST_ROUTES, create_api, fast_post
 from tidings.config import Settings
 from tidings.core.tidings import Tidings
+from tidings.logs import log_context
+from tidings.storage._common import new_id
 
 logger = logging.getLogger("tidings")
 
@@ -36,6 +41,7 @@ class TidingsApp:
             await self.tidings.gateway(scope, receive, send)
             return
         if kind == "http":
+            log_context.set({"request_id": _request_id(scope)})
             limit = self.max_batch_body if _local_path(scope) == BATCH_PATH else self.max_body
             if self._declared_too_large(scope, limit):
                 await _too_large(send, limit)
@@ -94,6 +100,14 @@ class TidingsApp:
         await self.api(scope, replay, send)
 
 
+def _request_id(scope: dict[str, Any]) -> str:
+    """The caller's ``X-Request-Id`` (a proxy's), or a new one: it tags the request's logs."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id" and 0 < len(value) <= 128:
+            return str(value.decode("latin-1"))
+    return new_id()
+
+
 def _local_path(scope: dict[str, Any]) -> str:
     """The path inside this app, also when it is mounted under a prefix."""
     path: str = scope["path"]
@@ -122,30 +136,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> TidingsApp
     return TidingsApp(Tidings(settings, **overrides))
 
 
-class RedactTokens(logging.Filter):
-    """Keeps device tokens passed as ``?access_token=`` out of access and error logs."""
-
-    pattern = re.compile(r"(access_token=)[^&\s\"]+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                self.pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                for a in record.args
-            )
-        if isinstance(record.msg, str) and "access_token=" in record.msg:
-            record.msg = self.pattern.sub(r"\1[redacted]", record.msg)
-        return True
-
-
 def run(settings: Settings, *, log_level: str = "info") -> None:
     """Serve a node with uvicorn until interrupted."""
-    import uvicorn
-
     from tidings.gateway.transport import WebSocketProtocol
-
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logging.getLogger(name).addFilter(RedactTokens())
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -160,13 +153,38 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
         ws_max_size=max(4 * settings.max_frame_size, 1024 * 1024),
         ws_per_message_deflate=False,
         log_level=log_level,
+        log_config=None,  # tidings.logs.configure() set up logging (text or JSON, redacted)
         lifespan="on",
         server_header=False,
         proxy_headers=True,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
     )
     # Everything built so far (modules, the app) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise pause the loop for tens of milliseconds.
     gc.freeze()
     gc.set_threshold(700, 10, 100)
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.tidings).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but readiness goes false first: on SIGTERM the node answers /ready
+    with 503 and refuses new sockets for ``shutdown_delay`` seconds, then stops accepting,
+    closes devices with 1012 (reconnect elsewhere) and drains requests and pipeline sends
+    within ``shutdown_timeout``. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, tidings: Tidings) -> None:
+        super().__init__(config)
+        self.tidings = tidings
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        delay = self.tidings.settings.shutdown_delay
+        if self.tidings.draining or delay <= 0:
+            self.tidings.draining = True
+            super().handle_exit(sig, frame)
+            return
+        self.tidings.draining = True
+        logger.warning("draining: /ready answers 503; stopping in %.1f s", delay)
+        # The timer's thread only sets uvicorn's exit flag, which its main loop polls.
+        timer = threading.Timer(delay, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()

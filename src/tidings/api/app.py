@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -48,6 +49,7 @@ from tidings.errors import (
     PayloadTooLarge,
     StoreUnavailable,
 )
+from tidings.metrics import CONTENT_TYPE, count_error
 
 if TYPE_CHECKING:
     from tidings.core.tidings import Tidings
@@ -246,6 +248,7 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(_: Request, exc: StoreUnavailable) -> Response:
+        count_error("store_unavailable")
         return Response(
             UNAVAILABLE_BODY, 503, headers={"Retry-After": "1"}, media_type="application/json"
         )
@@ -476,14 +479,16 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
             issued.to_dict(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
         )
 
-    @app.get("/health", response_model=Health, tags=["operations"])
-    async def health() -> JSONResponse:
-        """200 when this node and its store answer, 503 otherwise."""
-        status, code = "ok", 200
-        try:
-            await tidings.store.ping()
-        except StoreUnavailable:
-            status, code = "store_unavailable", 503
+    async def probe(ok: str, *, draining_counts: bool) -> JSONResponse:
+        """A probe's answer: ``ok`` with 200, or why not with 503."""
+        status, code = ok, 200
+        if draining_counts and not tidings.ready:
+            status, code = "draining", 503
+        else:
+            try:
+                await tidings.store.ping()
+            except StoreUnavailable:
+                status, code = "store_unavailable", 503
         registry = tidings.registry
         body = Health(
             status=status,
@@ -492,6 +497,43 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
             users=registry.user_count,
         )
         return JSONResponse(body.model_dump(), code)
+
+    @app.get("/health", response_model=Health, tags=["operations"])
+    async def health() -> JSONResponse:
+        """Liveness: 200 when this node and its store answer, 503 otherwise."""
+        return await probe("ok", draining_counts=False)
+
+    @app.get(
+        "/ready",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Draining, or the store is down"}},
+        tags=["operations"],
+    )
+    async def ready() -> JSONResponse:
+        """Readiness: 200 while this node takes new devices and requests; 503 once it is
+        shutting down (before it closes anything) or while its store does not answer."""
+        return await probe("ready", draining_counts=True)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+        tags=["operations"],
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of this node (``TIDINGS_METRICS_TOKEN``, when set, is required
+        as a bearer token)."""
+        token = tidings.settings.metrics_token
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "the metrics token is required",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        return Response(await tidings.metrics.render(), media_type=CONTENT_TYPE)
 
     mount_pipeline(app, tidings, require_scope)
     mount_web(app, tidings, require_scope)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -26,6 +27,8 @@ def encode_count(count: UnseenCount, origin: str, seq: int = 0) -> bytes:
             "version": count.version,
             "seq": seq,
             "node": origin,
+            # when it was sent, for the receivers' lag metric (nodes' clocks must agree)
+            "t": time.time(),
         }
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ from tidings.errors import (
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
 from tidings.gateway.registry import Registry, topic_channel, user_channel
+from tidings.logs import safe_url
+from tidings.metrics import Metrics, counters
 from tidings.storage import Store, create_store
 
 if TYPE_CHECKING:
@@ -123,6 +126,9 @@ class Tidings(Lifecycle):
         self._republisher: asyncio.Task[None] | None = None
         self._channels = channels
         self._pipeline: Pipeline | None = None
+        #: set when the node is asked to stop: readiness goes false before anything closes
+        self.draining = False
+        self.metrics = Metrics(self)
 
     # Lifecycle
 
@@ -175,8 +181,8 @@ class Tidings(Lifecycle):
         logger.info(
             "tidings node %s started (store %s, bus %s)",
             self.node_id,
-            self.settings.store,
-            self.settings.bus,
+            safe_url(self.settings.store),
+            safe_url(self.settings.bus),
         )
 
     async def close(self) -> None:
@@ -217,6 +223,16 @@ class Tidings(Lifecycle):
     @property
     def started(self) -> bool:
         return self._started
+
+    @property
+    def ready(self) -> bool:
+        """Whether a load balancer should send this node new devices and requests."""
+        return self._started and not self.draining
+
+    @property
+    def unpublished(self) -> int:
+        """Events the bus refused, waiting to be published again."""
+        return len(self._unpublished)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -379,9 +395,11 @@ class Tidings(Lifecycle):
         return await asyncio.shield(self._notify(user_id, data, notification_id))
 
     async def _notify(self, user_id: str, data: Any, notification_id: str | None) -> NotifyResult:
+        started = time.perf_counter()
         result = await self.store.create_notification(user_id, data, notification_id)
         if result.count is not None:
             await self._publish_count(result.count, result.notification.seq)
+        self.metrics.notify_seconds.observe(time.perf_counter() - started)
         return result
 
     async def notify_many(
@@ -488,6 +506,7 @@ class Tidings(Lifecycle):
         try:
             await self.bus.publish(channel, payload)
         except BusError as exc:
+            counters.bus_publish_failures += 1
             # Committed already: reach this node's devices now, and keep re-publishing the
             # user's latest count until the bus takes it (versions make repeats harmless).
             logger.warning("count event for %s not published: %s", count.user_id, exc)
@@ -532,6 +551,8 @@ class Tidings(Lifecycle):
             logger.warning("ignoring undecodable bus message on %s", channel)
             return
         if event["type"] == events.COUNT_CHANGED:
+            if event.get("node") != self.node_id:
+                self.metrics.observe_event_age(event.get("t"))
             decoded = events.decode_count(event)
             if decoded is not None:
                 self._deliver_count(*decoded)
@@ -560,6 +581,7 @@ class Tidings(Lifecycle):
                     self.schedule_delivery(conn)
 
     def _on_bus_reconnect(self) -> None:
+        counters.bus_reconnects += 1
         self._spawn(self.resync_counts())
 
     async def resync_counts(self) -> None:

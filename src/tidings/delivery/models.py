@@ -203,6 +203,28 @@ class Message:
     def state(self) -> str:
         return message_state(self.counts)
 
+    @classmethod
+    def created(
+        cls, message_id: str, new: NewMessage, at: datetime, planned: list[PlannedDelivery]
+    ) -> Message:
+        """The message a store just wrote, with the counts of what was planned."""
+        counts: dict[str, int] = {}
+        for delivery in planned:
+            counts[delivery.state] = counts.get(delivery.state, 0) + 1
+        return cls(
+            message_id,
+            new.client_id,
+            list(new.channels),
+            new.recipients(),
+            new.template_id,
+            new.content,
+            new.data,
+            new.critical,
+            new.idempotency_key,
+            at,
+            counts,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "message_id": self.message_id,

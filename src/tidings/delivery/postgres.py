@@ -507,22 +507,7 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
     await _history(
         conn, [(i, p.state, p.reason, p.detail) for i, p in zip(ids, planned, strict=True)], now
     )
-    counts: dict[str, int] = {}
-    for p in planned:
-        counts[p.state] = counts.get(p.state, 0) + 1
-    return Message(
-        message_id,
-        message.client_id,
-        list(message.channels),
-        message.recipients(),
-        message.template_id,
-        message.content,
-        message.data,
-        message.critical,
-        message.idempotency_key,
-        now,
-        counts,
-    )
+    return Message.created(message_id, message, now, planned)
 
 
 async def _history(

@@ -521,28 +521,7 @@ def _insert(
         [(i, p.state, p.reason, p.detail) for i, p in zip(ids, planned, strict=True)],
         stamp,
     )
-    counts: dict[str, int] = {}
-    for p in planned:
-        counts[p.state] = counts.get(p.state, 0) + 1
-    return _new_message(message_id, message, now, counts)
-
-
-def _new_message(
-    message_id: str, message: NewMessage, now: datetime, counts: dict[str, int]
-) -> Message:
-    return Message(
-        message_id,
-        message.client_id,
-        list(message.channels),
-        message.recipients(),
-        message.template_id,
-        message.content,
-        message.data,
-        message.critical,
-        message.idempotency_key,
-        now,
-        counts,
-    )
+    return Message.created(message_id, message, now, planned)
 
 
 def _row(p: PlannedDelivery) -> tuple[str, str, bool]:

@@ -26,6 +26,7 @@ from tidings.delivery.models import FAILED, PENDING, SENT, Claim, Outcome
 from tidings.delivery.pipeline import retry_at, retry_delay
 from tidings.delivery.templates import TemplateFailure
 from tidings.errors import TidingsError
+from tidings.metrics import sends
 
 if TYPE_CHECKING:
     from tidings.delivery.pipeline import Pipeline
@@ -135,6 +136,7 @@ class Worker:
 
     async def _send(self, claim: Claim) -> None:
         outcome = await self._attempt(claim)
+        sends[(claim.channel, "retry" if outcome.state == PENDING else outcome.state)] += 1
         for pause in (0.1, 0.5, 1.0, 2.0):
             try:
                 if not await self.pipeline.store.complete(self.owner, claim, outcome):

@@ -35,10 +35,13 @@ from tidings.errors import (
     ProtocolError,
     StoreError,
     StoreUnavailable,
+    TooManyConnections,
     TopicRefused,
 )
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
+from tidings.logs import log_context
+from tidings.metrics import count_error, counters
 from tidings.storage._common import CONNECTION_ID, new_id
 
 if TYPE_CHECKING:
@@ -105,6 +108,8 @@ class Gateway:
     def _admission(self) -> str | None:
         """Why a new socket must be refused now (caps of this node), or None."""
         settings = self.tidings.settings
+        if self.tidings.draining:
+            return "this node is shutting down; connect to another"
         if self._active >= settings.max_connections:
             return f"this node holds its maximum of {settings.max_connections} connections"
         now = time.monotonic()
@@ -356,6 +361,8 @@ class Gateway:
 
     async def _run(self, conn: Connection, receive: Any, send: Any) -> None:
         tidings = self.tidings
+        counters.connections_opened += 1
+        log_context.set({"connection_id": conn.connection_id, "user_id": conn.user_id})
         conn.push(
             protocol.welcome(
                 connection_id=conn.connection_id,
@@ -380,11 +387,20 @@ class Gateway:
                 try:
                     # One store call: register the socket, read the count and the session's
                     # topics (a connect storm's cost is mostly store round trips).
-                    count, topics = await tidings.store.attach(conn.presence(tidings.node_id))
+                    count, topics = await tidings.store.attach(
+                        conn.presence(tidings.node_id),
+                        tidings.settings.max_connections_per_user,
+                    )
                     conn.push_count(count.count, count.version)
                     await tidings.reactivate_session(conn, topics)
                     if conn.deliver:
                         await tidings.open_queue(conn)
+                except TooManyConnections:
+                    count_error("too_many_connections")
+                    conn.close(
+                        protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                        "this user has the most connections allowed; close another first",
+                    )
                 except StoreError as exc:
                     # The contract promises the count after welcome: without it, try later.
                     logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
@@ -407,6 +423,9 @@ class Gateway:
             await asyncio.shield(tidings.forget_presence(conn))
 
     async def _read_loop(self, conn: Connection, receive: Any) -> None:
+        # A token bucket per connection (locals: nothing is kept for idle connections).
+        rate = self.tidings.settings.max_frames_per_second
+        tokens, refilled, refused = 2 * rate, time.monotonic(), 0
         while not conn.closed:
             # Stop reading while this client's answers pile up: TCP then slows the client.
             await conn.wait_writable()
@@ -415,9 +434,28 @@ class Gateway:
                 return
             if message["type"] != "websocket.receive":
                 continue
+            counters.frames_in += 1
+            now = time.monotonic()
+            tokens = min(2 * rate, tokens + (now - refilled) * rate)
+            refilled = now
+            if tokens < 1:
+                refused += 1
+                count_error(protocol.RATE_LIMITED)
+                if refused == 1:
+                    logger.warning("device sends over %g frames per second; refusing", rate)
+                if refused > 10 * rate:  # it ignores the refusals: stop reading it at all
+                    conn.close(protocol.CLOSE_POLICY_VIOLATION, "too many frames")
+                    return
+                conn.push(
+                    protocol.error(None, protocol.RATE_LIMITED, f"over {rate:g} frames per second")
+                )
+                continue
+            tokens -= 1
+            refused = 0
             try:
                 frame = self._parse(message.get("text"))
             except ProtocolError as exc:
+                count_error(exc.code)
                 conn.push(protocol.error(exc.frame_id, exc.code, exc.message))
                 continue
             await self._dispatch(conn, frame)
@@ -490,10 +528,13 @@ class Gateway:
                 )
             )
         except StoreUnavailable:
+            count_error("store_unavailable")
             conn.push(protocol.error(frame.id, protocol.UNAVAILABLE, "storage unavailable, retry"))
         except InvalidArgument as exc:
+            count_error(protocol.INVALID_FRAME)
             conn.push(protocol.error(frame.id, protocol.INVALID_FRAME, str(exc)))
         except Exception:
+            count_error("internal")
             logger.exception("frame %s of %s failed", type(frame).__name__, conn.connection_id)
             conn.push(protocol.error(frame.id, protocol.INTERNAL, "internal error"))
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from tidings.core.models import Presence, utcnow
 from tidings.gateway import protocol
+from tidings.metrics import counters
 from tidings.storage._common import new_id
 
 logger = logging.getLogger("tidings.gateway")
@@ -142,10 +143,16 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting to be written."""
+        return len(self._queue) if self._queue else 0
+
     def push(self, text: str) -> None:
         """Send or queue a frame. A full queue closes the connection as too slow."""
         if self._closed:
             return
+        counters.frames_out += 1
         if self._live and self._writer is None and not self._queue:
             direct = self._direct
             if direct is None:
@@ -163,6 +170,7 @@ class Connection:
                 self.user_id,
                 len(queue),
             )
+            counters.slow_closed += 1
             self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
             return
         queue.append(text)

@@ -30,6 +30,7 @@ NOT_FOUND = "not_found"
 NOT_DELIVER_MODE = "not_deliver_mode"
 FORBIDDEN_TOPIC = "forbidden_topic"
 UNAVAILABLE = "unavailable"
+RATE_LIMITED = "rate_limited"
 INTERNAL = "internal_error"
 
 # Close codes.
@@ -38,7 +39,9 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_MANY_CONNECTIONS = 4429
 CLOSE_AUTH_TIMEOUT = 4408
 
 # Limits that are part of the contract.

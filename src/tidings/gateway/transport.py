@@ -389,11 +389,9 @@ class WebSocketProtocol(asyncio.Protocol):
         waiter = self._receiver
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if (
-            not self._read_paused
-            and len(self._inbox) >= RECEIVE_BACKLOG
-            and self._state in (_S_OPEN, _S_CLOSING)
-        ):
+        # Only while open: once closing, the client's close frame must still be read, behind
+        # whatever it sent meanwhile (pausing here held a flooder's close for 10 s).
+        if not self._read_paused and len(self._inbox) >= RECEIVE_BACKLOG and self._state == _S_OPEN:
             self._read_paused = True
             self.transport.pause_reading()
 

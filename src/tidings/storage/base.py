@@ -22,7 +22,7 @@ from tidings.core.models import (
     TopicMessage,
     UnseenCount,
 )
-from tidings.errors import Conflict
+from tidings.errors import Conflict, TooManyConnections
 
 
 class Store(Lifecycle):
@@ -248,10 +248,22 @@ class Store(Lifecycle):
     async def add_presence(self, presences: Sequence[Presence]) -> None:
         """Register open sockets (re-registering one is harmless)."""
 
-    async def attach(self, presence: Presence) -> tuple[UnseenCount, list[str]]:
+    async def attach(
+        self, presence: Presence, max_sockets: int | None = None
+    ) -> tuple[UnseenCount, list[str]]:
         """A socket opens: register it (as :meth:`add_presence`), and return its user's count
         and its session's topics, marked active (as :meth:`count` and :meth:`session_topics`).
-        Stores do it in one round trip; this default makes three."""
+        Stores do it in one round trip; this default makes three.
+
+        Raises:
+            TooManyConnections: the user already has ``max_sockets`` registered sockets (on
+                every node); nothing was registered. Connects racing on several nodes may
+                each see room, so the cap may be passed by a few.
+        """
+        if max_sockets is not None:
+            held = len(await self.presence(user_id=presence.user_id))
+            if held >= max_sockets:
+                raise TooManyConnections(f"{presence.user_id} holds {held} sockets")
         await self.add_presence([presence])
         count = await self.count(presence.user_id)
         return count, await self.session_topics(presence.user_id, presence.session_id)

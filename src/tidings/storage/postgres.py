@@ -43,6 +43,7 @@ from tidings.errors import (
     NotFound,
     StoreError,
     StoreUnavailable,
+    TooManyConnections,
 )
 from tidings.storage._common import (
     CONNECTION_ID,
@@ -652,26 +653,35 @@ class PostgresStore(Store):
                 rows,
             )
 
-    async def attach(self, presence: Presence) -> tuple[UnseenCount, list[str]]:
+    async def attach(
+        self, presence: Presence, max_sockets: int | None = None
+    ) -> tuple[UnseenCount, list[str]]:
         """One round trip instead of three: the data-modifying CTEs run whether or not the
-        query reads them."""
+        query reads them; over ``max_sockets`` none of them writes."""
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                "WITH registered AS (INSERT INTO notification_registry "
-                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (socket_id) DO NOTHING), "
+                "WITH held AS (SELECT count(*) AS n FROM notification_registry "
+                "WHERE user_id = $3), "
+                "registered AS (INSERT INTO notification_registry "
+                "SELECT $1, $2, $3, $4, $5, $6 WHERE $7::int IS NULL OR (SELECT n FROM held) < $7 "
+                "ON CONFLICT (socket_id) DO NOTHING), "
                 "touched AS (UPDATE session_topics SET active_at = now() "
-                "WHERE user_id = $3 AND session_id = $4 RETURNING topic) "
+                "WHERE user_id = $3 AND session_id = $4 "
+                "AND ($7::int IS NULL OR (SELECT n FROM held) < $7) RETURNING topic) "
                 "SELECT (SELECT unseen FROM user_counts WHERE user_id = $3), "
                 "(SELECT version FROM user_counts WHERE user_id = $3), "
-                "(SELECT array_agg(topic ORDER BY topic) FROM touched)",
+                "(SELECT array_agg(topic ORDER BY topic) FROM touched), (SELECT n FROM held)",
                 presence.socket_id,
                 presence.connection_id,
                 presence.user_id,
                 presence.session_id,
                 presence.node_id,
                 presence.connected_since,
+                max_sockets,
             )
-        unseen, version, topics = row
+        unseen, version, topics, held = row
+        if max_sockets is not None and held >= max_sockets:
+            raise TooManyConnections(f"{presence.user_id} holds {held} sockets")
         return UnseenCount(presence.user_id, unseen or 0, version or 0), list(topics or ())
 
     async def remove_presence(self, socket_id: str) -> None:

@@ -45,6 +45,7 @@ from tidings.errors import (
     NotFound,
     StoreError,
     StoreUnavailable,
+    TooManyConnections,
 )
 from tidings.storage._common import (
     CONNECTION_ID,
@@ -753,7 +754,9 @@ class SqliteStore(Store):
 
         await self._write(run)
 
-    async def attach(self, presence: Presence) -> tuple[UnseenCount, list[str]]:
+    async def attach(
+        self, presence: Presence, max_sockets: int | None = None
+    ) -> tuple[UnseenCount, list[str]]:
         """One item of the writer's batch instead of three round trips."""
         user, session = presence.user_id, presence.session_id
         row = (
@@ -767,6 +770,12 @@ class SqliteStore(Store):
         now = isoformat(utcnow())
 
         def run(conn: sqlite3.Connection) -> tuple[UnseenCount, list[str]]:
+            if max_sockets is not None:
+                (held,) = conn.execute(
+                    "SELECT COUNT(*) FROM notification_registry WHERE user_id = ?", (user,)
+                ).fetchone()
+                if held >= max_sockets:
+                    raise TooManyConnections(f"{user} holds {held} sockets")
             conn.execute(
                 "INSERT OR REPLACE INTO notification_registry VALUES (?, ?, ?, ?, ?, ?)", row
             )
