@@ -145,6 +145,12 @@ class Settings(BaseSettings):
 
     # Service authentication
     service_token_ttl: int = Field(3600, gt=0, description="Lifetime of /oauth/token tokens.")
+    service_token_key: str | None = Field(
+        None,
+        min_length=32,
+        description="HS256 key signing /oauth/token tokens. Unset: generated and kept in the "
+        "store (then whoever reads the database can mint service tokens).",
+    )
     service_jwks_url: str | None = Field(
         None, description="JWKS of an external OAuth2 issuer of service tokens."
     )

@@ -34,3 +34,22 @@ async def test_cached_token_still_expires_and_keeps_its_scopes(
         monkeypatch.setattr(oauth.time, "time", lambda: real_time() + 120)
         with pytest.raises(InvalidToken):
             await auth.verify(token)
+
+
+async def test_a_deleted_clients_tokens_stop_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a client revokes its tokens within CLIENT_RECHECK seconds (here at once),
+    cached or not; another client's token keeps working."""
+    monkeypatch.setattr(oauth, "CLIENT_RECHECK", 0.0)
+    async with create_store(f"sqlite:///{tmp_path}/s.db") as store:
+        auth = ServiceAuth(store, "s" * 40, ttl=600)
+        gone, gone_secret = await create_client(store, "gone", {"notify"})
+        kept, kept_secret = await create_client(store, "kept", {"notify"})
+        token = (await auth.issue(gone.client_id, gone_secret)).access_token
+        other = (await auth.issue(kept.client_id, kept_secret)).access_token
+        await auth.verify(token)  # verified and cached
+        assert await store.delete_client(gone.client_id)
+        with pytest.raises(InvalidToken, match="deleted"):
+            await auth.verify(token)
+        assert (await auth.verify(other)).client_id == kept.client_id

@@ -114,6 +114,8 @@ async def create_client(
 
 #: verified service tokens remembered (a handful of services each send one token for an hour)
 VERIFIED_CACHE_SIZE = 1024
+#: seconds a client is taken to exist before it is looked up again
+CLIENT_RECHECK = 30.0
 
 
 class ServiceAuth:
@@ -131,8 +133,11 @@ class ServiceAuth:
         self.ttl = ttl
         self.external = external
         self._key = oct_key(secret)
-        #: tokens whose signature was verified: token -> (principal, expiry)
-        self._verified: dict[str, tuple[ServicePrincipal, float]] = {}
+        #: tokens whose signature was verified: token -> (principal, expiry, ours)
+        self._verified: dict[str, tuple[ServicePrincipal, float, bool]] = {}
+        #: our clients known to exist, until when (monotonic): a deleted client's tokens stop
+        #: working within CLIENT_RECHECK seconds instead of at their expiry
+        self._alive: dict[str, float] = {}
 
     async def issue(
         self, client_id: str, client_secret: str, requested: str | None = None
@@ -179,10 +184,13 @@ class ServiceAuth:
         cached = self._verified.get(token)
         if cached is not None:
             if cached[1] > time.time():
+                if cached[2]:
+                    await self._check_alive(cached[0].client_id)
                 return cached[0]
             del self._verified[token]
         alg = token_header(token).get("alg")
-        if alg == "HS256":
+        ours = alg == "HS256"
+        if ours:
             claims = verify_jwt(token, self._key, audience=AUDIENCE, issuer=ISSUER, leeway=5)
         elif self.external is not None and alg in self.external.algorithms:
             claims = await self.external.verify(token)
@@ -194,14 +202,29 @@ class ServiceAuth:
         if not isinstance(client_id, str) or not isinstance(scopes, list):
             raise InvalidToken("token lacks a client id or scopes")
         principal = ServicePrincipal(client_id, frozenset(str(s) for s in scopes))
+        if ours:
+            await self._check_alive(client_id)
         expires = claims.get("exp")
         if isinstance(expires, (int, float)):
             # A service sends the same token with every request until it expires: verify its
             # signature once (a tenth of a /notify's cost), check the expiry every time.
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.clear()
-            self._verified[token] = (principal, float(expires))
+            self._verified[token] = (principal, float(expires), ours)
         return principal
+
+    async def _check_alive(self, client_id: str) -> None:
+        """Raises InvalidToken if our client ``client_id`` was deleted (looked up at most every
+        :data:`CLIENT_RECHECK` seconds per client)."""
+        now = time.monotonic()
+        if self._alive.get(client_id, 0.0) > now:
+            return
+        if await self.store.get_client(client_id) is None:
+            self._alive.pop(client_id, None)
+            raise InvalidToken("the client of this token was deleted")
+        if len(self._alive) >= VERIFIED_CACHE_SIZE:
+            self._alive.clear()
+        self._alive[client_id] = now + CLIENT_RECHECK
 
     async def require(self, token: str, scope: str) -> ServicePrincipal:
         """Verify ``token`` and check it carries ``scope``.

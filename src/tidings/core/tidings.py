@@ -161,7 +161,9 @@ class Tidings(Lifecycle):
                     timeout=settings.delegate_timeout,
                     cache_ttl=settings.delegate_cache_ttl,
                 )
-            key = await self.store.get_or_create_key(SERVICE_KEY, _random_key)
+            key = settings.service_token_key or await self.store.get_or_create_key(
+                SERVICE_KEY, _random_key
+            )
             self._service_auth = ServiceAuth(
                 self.store, key, ttl=settings.service_token_ttl, external=_external_issuer(settings)
             )
