@@ -765,3 +765,24 @@ def test_sms_bad_provider_url_is_a_configuration_error() -> None:
     """The provider URL must be an http(s) URL."""
     with pytest.raises(ConfigurationError):
         SmsChannel("sms.example/send")
+
+
+@pytest.mark.parametrize(
+    ("address", "forbidden"),
+    [
+        ("2002:7f00:1::1", True),  # 6to4 of 127.0.0.1
+        ("2002:0a00:0001::1", True),  # 6to4 of 10.0.0.1
+        ("64:ff9b::c0a8:101", True),  # NAT64 of 192.168.1.1
+        ("::ffff:169.254.169.254", True),  # mapped link-local (cloud metadata)
+        ("64:ff9b::808:808", False),  # NAT64 of 8.8.8.8
+        ("2606:4700::1111", False),
+    ],
+)
+def test_ipv4_inside_ipv6_is_judged_as_ipv4(address: str, forbidden: bool) -> None:
+    """An IPv6 address that carries an IPv4 one (mapped, 6to4, NAT64) is as forbidden as the
+    IPv4 host it reaches."""
+    import ipaddress
+
+    from tidings.delivery.channels._net import forbidden_ip
+
+    assert forbidden_ip(ipaddress.ip_address(address)) is forbidden

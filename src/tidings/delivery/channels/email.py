@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.policy
 import email.utils
 import re
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.header import Header
 from email.message import EmailMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -161,29 +165,52 @@ class EmailChannel(Channel):
         return email.utils.make_msgid(domain=self._domain)
 
     def build_message(self, outgoing: Outgoing) -> EmailMessage:
-        """The email of one delivery."""
+        """The email of one delivery, as a parsed :class:`EmailMessage` (for inspection;
+        :meth:`send` sends :meth:`raw_message`)."""
+        parsed = email.message_from_bytes(self.raw_message(outgoing), policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)  # what policy.default parses into
+        return parsed
+
+    def raw_message(self, outgoing: Outgoing) -> bytes:
+        """The email of one delivery: plain text, and an HTML alternative when there is one.
+
+        Built with the standard library's MIME classes (``compat32``), not ``EmailMessage``:
+        its header registry cost 1.2 ms per email, a third of a send (measured; these 0.2 ms).
+        """
         rendered = outgoing.rendered
-        message = EmailMessage()
+        if not str(outgoing.address).isascii():
+            # an internationalised address needs SMTPUTF8 headers, which only the new API writes
+            return _utf8_message(self, outgoing)
+        text = MIMEText(rendered.text, "plain", "utf-8")
+        message: MIMEText | MIMEMultipart = text
+        if rendered.html:
+            message = MIMEMultipart("alternative")
+            message.attach(text)
+            message.attach(MIMEText(rendered.html, "html", "utf-8"))
+        for name, value in self._headers(outgoing).items():
+            message[name] = value if value.isascii() else Header(value, "utf-8")  # type: ignore[assignment]
+        return message.as_bytes()
+
+    def _headers(self, outgoing: Outgoing) -> dict[str, str]:
+        rendered = outgoing.rendered
         # a subject is a single header line: line breaks in a template's subject fold away
         subject = " ".join((rendered.subject or "").split()) or _fallback_subject(rendered.text)
-        message["Subject"] = subject
-        message["From"] = self._sender
-        message["To"] = outgoing.address
-        message["Date"] = email.utils.format_datetime(datetime.now(UTC))
-        message["Message-ID"] = self.message_id(outgoing)
-        # RFC 3834: out-of-office robots must not answer a notification
-        message["Auto-Submitted"] = "auto-generated"
-        message["X-Tidings-Delivery"] = outgoing.delivery_id
-        message["X-Tidings-Message"] = outgoing.message_id
-        message.set_content(rendered.text)
-        if rendered.html:
-            message.add_alternative(rendered.html, subtype="html")
-        return message
+        return {
+            "Subject": subject,
+            "From": self._sender,
+            "To": str(outgoing.address),
+            "Date": email.utils.format_datetime(datetime.now(UTC)),
+            "Message-ID": self.message_id(outgoing),
+            # RFC 3834: out-of-office robots must not answer a notification
+            "Auto-Submitted": "auto-generated",
+            "X-Tidings-Delivery": outgoing.delivery_id,
+            "X-Tidings-Message": outgoing.message_id,
+        }
 
     async def send(self, outgoing: Outgoing) -> str | None:
         try:
-            message = self.build_message(outgoing)
-        except (ValueError, TypeError) as exc:
+            message = self.raw_message(outgoing)
+        except (ValueError, TypeError, UnicodeError) as exc:
             raise PermanentFailure("invalid_message", f"cannot build the email: {exc}") from exc
         server = self.server
         # One SMTP session per send: a session carries one transaction at a time, servers drop
@@ -202,8 +229,12 @@ class EmailChannel(Channel):
         try:
             async with asyncio.timeout(self._timeout):
                 await client.connect()
-                await client.send_message(
-                    message, sender=self._envelope_sender, recipients=[outgoing.address]
+                await client.sendmail(
+                    self._envelope_sender,
+                    [outgoing.address],
+                    message,
+                    # an internationalised address needs the server's SMTPUTF8 (RFC 6531)
+                    mail_options=[] if str(outgoing.address).isascii() else ["SMTPUTF8"],
                 )
         except BaseException as exc:
             # Dropped at once, not closed politely: aiosmtplib's own context manager sends QUIT
@@ -217,4 +248,15 @@ class EmailChannel(Channel):
             async with asyncio.timeout(self._timeout):
                 await client.quit()
         client.close()
-        return str(message["Message-ID"])
+        return self.message_id(outgoing)
+
+
+def _utf8_message(channel: EmailChannel, outgoing: Outgoing) -> bytes:
+    """The same email with the new API and SMTPUTF8 headers (non-ASCII addresses)."""
+    message = EmailMessage(policy=email.policy.SMTPUTF8)
+    for name, value in channel._headers(outgoing).items():
+        message[name] = value
+    message.set_content(outgoing.rendered.text)
+    if outgoing.rendered.html:
+        message.add_alternative(outgoing.rendered.html, subtype="html")
+    return message.as_bytes()
