@@ -133,10 +133,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 ids.append(answer.json()["message_id"])
             posted = time.perf_counter() - started
             got = 0
+            counter = count_port if args.channel == "email" else hook
             deadline = started + args.timeout
             while got < expected and time.perf_counter() < deadline:
                 await asyncio.sleep(0.05)
-                got = await read_count(args.channel, count_port if args.channel == "email" else hook)
+                got = await read_count(
+                    args.channel, count_port if args.channel == "email" else hook
+                )
             elapsed = time.perf_counter() - started
             states: dict[str, int] = {}
             await asyncio.sleep(0.5)  # the last completions are recorded after the sink's answer
@@ -154,13 +157,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "store": "postgresql" if store.startswith("postgres") else "sqlite",
         "users": args.users,
         "messages": args.messages,
-        "deliveries expected": expected,
-        "deliveries received": got,
-        "states at the end": states,
-        "posting took (s)": round(posted, 3),
-        "first post to last delivery (s)": round(elapsed, 3),
-        "deliveries/s": round(got / elapsed),
-        "worker concurrency": args.concurrency,
+        "deliveries_expected": expected,
+        "deliveries_received": got,
+        "states_at_the_end": states,
+        "posting_seconds": round(posted, 3),
+        "seconds_until_last_delivery": round(elapsed, 3),
+        "deliveries_per_second": round(got / elapsed),
+        "worker_concurrency": args.concurrency,
         "cpus": os.cpu_count(),
     }
 

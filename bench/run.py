@@ -60,6 +60,18 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--devices", "1000", "--missed", "5"],
         "reconnect_storm",
     ),
+    "pipeline-webhook": (
+        "pipeline.py",
+        ["--users", "1000", "--messages", "10", "--channel", "webhook"],
+        ["--users", "300", "--messages", "5", "--channel", "webhook"],
+        "pipeline-webhook",
+    ),
+    "pipeline-email": (
+        "pipeline.py",
+        ["--users", "1000", "--messages", "10", "--channel", "email"],
+        ["--users", "300", "--messages", "5", "--channel", "email"],
+        "pipeline-email",
+    ),
 }
 
 #: the figures of each scenario's result that go into the summary
@@ -70,6 +82,8 @@ HEADLINES = {
     "ingest": ("mode", "notifications_per_second", "failed_requests"),
     "ingest-batch": ("mode", "notifications_per_second", "failed_requests"),
     "reconnect-storm": ("devices", "seconds_until_all_acked", "failed_devices"),
+    "pipeline-webhook": ("store", "deliveries_per_second", "deliveries_received"),
+    "pipeline-email": ("store", "deliveries_per_second", "deliveries_received"),
 }
 
 
