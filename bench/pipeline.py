@@ -137,9 +137,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             deadline = started + args.timeout
             while got < expected and time.perf_counter() < deadline:
                 await asyncio.sleep(0.05)
-                got = await read_count(
-                    args.channel, count_port if args.channel == "email" else hook
-                )
+                got = await read_count(args.channel, counter)
             elapsed = time.perf_counter() - started
             states: dict[str, int] = {}
             await asyncio.sleep(0.5)  # the last completions are recorded after the sink's answer
