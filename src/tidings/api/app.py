@@ -181,7 +181,7 @@ async def fast_post(
         await authorize(tidings, authorization, required)
         status, payload = await handler(tidings, body)
     except ValidationError as exc:
-        status, payload = 422, orjson.dumps({"detail": _body_errors(exc, body)}, default=str)
+        status, payload = 422, _error_body(_body_errors(exc, body))
     except ApiError as exc:
         payload = orjson.dumps({"error": exc.code, "message": exc.message})
         status, headers = exc.status, dict(exc.headers or {})
@@ -202,9 +202,9 @@ def _body_errors(exc: ValidationError, body: bytes) -> list[dict[str, Any]]:
         if error["type"] == "json_invalid":
             try:
                 json.loads(body)
-            except ValueError as decoding:
+            except (ValueError, RecursionError) as decoding:
                 position = getattr(decoding, "pos", 0)
-                message = getattr(decoding, "msg", str(decoding))
+                message = getattr(decoding, "msg", "nested too deeply")
                 errors.append(
                     {
                         "type": "json_invalid",
@@ -217,6 +217,16 @@ def _body_errors(exc: ValidationError, body: bytes) -> list[dict[str, Any]]:
                 continue
         errors.append({**error, "loc": ("body", *error["loc"])})
     return errors
+
+
+def _error_body(errors: list[dict[str, Any]]) -> bytes:
+    """``{"detail": errors}`` as JSON. The errors repeat the input, which may hold integers
+    beyond 64 bits: orjson refuses those (its ``default`` is never asked about integers), the
+    standard library writes them as FastAPI does."""
+    try:
+        return orjson.dumps({"detail": errors}, default=str)
+    except TypeError:
+        return json.dumps({"detail": errors}, default=str).encode()
 
 
 UNAVAILABLE_BODY = b'{"error":"unavailable","message":"storage unavailable; nothing was written"}'
