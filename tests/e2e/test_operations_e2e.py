@@ -104,9 +104,10 @@ async def test_metrics_follow_connections_frames_and_notifies(server: ServerProc
         await socket.recv()
         during = (await http.get("/metrics")).text
         assert metric(during, "tidings_connections") >= 1
-        assert metric(during, "tidings_frames_sent_total") >= metric(
-            before, "tidings_frames_sent_total"
-        ) + 3
+        assert (
+            metric(during, "tidings_frames_sent_total")
+            >= metric(before, "tidings_frames_sent_total") + 3
+        )
         assert metric(during, "tidings_frames_received_total") > metric(
             before, "tidings_frames_received_total"
         )
