@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from tidings.core.tidings import Tidings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: deliver-mode devices whose queues a scrape reads (one store call)
+MAX_DEVICES = 10_000
 
 
 class Counters:
@@ -80,6 +82,8 @@ class Metrics:
         self.registry.register(_Live(self))
         ProcessCollector(registry=self.registry)
         self.pipeline_depths: dict[str, dict[str, int]] = {}
+        #: notifications waiting in the durable queues of this node's deliver-mode devices
+        self.device_queues: list[int] = []
         self.store_up = 1
 
     async def render(self) -> bytes:
@@ -88,6 +92,13 @@ class Metrics:
             self.pipeline_depths = await asyncio.wait_for(
                 self.tidings.pipeline.store.depths(), timeout=5
             )
+            devices = {
+                conn.connection_id: conn.user_id for conn in self.tidings.registry if conn.deliver
+            }
+            depths = await asyncio.wait_for(
+                self.tidings.store.queue_depths(list(devices.items())[:MAX_DEVICES]), timeout=5
+            )
+            self.device_queues = list(depths.values())
             self.store_up = 1
         except (TidingsError, TimeoutError):
             self.store_up = 0
@@ -120,6 +131,17 @@ class _Live:
         yield _gauge("tidings_topics_followed", "Topics followed here.", registry.topic_count)
         queued = sum(conn.queued for conn in registry)
         yield _gauge("tidings_outbound_queued_frames", "Frames waiting to be written.", queued)
+        waiting = self.metrics.device_queues
+        yield _gauge(
+            "tidings_device_queue_notifications",
+            "Notifications waiting in the durable queues of deliver-mode devices connected here.",
+            sum(waiting),
+        )
+        yield _gauge(
+            "tidings_device_queue_longest",
+            "The longest such queue.",
+            max(waiting, default=0),
+        )
         yield _gauge(
             "tidings_unpublished_events",
             "Events the bus refused, waiting to be published again.",

@@ -113,6 +113,7 @@ async def test_metrics_follow_connections_frames_and_notifies(server: ServerProc
         )
         assert metric(during, "tidings_notify_seconds_count") >= 1
         assert 'tidings_errors_total{kind="unknown_type"}' in during
+        assert metric(during, "tidings_device_queue_notifications") == 0  # none in deliver mode
         assert metric(during, "process_resident_memory_bytes") > 0
         await socket.close()
 
