@@ -257,9 +257,14 @@ def mount_pipeline(
     async def get_message(
         message_id: Annotated[str, Path(max_length=64)],
         client: Annotated[str | None, Depends(messages_or_admin)],
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     ) -> JSONResponse:
-        """The message with every delivery: state, tries, last error and history."""
-        message = await tidings.pipeline.store.get_message(message_id, client)
+        """The message with its deliveries (``limit`` of them from ``offset``, in creation
+        order; ``counts`` covers them all): state, tries, last error and history."""
+        message = await tidings.pipeline.store.get_message(
+            message_id, client, limit=limit, offset=offset
+        )
         return JSONResponse(found(message, message_id))
 
     @router.delete(

@@ -35,7 +35,7 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.planner import Recipient
 from tidings.delivery.sqlite import _delivery
-from tidings.delivery.store import PipelineStore, Planner
+from tidings.delivery.store import DELIVERIES_PAGE, PipelineStore, Planner
 from tidings.errors import Conflict, InvalidArgument
 from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.postgres import PostgresStore
@@ -213,14 +213,22 @@ class PostgresPipelineStore(PipelineStore):
             return await _insert(conn, message, planned), True
 
     async def get_message(
-        self, message_id: str, client_id: str | None, *, deliveries: bool = True
+        self,
+        message_id: str,
+        client_id: str | None,
+        *,
+        deliveries: bool = True,
+        limit: int = DELIVERIES_PAGE,
+        offset: int = 0,
     ) -> Message | None:
         async with (
             self.store._connection() as conn,
             # one snapshot: a delivery's row and its history agree
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            return await _message(conn, message_id, client_id, deliveries=deliveries)
+            return await _message(
+                conn, message_id, client_id, deliveries=deliveries, page=(limit, offset)
+            )
 
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:
         window = limit if state is None else max(limit * 10, 1000)
@@ -555,7 +563,12 @@ def _message_of(row: Any, counts: dict[str, int]) -> Message:
 
 
 async def _message(
-    conn: Any, message_id: str, client_id: str | None, *, deliveries: bool = True
+    conn: Any,
+    message_id: str,
+    client_id: str | None,
+    *,
+    deliveries: bool = True,
+    page: tuple[int, int] = (DELIVERIES_PAGE, 0),
 ) -> Message | None:
     row = await conn.fetchrow(
         f"SELECT {MESSAGE_COLUMNS} FROM pipeline_messages WHERE message_id = $1", message_id
@@ -565,18 +578,19 @@ async def _message(
     message = _message_of(row, (await _counts(conn, [message_id])).get(message_id, {}))
     if not deliveries:
         return message
-    history: dict[str, list[HistoryEntry]] = {}
-    for delivery_id, state, reason, detail, at in await conn.fetch(
-        "SELECT h.delivery_id, h.state, h.reason, h.detail, h.at FROM pipeline_history h "
-        "JOIN pipeline_deliveries d USING (delivery_id) WHERE d.message_id = $1 ORDER BY h.id",
-        message_id,
-    ):
-        history.setdefault(delivery_id, []).append(HistoryEntry(state, reason, detail, at))
     rows = await conn.fetch(
         f"SELECT {DELIVERY_COLUMNS} FROM pipeline_deliveries WHERE message_id = $1 "
-        "ORDER BY created_at, user_id, channel",
+        "ORDER BY created_at, user_id, channel LIMIT $2 OFFSET $3",
         message_id,
+        *page,
     )
+    history: dict[str, list[HistoryEntry]] = {}
+    for delivery_id, state, reason, detail, at in await conn.fetch(
+        "SELECT delivery_id, state, reason, detail, at FROM pipeline_history "
+        "WHERE delivery_id = ANY($1::text[]) ORDER BY id",
+        [r[0] for r in rows],
+    ):
+        history.setdefault(delivery_id, []).append(HistoryEntry(state, reason, detail, at))
     found = [_delivery(r, r[9], r[10], r[11]) for r in rows]
     for delivery in found:
         delivery.history.extend(history.get(delivery.delivery_id, []))

@@ -35,7 +35,7 @@ from tidings.delivery.models import (
     Template,
 )
 from tidings.delivery.planner import Recipient
-from tidings.delivery.store import PipelineStore, Planner
+from tidings.delivery.store import DELIVERIES_PAGE, PipelineStore, Planner
 from tidings.errors import Conflict, InvalidArgument
 from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.sqlite import SqliteStore
@@ -196,11 +196,20 @@ class SqlitePipelineStore(PipelineStore):
         return await self.store._write(run)
 
     async def get_message(
-        self, message_id: str, client_id: str | None, *, deliveries: bool = True
+        self,
+        message_id: str,
+        client_id: str | None,
+        *,
+        deliveries: bool = True,
+        limit: int = DELIVERIES_PAGE,
+        offset: int = 0,
     ) -> Message | None:
         return await self.store._read(
             lambda conn: _snapshot(
-                conn, lambda: _message(conn, message_id, client_id, deliveries=deliveries)
+                conn,
+                lambda: _message(
+                    conn, message_id, client_id, deliveries=deliveries, page=(limit, offset)
+                ),
             )
         )
 
@@ -567,7 +576,12 @@ def _message_of(row: tuple[Any, ...], counts: dict[str, int]) -> Message:
 
 
 def _message(
-    conn: sqlite3.Connection, message_id: str, client_id: str | None, *, deliveries: bool = True
+    conn: sqlite3.Connection,
+    message_id: str,
+    client_id: str | None,
+    *,
+    deliveries: bool = True,
+    page: tuple[int, int] = (DELIVERIES_PAGE, 0),
 ) -> Message | None:
     row = conn.execute(
         f"SELECT {MESSAGE_COLUMNS} FROM pipeline_messages WHERE message_id = ?", (message_id,)
@@ -577,19 +591,21 @@ def _message(
     message = _message_of(row, _counts(conn, [message_id]).get(message_id, {}))
     if not deliveries:
         return message
-    history: dict[str, list[HistoryEntry]] = {}
-    for delivery_id, state, reason, detail, at in conn.execute(
-        "SELECT h.delivery_id, h.state, h.reason, h.detail, h.at FROM pipeline_history h "
-        "JOIN pipeline_deliveries d USING (delivery_id) WHERE d.message_id = ? ORDER BY h.id",
-        (message_id,),
-    ):
-        history.setdefault(delivery_id, []).append(
-            HistoryEntry(state, reason, detail, parse_iso(at))
-        )
     rows = conn.execute(
-        f"SELECT {DELIVERY_COLUMNS} FROM pipeline_deliveries WHERE message_id = ? ORDER BY rowid",
-        (message_id,),
+        f"SELECT {DELIVERY_COLUMNS} FROM pipeline_deliveries WHERE message_id = ? ORDER BY rowid "
+        "LIMIT ? OFFSET ?",
+        (message_id, *page),
     ).fetchall()
+    history: dict[str, list[HistoryEntry]] = {}
+    for chunk in _chunks([r[0] for r in rows]):
+        for delivery_id, state, reason, detail, at in conn.execute(
+            "SELECT delivery_id, state, reason, detail, at FROM pipeline_history "
+            f"WHERE delivery_id IN ({_marks(chunk)}) ORDER BY id",
+            chunk,
+        ):
+            history.setdefault(delivery_id, []).append(
+                HistoryEntry(state, reason, detail, parse_iso(at))
+            )
     found = [
         _delivery(r, parse_iso(r[9]), parse_iso(r[10]), parse_iso(r[11]) if r[11] else None)
         for r in rows

@@ -26,6 +26,8 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.planner import Recipient
 
+#: deliveries of a message listed at once, unless asked otherwise
+DELIVERIES_PAGE = 1000
 #: called inside the message's transaction with the recipients read there
 Planner = Callable[[list[Recipient]], list[PlannedDelivery]]
 
@@ -89,9 +91,16 @@ class PipelineStore(ABC):
 
     @abstractmethod
     async def get_message(
-        self, message_id: str, client_id: str | None, *, deliveries: bool = True
+        self,
+        message_id: str,
+        client_id: str | None,
+        *,
+        deliveries: bool = True,
+        limit: int = DELIVERIES_PAGE,
+        offset: int = 0,
     ) -> Message | None:
-        """The message (``client_id`` ``None``: whoever created it), with its deliveries."""
+        """The message (``client_id`` ``None``: whoever created it), with ``limit`` of its
+        deliveries from ``offset`` in creation order (its ``counts`` cover all of them)."""
 
     @abstractmethod
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:
