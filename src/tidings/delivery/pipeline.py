@@ -239,6 +239,67 @@ class Pipeline(Lifecycle):
             await self._announce({"type": WORK, "channels": list(message.channels)})
         return created
 
+    async def post(
+        self,
+        channels: Sequence[str],
+        *,
+        user_ids: Sequence[str] | None = None,
+        topic: str | None = None,
+        template_id: str | None = None,
+        content: Content | None = None,
+        data: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        critical: bool = False,
+        client_id: str = "embedded",
+    ) -> Message:
+        """Post a message from Python (what ``POST /messages`` does for services)::
+
+            await tidings.pipeline.post(
+                ["in_app", "email"], user_ids=["alice"], template_id="order-shipped",
+                data={"order": 42}, idempotency_key="order-42-shipped",
+            )
+
+        Raises:
+            InvalidArgument: unknown channels, not exactly one of ``user_ids``/``topic`` or
+                of ``template_id``/``content``, too many recipients.
+            TemplateFailure: the template is unknown or does not render.
+            Conflict: ``idempotency_key`` was used with other arguments.
+        """
+        unknown = set(channels) - set(CHANNEL_NAMES)
+        if unknown or not channels:
+            raise InvalidArgument(f"channels must be among {', '.join(CHANNEL_NAMES)}")
+        if (user_ids is None) == (topic is None):
+            raise InvalidArgument("give exactly one of user_ids and topic")
+        if (template_id is None) == (content is None):
+            raise InvalidArgument("give exactly one of template_id and content")
+        users = None if user_ids is None else tuple(dict.fromkeys(user_ids))
+        if users is not None and not 0 < len(users) <= self.settings.max_recipients:
+            raise InvalidArgument(f"1 to {self.settings.max_recipients} user ids per message")
+        values = data or {}
+        request = {
+            "channels": list(channels),
+            "recipients": {"user_ids": users, "topic": topic},
+            "template_id": template_id,
+            "content": content.to_dict() if content else None,
+            "data": values,
+            "critical": critical,
+        }
+        message, _ = await self.create_message(
+            NewMessage(
+                client_id,
+                tuple(dict.fromkeys(channels)),
+                users,
+                topic,
+                template_id,
+                content,
+                values,
+                critical,
+                idempotency_key,
+                body_hash(request),
+            )
+        )
+        return message
+
     def _plan(self, message: NewMessage, recipients: list[Recipient]) -> list[PlannedDelivery]:
         return plan(
             message,

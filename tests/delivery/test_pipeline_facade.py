@@ -1,0 +1,68 @@
+"""The pipeline from Python (embedded mode): ``tidings.pipeline.post``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tidings import Tidings
+from tidings.delivery.models import Content
+from tidings.errors import Conflict, InvalidArgument
+
+
+async def test_post_reaches_the_user_in_app_and_is_idempotent(tmp_path: Path) -> None:
+    """A posted in-app message becomes the user's notification; the same key and arguments
+    give the same message, other arguments a conflict."""
+    async with Tidings(store=f"sqlite:///{tmp_path}/p.db", pipeline_poll_interval=0.1) as node:
+        await node.pipeline.put_template("hello", Content("Hello {{ name }}", subject="Hi"))
+        first = await node.pipeline.post(
+            ["in_app"],
+            user_ids=["ann"],
+            template_id="hello",
+            data={"name": "Ann"},
+            idempotency_key="k1",
+        )
+        again = await node.pipeline.post(
+            ["in_app"],
+            user_ids=["ann"],
+            template_id="hello",
+            data={"name": "Ann"},
+            idempotency_key="k1",
+        )
+        assert again.message_id == first.message_id
+        with pytest.raises(Conflict):
+            await node.pipeline.post(
+                ["in_app"],
+                user_ids=["ann"],
+                template_id="hello",
+                data={"name": "Bob"},
+                idempotency_key="k1",
+            )
+        for _ in range(100):
+            notes = await node.unseen("ann")
+            if notes:
+                break
+            await asyncio.sleep(0.05)
+        assert [n.data["text"] for n in notes] == ["Hello Ann"]
+        assert notes[0].data["message_id"] == first.message_id
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"channels": ["fax"], "user_ids": ["a"], "content": Content("x")},
+        {"channels": [], "user_ids": ["a"], "content": Content("x")},
+        {"channels": ["in_app"], "content": Content("x")},
+        {"channels": ["in_app"], "user_ids": ["a"], "topic": "t", "content": Content("x")},
+        {"channels": ["in_app"], "user_ids": ["a"]},
+        {"channels": ["in_app"], "user_ids": [], "content": Content("x")},
+    ],
+)
+async def test_post_refuses_bad_arguments(tmp_path: Path, arguments: dict[str, object]) -> None:
+    """Unknown channels, both or neither recipients or sources, no users: InvalidArgument."""
+    async with Tidings(store=f"sqlite:///{tmp_path}/p.db", workers=0) as node:
+        channels = arguments.pop("channels")
+        with pytest.raises(InvalidArgument):
+            await node.pipeline.post(channels, **arguments)  # type: ignore[arg-type]
