@@ -554,6 +554,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="one minute")
+    parser.add_argument("--store", help="store URL (default: a fresh SQLite file)")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--deliver-devices", type=int, default=100, help="one per user")
     parser.add_argument("--count-devices", type=int, default=150)
@@ -567,7 +568,7 @@ def main() -> None:
     args.deliver_devices = min(args.deliver_devices, args.users)
 
     workdir = Path(tempfile.mkdtemp(prefix="tidings-soak-"))
-    store = f"sqlite:///{workdir}/soak.db"
+    store = args.store or f"sqlite:///{workdir}/soak.db"
     port = free_port()
     server = start_tidings(
         {"TIDINGS_STORE": store, "TIDINGS_JWT_SECRET": SECRET}, port, workdir / "server.log"

@@ -617,6 +617,24 @@ async def test_requeue_stale_after_lease_lapses(pstore: PipelineStore) -> None:
     assert await pstore.complete("other-worker", again, sent()) is True
 
 
+async def test_requeue_stale_backs_off_by_attempt(pstore: PipelineStore) -> None:
+    """With a backoff, a stale delivery is due only after backoff(attempt) seconds."""
+    await create(pstore, new_message(["u1", "u2"]))
+    await pstore.claim(["in_app"], "dead", 10, TINY)
+    await asyncio.sleep(TINY * 3)
+    asked: list[int] = []
+
+    def backoff(attempt: int) -> float:
+        asked.append(attempt)
+        return 0.3
+
+    assert await pstore.requeue_stale(backoff) == 2
+    assert asked == [1, 1]
+    assert await pstore.claim(["in_app"], "other", 10, LONG) == []
+    await asyncio.sleep(0.4)
+    assert len(await pstore.claim(["in_app"], "other", 10, LONG)) == 2
+
+
 async def test_concurrent_reclaims_after_sweep_never_share(pstore: PipelineStore) -> None:
     """Concurrent claims after a lapse and sweep still hand the delivery to one worker only."""
     await create(pstore, new_message([f"u{i}" for i in range(6)]))

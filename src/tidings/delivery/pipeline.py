@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -194,13 +195,24 @@ class Pipeline(Lifecycle):
             # Workers poll, and template caches expire: a lost event only costs a delay.
             logger.warning("pipeline event %s not published: %s", event["type"], exc)
 
+    def _stale_backoff(self, attempt: int) -> float:
+        """A delivery whose workers keep dying (a poison message) waits longer each time."""
+        settings = self.settings
+        return retry_delay(
+            attempt,
+            settings.pipeline_retry_base,
+            settings.pipeline_retry_max,
+            None,
+            random.random(),
+        )
+
     async def _control_loop(self) -> None:
         """Re-queue deliveries whose worker stopped renewing its lease (it died)."""
         interval = min(self.settings.pipeline_lease / 3, 5.0)
         while True:
             await asyncio.sleep(interval)
             try:
-                stale = await self.store.requeue_stale()
+                stale = await self.store.requeue_stale(self._stale_backoff)
             except TidingsError as exc:
                 logger.warning("stale-delivery check failed: %s", exc)
                 continue

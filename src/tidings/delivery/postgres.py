@@ -35,7 +35,7 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.planner import Recipient
 from tidings.delivery.sqlite import _delivery
-from tidings.delivery.store import DELIVERIES_PAGE, PipelineStore, Planner
+from tidings.delivery.store import DELIVERIES_PAGE, Backoff, PipelineStore, Planner
 from tidings.errors import Conflict, InvalidArgument
 from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.postgres import PostgresStore
@@ -385,19 +385,25 @@ class PostgresPipelineStore(PipelineStore):
             await _history(conn, [(claim.delivery_id, outcome.state, outcome.reason, detail)], now)
         return True
 
-    async def requeue_stale(self) -> int:
+    async def requeue_stale(self, backoff: Backoff | None = None) -> int:
         now = utcnow()
         async with self.store._connection(transaction=True) as conn:
-            ids = [
-                row[0]
-                for row in await conn.fetch(
-                    "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
-                    "available_at = $1 WHERE delivery_id IN (SELECT delivery_id FROM "
-                    "pipeline_outbox WHERE lease_until < $1 FOR UPDATE SKIP LOCKED) "
-                    "RETURNING delivery_id",
-                    now,
+            expired = await conn.fetch(
+                "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
+                "available_at = $1 WHERE delivery_id IN (SELECT delivery_id FROM "
+                "pipeline_outbox WHERE lease_until < $1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING delivery_id, attempt",
+                now,
+            )
+            ids = [row[0] for row in expired]
+            if ids and backoff is not None:
+                await conn.execute(
+                    "UPDATE pipeline_outbox o SET available_at = t.a "
+                    "FROM unnest($1::text[], $2::timestamptz[]) AS t(i, a) "
+                    "WHERE o.delivery_id = t.i",
+                    ids,
+                    [now + timedelta(seconds=backoff(row[1])) for row in expired],
                 )
-            ]
             if ids:
                 await conn.execute(
                     "UPDATE pipeline_deliveries SET state = $1, reason = 'lease_expired', "

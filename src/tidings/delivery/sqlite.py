@@ -35,7 +35,7 @@ from tidings.delivery.models import (
     Template,
 )
 from tidings.delivery.planner import Recipient
-from tidings.delivery.store import DELIVERIES_PAGE, PipelineStore, Planner
+from tidings.delivery.store import DELIVERIES_PAGE, Backoff, PipelineStore, Planner
 from tidings.errors import Conflict, InvalidArgument
 from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.sqlite import SqliteStore
@@ -377,17 +377,24 @@ class SqlitePipelineStore(PipelineStore):
 
         return await self.store._write(run)
 
-    async def requeue_stale(self) -> int:
+    async def requeue_stale(self, backoff: Backoff | None = None) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            now = isoformat(utcnow())
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
-                    "available_at = ? WHERE lease_until < ? RETURNING delivery_id",
-                    (now, now),
+            moment = utcnow()
+            now = isoformat(moment)
+            expired = conn.execute(
+                "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
+                "available_at = ? WHERE lease_until < ? RETURNING delivery_id, attempt",
+                (now, now),
+            ).fetchall()
+            ids = [row[0] for row in expired]
+            if backoff is not None:
+                conn.executemany(
+                    "UPDATE pipeline_outbox SET available_at = ? WHERE delivery_id = ?",
+                    [
+                        (isoformat(moment + timedelta(seconds=backoff(attempt))), delivery_id)
+                        for delivery_id, attempt in expired
+                    ],
                 )
-            ]
             for chunk in _chunks(ids):
                 conn.execute(
                     f"UPDATE pipeline_deliveries SET state = ?, reason = 'lease_expired', "

@@ -28,6 +28,8 @@ from tidings.delivery.planner import Recipient
 
 #: deliveries of a message listed at once, unless asked otherwise
 DELIVERIES_PAGE = 1000
+#: seconds a delivery waits after its ``attempt``-th try went stale
+Backoff = Callable[[int], float]
 #: called inside the message's transaction with the recipients read there
 Planner = Callable[[list[Recipient]], list[PlannedDelivery]]
 
@@ -134,8 +136,9 @@ class PipelineStore(ABC):
         ``owner``'s: its lease expired and another worker may have it."""
 
     @abstractmethod
-    async def requeue_stale(self) -> int:
-        """Mark deliveries whose lease expired ``stale`` and make them due; how many."""
+    async def requeue_stale(self, backoff: Backoff | None = None) -> int:
+        """Mark deliveries whose lease expired ``stale`` and queue them again, due after
+        ``backoff(attempt)`` seconds (at once without one); how many."""
 
     @abstractmethod
     async def depths(self) -> dict[str, dict[str, int]]:
