@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
@@ -76,6 +76,18 @@ def _path_from_url(url: str) -> str:
     return path
 
 
+def _cache_from_url(url: str) -> int:
+    """``?cache_mb=N`` (MiB of page cache per connection), 32 by default."""
+    value = dict(parse_qsl(urlsplit(url).query)).get("cache_mb", "32")
+    try:
+        mib = int(value)
+    except ValueError:
+        mib = 0
+    if not 1 <= mib <= 65536:
+        raise ConfigurationError(f"cache_mb must be 1 to 65536 MiB, not {value!r}")
+    return mib
+
+
 class _Write:
     __slots__ = ("fn", "future")
 
@@ -90,6 +102,7 @@ class SqliteStore(Store):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.path = _path_from_url(url)
+        self.cache_mib = _cache_from_url(url)
         self.memory = self.path == ":memory:"
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-w")
         self._reader = (
@@ -132,9 +145,11 @@ class SqliteStore(Store):
         # FULL: a committed notification survives power loss, not only a process crash.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
-        # 32 MiB of page cache (grown only as used): index inserts into a large table stay in
-        # memory instead of re-reading pages (SQLite's default is 2 MiB).
-        conn.execute("PRAGMA cache_size = -32768")
+        # 32 MiB of page cache per connection by default (grown only as used, so a node's
+        # memory rises with its database up to 2 x this; ?cache_mb= in the URL sets it): index
+        # inserts into a large table stay in memory instead of re-reading pages (SQLite's
+        # default is 2 MiB).
+        conn.execute(f"PRAGMA cache_size = -{self.cache_mib * 1024}")
         return conn
 
     @staticmethod
