@@ -676,3 +676,25 @@ async def test_delegated_cookies_admit_only_their_user_and_only_from_the_own_sit
         async with raw_socket(node, headers={"Cookie": "app_session=nobody", "Origin": own}):
             pass
     assert info.value.response.status_code == 401
+
+
+async def test_a_wildcard_origin_never_lets_a_foreign_page_ride_cookies(
+    start_server: Callable[..., ServerProcess], delegate_url: str
+) -> None:
+    """With TIDINGS_ALLOWED_ORIGINS=["*"] and delegated (cookie) auth, a foreign page is still
+    refused, while the node's own site and a foreign page with an Authorization header (no
+    cookie is forwarded then) are admitted."""
+    node = start_server(TIDINGS_DELEGATE_URL=delegate_url, TIDINGS_ALLOWED_ORIGINS='["*"]')
+    alice = uid("u-alice")
+    own = f"http://127.0.0.1:{node.port}"
+    async with raw_socket(node, headers={"Cookie": f"app_session={alice}", "Origin": own}) as s:
+        assert (await s.expect("welcome"))["user_id"] == alice
+    foreign = {"Cookie": f"app_session={alice}", "Origin": "https://evil.example"}
+    with pytest.raises(InvalidStatus) as info:
+        async with raw_socket(node, headers=foreign):
+            pass
+    assert info.value.response.status_code == 403
+    mallory = uid("mallory")
+    bearer = {"Origin": "https://evil.example", "Authorization": f"Bearer {device_token(mallory)}"}
+    async with raw_socket(node, headers=bearer) as sock:
+        assert (await sock.expect("welcome"))["user_id"] == mallory

@@ -283,7 +283,12 @@ class Gateway:
             return True  # not a browser: it has to present credentials of its own
         allowed = self.tidings.settings.allowed_origins
         if allowed is not None:
-            return "*" in allowed or _origin_key(origin) in {_origin_key(o) for o in allowed}
+            if _origin_key(origin) in {_origin_key(o) for o in allowed if o != "*"}:
+                return True
+            if "*" not in allowed:
+                return False
+            # '*' admits any page that brings its own token, never one riding the user's
+            # cookies: with cookie auth it means the node's own site only.
         if not cookies:
             return True
         secure = scope.get("scheme") in ("wss", "https")
