@@ -18,7 +18,7 @@ import orjson
 
 #: fields of the request or device connection being served (``request_id``, ``connection_id``,
 #: ``user_id``), set by the server for the task serving it
-log_context: ContextVar[dict[str, str] | None] = ContextVar("tidings_log_context", default=None)
+log_context: ContextVar[dict[str, object] | None] = ContextVar("tidings_log_context", default=None)
 
 #: record attributes that are not extra fields (uvicorn adds color_message for terminals)
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}

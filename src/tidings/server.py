@@ -15,7 +15,7 @@ from tidings.api.app import FAST_ROUTES, create_api, fast_post
 from tidings.config import Settings
 from tidings.core.tidings import Tidings
 from tidings.logs import log_context
-from tidings.storage._common import new_id
+from tidings.storage._common import new_sorted_id
 
 logger = logging.getLogger("tidings")
 
@@ -41,7 +41,7 @@ class TidingsApp:
             await self.tidings.gateway(scope, receive, send)
             return
         if kind == "http":
-            log_context.set({"request_id": _request_id(scope)})
+            log_context.set({"request_id": RequestId(scope)})
             limit = self.max_batch_body if _local_path(scope) == BATCH_PATH else self.max_body
             if self._declared_too_large(scope, limit):
                 await _too_large(send, limit)
@@ -100,12 +100,26 @@ class TidingsApp:
         await self.api(scope, replay, send)
 
 
-def _request_id(scope: dict[str, Any]) -> str:
-    """The caller's ``X-Request-Id`` (a proxy's), or a new one: it tags the request's logs."""
-    for name, value in scope.get("headers", ()):
-        if name == b"x-request-id" and 0 < len(value) <= 128:
-            return str(value.decode("latin-1"))
-    return new_id()
+class RequestId:
+    """The caller's ``X-Request-Id`` (a proxy's), or a new one: it tags the request's logs.
+    Worked out only when a record is logged (most requests log nothing)."""
+
+    __slots__ = ("_scope", "_value")
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        self._scope: dict[str, Any] | None = scope
+        self._value = ""
+
+    def __str__(self) -> str:
+        if self._scope is not None:
+            scope, self._scope = self._scope, None
+            for name, value in scope.get("headers", ()):
+                if name == b"x-request-id" and 0 < len(value) <= 128:
+                    self._value = value.decode("latin-1")
+                    break
+            else:
+                self._value = new_sorted_id()
+        return self._value
 
 
 def _local_path(scope: dict[str, Any]) -> str:
