@@ -11,14 +11,29 @@ from __future__ import annotations
 import logging
 import re
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-#: fields of the request or device connection being served (``request_id``, ``connection_id``,
-#: ``user_id``), set by the server for the task serving it
-log_context: ContextVar[dict[str, object] | None] = ContextVar("tidings_log_context", default=None)
+
+class LogSubject(Protocol):
+    """What a task serves (a request, a device connection): its fields for log records,
+    worked out only when a record is logged."""
+
+    def log_fields(self) -> dict[str, object]: ...
+
+
+#: the request the current task serves; its fields are read when a record is formatted. Device
+#: connections pass theirs as ``extra=conn.log_fields()`` instead: a context variable set in
+#: each connection's task cost 0.3 KiB per idle connection (measured with 19,800).
+log_context: ContextVar[LogSubject | None] = ContextVar("tidings_log_context", default=None)
+
+
+def _context() -> dict[str, object]:
+    subject = log_context.get()
+    return subject.log_fields() if subject is not None else {}
+
 
 #: record attributes that are not extra fields (uvicorn adds color_message for terminals)
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
@@ -34,9 +49,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        context = log_context.get()
-        if context:
-            entry.update(context)
+        entry.update(_context())
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
@@ -50,7 +63,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        context = log_context.get()
+        context = _context()
         if context:
             text += " [" + " ".join(f"{k}={v}" for k, v in context.items()) + "]"
         return text

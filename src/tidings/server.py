@@ -41,7 +41,7 @@ class TidingsApp:
             await self.tidings.gateway(scope, receive, send)
             return
         if kind == "http":
-            log_context.set({"request_id": RequestId(scope)})
+            log_context.set(RequestId(scope))
             limit = self.max_batch_body if _local_path(scope) == BATCH_PATH else self.max_body
             if self._declared_too_large(scope, limit):
                 await _too_large(send, limit)
@@ -109,6 +109,9 @@ class RequestId:
     def __init__(self, scope: dict[str, Any]) -> None:
         self._scope: dict[str, Any] | None = scope
         self._value = ""
+
+    def log_fields(self) -> dict[str, object]:
+        return {"request_id": str(self)}
 
     def __str__(self) -> str:
         if self._scope is not None:

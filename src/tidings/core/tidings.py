@@ -290,7 +290,12 @@ class Tidings(Lifecycle):
         try:
             await self.store.remove_presence(conn.socket_id)
         except TidingsError as exc:
-            logger.warning("registry removal of %s failed: %s", conn.connection_id, exc)
+            logger.warning(
+                "registry removal of %s failed: %s",
+                conn.connection_id,
+                exc,
+                extra=conn.log_fields(),
+            )
 
     @property
     def authenticator(self) -> DeviceAuthenticator:
@@ -800,7 +805,12 @@ class Tidings(Lifecycle):
                 conn.close(protocol.CLOSE_NORMAL, "device forgotten")
                 return
             except StoreUnavailable as exc:
-                logger.warning("queue of %s unavailable: %s; retrying", conn.connection_id, exc)
+                logger.warning(
+                    "queue of %s unavailable: %s; retrying",
+                    conn.connection_id,
+                    exc,
+                    extra=conn.log_fields(),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 conn.delivery_again = True

@@ -40,7 +40,6 @@ from tidings.errors import (
 )
 from tidings.gateway import protocol
 from tidings.gateway.connection import Connection
-from tidings.logs import log_context
 from tidings.metrics import count_error, counters
 from tidings.storage._common import CONNECTION_ID, new_id
 
@@ -367,7 +366,6 @@ class Gateway:
     async def _run(self, conn: Connection, receive: Any, send: Any) -> None:
         tidings = self.tidings
         counters.connections_opened += 1
-        log_context.set({"connection_id": conn.connection_id, "user_id": conn.user_id})
         conn.push(
             protocol.welcome(
                 connection_id=conn.connection_id,
@@ -408,7 +406,12 @@ class Gateway:
                     )
                 except StoreError as exc:
                     # The contract promises the count after welcome: without it, try later.
-                    logger.warning("initial count for %s unavailable: %s", conn.user_id, exc)
+                    logger.warning(
+                        "initial count for %s unavailable: %s",
+                        conn.user_id,
+                        exc,
+                        extra=conn.log_fields(),
+                    )
                     conn.close(protocol.CLOSE_TRY_AGAIN_LATER, "storage unavailable")
                 if not conn.closed:
                     try:
@@ -416,7 +419,9 @@ class Gateway:
                     except (OSError, WebSocketDisconnect):
                         pass  # the client is gone
                     except Exception:
-                        logger.exception("connection %s failed", conn.connection_id)
+                        logger.exception(
+                            "connection %s failed", conn.connection_id, extra=conn.log_fields()
+                        )
                         conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             tidings.registry.remove(conn)
@@ -447,7 +452,11 @@ class Gateway:
                 refused += 1
                 count_error(protocol.RATE_LIMITED)
                 if refused == 1:
-                    logger.warning("device sends over %g frames per second; refusing", rate)
+                    logger.warning(
+                        "device sends over %g frames per second; refusing",
+                        rate,
+                        extra=conn.log_fields(),
+                    )
                 if refused > 10 * rate:  # it ignores the refusals: stop reading it at all
                     conn.close(protocol.CLOSE_POLICY_VIOLATION, "too many frames")
                     return
@@ -540,7 +549,12 @@ class Gateway:
             conn.push(protocol.error(frame.id, protocol.INVALID_FRAME, str(exc)))
         except Exception:
             count_error("internal")
-            logger.exception("frame %s of %s failed", type(frame).__name__, conn.connection_id)
+            logger.exception(
+                "frame %s of %s failed",
+                type(frame).__name__,
+                conn.connection_id,
+                extra=conn.log_fields(),
+            )
             conn.push(protocol.error(frame.id, protocol.INTERNAL, "internal error"))
 
 

@@ -143,6 +143,10 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+    def log_fields(self) -> dict[str, object]:
+        """This connection's fields in log records (see :mod:`tidings.logs`)."""
+        return {"connection_id": self.connection_id, "user_id": self.user_id}
+
     @property
     def queued(self) -> int:
         """Frames waiting to be written."""
@@ -169,6 +173,7 @@ class Connection:
                 self.connection_id,
                 self.user_id,
                 len(queue),
+                extra=self.log_fields(),
             )
             counters.slow_closed += 1
             self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
@@ -221,7 +226,9 @@ class Connection:
                 self._settle()
 
     def _lost(self, exc: BaseException) -> None:
-        logger.info("connection %s lost while sending: %r", self.connection_id, exc)
+        logger.info(
+            "connection %s lost while sending: %r", self.connection_id, exc, extra=self.log_fields()
+        )
         self.close(protocol.CLOSE_GOING_AWAY, "connection lost")
 
     def _wake(self) -> None:
