@@ -35,7 +35,13 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.planner import Recipient
 from tidings.delivery.sqlite import _delivery
-from tidings.delivery.store import DELIVERIES_PAGE, Backoff, PipelineStore, Planner
+from tidings.delivery.store import (
+    DELIVERIES_PAGE,
+    Backoff,
+    PipelineStore,
+    Planner,
+    message_values,
+)
 from tidings.errors import Conflict, InvalidArgument
 from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.postgres import PostgresStore
@@ -482,17 +488,7 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
     await conn.execute(
         "INSERT INTO pipeline_messages VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, "
         "$8::jsonb, $9::jsonb, $10, $11)",
-        message_id,
-        message.client_id,
-        message.idempotency_key,
-        message.body_hash,
-        _json(message.recipients()),
-        _json(list(message.channels)),
-        message.template_id,
-        _json(message.content.to_dict()) if message.content else None,
-        _json(message.data),
-        message.critical,
-        now,
+        *message_values(message_id, message, now),
     )
     ids = [new_id() for _ in planned]
     await conn.execute(

@@ -35,7 +35,13 @@ from tidings.delivery.models import (
     Template,
 )
 from tidings.delivery.planner import Recipient
-from tidings.delivery.store import DELIVERIES_PAGE, Backoff, PipelineStore, Planner
+from tidings.delivery.store import (
+    DELIVERIES_PAGE,
+    Backoff,
+    PipelineStore,
+    Planner,
+    message_values,
+)
 from tidings.errors import Conflict, InvalidArgument
 from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.sqlite import SqliteStore
@@ -505,19 +511,7 @@ def _insert(
     message_id = new_sorted_id()
     conn.execute(
         "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            message_id,
-            message.client_id,
-            message.idempotency_key,
-            message.body_hash,
-            _json(message.recipients()),
-            _json(list(message.channels)),
-            message.template_id,
-            _json(message.content.to_dict()) if message.content else None,
-            _json(message.data),
-            message.critical,
-            stamp,
-        ),
+        message_values(message_id, message, stamp),
     )
     ids = [new_id() for _ in planned]
     conn.executemany(

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from tidings.delivery.models import (
     Claim,
     Content,
@@ -32,6 +34,28 @@ DELIVERIES_PAGE = 1000
 Backoff = Callable[[int], float]
 #: called inside the message's transaction with the recipients read there
 Planner = Callable[[list[Recipient]], list[PlannedDelivery]]
+
+
+def message_values(message_id: str, message: NewMessage, at: object) -> tuple[object, ...]:
+    """A new message's row of ``pipeline_messages``, in column order, JSON columns encoded
+    (``at`` as each dialect stores time)."""
+
+    def encode(value: object) -> str:
+        return orjson.dumps(value).decode()
+
+    return (
+        message_id,
+        message.client_id,
+        message.idempotency_key,
+        message.body_hash,
+        encode(message.recipients()),
+        encode(list(message.channels)),
+        message.template_id,
+        encode(message.content.to_dict()) if message.content else None,
+        encode(message.data),
+        message.critical,
+        at,
+    )
 
 
 class PipelineStore(ABC):
