@@ -289,9 +289,9 @@ async def pg_proxy() -> Iterator[TcpProxy]:  # type: ignore[misc]
 async def test_database_outage_answers_503_and_service_resumes(
     postgres_url: str, start_server: Callable[..., ServerProcess], pg_proxy: TcpProxy
 ) -> None:
-    """With PostgreSQL gone /notify and /notify/batch answer 503 and write nothing; devices
-    stay connected;
-    when it returns, notifications flow again without restarting the node."""
+    """With PostgreSQL gone /notify, /notify/batch and /messages answer 503 and write nothing;
+    devices stay connected; when it returns, notifications and pipeline messages flow again
+    without restarting the node (its workers outlive the outage)."""
     via_proxy = postgres_url.replace(":5432/", f":{pg_proxy.port}/")
     # The proxy lives on this event loop: start the server from a thread.
     node = await asyncio.to_thread(
@@ -299,6 +299,13 @@ async def test_database_outage_answers_503_and_service_resumes(
     )
     alice = f"alice-{uuid.uuid4().hex[:6]}"
     token = await asyncio.to_thread(node.service_token, "notify")
+    pipeline_token = await asyncio.to_thread(node.service_token, "messages")
+    message = {
+        "recipients": {"user_ids": [alice]},
+        "channels": ["in_app"],
+        "content": {"text": "from the pipeline"},
+        "idempotency_key": f"outage-{alice}",
+    }
     device = DeviceClient(node.ws_url, token=device_token(alice))
     await device.connect()
     await asyncio.to_thread(notify, node, token, alice, "before")
@@ -319,6 +326,12 @@ async def test_database_outage_answers_503_and_service_resumes(
             headers={"Authorization": f"Bearer {token}"},
         )
         assert batch.status_code == 503  # and nothing of it is written (checked below)
+        posted = await http.post(
+            f"{node.url}/messages",
+            json=message,
+            headers={"Authorization": f"Bearer {pipeline_token}"},
+        )
+        assert posted.status_code == 503
         assert (await http.get(f"{node.url}/health")).status_code == 503
         # The device is still connected and told plainly that storage is down.
         with pytest.raises(ClientError) as info:
@@ -332,4 +345,13 @@ async def test_database_outage_answers_503_and_service_resumes(
     await asyncio.to_thread(notify, node, token, alice, "after")
     await device.wait_for_count(2)
     assert [n["data"] for n in await device.get_unseen()] == ["before", "after"]
+    async with httpx.AsyncClient(timeout=30) as http:
+        posted = await http.post(
+            f"{node.url}/messages",
+            json=message,
+            headers={"Authorization": f"Bearer {pipeline_token}"},
+        )
+    assert posted.status_code == 202  # created now: nothing was written during the outage
+    await device.wait_for_count(3)  # the worker that lived through the outage sent it
+    assert (await device.get_unseen())[-1]["data"]["text"] == "from the pipeline"
     await device.close()
