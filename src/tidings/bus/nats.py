@@ -96,7 +96,12 @@ class NatsBus(Bus):
 
         try:
             self._subs[channel] = await self._nc.subscribe(self._subject(channel), cb=deliver)
-            # Round trip: once the server answered, no later publish can miss this node.
+            # Round trips: once the server answered, no later publish can miss this node. Two:
+            # nats-py queues the SUB for its flusher task but writes a flush's PING straight to
+            # the socket, so the first PONG may come back before the server has read the SUB
+            # (a message published right after was lost, about one full test run in five);
+            # by the second PING the SUB is on the wire ahead of it.
+            await self._nc.flush(timeout=5)
             await self._nc.flush(timeout=5)
         except (NatsError, OSError) as exc:
             raise BusError(f"nats subscribe failed: {exc}") from exc
