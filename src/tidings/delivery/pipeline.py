@@ -23,6 +23,7 @@ from tidings.auth.topics import check_topic
 from tidings.core.models import utcnow
 from tidings.delivery.channels.base import CHANNEL_NAMES, Channel, InvalidAddress
 from tidings.delivery.models import (
+    PENDING,
     Content,
     Message,
     NewMessage,
@@ -247,7 +248,7 @@ class Pipeline(Lifecycle):
             if message.topic is None
             else self.settings.max_topic_recipients,
         )
-        if created[1] and any(created[0].counts.get(state) for state in ("pending",)):
+        if created[1] and created[0].counts.get(PENDING):
             await self._announce({"type": WORK, "channels": list(message.channels)})
         return created
 

@@ -40,6 +40,8 @@ from tidings.delivery.store import (
     Backoff,
     PipelineStore,
     Planner,
+    decode_content,
+    encode_json,
     message_values,
 )
 from tidings.errors import Conflict, InvalidArgument
@@ -55,14 +57,6 @@ DELIVERY_COLUMNS = (
     "provider_id, created_at, updated_at, sent_at"
 )
 TEMPLATE_COLUMNS = "template_id, subject, text, html, version, created_at, updated_at"
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _content(text: str | None) -> Content | None:
-    return None if text is None else Content(**orjson.loads(text))
 
 
 def _template(r: Any) -> Template:
@@ -170,7 +164,7 @@ class PostgresPipelineStore(PipelineStore):
                     "updated_at = excluded.updated_at",
                     user_id,
                     channel,
-                    _json(address),
+                    encode_json(address),
                     utcnow(),
                 )
 
@@ -501,7 +495,7 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
         ids,
         [p.user_id for p in planned],
         [p.channel for p in planned],
-        [_json(p.address) for p in planned],
+        [encode_json(p.address) for p in planned],
         [p.state for p in planned],
         [p.reason for p in planned],
         [p.queued for p in planned],
@@ -555,7 +549,7 @@ def _message_of(row: Any, counts: dict[str, int]) -> Message:
         orjson.loads(row[2]),
         orjson.loads(row[3]),
         row[4],
-        _content(row[5]),
+        decode_content(row[5]),
         orjson.loads(row[6]),
         row[7],
         row[8],
@@ -608,7 +602,7 @@ def _claim(row: Any) -> Claim:
         address=orjson.loads(row[4]) if row[4] is not None else None,
         attempt=row[5],
         template_id=row[6],
-        content=_content(row[7]),
+        content=decode_content(row[7]),
         data=orjson.loads(row[8]),
         critical=row[9],
     )

@@ -40,6 +40,8 @@ from tidings.delivery.store import (
     Backoff,
     PipelineStore,
     Planner,
+    decode_content,
+    encode_json,
     message_values,
 )
 from tidings.errors import Conflict, InvalidArgument
@@ -65,14 +67,6 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 def _marks(items: Sequence[Any]) -> str:
     return ",".join("?" * len(items))
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _content(text: str | None) -> Content | None:
-    return None if text is None else Content(**orjson.loads(text))
 
 
 class SqlitePipelineStore(PipelineStore):
@@ -164,7 +158,7 @@ class SqlitePipelineStore(PipelineStore):
             else:
                 conn.execute(
                     "INSERT OR REPLACE INTO pipeline_contacts VALUES (?, ?, ?, ?)",
-                    (user_id, channel, _json(address), isoformat(utcnow())),
+                    (user_id, channel, encode_json(address), isoformat(utcnow())),
                 )
 
         await self.store._write(run)
@@ -518,7 +512,7 @@ def _insert(
         "INSERT INTO pipeline_deliveries (delivery_id, message_id, user_id, channel, address, "
         "state, reason, counted, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (i, message_id, p.user_id, p.channel, _json(p.address), *_row(p), stamp, stamp)
+            (i, message_id, p.user_id, p.channel, encode_json(p.address), *_row(p), stamp, stamp)
             for i, p in zip(ids, planned, strict=True)
         ],
     )
@@ -567,7 +561,7 @@ def _message_of(row: tuple[Any, ...], counts: dict[str, int]) -> Message:
         orjson.loads(row[2]),
         orjson.loads(row[3]),
         row[4],
-        _content(row[5]),
+        decode_content(row[5]),
         orjson.loads(row[6]),
         bool(row[7]),
         row[8],
@@ -630,7 +624,7 @@ def _claim(row: tuple[Any, ...]) -> Claim:
         address=orjson.loads(row[4]) if row[4] is not None else None,
         attempt=row[5],
         template_id=row[6],
-        content=_content(row[7]),
+        content=decode_content(row[7]),
         data=orjson.loads(row[8]),
         critical=bool(row[9]),
     )

@@ -36,13 +36,20 @@ Backoff = Callable[[int], float]
 Planner = Callable[[list[Recipient]], list[PlannedDelivery]]
 
 
+def encode_json(value: object) -> str:
+    """A JSON column's text (both dialects store JSON given as text)."""
+    return orjson.dumps(value).decode()
+
+
+def decode_content(text: str | None) -> Content | None:
+    """A ``content`` column back to :class:`Content`."""
+    return None if text is None else Content(**orjson.loads(text))
+
+
 def message_values(message_id: str, message: NewMessage, at: object) -> tuple[object, ...]:
     """A new message's row of ``pipeline_messages``, in column order, JSON columns encoded
     (``at`` as each dialect stores time)."""
-
-    def encode(value: object) -> str:
-        return orjson.dumps(value).decode()
-
+    encode = encode_json
     return (
         message_id,
         message.client_id,
