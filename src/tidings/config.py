@@ -47,6 +47,16 @@ class Settings(BaseSettings):
         "nothing between two pings is disconnected.",
     )
 
+    fanout_coalesce_ms: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        description="While the node fans messages out to hundreds of sockets, frames wait up to "
+        "this many milliseconds so that the next messages share their write (one system call "
+        "per socket for several messages); 0 writes every turn of the event loop. A node that "
+        "is not fanning out never waits.",
+    )
+
     demo: bool = Field(
         False,
         description="Serve the demo inbox at /demo, with endpoints that mint device tokens and "

@@ -23,7 +23,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tidings.gateway.transport import WebSocketProtocol
+from tidings.gateway.transport import FANOUT_SOCKETS, FANOUT_WINDOW, WebSocketProtocol, _Flusher
 
 #: upper bound for anything that waits on the network or on the server
 TIMEOUT = 5.0
@@ -1307,3 +1307,67 @@ async def test_frames_sent_before_the_accept_are_kept(
     got = [await client.read_frame() for _ in range(2)]
     assert [f.payload for f in got] == [b"one", b"two"]
     assert [(await log.next())["text"] for _ in range(2)] == ["one", "two"]
+
+
+# Coalescing writes while fanning out
+
+
+class _Pending:
+    """Stands in for a socket with frames pending: the flusher only calls ``_flush``."""
+
+    def __init__(self, writes: list[float]) -> None:
+        self.writes = writes
+
+    def _flush(self) -> None:
+        self.writes.append(asyncio.get_running_loop().time())
+
+
+async def _turns(n: int = 3) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_quiet_node_writes_at_the_end_of_the_turn_a_fanning_out_one_waits() -> None:
+    loop = asyncio.get_running_loop()
+    flusher = _Flusher(loop)
+    flusher.coalesce = 0.05
+    writes: list[float] = []
+    sockets: list[Any] = [_Pending(writes) for _ in range(FANOUT_SOCKETS)]
+
+    flusher.add(sockets[0])  # a notification to one device: written within the turn
+    await _turns()
+    assert len(writes) == 1
+
+    for sock in sockets:  # a fan-out: written at once too, and the node is now fanning out
+        flusher.add(sock)
+    await _turns()
+    assert len(writes) == 1 + FANOUT_SOCKETS
+
+    writes.clear()
+    started = loop.time()
+    flusher.add(sockets[0])
+    flusher.add(sockets[1])
+    await _turns()
+    assert writes == []  # the next messages' frames wait to share the write
+    await asyncio.sleep(0.2)
+    assert len(writes) == 2
+    assert writes[0] - started >= 0.04
+
+    writes.clear()
+    await asyncio.sleep(FANOUT_WINDOW)  # no fan-out for a while: back to writing at once
+    flusher.add(sockets[0])
+    await _turns()
+    assert len(writes) == 1
+
+
+async def test_coalescing_can_be_turned_off() -> None:
+    flusher = _Flusher(asyncio.get_running_loop())
+    flusher.coalesce = 0
+    writes: list[float] = []
+    sockets: list[Any] = [_Pending(writes) for _ in range(FANOUT_SOCKETS)]
+    for sock in sockets:
+        flusher.add(sock)
+    await _turns()
+    flusher.add(sockets[0])
+    await _turns()
+    assert len(writes) == FANOUT_SOCKETS + 1

@@ -28,6 +28,7 @@ import asyncio
 import base64
 import hashlib
 import logging
+import math
 import struct
 import weakref
 from http import HTTPStatus
@@ -51,16 +52,41 @@ _VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 
 _S_HANDSHAKE, _S_OPEN, _S_CLOSING, _S_CLOSED = 0, 1, 2, 3
 
 
+#: seconds a fanning-out node lets frames wait to share a write (``TIDINGS_FANOUT_COALESCE_MS``;
+#: set by :func:`set_coalesce_delay` before the server starts)
+coalesce_delay = 0.005
+
+
+def set_coalesce_delay(seconds: float) -> None:
+    global coalesce_delay
+    coalesce_delay = seconds
+    for flusher in _flushers.values():
+        flusher.coalesce = seconds
+
+
 #: the last text frame encoded, by the identity of its str (a fan-out sends one str to many)
 _last_text: str | None = None
 _last_frame = b""
 
 
+#: a flush that writes to at least this many sockets means the node is fanning out
+FANOUT_SOCKETS = 256
+#: how long after such a flush the node still counts as fanning out (seconds)
+FANOUT_WINDOW = 0.05
+
+
 class _Flusher:
     """Per event loop: writes the frames each socket got during one turn of the loop, at its
-    end; and pings every open socket from one timer (a timer per socket costs 600 bytes)."""
+    end; and pings every open socket from one timer (a timer per socket costs 600 bytes).
 
-    __slots__ = ("dirty", "loop", "open", "pinger", "scheduled")
+    While the node fans out (a flush wrote to ``FANOUT_SOCKETS`` sockets or more in the last
+    ``FANOUT_WINDOW`` seconds) the next flush waits ``coalesce`` seconds, so that the frames of
+    the following messages share the same ``write``: the system call per socket is most of a
+    fan-out's cost, and five messages per call deliver about 1.7x as many messages per second
+    as one or two. A node that is not fanning out writes at the end of the loop's turn, as
+    before, so a notification's latency does not change."""
+
+    __slots__ = ("busy_at", "coalesce", "dirty", "loop", "open", "pinger", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -68,6 +94,8 @@ class _Flusher:
         self.scheduled = False
         self.open: set[WebSocketProtocol] = set()
         self.pinger: asyncio.TimerHandle | None = None
+        self.coalesce = coalesce_delay
+        self.busy_at = -math.inf
 
     def watch(self, protocol: WebSocketProtocol, interval: float) -> None:
         self.open.add(protocol)
@@ -86,13 +114,18 @@ class _Flusher:
         self.dirty.append(protocol)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self.flush)
+            if self.coalesce > 0 and self.loop.time() - self.busy_at < FANOUT_WINDOW:
+                self.loop.call_later(self.coalesce, self.flush)
+            else:
+                self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
         for protocol in dirty:
             protocol._flush()
+        if len(dirty) >= FANOUT_SOCKETS:
+            self.busy_at = self.loop.time()
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
