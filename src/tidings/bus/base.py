@@ -57,6 +57,15 @@ class Bus(Lifecycle):
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``'s messages. Unknown channels are ignored."""
 
+    def subscribe_now(self, channel: str) -> bool:
+        """Subscribe at once if this bus can without waiting (no broker round trip): True if
+        done; False means use :meth:`subscribe`."""
+        return False
+
+    def unsubscribe_now(self, channel: str) -> bool:
+        """As :meth:`subscribe_now`, for :meth:`unsubscribe`."""
+        return False
+
     @abstractmethod
     async def publish(self, channel: str, payload: bytes) -> None:
         """Send ``payload`` to every node subscribed to ``channel``, this one included.

@@ -28,6 +28,11 @@ class MemoryBus(Bus):
         self.name = urlsplit(url).netloc
         self._hub: _Hub | None = None
         self._channels: set[str] = set()
+        # A subclass that changes subscribe() (a test's faulty broker) is always awaited.
+        cls = type(self)
+        self._immediate = (
+            cls.subscribe is MemoryBus.subscribe and cls.unsubscribe is MemoryBus.unsubscribe
+        )
 
     async def start(self) -> None:
         if self._hub is not None:
@@ -58,12 +63,28 @@ class MemoryBus(Bus):
         return self._hub
 
     async def subscribe(self, channel: str) -> None:
-        hub = self._require_hub()
+        self._subscribe(self._require_hub(), channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._unsubscribe(self._require_hub(), channel)
+
+    def subscribe_now(self, channel: str) -> bool:
+        if self._hub is None or not self._immediate:
+            return False  # subscribe() raises BusError
+        self._subscribe(self._hub, channel)
+        return True
+
+    def unsubscribe_now(self, channel: str) -> bool:
+        if self._hub is None or not self._immediate:
+            return False
+        self._unsubscribe(self._hub, channel)
+        return True
+
+    def _subscribe(self, hub: _Hub, channel: str) -> None:
         hub.listeners.setdefault(channel, set()).add(self)
         self._channels.add(channel)
 
-    async def unsubscribe(self, channel: str) -> None:
-        hub = self._require_hub()
+    def _unsubscribe(self, hub: _Hub, channel: str) -> None:
         self._channels.discard(channel)
         listeners = hub.listeners.get(channel)
         if listeners is not None:

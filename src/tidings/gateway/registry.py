@@ -90,7 +90,7 @@ class Registry:
         members = index.get(key)
         if members is None:
             index[key] = {conn}
-            self._chain(channel, self.bus.subscribe)
+            self._chain(channel, self.bus.subscribe, self.bus.subscribe_now)
         else:
             members.add(conn)
         pending = self._ops.get(channel)
@@ -109,10 +109,20 @@ class Registry:
         members.discard(conn)
         if not members:
             del index[key]
-            self._chain(channel, self.bus.unsubscribe)
+            self._chain(channel, self.bus.unsubscribe, self.bus.unsubscribe_now)
 
-    def _chain(self, channel: str, op: Callable[[str], Awaitable[None]]) -> None:
+    def _chain(
+        self,
+        channel: str,
+        op: Callable[[str], Awaitable[None]],
+        now: Callable[[str], bool],
+    ) -> None:
+        """Run ``op`` on ``channel`` after the channel's earlier operations; in place when
+        none is pending and the bus can do it without waiting (the in-process bus), which
+        spares a task per device connect."""
         previous = self._ops.get(channel)
+        if previous is None and now(channel):
+            return
 
         async def run() -> None:
             if previous is not None:

@@ -35,6 +35,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+import uvicorn
+
 try:  # websockets (a dependency of uvicorn[standard]) ships the masking loop in C
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - platforms without the compiled helper
@@ -288,7 +290,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _handshake(self, request: bytes) -> None:
         """Check the upgrade request (uvicorn hands it over whole) and start the application."""
-        head, _, _ = request.partition(b"\r\n\r\n")
+        head, _, early = request.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         method, _, rest = lines[0].partition(b" ")
         target = rest.rpartition(b" ")[0]
@@ -348,6 +350,8 @@ class WebSocketProtocol(asyncio.Protocol):
             "extensions": {"websocket.http.response": {}},
         }
         self._key = key
+        if early:  # frames sent with the request (FrontProtocol hands them over too)
+            self._buf = early[: self.max_size + 1]
         self._inbox.append({"type": "websocket.connect"})
         task = self.loop.create_task(self._run_asgi())
         self.tasks.add(task)
@@ -729,6 +733,96 @@ class WebSocketProtocol(asyncio.Protocol):
         self._state = _S_CLOSED
         self._stop_timers()
         self._close_transport()
+
+
+#: bytes of request head the front protocol reads before leaving the request to uvicorn
+MAX_HEAD = 16 * 1024
+
+
+class FrontProtocol(asyncio.Protocol):
+    """``tidings serve``'s ``http=`` protocol: the first request of a connection decides who
+    serves it. A WebSocket upgrade goes straight to :class:`WebSocketProtocol`; anything else
+    to uvicorn's HTTP protocol (httptools, else h11), which then keeps the connection.
+
+    Why: uvicorn parses an upgrade request with its HTTP machinery (a parser, a flow control,
+    an HTTP scope, a rebuilt request) only to hand it over; that was a fifth of a device's
+    connect. Handing over here also keeps frames a client sends in the same write as its
+    request, which uvicorn drops. The WebSocket protocol checks the handshake itself."""
+
+    __slots__ = ("_args", "_buf", "_transport")
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._args = (config, server_state, app_state, _loop)
+        self._buf = b""
+        self._transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._args[1].connections.add(self)  # a server shutting down closes it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._args[1].connections.discard(self)
+
+    def shutdown(self) -> None:
+        self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 and len(buf) <= MAX_HEAD:
+            self._buf = buf
+            return
+        self._buf = b""
+        config, server_state, app_state, loop = self._args
+        server_state.connections.discard(self)
+        protocol: asyncio.Protocol
+        if end >= 0 and _is_upgrade(buf[:end]):
+            protocol = WebSocketProtocol(config, server_state, app_state, loop)
+        else:
+            protocol = config.front_http_class(
+                config=config, server_state=server_state, app_state=app_state, _loop=loop
+            )
+        transport = self._transport
+        protocol.connection_made(transport)
+        transport.set_protocol(protocol)
+        protocol.data_received(buf)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+
+def _is_upgrade(head: bytes) -> bool:
+    """A ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` (as uvicorn decides)."""
+    if not head.startswith(b"GET ") or b" HTTP/1.1\r\n" not in head[: head.find(b"\n") + 1]:
+        return False
+    upgrade = connection = False
+    for line in head.lower().split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip()
+        if name == b"upgrade":
+            upgrade = value.strip() == b"websocket"
+        elif name == b"connection":
+            connection = b"upgrade" in (token.strip() for token in value.split(b","))
+    return upgrade and connection
+
+
+class FrontConfig(uvicorn.Config):
+    """uvicorn's config; with ``ws=WebSocketProtocol`` connections start on
+    :class:`FrontProtocol`, and the ``http`` protocol chosen serves all but upgrades."""
+
+    front_http_class: Any = None
+
+    def load(self) -> None:
+        super().load()
+        if self.ws_protocol_class is WebSocketProtocol:
+            self.front_http_class = self.http_protocol_class
+            self.http_protocol_class = FrontProtocol
 
 
 def _valid_key(key: bytes) -> bool:
