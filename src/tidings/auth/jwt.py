@@ -145,12 +145,13 @@ class JwtAuthenticator(DeviceAuthenticator):
         self.jwks_algorithms = list(jwks_algorithms)
 
     async def authenticate(self, token: str) -> Principal:
-        header = token_header(token)
-        if self.jwks is not None and header.get("alg") in self.jwks_algorithms:
-            key: Any = await self.jwks.keys_for(header.get("kid"))
-            algorithms = self.jwks_algorithms
-        else:
-            key, algorithms = self._key, ["HS256"]
+        key: Any = self._key
+        algorithms = ["HS256"]
+        if self.jwks is not None:  # the header chooses between the shared secret and the JWKS
+            header = token_header(token)
+            if header.get("alg") in self.jwks_algorithms:
+                key = await self.jwks.keys_for(header.get("kid"))
+                algorithms = self.jwks_algorithms
         claims = verify_jwt(
             token,
             key,
