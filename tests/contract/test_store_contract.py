@@ -483,3 +483,23 @@ async def test_concurrent_batches_sharing_users_all_commit(store: Store) -> None
         assert (await store.count(user_id)).count == n
         seqs = [note.seq for note in await store.unseen(user_id, 1000)]
         assert len(seqs) == n and seqs == sorted(seqs)
+
+
+async def test_a_large_batch_is_written_whole_and_in_order(store: Store) -> None:
+    """A batch larger than one insert statement takes (the SQLite store writes up to 500 rows
+    per statement) keeps every item, in order, with increasing seqs; a later notification
+    still gets a larger seq than all of them."""
+    items = [NewNotification(f"u{k % 7}", {"k": k}) for k in range(1234)]
+    results = await store.create_notifications(items)
+    assert all(not isinstance(r, Conflict) and r.created for r in results)
+    notes = [r.notification for r in results]  # type: ignore[union-attr]
+    assert [n.data for n in notes] == [{"k": k} for k in range(1234)]
+    seqs = [n.seq for n in notes]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 1234
+    assert len({n.notification_id for n in notes}) == 1234
+    later = await store.create_notification("u1", {"after": True})
+    assert later.notification.seq > seqs[-1]
+    stored = [n for user in range(7) for n in await store.unseen(f"u{user}", 1000)]
+    assert sorted((n.seq, n.data["k"]) for n in stored if "k" in n.data) == [
+        (seq, k) for k, seq in enumerate(seqs)
+    ]

@@ -88,6 +88,31 @@ def _cache_from_url(url: str) -> int:
     return mib
 
 
+#: rows per multi-row INSERT of a batch of notifications (5 parameters each: SQLite allows
+#: 32,766 per statement)
+INSERT_CHUNK = 500
+_INSERT = "INSERT INTO notifications (seq, notification_id, user_id, data, creation_date) VALUES "
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[int, str, str, str, str]]) -> None:
+    """Insert a batch's rows, up to ``INSERT_CHUNK`` per statement. ``executemany`` runs the
+    statement once per row, and releases and takes back the GIL around each: with the event
+    loop busy parsing the next requests, each take-back can wait for the loop's switch
+    interval. Batches of 500 through HTTP: 29.0-32.5 k/s with ``executemany``, 33.7-37.4 k/s
+    with these (runs interleaved on the same machine)."""
+    chunk = min(INSERT_CHUNK, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 5)
+    full = len(rows) - len(rows) % chunk
+    if full:
+        sql = _INSERT + ",".join(["(?, ?, ?, ?, ?)"] * chunk)
+        for start in range(0, full, chunk):
+            conn.execute(sql, [v for row in rows[start : start + chunk] for v in row])
+    if full < len(rows):
+        rest = rows[full:]
+        conn.execute(
+            _INSERT + ",".join(["(?, ?, ?, ?, ?)"] * len(rest)), [v for row in rest for v in row]
+        )
+
+
 class _Write:
     __slots__ = ("fn", "future")
 
@@ -329,9 +354,11 @@ class SqliteStore(Store):
         stamp = isoformat(now)
         prepared = prepare(items)
 
+        # Only ids the callers chose can be known already; generated ones are new.
+        ids = [item.notification_id for item in items if item.notification_id]
+
         def run(conn: sqlite3.Connection) -> list[NotifyResult | Conflict]:
             known: dict[str, Notification] = {}
-            ids = [p[3] for p in prepared]
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 for row in conn.execute(
@@ -361,11 +388,7 @@ class SqliteStore(Store):
                 known[nid] = note
                 outcomes.append(note)
                 added[user_id] = added.get(user_id, 0) + 1
-            conn.executemany(
-                "INSERT INTO notifications (seq, notification_id, user_id, data, creation_date) "
-                "VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+            _insert_rows(conn, rows)
             # Every user's count in one statement ("WHERE true" lets SQLite parse the upsert);
             # the version rises by one per notification, as if they had come one by one.
             final = {
