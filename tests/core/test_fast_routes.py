@@ -1,5 +1,5 @@
-"""The framework-free answers of ``tidings serve`` for /notify and /publish match the FastAPI
-routes that document them, request for request."""
+"""The framework-free answers of ``tidings serve`` for /notify, /notify/batch and /publish
+match the FastAPI routes that document them, request for request."""
 
 from __future__ import annotations
 
@@ -24,6 +24,34 @@ CASES: list[tuple[str, str, Any]] = [
     ("/notify", "notify", {"user_id": "nul\u0000", "data": 1}),
     ("/notify", "notify", {"user_id": "u", "data": {"n": 1}, "notification_id": "same-id"}),
     ("/notify", "notify", {"user_id": "v", "data": {"n": 1}, "notification_id": "same-id"}),
+    (
+        "/notify/batch",
+        "notify",
+        {"notifications": [{"user_id": "u", "data": 1}, {"user_id": "v", "data": [2]}]},
+    ),
+    ("/notify/batch", "publish", {"notifications": [{"user_id": "u", "data": 1}]}),
+    ("/notify/batch", "notify", {"notifications": []}),
+    ("/notify/batch", "notify", {"notifications": [{"user_id": "u"}]}),
+    ("/notify/batch", "notify", {"notifications": [{"user_id": 5, "data": 1}]}),
+    ("/notify/batch", "notify", b'{"notifications": [{"user_id": "u", "data": 1}'),
+    (
+        "/notify/batch",
+        "notify",
+        b'{"notifications": [{"user_id": "u", "data": 123456789012345678901234}]}',
+    ),
+    (
+        "/notify/batch",
+        "notify",
+        {
+            "notifications": [
+                {"user_id": "u", "data": {"n": 1}, "notification_id": "same-id"},
+                {"user_id": "v", "data": {"n": 1}, "notification_id": "same-id"},
+                {"user_id": "u", "data": "x" * 70_000},
+                {"user_id": "nul\u0000", "data": 1},
+            ]
+        },
+    ),
+    ("/notify/batch", "notify", {"notifications": [{"user_id": "u", "data": 1}] * 1001}),
     ("/publish", "publish", {"topic": "t", "data": {"x": 1}, "origin_session_id": "s"}),
     ("/publish", "notify", {"topic": "t", "data": 1}),
     ("/publish", "publish", {"topic": "a\nb", "data": 1}),
@@ -31,10 +59,23 @@ CASES: list[tuple[str, str, Any]] = [
 ]
 
 
+def without_generated(value: Any) -> Any:
+    """``value`` without the generated ids and dates, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: without_generated(v)
+            for k, v in value.items()
+            if k not in ("notification_id", "creation_date")
+        }
+    if isinstance(value, list):
+        return [without_generated(v) for v in value]
+    return value
+
+
 def comparable(response: httpx.Response) -> tuple[int, Any, str | None]:
     body = response.json()
     if isinstance(body, dict):
-        body = {k: v for k, v in body.items() if k not in ("notification_id", "creation_date")}
+        body = without_generated(body)
         if "detail" in body:  # the parser's message and input may differ; where and what may not
             body["detail"] = [(d["loc"], d["type"]) for d in body["detail"]]
     return response.status_code, body, response.headers.get("www-authenticate")

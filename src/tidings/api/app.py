@@ -6,6 +6,7 @@ import base64
 import binascii
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -21,6 +22,9 @@ from pydantic import ValidationError
 from tidings import __version__
 from tidings.api.pipeline import mount_pipeline
 from tidings.api.schemas import (
+    MAX_BATCH_ITEMS,
+    MAX_NOTIFICATION_ID_CHARS,
+    MAX_USER_ID_CHARS,
     ApiErrorBody,
     Health,
     LoggedNotification,
@@ -155,10 +159,102 @@ async def _publish_answer(tidings: Tidings, body: bytes) -> tuple[int, bytes]:
     return 202, published.model_dump_json().encode()
 
 
+#: twenty digits in a row: possibly an integer beyond 64 bits (or only a long string of digits)
+_LONG_NUMBER = re.compile(rb"\d{20}")
+
+
+def batch_items(body: bytes) -> list[NewNotification] | None:
+    """The items of a ``POST /notify/batch`` body, read with orjson and checked by hand; None
+    for anything that is not plainly valid (malformed JSON, a missing or mistyped field, an
+    integer beyond 64 bits, a lone surrogate …), which pydantic then validates, and words the
+    422 of. Same verdicts as :class:`NotifyBatchRequest` on what it accepts (held so by
+    tests/core/test_batch_parse.py), at half the cost per item: pydantic builds a model per
+    item, which was a fifth of the loop's time under batched ingest."""
+    if _LONG_NUMBER.search(body):  # orjson reads integers beyond 64 bits as floats
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(parsed) is not dict:
+        return None
+    notifications = parsed.get("notifications")
+    if type(notifications) is not list or not 1 <= len(notifications) <= MAX_BATCH_ITEMS:
+        return None
+    items = []
+    for item in notifications:
+        if type(item) is not dict or "data" not in item:
+            return None
+        user_id = item.get("user_id")
+        if type(user_id) is not str or not 1 <= len(user_id) <= MAX_USER_ID_CHARS:
+            return None
+        notification_id = item.get("notification_id")
+        if notification_id is not None and (
+            type(notification_id) is not str
+            or not 1 <= len(notification_id) <= MAX_NOTIFICATION_ID_CHARS
+        ):
+            return None
+        items.append(NewNotification(user_id, item["data"], notification_id))
+    return items
+
+
+async def notify_batch_answer(tidings: Tidings, body: bytes) -> tuple[int, bytes]:
+    """``POST /notify/batch``: 200 and the answer, once all accepted items are committed.
+
+    Raises:
+        ValidationError: the body is not a valid batch (answered 422).
+        ApiError: 422 for a batch over ``TIDINGS_MAX_BATCH_SIZE``.
+        StoreUnavailable: nothing was written.
+    """
+    items = batch_items(body)
+    if items is None:
+        request = NotifyBatchRequest.model_validate_json(body)
+        items = [
+            NewNotification(item.user_id, item.data, item.notification_id)
+            for item in request.notifications
+        ]
+    try:
+        outcomes = await tidings.notify_many(items)
+    except InvalidArgument as exc:
+        raise ApiError(422, "invalid_argument", str(exc)) from None
+    results: list[dict[str, Any]] = []
+    created = existing = 0
+    stamps: dict[datetime, str] = {}  # the items created together share their date
+    for outcome in outcomes:
+        if isinstance(outcome, NotifyResult):
+            note = outcome.notification
+            created += outcome.created
+            existing += not outcome.created
+            results.append(
+                {
+                    "status": 201 if outcome.created else 200,
+                    "notification": {
+                        "notification_id": note.notification_id,
+                        "user_id": note.user_id,
+                        "data": note.data,
+                        "creation_date": stamps.get(note.creation_date)
+                        or stamps.setdefault(note.creation_date, isoformat(note.creation_date)),
+                        "seen_date": note.seen_date and isoformat(note.seen_date),
+                    },
+                }
+            )
+        else:
+            status, code = _BATCH_ERRORS.get(type(outcome), (422, "invalid_argument"))
+            results.append({"status": status, "error": code, "message": str(outcome)})
+    answer = {
+        "results": results,
+        "created": created,
+        "existing": existing,
+        "refused": len(results) - created - existing,
+    }
+    return 200, orjson.dumps(answer)
+
+
 #: the busiest service endpoints, answered by :func:`fast_post` in ``tidings serve``:
 #: path -> (scope required, handler of the raw body)
 FAST_ROUTES: dict[str, tuple[str, Callable[[Tidings, bytes], Awaitable[tuple[int, bytes]]]]] = {
     "/notify": ("notify", _notify_answer),
+    "/notify/batch": ("notify", notify_batch_answer),
     "/publish": ("publish", _publish_answer),
 }
 
@@ -320,54 +416,12 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
         new count once. Answers 200 once all accepted items are committed, with one result
         per item in request order; refused items (409, 413, 422) change nothing and do not
         stop the others."""
-        # Parsed and validated in one pass by pydantic's JSON parser: a third of the request's
-        # cost when FastAPI decodes with the standard library and validates afterwards.
+        body = await request.body()
         try:
-            body = NotifyBatchRequest.model_validate_json(await request.body())
+            _, payload = await notify_batch_answer(tidings, body)
         except ValidationError as exc:
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-            ) from None
-        try:
-            outcomes = await tidings.notify_many(
-                [
-                    NewNotification(item.user_id, item.data, item.notification_id)
-                    for item in body.notifications
-                ]
-            )
-        except InvalidArgument as exc:
-            raise ApiError(422, "invalid_argument", str(exc)) from None
-        results: list[dict[str, Any]] = []
-        created = existing = 0
-        stamps: dict[datetime, str] = {}  # the items created together share their date
-        for outcome in outcomes:
-            if isinstance(outcome, NotifyResult):
-                note = outcome.notification
-                created += outcome.created
-                existing += not outcome.created
-                results.append(
-                    {
-                        "status": 201 if outcome.created else 200,
-                        "notification": {
-                            "notification_id": note.notification_id,
-                            "user_id": note.user_id,
-                            "data": note.data,
-                            "creation_date": stamps.get(note.creation_date)
-                            or stamps.setdefault(note.creation_date, isoformat(note.creation_date)),
-                            "seen_date": note.seen_date and isoformat(note.seen_date),
-                        },
-                    }
-                )
-            else:
-                status, code = _BATCH_ERRORS.get(type(outcome), (422, "invalid_argument"))
-                results.append({"status": status, "error": code, "message": str(outcome)})
-        answer = {
-            "results": results,
-            "created": created,
-            "existing": existing,
-            "refused": len(results) - created - existing,
-        }
-        return Response(orjson.dumps(answer), media_type="application/json")
+            raise RequestValidationError(_body_errors(exc, body)) from None
+        return Response(payload, media_type="application/json")
 
     @app.post(
         "/publish",

@@ -9,18 +9,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.core.models import Notification
 
+#: limits of the request models, also checked by the batch endpoint's own parser
+MAX_USER_ID_CHARS = 256
+MAX_NOTIFICATION_ID_CHARS = 128
+MAX_BATCH_ITEMS = 10_000
+
 
 class NotifyRequest(BaseModel):
     """A notification for one user."""
 
     model_config = ConfigDict(extra="ignore")
 
-    user_id: str = Field(min_length=1, max_length=256, description="The recipient.")
+    user_id: str = Field(min_length=1, max_length=MAX_USER_ID_CHARS, description="The recipient.")
     data: Any = Field(description="Any JSON value; the application's payload.")
     notification_id: str | None = Field(
         None,
         min_length=1,
-        max_length=128,
+        max_length=MAX_NOTIFICATION_ID_CHARS,
         description="Idempotency key: sending the same id again returns the first notification.",
     )
 
@@ -48,7 +53,7 @@ class NotifyBatchRequest(BaseModel):
 
     notifications: list[NotifyRequest] = Field(
         min_length=1,
-        max_length=10_000,
+        max_length=MAX_BATCH_ITEMS,
         description="At most `TIDINGS_MAX_BATCH_SIZE` (default 1000) items.",
     )
 
