@@ -285,6 +285,20 @@ class SqliteStore(Store):
         assert conn is not None
         outcomes: list[Any] = []
         conn.execute("BEGIN IMMEDIATE")
+        if len(batch) == 1:  # alone in its transaction: no savepoint needed to undo only it
+            try:
+                try:
+                    outcomes.append(batch[0].fn(conn))
+                except Exception as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    return [_as_store_error(exc)]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return outcomes
         try:
             for write in batch:
                 conn.execute("SAVEPOINT item")
