@@ -7,12 +7,21 @@ import dataclasses
 import inspect
 import pickle
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from tidings.core import models
-from tidings.core.models import Notification, NotifyResult, UnseenCount, fast_init, utcnow
+from tidings.core.models import (
+    Notification,
+    NotifyResult,
+    UnseenCount,
+    fast_init,
+    isoformat,
+    parse_iso,
+    utcnow,
+)
 
 HOT = [
     models.Notification,
@@ -80,3 +89,20 @@ def test_classes_fast_init_cannot_serve_keep_dataclass_s_init() -> None:
     original = WithFactory.__init__
     assert fast_init(WithFactory).__init__ is original
     assert WithFactory().items == []
+
+
+@pytest.mark.parametrize(
+    ("moment", "text"),
+    [
+        (datetime(2026, 12, 2, 17, 8, 36, 420151, tzinfo=UTC), "2026-12-02T17:08:36.420151Z"),
+        (datetime(2026, 1, 1, tzinfo=UTC), "2026-01-01T00:00:00.000000Z"),
+        (
+            datetime(2026, 1, 1, 5, 30, tzinfo=timezone(timedelta(hours=5))),
+            "2026-01-01T00:30:00.000000Z",
+        ),
+        (datetime(999, 1, 1, tzinfo=UTC), "0999-01-01T00:00:00.000000Z"),
+    ],
+)
+def test_isoformat_is_utc_with_microseconds_and_z(moment: datetime, text: str) -> None:
+    assert isoformat(moment) == text
+    assert parse_iso(text) == moment
