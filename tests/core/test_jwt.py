@@ -144,3 +144,19 @@ async def test_the_authenticator_checks_the_claims_after_the_signature() -> None
     )
     with pytest.raises(InvalidToken, match="audience"):
         verify_jwt(wrong_audience, KEY, audience="app", issuer="me")
+
+
+def test_only_the_canonical_spelling_of_a_signature_is_accepted() -> None:
+    """The last base64url character of a 32-byte signature carries two unused bits: the
+    three other characters that decode to the same bytes are refused, as joserfc refuses
+    them."""
+    token = jwt.encode({"alg": "HS256"}, {"sub": "u1"}, KEY)
+    assert fast_verdict(token) == {"sub": "u1"}
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    for other in range(last & ~3, (last & ~3) + 4):
+        if other == last:
+            continue
+        twin = token[:-1] + alphabet[other]
+        assert fast_verdict(twin) is None
+        assert joserfc_verdict(twin) is None

@@ -1479,3 +1479,73 @@ async def test_a_connection_that_never_sends_a_request_is_closed_at_shutdown(
     server.server.should_exit = True
     await within(server.task)
     assert await client.read_all() == b""
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        # a space before the colon
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade : websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        # a folded header line
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"X-Forwarded-For: 1.2.3.4\r\n 5.6.7.8\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        # a body's length and a transfer coding on the upgrade
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ],
+    ids=["space-before-colon", "folded-line", "content-length-and-chunked"],
+)
+async def test_a_malformed_upgrade_request_gets_uvicorn_s_400(
+    serve: Callable[..., Awaitable[Running]],
+    raw: Callable[..., Awaitable[RawClient]],
+    request_head: bytes,
+) -> None:
+    """What a strict HTTP parser refuses is not upgraded by the front: it reaches uvicorn's
+    parser, which answers 400 (no request reaches the application)."""
+    log = AppLog()
+    server = await serve(http_or_echo_app(log))
+    client = await raw(server.port)
+    await client.send(request_head)
+    response = await client.response()
+    assert response.status == 400
+    assert log.scopes == []
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET / HTTP/1.1\nHost: x\n\n", b"HELLO\r\n"],
+    ids=["tls-client-hello", "bare-line-feeds", "not-http"],
+)
+async def test_junk_is_answered_at_once_not_after_16_kib(
+    serve: Callable[..., Awaitable[Running]],
+    raw: Callable[..., Awaitable[RawClient]],
+    junk: bytes,
+) -> None:
+    server = await serve(http_or_echo_app(AppLog()))
+    client = await raw(server.port)
+    await client.send(junk)
+    answer = await client.read_all()  # uvicorn answers (400, or plain HTTP) and closes
+    assert answer.startswith(b"HTTP/1.1 ")
+
+
+async def test_early_frames_beyond_max_size_are_kept_whole(
+    serve: Callable[..., Awaitable[Running]], raw: Callable[..., Awaitable[RawClient]]
+) -> None:
+    """Frames sent before the accept, more than ``ws_max_size`` bytes of them: reading stops
+    until the accept instead of dropping bytes, and every frame then arrives intact."""
+    log = AppLog()
+    gate = asyncio.Event()
+    server = await serve(echo_app(log, gate=gate), ws_max_size=4096)
+    client = await raw(server.port)
+    messages = [bytes([65 + i]) * 3000 for i in range(6)]  # 18 kB, over 4 kB
+    await client.send(upgrade_request(), *(frame(OP_TEXT, m) for m in messages))
+    await within(log.connected.wait())
+    await asyncio.sleep(0.05)
+    gate.set()
+    response = await client.response()
+    assert response.status == 101
+    got = [(await log.next())["text"].encode() for _ in messages]
+    assert got == messages

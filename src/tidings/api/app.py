@@ -284,6 +284,7 @@ async def fast_post(
         payload = orjson.dumps({"error": exc.code, "message": exc.message})
         status, headers = exc.status, dict(exc.headers or {})
     except StoreUnavailable:
+        count_error("store_unavailable")
         payload = UNAVAILABLE_BODY
         status, headers = 503, {"Retry-After": "1"}
     raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]

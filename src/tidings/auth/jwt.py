@@ -107,9 +107,11 @@ def verify_hs256(token: str, secret: bytes) -> dict[str, Any]:
             or "b64" in header
         ):
             raise ValueError("unsupported header")
-        signature = _b64url(parts[2])
         signed = f"{parts[0]}.{parts[1]}".encode("ascii")
-        if not hmac.compare_digest(hmac.new(secret, signed, hashlib.sha256).digest(), signature):
+        expected = base64.urlsafe_b64encode(hmac.new(secret, signed, hashlib.sha256).digest())
+        # Compared as text: the last character of a decoded signature has two unused bits, so
+        # comparing bytes would accept four spellings of one token (joserfc accepts one).
+        if not hmac.compare_digest(expected.rstrip(b"="), parts[2].encode("ascii")):
             raise InvalidToken("token rejected: BadSignatureError")
         claims = orjson.loads(_b64url(parts[1]))
     except (ValueError, UnicodeError, orjson.JSONDecodeError):

@@ -28,7 +28,8 @@ class MemoryBus(Bus):
         self.name = urlsplit(url).netloc
         self._hub: _Hub | None = None
         self._channels: set[str] = set()
-        # A subclass that changes subscribe() (a test's faulty broker) is always awaited.
+        # A subclass (or an instance) that changes subscribe(), such as a test's faulty broker,
+        # is always awaited.
         cls = type(self)
         self._immediate = (
             cls.subscribe is MemoryBus.subscribe and cls.unsubscribe is MemoryBus.unsubscribe
@@ -69,13 +70,13 @@ class MemoryBus(Bus):
         self._unsubscribe(self._require_hub(), channel)
 
     def subscribe_now(self, channel: str) -> bool:
-        if self._hub is None or not self._immediate:
+        if self._hub is None or not self._immediate or "subscribe" in self.__dict__:
             return False  # subscribe() raises BusError
         self._subscribe(self._hub, channel)
         return True
 
     def unsubscribe_now(self, channel: str) -> bool:
-        if self._hub is None or not self._immediate:
+        if self._hub is None or not self._immediate or "unsubscribe" in self.__dict__:
             return False
         self._unsubscribe(self._hub, channel)
         return True

@@ -29,6 +29,7 @@ import base64
 import hashlib
 import logging
 import math
+import re
 import struct
 import weakref
 from http import HTTPStatus
@@ -273,8 +274,9 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._state == _S_HANDSHAKE:
             if self.scope is None:
                 self._handshake(data)
-            elif len(self._buf) <= self.max_size:  # early frames wait for the accept
+            else:  # early frames wait for the accept
                 self._buf += data
+                self._hold_early()
             return
         if self._state == _S_CLOSED:
             return
@@ -351,11 +353,19 @@ class WebSocketProtocol(asyncio.Protocol):
         }
         self._key = key
         if early:  # frames sent with the request (FrontProtocol hands them over too)
-            self._buf = early[: self.max_size + 1]
+            self._buf = early
+            self._hold_early()
         self._inbox.append({"type": "websocket.connect"})
         task = self.loop.create_task(self._run_asgi())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def _hold_early(self) -> None:
+        """Stop reading while more than ``max_size`` bytes of early frames wait for the accept
+        (kept whole: the frames are parsed, and a too large one refused, after it)."""
+        if len(self._buf) > self.max_size and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def _reject(
         self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
@@ -568,6 +578,9 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._buf:  # frames the client sent before the accept
             data, self._buf = self._buf, b""
             self.loop.call_soon(self.data_received, data)
+        if self._read_paused:  # held while early frames waited; the backlog rule applies now
+            self._read_paused = False
+            self.transport.resume_reading()
 
     # Closing
 
@@ -775,8 +788,13 @@ class FrontProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data
         end = buf.find(b"\r\n\r\n")
-        if end < 0 and len(buf) <= MAX_HEAD:
-            self._buf = buf
+        if (
+            end < 0
+            and len(buf) <= MAX_HEAD
+            and b"GET "[: len(buf)] == buf[:4]
+            and b"\n\n" not in buf
+        ):
+            self._buf = buf  # maybe an upgrade: wait for the rest of the head
             return
         self._buf = b""
         config, server_state, app_state, loop = self._args
@@ -797,18 +815,30 @@ class FrontProtocol(asyncio.Protocol):
         return None
 
 
+#: a request head the front hands to the WebSocket transport itself: ``GET``, HTTP/1.1, and
+#: header lines of a token, a colon and visible characters (RFC 9110/9112). Anything else
+#: (folded lines, space before a colon, control characters, bare line feeds …) goes to
+#: uvicorn's parser, which answers 400 as it always did.
+_PLAIN_HEAD = re.compile(
+    rb"GET [\x21-\x7e]+ HTTP/1\.1"
+    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*)*"
+)
+
+
 def _is_upgrade(head: bytes) -> bool:
-    """A ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` (as uvicorn decides)."""
-    if not head.startswith(b"GET ") or b" HTTP/1.1\r\n" not in head[: head.find(b"\n") + 1]:
+    """A plain ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` (as uvicorn
+    decides), no body headers, and nothing a strict parser would refuse."""
+    if not _PLAIN_HEAD.fullmatch(head):
         return False
     upgrade = connection = False
     for line in head.lower().split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        name = name.strip()
         if name == b"upgrade":
             upgrade = value.strip() == b"websocket"
         elif name == b"connection":
             connection = b"upgrade" in (token.strip() for token in value.split(b","))
+        elif name in (b"content-length", b"transfer-encoding"):
+            return False
     return upgrade and connection
 
 
