@@ -220,22 +220,29 @@ async def notify_batch_answer(tidings: Tidings, body: bytes) -> tuple[int, bytes
     except InvalidArgument as exc:
         raise ApiError(422, "invalid_argument", str(exc)) from None
     results: list[dict[str, Any]] = []
+    append = results.append
     created = existing = 0
-    stamps: dict[datetime, str] = {}  # the items created together share their date
+    # The items created together share one date object: format it once.
+    last_date: datetime | None = None
+    last_text = ""
     for outcome in outcomes:
         if isinstance(outcome, NotifyResult):
             note = outcome.notification
-            created += outcome.created
-            existing += not outcome.created
-            results.append(
+            if outcome.created:
+                created += 1
+            else:
+                existing += 1
+            if note.creation_date is not last_date:
+                last_date = note.creation_date
+                last_text = isoformat(last_date)
+            append(
                 {
                     "status": 201 if outcome.created else 200,
                     "notification": {
                         "notification_id": note.notification_id,
                         "user_id": note.user_id,
                         "data": note.data,
-                        "creation_date": stamps.get(note.creation_date)
-                        or stamps.setdefault(note.creation_date, isoformat(note.creation_date)),
+                        "creation_date": last_text,
                         "seen_date": note.seen_date and isoformat(note.seen_date),
                     },
                 }

@@ -445,12 +445,13 @@ class Tidings(Lifecycle):
 
     async def _notify_many(self, items: Sequence[NewNotification]) -> list[NotifyResult | Conflict]:
         results = await self.store.create_notifications(items)
+        # Each user's last created item carries its newest count and its largest seq.
         latest: dict[str, tuple[UnseenCount, int]] = {}
-        for result in results:
+        for result in reversed(results):
             if isinstance(result, NotifyResult) and result.count is not None:
-                user = result.notification.user_id
-                seq = max(result.notification.seq, latest.get(user, (result.count, 0))[1])
-                latest[user] = (result.count, seq)
+                note = result.notification
+                if note.user_id not in latest:
+                    latest[note.user_id] = (result.count, note.seq)
         if latest:
             await asyncio.gather(*(self._publish_count(c, seq) for c, seq in latest.values()))
         return results
