@@ -51,10 +51,11 @@ class Settings(BaseSettings):
         5.0,
         ge=0,
         le=100,
-        description="While the node fans messages out to hundreds of sockets, frames wait up to "
-        "this many milliseconds so that the next messages share their write (one system call "
-        "per socket for several messages); 0 writes every turn of the event loop. A node that "
-        "is not fanning out never waits.",
+        description="While the node fans messages out to hundreds of sockets, frames wait this "
+        "many milliseconds, or as long as the last fan-out's writes took (up to four times "
+        "this), so that the next messages share their write (one system call per socket for "
+        "several messages); 0 writes every turn of the event loop. A node that is not fanning "
+        "out never waits.",
     )
 
     demo: bool = Field(

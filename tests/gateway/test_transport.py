@@ -14,6 +14,7 @@ import base64
 import hashlib
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -1549,3 +1550,30 @@ async def test_early_frames_beyond_max_size_are_kept_whole(
     assert response.status == 101
     got = [(await log.next())["text"].encode() for _ in messages]
     assert got == messages
+
+
+async def test_a_fanning_out_node_waits_as_long_as_its_last_writes_took() -> None:
+    """The wait follows the cost of the last fan-out's writes (a slower machine gathers as
+    many messages per write), between ``coalesce`` and four times it."""
+    loop = asyncio.get_running_loop()
+    flusher = _Flusher(loop)
+    flusher.coalesce = 0.01
+    writes: list[float] = []
+
+    class Slow(_Pending):
+        def _flush(self) -> None:
+            time.sleep(0.0001)  # 256 of these: a flush of ~26 ms or more
+            super()._flush()
+
+    sockets: list[Any] = [Slow(writes) for _ in range(FANOUT_SOCKETS)]
+    for sock in sockets:
+        flusher.add(sock)
+    await _turns()
+    assert flusher.cost >= 0.025
+    writes.clear()
+    started = loop.time()
+    flusher.add(sockets[0])
+    await asyncio.sleep(0.1)
+    assert len(writes) == 1
+    waited = writes[0] - started
+    assert 0.025 <= waited < 0.04 + 0.05  # at most 4 x coalesce, with room for a slow machine

@@ -83,13 +83,13 @@ class _Flusher:
     end; and pings every open socket from one timer (a timer per socket costs 600 bytes).
 
     While the node fans out (a flush wrote to ``FANOUT_SOCKETS`` sockets or more in the last
-    ``FANOUT_WINDOW`` seconds) the next flush waits ``coalesce`` seconds, so that the frames of
-    the following messages share the same ``write``: the system call per socket is most of a
-    fan-out's cost, and five messages per call deliver about 1.7x as many messages per second
-    as one or two. A node that is not fanning out writes at the end of the loop's turn, as
-    before, so a notification's latency does not change."""
+    ``FANOUT_WINDOW`` seconds) the next flush waits ``coalesce`` seconds, or as long as the last
+    fan-out's flush took (at most four times ``coalesce``), so that the frames of the following
+    messages share the same ``write``: the system call per socket is most of a fan-out's cost
+    (docs/benchmarks.md). A node that is not fanning out writes at the end of the loop's turn,
+    as before, so a notification's latency does not change."""
 
-    __slots__ = ("busy_at", "coalesce", "dirty", "loop", "open", "pinger", "scheduled")
+    __slots__ = ("busy_at", "coalesce", "cost", "dirty", "loop", "open", "pinger", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -99,6 +99,8 @@ class _Flusher:
         self.pinger: asyncio.TimerHandle | None = None
         self.coalesce = coalesce_delay
         self.busy_at = -math.inf
+        #: seconds the last fan-out's flush took
+        self.cost = 0.0
 
     def watch(self, protocol: WebSocketProtocol, interval: float) -> None:
         self.open.add(protocol)
@@ -118,17 +120,23 @@ class _Flusher:
         if not self.scheduled:
             self.scheduled = True
             if self.coalesce > 0 and self.loop.time() - self.busy_at < FANOUT_WINDOW:
-                self.loop.call_later(self.coalesce, self.flush)
+                # Wait as long as the last fan-out's writes took (at least ``coalesce``, at
+                # most four times it): a slower machine then gathers as many messages per write.
+                self.loop.call_later(
+                    min(max(self.coalesce, self.cost), 4 * self.coalesce), self.flush
+                )
             else:
                 self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
+        started = self.loop.time()
         for protocol in dirty:
             protocol._flush()
         if len(dirty) >= FANOUT_SOCKETS:
-            self.busy_at = self.loop.time()
+            self.busy_at = now = self.loop.time()
+            self.cost = now - started
 
 
 _flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
