@@ -50,8 +50,8 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str], str]] = {
     ),
     "ingest-batch": (
         "ingest.py",
-        ["--seconds", "10", "--batch", "500", "--concurrency", "4"],
-        ["--seconds", "4", "--batch", "500", "--concurrency", "4"],
+        ["--seconds", "10", "--batch", "500", "--concurrency", "16"],
+        ["--seconds", "4", "--batch", "500", "--concurrency", "16"],
         "ingest",
     ),
     "reconnect-storm": (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -342,6 +343,13 @@ async def test_database_outage_answers_503_and_service_resumes(
         async with asyncio.timeout(20):
             while (await http.get(f"{node.url}/health")).status_code != 200:
                 await asyncio.sleep(0.2)
+        # Each refusal was counted, those of the framework-free routes (/notify, /notify/batch)
+        # as well as the framework's (/messages).
+        metrics = (await http.get(f"{node.url}/metrics")).text
+        counted = re.search(
+            r'^tidings_errors_total\{kind="store_unavailable"\} (\S+)$', metrics, re.M
+        )
+        assert counted is not None and float(counted.group(1)) >= 3, metrics[-2000:]
     await asyncio.to_thread(notify, node, token, alice, "after")
     await device.wait_for_count(2)
     assert [n["data"] for n in await device.get_unseen()] == ["before", "after"]

@@ -1577,3 +1577,21 @@ async def test_a_fanning_out_node_waits_as_long_as_its_last_writes_took() -> Non
     assert len(writes) == 1
     waited = writes[0] - started
     assert 0.025 <= waited < 0.04 + 0.05  # at most 4 x coalesce, with room for a slow machine
+
+
+async def test_a_client_gone_in_the_middle_of_its_request_head_leaves_nothing_behind(
+    serve: Callable[..., Awaitable[Running]], raw: Callable[..., Awaitable[RawClient]]
+) -> None:
+    """A connection lost while the front still waits for the rest of the head is forgotten:
+    nothing reaches the application, and the server holds no connection for it."""
+    log = AppLog()
+    server = await serve(http_or_echo_app(log))
+    client = await raw(server.port)
+    await client.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+    await asyncio.sleep(0.05)
+    assert len(server.server.server_state.connections) == 1
+    client.close()
+    async with asyncio.timeout(TIMEOUT):
+        while server.server.server_state.connections:
+            await asyncio.sleep(0.01)
+    assert log.scopes == []

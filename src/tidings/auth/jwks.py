@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from typing import Any
 
@@ -25,6 +26,21 @@ from joserfc.jwk import KeySet
 from tidings.errors import InvalidToken, IssuerUnavailable
 
 logger = logging.getLogger("tidings.auth")
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b64url_decode(segment: str) -> bytes:
+    """A JWS segment: unpadded base64url, refused with anything else in it (the standard
+    library's decoder would skip foreign characters).
+
+    Raises:
+        ValueError: not base64url.
+    """
+    if len(segment) % 4 == 1 or not _B64URL.fullmatch(segment):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 def token_header(token: str) -> dict[str, Any]:
@@ -42,7 +58,7 @@ def token_header(token: str) -> dict[str, Any]:
     try:
         if not rest or rest.count(".") != 1:
             raise ValueError("not three segments")
-        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        header = orjson.loads(b64url_decode(segment))
     except (ValueError, TypeError, UnicodeError, orjson.JSONDecodeError):
         raise InvalidToken("token is not a signed JWT") from None
     if not isinstance(header, dict):

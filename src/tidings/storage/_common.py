@@ -41,20 +41,28 @@ def new_sorted_id() -> str:
         _entropy, _taken = os.urandom(4000), 0  # one system call per 400 ids
     random = _entropy[_taken : _taken + 10]
     _taken += 10
-    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big")
-    return binascii.b2a_base64(stamp + random, newline=False)[:22].translate(_SORTED).decode()
+    return _sorted_id(_stamp(), random)
 
 
 def new_sorted_ids(n: int) -> list[str]:
     """``n`` ids as :func:`new_sorted_id` makes them, for one batch: one clock reading and one
-    read of random bytes for all (0.4 µs an id instead of 0.9)."""
-    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    read of random bytes for all (0.4-0.5 µs an id instead of 0.9)."""
+    stamp = _stamp()
     random = os.urandom(10 * n)
-    encode = binascii.b2a_base64
+    encode = binascii.b2a_base64  # _sorted_id inlined: a call per id would cost 0.15 µs more
     return [
         encode(stamp + random[at : at + 10], newline=False)[:22].translate(_SORTED).decode()
         for at in range(0, 10 * n, 10)
     ]
+
+
+def _stamp() -> bytes:
+    """The current millisecond, as 48 bits."""
+    return (time.time_ns() // 1_000_000).to_bytes(6, "big")
+
+
+def _sorted_id(stamp: bytes, random: bytes) -> str:
+    return binascii.b2a_base64(stamp + random, newline=False)[:22].translate(_SORTED).decode()
 
 
 _entropy = b""
