@@ -366,6 +366,8 @@ class Gateway:
     async def _run(self, conn: Connection, receive: Any, send: Any) -> None:
         tidings = self.tidings
         counters.connections_opened += 1
+        # Open first: the welcome is then written in place, not by a writer task.
+        done = conn.open()
         conn.push(
             protocol.welcome(
                 connection_id=conn.connection_id,
@@ -374,7 +376,6 @@ class Gateway:
                 node=tidings.node_id,
             )
         )
-        done = conn.open()
         # The socket is read right here, not in a task of its own (an idle connection holds
         # one task, the server's): when something closes the connection, the close frame goes
         # out at once and the server answers the pending receive() with a disconnect.
