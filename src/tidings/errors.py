@@ -29,6 +29,10 @@ catch tidings' own types.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tidings.core.models import Device
 
 
 class TidingsError(Exception):
@@ -115,7 +119,15 @@ class LimitExceeded(TidingsError):
 
 
 class TooManyConnections(LimitExceeded):
-    """The user already holds ``TIDINGS_MAX_CONNECTIONS_PER_USER`` sockets in the cluster."""
+    """The user already holds ``TIDINGS_MAX_CONNECTIONS_PER_USER`` sockets in the cluster.
+
+    ``device`` is the device bound meanwhile, when the refusal comes from
+    :meth:`~tidings.storage.base.Store.open_socket` (it stays bound: the device may come back
+    once another socket has closed)."""
+
+    def __init__(self, message: str, device: Device | None = None) -> None:
+        super().__init__(message)
+        self.device = device
 
 
 class ProtocolError(TidingsError):

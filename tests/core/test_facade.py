@@ -84,6 +84,30 @@ async def test_stale_versions_are_not_pushed(tmp_path: Path) -> None:
     ]
 
 
+async def test_frames_queued_before_open_go_after_the_first_frame() -> None:
+    """Events that reach a socket before it is opened (it is registered before its device is
+    bound) wait in its queue and go out after the frame given to open(), in order; with
+    nothing queued that frame is written at once."""
+    sink = Sink()
+    conn = Connection(sink, connection_id="", user_id="u", session_id="")
+    conn.push_count(1, 1)
+    conn.push_count(2, 2)
+    writer = conn.open('{"type":"welcome"}')
+    await eventually(lambda: len(sink.frames) >= 3)
+    assert sink.frames == [
+        '{"type":"welcome"}',
+        '{"type":"newNotificationCountChanged","count":1,"version":1}',
+        '{"type":"newNotificationCountChanged","count":2,"version":2}',
+    ]
+    quiet_sink = Sink()
+    quiet = Connection(quiet_sink, connection_id="c", user_id="u", session_id="s")
+    done = quiet.open('{"type":"welcome"}')
+    assert quiet_sink.frames == ['{"type":"welcome"}'] and quiet.queued == 0
+    for c in (conn, quiet):
+        c.close()
+    await asyncio.wait_for(asyncio.gather(writer, done), 2)
+
+
 async def test_full_queue_closes_slow_connection() -> None:
     """A connection whose queue overflows is closed with 1013, not allowed to grow."""
     conn = Connection(Sink(), connection_id="c", user_id="u", session_id="s", max_queue=3)

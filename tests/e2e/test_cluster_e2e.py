@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
 
 from conftest import (
     NATS_URL,
@@ -338,6 +340,15 @@ async def test_database_outage_answers_503_and_service_resumes(
         with pytest.raises(ClientError) as info:
             await device.get_unseen()
         assert info.value.code == "unavailable"
+        # A device connecting now is refused at the handshake, to retry: its binding and
+        # registration are one write, which failed.
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(
+                node.ws_url,
+                additional_headers={"Authorization": f"Bearer {device_token(alice)}"},
+                open_timeout=30,
+            )
+        assert refused.value.response.status_code == 503
 
         await pg_proxy.restore()
         async with asyncio.timeout(20):

@@ -5,8 +5,9 @@ Lifecycle of one connection:
 1. Handshake: a token in ``Authorization: Bearer`` or ``?access_token=`` is verified before
    accepting (HTTP 401 if bad). Without one the socket is accepted and must send
    ``authenticate`` within ``auth_timeout`` seconds (else close 4408; bad token 4401).
-2. The device id (``tidings_cid`` cookie, or ``?connection_id=``) is bound to the user; the
-   cookie is set at the handshake when the device had none (or a foreign one).
+2. The device id (``tidings_cid`` cookie, or ``?connection_id=``) is bound to the user and the
+   socket registered, in one store write (after the node subscribed to the user's events);
+   the handshake is answered then, its cookie set when the device had none (or a foreign one).
 3. ``welcome``, then the current count; from then on every count change of the user.
 4. Frames are parsed by :mod:`tidings.gateway.protocol`; each bad one is answered with an
    ``error`` frame and the connection stays up.
@@ -26,7 +27,6 @@ from starlette.websockets import WebSocketDisconnect
 
 from tidings.auth.base import Principal
 from tidings.auth.delegated import DelegateUnavailable
-from tidings.core.models import Device
 from tidings.errors import (
     InvalidArgument,
     InvalidToken,
@@ -56,7 +56,30 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-_Ready = tuple[Device, Principal, str | None, bool]
+class _Handshake:
+    """What the handshake settled, until the device is bound to the user."""
+
+    __slots__ = ("cookie_cid", "deliver", "pending", "presented", "principal", "session_id")
+
+    def __init__(
+        self,
+        principal: Principal,
+        presented: str | None,
+        session_id: str | None,
+        deliver: bool,
+        *,
+        pending: Scope | None,
+        cookie_cid: str | None,
+    ) -> None:
+        self.principal = principal
+        #: the device id asked for (cookie or query), bound if it is free or the user's
+        self.presented = presented
+        self.session_id = session_id
+        self.deliver = deliver
+        #: the handshake's scope while it is still to be answered (token at the handshake)
+        self.pending = pending
+        #: the device id the browser's cookie holds (no Set-Cookie when it stays)
+        self.cookie_cid = cookie_cid
 
 
 class _Closed(Exception):
@@ -96,9 +119,8 @@ class Gateway:
         self._active += 1
         self._idle.clear()
         try:
-            ready = await self._serve(scope, receive, send)
-            if ready is not None:
-                await self._run_device(send, receive, *ready)
+            # Passed straight on: no frame of the idle connection keeps the handshake.
+            await self._run(await self._serve(scope, receive, send), receive, send)
         finally:
             self._active -= 1
             if not self._active:
@@ -138,7 +160,6 @@ class Gateway:
         is off (see :meth:`_origin_allowed`)."""
         if accept and (await receive())["type"] != "websocket.connect":
             return
-        tidings = self.tidings
         if check_origin and not self._origin_allowed(scope, _headers(scope), cookies=True):
             if accept:
                 await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
@@ -151,25 +172,25 @@ class Gateway:
             headers = _headers(scope)
             cookie_cid = _cookie(headers.get("cookie", ""), COOKIE_NAME)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            try:
-                device = await tidings.store.bind_device(
-                    principal.user_id, cookie_cid or _first(query, "connection_id")
-                )
-            except StoreError:
-                await _close_frame(send, protocol.CLOSE_TRY_AGAIN_LATER)
-                return
-            if accept:
-                await _accept(
-                    scope, send, self._cookie_header(scope, device.connection_id, cookie_cid)
-                )
-            await self._run_device(send, receive, device, principal, session_id, deliver)
+            await self._run(
+                _Handshake(
+                    principal,
+                    cookie_cid or _first(query, "connection_id"),
+                    session_id,
+                    deliver,
+                    pending=scope if accept else None,
+                    cookie_cid=cookie_cid,
+                ),
+                receive,
+                send,
+            )
         finally:
             self._active -= 1
             if not self._active:
                 self._idle.set()
 
-    async def _serve(self, scope: Scope, receive: Any, send: Any) -> _Ready | None:
-        """The handshake and authentication: what the device is, or None if it was refused.
+    async def _serve(self, scope: Scope, receive: Any, send: Any) -> _Handshake | None:
+        """The handshake and authentication: who the device is, or None if it was refused.
 
         Returning (rather than going on to serve the device from here) lets this frame, with
         the decoded headers, the token and the query, go: an idle device keeps none of it."""
@@ -211,7 +232,6 @@ class Gateway:
                 else:
                     assert token is not None
                     principal = await tidings.authenticator.authenticate(token)
-                device = await tidings.store.bind_device(principal.user_id, presented)
             except (DelegateUnavailable, IssuerUnavailable) as exc:
                 logger.warning("refusing device: %s", exc)
                 await _deny(scope, send, 503, "unavailable", "authentication unavailable, retry")
@@ -219,11 +239,8 @@ class Gateway:
             except InvalidToken as exc:
                 await _deny(scope, send, 401, "invalid_token", str(exc))
                 return None
-            except StoreError as exc:
-                logger.warning("refusing device: store unavailable: %s", exc)
-                await _deny(scope, send, 503, "unavailable", "storage unavailable, retry later")
-                return None
-            await _accept(scope, send, self._cookie_header(scope, device.connection_id, cookie_cid))
+            # Answered once the device is bound: the Set-Cookie carries its id.
+            pending: Scope | None = scope
         else:
             # Before authentication only an id we issue (or the cookie the browser already has)
             # goes into Set-Cookie: a page cannot plant an id of its choosing in a browser.
@@ -236,39 +253,18 @@ class Gateway:
             await _accept(scope, send, cookie_headers)
             try:
                 principal, frame = await self._await_authenticate(receive, send)
-                device = await tidings.store.bind_device(principal.user_id, provisional)
             except _Closed:
                 return None
-            except StoreError:
-                await _close_frame(send, protocol.CLOSE_TRY_AGAIN_LATER)
-                return None
+            presented, pending = provisional, None
             session_id = frame.session_id or session_id
             deliver = deliver or frame.deliver
 
         # The request's headers are not read again: release them for as long as the socket
         # stays open (about a kilobyte per idle connection).
         scope["headers"] = []
-        return device, principal, session_id, deliver
-
-    async def _run_device(
-        self,
-        send: Any,
-        receive: Any,
-        device: Device,
-        principal: Principal,
-        session_id: str | None,
-        deliver: bool,
-    ) -> None:
-        conn = Connection(
-            send,
-            connection_id=device.connection_id,
-            user_id=principal.user_id,
-            session_id=session_id or device.connection_id,
-            max_queue=self.tidings.settings.outbound_queue_size,
-            deliver=deliver,
-            claims=principal.claims,
+        return _Handshake(
+            principal, presented, session_id, deliver, pending=pending, cookie_cid=cookie_cid
         )
-        await self._run(conn, receive, send)
 
     def _origin_allowed(self, scope: Scope, headers: dict[str, str], *, cookies: bool) -> bool:
         """Cross-site WebSocket hijacking guard (browsers always send ``Origin``).
@@ -363,75 +359,138 @@ class Gateway:
             )
         return protocol.parse_frame(text, max_unseen_page=settings.max_unseen_page)
 
-    async def _run(self, conn: Connection, receive: Any, send: Any) -> None:
+    async def _run(self, handshake: _Handshake | None, receive: Any, send: Any) -> None:
+        """Bind the device and register the socket (one store write), answer the handshake
+        if it is pending, send ``welcome`` and the count, rejoin the session's topics, start
+        the device's queue in deliver mode, then serve the socket's frames until it closes."""
+        if handshake is None:
+            return
         tidings = self.tidings
-        counters.connections_opened += 1
-        # Open first: the welcome is then written in place, not by a writer task.
-        done = conn.open()
-        conn.push(
-            protocol.welcome(
-                connection_id=conn.connection_id,
-                session_id=conn.session_id,
-                user_id=conn.user_id,
-                node=tidings.node_id,
-            )
+        principal = handshake.principal
+        # Its ids are set once the device is bound; until then it is not open, so events
+        # for it queue behind the welcome.
+        conn = Connection(
+            send,
+            connection_id="",
+            user_id=principal.user_id,
+            session_id="",
+            max_queue=tidings.settings.outbound_queue_size,
+            claims=principal.claims,
         )
-        # The socket is read right here, not in a task of its own (an idle connection holds
-        # one task, the server's): when something closes the connection, the close frame goes
-        # out at once and the server answers the pending receive() with a disconnect.
+        del principal
+        done: asyncio.Future[None] | None = None
         closing: list[asyncio.Task[None]] = []
-        done.add_done_callback(lambda _: closing.append(asyncio.ensure_future(_close(conn, send))))
+        registered = False  # the socket may be in the store's registry
         try:
             # Subscribe first, then read: a change committed in between reaches the device as
             # an event, and the version filter drops whichever of the two is older.
             await tidings.registry.add(conn)
+            pending = handshake.pending
             if not tidings.started:  # the node began shutting down during the handshake
-                conn.close(protocol.CLOSE_GOING_AWAY, "server shutting down")
-            else:
-                try:
-                    # One store call: register the socket, read the count and the session's
-                    # topics (a connect storm's cost is mostly store round trips).
-                    count, topics = await tidings.store.attach(
-                        conn.presence(tidings.node_id),
-                        tidings.settings.max_connections_per_user,
-                    )
-                    conn.push_count(count.count, count.version)
-                    await tidings.reactivate_session(conn, topics)
-                    if conn.deliver:
-                        await tidings.open_queue(conn)
-                except TooManyConnections:
-                    count_error("too_many_connections")
-                    conn.close(
-                        protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                await _refuse(
+                    send,
+                    pending,
+                    503,
+                    "unavailable",
+                    "this node is shutting down; connect to another",
+                    protocol.CLOSE_GOING_AWAY,
+                )
+                return
+            registered = True
+            try:
+                device, count, topics = await tidings.store.open_socket(
+                    conn.user_id,
+                    handshake.presented,
+                    socket_id=conn.socket_id,
+                    session_id=handshake.session_id,
+                    node_id=tidings.node_id,
+                    connected_since=conn.connected_since,
+                    max_sockets=tidings.settings.max_connections_per_user,
+                )
+            except TooManyConnections as exc:
+                count_error("too_many_connections")
+                registered = False
+                if exc.device is None:  # a store that did not bind: refuse outright
+                    await _refuse(
+                        send,
+                        pending,
+                        429,
+                        "too_many_connections",
                         "this user has the most connections allowed; close another first",
+                        protocol.CLOSE_TOO_MANY_CONNECTIONS,
                     )
-                except StoreError as exc:
-                    # The contract promises the count after welcome: without it, try later.
-                    logger.warning(
-                        "initial count for %s unavailable: %s",
-                        conn.user_id,
-                        exc,
-                        extra=conn.log_fields(),
+                    return
+                device, count, topics = exc.device, None, []
+            except StoreError as exc:
+                logger.warning("refusing device of %s: store unavailable: %s", conn.user_id, exc)
+                await _refuse(
+                    send,
+                    pending,
+                    503,
+                    "unavailable",
+                    "storage unavailable, retry later",
+                    protocol.CLOSE_TRY_AGAIN_LATER,
+                )
+                return
+            conn.connection_id = device.connection_id
+            conn.session_id = handshake.session_id or device.connection_id
+            conn.deliver = handshake.deliver
+            if pending is not None:
+                await _accept(
+                    pending,
+                    send,
+                    self._cookie_header(pending, device.connection_id, handshake.cookie_cid),
+                )
+            del handshake, pending, device
+            counters.connections_opened += 1
+            # Open first: the welcome is then written in place, not by a writer task.
+            done = conn.open(
+                protocol.welcome(
+                    connection_id=conn.connection_id,
+                    session_id=conn.session_id,
+                    user_id=conn.user_id,
+                    node=tidings.node_id,
+                )
+            )
+            # The socket is read right here, not in a task of its own (an idle connection
+            # holds one task, the server's): when something closes the connection, the close
+            # frame goes out at once and the server answers the pending receive() with a
+            # disconnect.
+            done.add_done_callback(
+                lambda _: closing.append(asyncio.ensure_future(_close(conn, send)))
+            )
+            if count is None:
+                conn.close(
+                    protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                    "this user has the most connections allowed; close another first",
+                )
+                return
+            conn.push_count(count.count, count.version)
+            del count
+            await tidings.reactivate_session(conn, topics)
+            del topics
+            if conn.deliver:
+                await tidings.open_queue(conn)
+            if not conn.closed:
+                try:
+                    await self._read_loop(conn, receive)
+                except (OSError, WebSocketDisconnect):
+                    pass  # the client is gone
+                except Exception:
+                    logger.exception(
+                        "connection %s failed", conn.connection_id, extra=conn.log_fields()
                     )
-                    conn.close(protocol.CLOSE_TRY_AGAIN_LATER, "storage unavailable")
-                if not conn.closed:
-                    try:
-                        await self._read_loop(conn, receive)
-                    except (OSError, WebSocketDisconnect):
-                        pass  # the client is gone
-                    except Exception:
-                        logger.exception(
-                            "connection %s failed", conn.connection_id, extra=conn.log_fields()
-                        )
-                        conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
+                    conn.close(protocol.CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             tidings.registry.remove(conn)
             conn.abort()  # the client went away (if nothing closed it before)
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([done], timeout=2.0)  # a flushing close sends its queue
+                if done is not None:
+                    await asyncio.wait([done], timeout=2.0)  # a flushing close sends its queue
                 if closing:
                     await asyncio.wait(closing, timeout=2.5)
-            await asyncio.shield(tidings.forget_presence(conn))
+            if registered:
+                await asyncio.shield(tidings.forget_presence(conn))
 
     async def _read_loop(self, conn: Connection, receive: Any) -> None:
         # A token bucket per connection (locals: nothing is kept for idle connections).
@@ -566,6 +625,17 @@ async def _close(conn: Connection, send: Any) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(2.0):
             await _close_frame(send, conn.close_code, conn.close_reason)
+
+
+async def _refuse(
+    send: Any, pending: Scope | None, status: int, code: str, message: str, close_code: int
+) -> None:
+    """Turn a device away before its ``welcome``: with an HTTP status while the handshake is
+    pending, else with a close frame."""
+    if pending is not None:
+        await _deny(pending, send, status, code, message)
+    else:
+        await _close_frame(send, close_code, message)
 
 
 async def _close_frame(send: Any, code: int, reason: str = "") -> None:

@@ -313,12 +313,20 @@ class Connection:
         while not self._closed and self._queued_bytes > self.pause_bytes:
             await self._wait_space()
 
-    def open(self) -> asyncio.Future[None]:
-        """Start writing (frames pushed before wait until now). The future resolves once the
-        connection is closed and, for a flushing close, its queue sent."""
+    def open(self, first: str | None = None) -> asyncio.Future[None]:
+        """Start writing, ``first`` ahead of the frames pushed before (they waited until now).
+        The future resolves once the connection is closed and, for a flushing close, its
+        queue sent."""
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()
+        if first is not None and self._queue and not self._closed:
+            self._queue.appendleft(first)
+            self._queued_bytes += len(first)
+            counters.frames_out += 1
+            first = None
         self._live = True
+        if first is not None:
+            self.push(first)
         if self._closed and self._writer is None and not (self._flush and self._queue):
             self._settle()
         elif self._queue and self._writer is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from tidings._lifecycle import Lifecycle
@@ -267,6 +268,42 @@ class Store(Lifecycle):
         await self.add_presence([presence])
         count = await self.count(presence.user_id)
         return count, await self.session_topics(presence.user_id, presence.session_id)
+
+    async def open_socket(
+        self,
+        user_id: str,
+        connection_id: str | None,
+        *,
+        socket_id: str,
+        session_id: str | None,
+        node_id: str,
+        connected_since: datetime,
+        max_sockets: int | None = None,
+    ) -> tuple[Device, UnseenCount, list[str]]:
+        """A device's socket opens: :meth:`bind_device` with ``connection_id``, then
+        :meth:`attach` of the socket under the device's id, in ``session_id`` (the device's
+        id when None). Returns the device, the user's count and the session's topics. The
+        SQLite store does it in one write; this default makes the two calls.
+
+        Raises:
+            TooManyConnections: as :meth:`attach`, with the device (bound all the same) as
+                its ``device``.
+        """
+        device = await self.bind_device(user_id, connection_id)
+        presence = Presence(
+            socket_id,
+            device.connection_id,
+            user_id,
+            session_id or device.connection_id,
+            node_id,
+            connected_since,
+        )
+        try:
+            count, topics = await self.attach(presence, max_sockets)
+        except TooManyConnections as exc:
+            exc.device = device
+            raise
+        return device, count, topics
 
     @abstractmethod
     async def remove_presence(self, socket_id: str) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -458,32 +458,7 @@ class SqliteStore(Store):
 
     async def bind_device(self, user_id: str, connection_id: str | None) -> Device:
         now = isoformat(utcnow())
-        columns = "connection_id, user_id, created_at, last_seen_at, cursor"
-
-        def run(conn: sqlite3.Connection) -> Device:
-            if connection_id and CONNECTION_ID.match(connection_id):
-                row = conn.execute(
-                    "UPDATE devices SET last_seen_at = ? WHERE connection_id = ? AND user_id = ? "
-                    f"RETURNING {columns}",
-                    (now, connection_id, user_id),
-                ).fetchone()
-                if row is not None:
-                    return _device(row)
-                taken = conn.execute(
-                    "SELECT 1 FROM devices WHERE connection_id = ?", (connection_id,)
-                ).fetchone()
-                chosen = new_id() if taken else connection_id
-            else:
-                chosen = new_id()
-            row = conn.execute(
-                f"INSERT INTO devices ({columns}) VALUES (?, ?, ?, ?, "
-                "(SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = ?)) "
-                f"RETURNING {columns}",
-                (chosen, user_id, now, now, user_id),
-            ).fetchone()
-            return _device(row)
-
-        return await self._write(run)
+        return await self._write(lambda conn: _bind(conn, user_id, connection_id, now))
 
     async def pending(
         self, connection_id: str, user_id: str, after_seq: int, limit: int
@@ -799,38 +774,58 @@ class SqliteStore(Store):
         self, presence: Presence, max_sockets: int | None = None
     ) -> tuple[UnseenCount, list[str]]:
         """One item of the writer's batch instead of three round trips."""
-        user, session = presence.user_id, presence.session_id
         row = (
             presence.socket_id,
             presence.connection_id,
-            user,
-            session,
+            presence.user_id,
+            presence.session_id,
             presence.node_id,
             isoformat(presence.connected_since),
         )
         now = isoformat(utcnow())
 
         def run(conn: sqlite3.Connection) -> tuple[UnseenCount, list[str]]:
-            if max_sockets is not None:
-                (held,) = conn.execute(
-                    "SELECT COUNT(*) FROM notification_registry WHERE user_id = ?", (user,)
-                ).fetchone()
-                if held >= max_sockets:
-                    raise TooManyConnections(f"{user} holds {held} sockets")
-            conn.execute(
-                "INSERT OR REPLACE INTO notification_registry VALUES (?, ?, ?, ?, ?, ?)", row
-            )
-            counted = conn.execute(
-                "SELECT unseen, version FROM user_counts WHERE user_id = ?", (user,)
-            ).fetchone()
-            topics = conn.execute(
-                "UPDATE session_topics SET active_at = ? WHERE user_id = ? AND session_id = ? "
-                "RETURNING topic",
-                (now, user, session),
-            ).fetchall()
-            return UnseenCount(user, *(counted or (0, 0))), sorted(t[0] for t in topics)
+            attached = _attach(conn, row, max_sockets, now)
+            if attached is None:
+                raise TooManyConnections(
+                    f"{presence.user_id} holds the most sockets allowed ({max_sockets})"
+                )
+            return attached
 
         return await self._write(run)
+
+    async def open_socket(
+        self,
+        user_id: str,
+        connection_id: str | None,
+        *,
+        socket_id: str,
+        session_id: str | None,
+        node_id: str,
+        connected_since: datetime,
+        max_sockets: int | None = None,
+    ) -> tuple[Device, UnseenCount, list[str]]:
+        """The device's binding and the socket's registration in one item of the writer's
+        batch: a connect storm's cost is mostly the writes' round trips."""
+        now = isoformat(utcnow())
+        since = isoformat(connected_since)
+
+        def run(
+            conn: sqlite3.Connection,
+        ) -> tuple[Device, tuple[UnseenCount, list[str]] | None]:
+            device = _bind(conn, user_id, connection_id, now)
+            cid = device.connection_id
+            row = (socket_id, cid, user_id, session_id or cid, node_id, since)
+            # Over the cap the binding stays (as with two calls): not raised in here, which
+            # would undo it.
+            return device, _attach(conn, row, max_sockets, now)
+
+        device, attached = await self._write(run)
+        if attached is None:
+            raise TooManyConnections(
+                f"{user_id} holds the most sockets allowed ({max_sockets})", device
+            )
+        return (device, *attached)
 
     async def remove_presence(self, socket_id: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -940,8 +935,60 @@ def _notification(row: tuple[Any, ...]) -> Notification:
     )
 
 
+DEVICE_COLUMNS = "connection_id, user_id, created_at, last_seen_at, cursor"
+
+
 def _device(row: tuple[Any, ...]) -> Device:
     return Device(row[0], row[1], parse_iso(row[2]), parse_iso(row[3]), row[4])
+
+
+def _bind(conn: sqlite3.Connection, user_id: str, connection_id: str | None, now: str) -> Device:
+    """The device ``connection_id`` of this user, created if needed (see bind_device)."""
+    if connection_id and CONNECTION_ID.match(connection_id):
+        row = conn.execute(
+            "UPDATE devices SET last_seen_at = ? WHERE connection_id = ? AND user_id = ? "
+            f"RETURNING {DEVICE_COLUMNS}",
+            (now, connection_id, user_id),
+        ).fetchone()
+        if row is not None:
+            return _device(row)
+        taken = conn.execute(
+            "SELECT 1 FROM devices WHERE connection_id = ?", (connection_id,)
+        ).fetchone()
+        chosen = new_id() if taken else connection_id
+    else:
+        chosen = new_id()
+    row = conn.execute(
+        f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, "
+        "(SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = ?)) "
+        f"RETURNING {DEVICE_COLUMNS}",
+        (chosen, user_id, now, now, user_id),
+    ).fetchone()
+    return _device(row)
+
+
+def _attach(
+    conn: sqlite3.Connection, row: tuple[str, ...], max_sockets: int | None, now: str
+) -> tuple[UnseenCount, list[str]] | None:
+    """Register the socket ``row`` (a notification_registry row), mark its session's topics
+    active; the user's count and those topics, or None (nothing written) over ``max_sockets``."""
+    user, session = row[2], row[3]
+    if max_sockets is not None:
+        (held,) = conn.execute(
+            "SELECT COUNT(*) FROM notification_registry WHERE user_id = ?", (user,)
+        ).fetchone()
+        if held >= max_sockets:
+            return None
+    conn.execute("INSERT OR REPLACE INTO notification_registry VALUES (?, ?, ?, ?, ?, ?)", row)
+    counted = conn.execute(
+        "SELECT unseen, version FROM user_counts WHERE user_id = ?", (user,)
+    ).fetchone()
+    topics = conn.execute(
+        "UPDATE session_topics SET active_at = ? WHERE user_id = ? AND session_id = ? "
+        "RETURNING topic",
+        (now, user, session),
+    ).fetchall()
+    return UnseenCount(user, *(counted or (0, 0))), sorted(t[0] for t in topics)
 
 
 # A device's queue: its user's notifications after the cursor that it has not acknowledged.
