@@ -9,11 +9,13 @@ measured phase (no task or coroutine per frame).
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSInvalidStatusError, WSListener, WSMsgType, WSTransport, ws_connect
 
 
 class Client(WSListener):  # type: ignore[misc]
@@ -100,7 +102,10 @@ async def open_many(
     count: int, opener: Callable[[int], Any], concurrency: int = 200
 ) -> tuple[list[Any], int]:
     """Run ``opener(i)`` for ``i`` in ``range(count)`` with at most ``concurrency`` at once;
-    returns the results that succeeded and the number that failed."""
+    returns the results that succeeded and the number that failed. A handshake refused with
+    503 (the node's cap on new sockets per second) is retried after a short random pause, as
+    a device's client does; the first few failures are printed to stderr, so a scenario's
+    missing devices come with their reason."""
     gate = asyncio.Semaphore(concurrency)
     opened: list[Any] = []
     failed = 0
@@ -108,10 +113,21 @@ async def open_many(
     async def one(i: int) -> None:
         nonlocal failed
         async with gate:
-            try:
-                opened.append(await opener(i))
-            except Exception:
-                failed += 1
+            for attempt in range(20):
+                try:
+                    opened.append(await opener(i))
+                    return
+                except WSInvalidStatusError as exc:
+                    if "503" not in str(exc) or attempt == 19:
+                        error: Exception = exc
+                        break
+                except Exception as exc:
+                    error = exc
+                    break
+                await asyncio.sleep(random.uniform(0.1, 0.5))
+            failed += 1
+            if failed <= 3:
+                print(f"open {i} failed: {error!r}", file=sys.stderr, flush=True)
 
     await asyncio.gather(*(one(i) for i in range(count)))
     return opened, failed

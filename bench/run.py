@@ -77,7 +77,7 @@ SCENARIOS: dict[str, tuple[str, list[str], list[str], str]] = {
 #: the figures of each scenario's result that go into the summary
 HEADLINES = {
     "fanout": ("server", "delivered_per_second", "latency_p99_ms", "lost"),
-    "notify": ("latency_p50_ms", "latency_p99_ms", "lost"),
+    "notify": ("devices", "latency_p50_ms", "latency_p99_ms", "lost"),
     "connections": ("connections", "kib_per_connection", "connects_per_server_cpu_second"),
     "ingest": ("mode", "notifications_per_second", "failed_requests"),
     "ingest-batch": ("mode", "notifications_per_second", "failed_requests"),
