@@ -53,13 +53,14 @@ async def test_count_events_reach_local_connections(tmp_path: Path) -> None:
         other = Connection(other_sink, connection_id="c2", user_id="bob", session_id="s")
         await tidings.registry.add(mine)
         await tidings.registry.add(other)
-        writers = [mine.open(), other.open()]
+        mine.open()
+        other.open()
         result = await tidings.notify("alice", "x")
         await tidings.mark_seen("alice", [result.notification.notification_id])
         await eventually(lambda: len(sink.frames) >= 2)
         mine.close()
         other.close()
-        await asyncio.wait_for(asyncio.gather(*writers), 2)
+        await asyncio.wait_for(asyncio.gather(mine.finished(), other.finished()), 2)
         assert sink.frames == [
             '{"type":"newNotificationCountChanged","count":1,"version":1}',
             '{"type":"newNotificationCountChanged","count":0,"version":2}',
@@ -74,10 +75,10 @@ async def test_stale_versions_are_not_pushed(tmp_path: Path) -> None:
     conn.push_count(2, 5)
     conn.push_count(1, 4)
     conn.push_count(3, 6)
-    writer = conn.open()
+    conn.open()
     await eventually(lambda: len(sink.frames) >= 2)
     conn.close()
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.finished(), 2)
     assert sink.frames == [
         '{"type":"newNotificationCountChanged","count":2,"version":5}',
         '{"type":"newNotificationCountChanged","count":3,"version":6}',
@@ -92,7 +93,7 @@ async def test_frames_queued_before_open_go_after_the_first_frame() -> None:
     conn = Connection(sink, connection_id="", user_id="u", session_id="")
     conn.push_count(1, 1)
     conn.push_count(2, 2)
-    writer = conn.open('{"type":"welcome"}')
+    conn.open('{"type":"welcome"}')
     await eventually(lambda: len(sink.frames) >= 3)
     assert sink.frames == [
         '{"type":"welcome"}',
@@ -101,11 +102,11 @@ async def test_frames_queued_before_open_go_after_the_first_frame() -> None:
     ]
     quiet_sink = Sink()
     quiet = Connection(quiet_sink, connection_id="c", user_id="u", session_id="s")
-    done = quiet.open('{"type":"welcome"}')
+    quiet.open('{"type":"welcome"}')
     assert quiet_sink.frames == ['{"type":"welcome"}'] and quiet.queued == 0
     for c in (conn, quiet):
         c.close()
-    await asyncio.wait_for(asyncio.gather(writer, done), 2)
+    await asyncio.wait_for(asyncio.gather(conn.finished(), quiet.finished()), 2)
 
 
 async def test_full_queue_closes_slow_connection() -> None:
@@ -160,14 +161,14 @@ async def test_cancelled_notify_still_publishes_its_count(tmp_path: Path) -> Non
         sink = Sink()
         conn = Connection(sink, connection_id="c1", user_id="alice", session_id="s")
         await tidings.registry.add(conn)
-        writer = conn.open()
+        conn.open()
         task = asyncio.create_task(tidings.notify("alice", "x"))
         await asyncio.sleep(0)
         task.cancel()
         await eventually(lambda: len(sink.frames) == 1)
         assert (await tidings.count("alice")).count == 1
         conn.close()
-        await asyncio.wait_for(writer, 2)
+        await asyncio.wait_for(conn.finished(), 2)
 
 
 async def test_mark_seen_caps_ids(tmp_path: Path) -> None:
@@ -185,10 +186,10 @@ async def test_reading_pauses_while_answers_pile_up() -> None:
     waiter = asyncio.create_task(conn.wait_writable())
     await asyncio.sleep(0.01)
     assert not waiter.done()
-    writer = conn.open()
+    conn.open()
     await asyncio.wait_for(waiter, 2)
     conn.close()
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.finished(), 2)
 
 
 class PausingSink:
@@ -208,7 +209,7 @@ async def test_frames_keep_their_order_when_the_server_makes_sends_wait() -> Non
     """Sends done in push() directly, and those finished later in a task, stay in order."""
     sink = PausingSink()
     conn = Connection(sink, connection_id="c", user_id="u", session_id="s")
-    writer = conn.open()
+    conn.open()
     conn.push("1")  # completes at once
     sink.open.clear()
     conn.push("2")  # suspends: finished in a task
@@ -222,7 +223,7 @@ async def test_frames_keep_their_order_when_the_server_makes_sends_wait() -> Non
     conn.push("5")
     await eventually(lambda: len(sink.frames) == 5)
     conn.close()
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.finished(), 2)
 
 
 async def test_a_send_that_fails_closes_the_connection() -> None:
@@ -232,7 +233,7 @@ async def test_a_send_that_fails_closes_the_connection() -> None:
         raise OSError("client disconnected")
 
     conn = Connection(broken, connection_id="c", user_id="u", session_id="s")
-    writer = conn.open()
+    conn.open()
     conn.push("x")
     assert conn.closed
-    await asyncio.wait_for(writer, 2)
+    await asyncio.wait_for(conn.finished(), 2)

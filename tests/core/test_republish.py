@@ -54,7 +54,7 @@ async def test_refused_topic_message_and_count_reach_the_other_node(tmp_path: Pa
         conn = Connection(sink, connection_id="c1", user_id="alice", session_id="s1")
         await b.registry.add(conn)
         await b.registry.join_topics(conn, ["pet"])
-        writer = conn.open()
+        conn.open()
         publisher_bus.refuse = 2
         await a.publish("pet", {"name": "Rex"})
         await a.notify("alice", "hi")
@@ -63,4 +63,4 @@ async def test_refused_topic_message_and_count_reach_the_other_node(tmp_path: Pa
         assert any('"count":1' in f for f in sink.frames)
         assert not a._unpublished
         conn.close()
-        await asyncio.gather(writer, return_exceptions=True)
+        await asyncio.gather(conn.finished(), return_exceptions=True)

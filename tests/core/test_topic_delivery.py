@@ -59,8 +59,8 @@ async def test_wait_room_paces_a_backlog() -> None:
     waiter = asyncio.create_task(c.wait_room(5))
     await asyncio.sleep(0.01)
     assert not waiter.done()
-    writer = c.open()
+    c.open()
     await asyncio.wait_for(waiter, 2)
     c.close()
-    await asyncio.gather(writer, return_exceptions=True)
+    await asyncio.gather(c.finished(), return_exceptions=True)
     assert sink.frames[:1] == ["0"]

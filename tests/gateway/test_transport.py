@@ -516,6 +516,36 @@ async def test_scope_carries_path_query_headers_and_subprotocols(
     assert "websocket.http.response" in scope["extensions"]
 
 
+async def test_scope_is_released_only_after_the_accept_and_only_on_request(
+    serve: Callable[..., Awaitable[Running]],
+) -> None:
+    """``release_scope()`` (what tidings' gateway calls once it has answered the handshake)
+    empties the scope, so an idle connection keeps none of the request; before the accept it
+    does nothing (the accept still reads the scope), and a socket whose application never
+    asks keeps its scope whole."""
+    seen: list[tuple[int, int]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        release = send.__self__.release_scope  # type: ignore[attr-defined]
+        assert (await receive())["type"] == "websocket.connect"
+        release()  # too early: ignored
+        before = len(scope)
+        await send({"type": "websocket.accept"})
+        if scope["query_string"] == b"release=1":
+            release()
+        seen.append((before, len(scope)))
+        while (message := await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "text": message.get("text")})
+
+    server = await serve(app)
+    for query in ("release=1", "keep=1"):
+        async with ws_connect(server.url(f"/?{query}")) as ws:
+            await ws.send("after")
+            assert await within(ws.recv()) == "after"
+    assert seen[0][0] > 10 and seen[0][1] == 0
+    assert seen[1][0] == seen[1][1] > 10
+
+
 async def test_accept_sends_subprotocol_and_extra_headers(
     serve: Callable[..., Awaitable[Running]],
 ) -> None:

@@ -378,8 +378,7 @@ class Gateway:
             claims=principal.claims,
         )
         del principal
-        done: asyncio.Future[None] | None = None
-        closing: list[asyncio.Task[None]] = []
+        opened = False
         registered = False  # the socket may be in the store's registry
         try:
             # Subscribe first, then read: a change committed in between reaches the device as
@@ -442,22 +441,19 @@ class Gateway:
                     self._cookie_header(pending, device.connection_id, handshake.cookie_cid),
                 )
             del handshake, pending, device
+            _release_scope(send)
             counters.connections_opened += 1
-            # Open first: the welcome is then written in place, not by a writer task.
-            done = conn.open(
+            # Open first: the welcome is then written in place, not by a writer task. From
+            # now on a close by the node sends its close frame at once (the connection does),
+            # and the server answers the pending receive() with a disconnect.
+            opened = True
+            conn.open(
                 protocol.welcome(
                     connection_id=conn.connection_id,
                     session_id=conn.session_id,
                     user_id=conn.user_id,
                     node=tidings.node_id,
                 )
-            )
-            # The socket is read right here, not in a task of its own (an idle connection
-            # holds one task, the server's): when something closes the connection, the close
-            # frame goes out at once and the server answers the pending receive() with a
-            # disconnect.
-            done.add_done_callback(
-                lambda _: closing.append(asyncio.ensure_future(_close(conn, send)))
             )
             if count is None:
                 conn.close(
@@ -484,11 +480,10 @@ class Gateway:
         finally:
             tidings.registry.remove(conn)
             conn.abort()  # the client went away (if nothing closed it before)
-            with contextlib.suppress(asyncio.CancelledError):
-                if done is not None:
-                    await asyncio.wait([done], timeout=2.0)  # a flushing close sends its queue
-                if closing:
-                    await asyncio.wait(closing, timeout=2.5)
+            if opened:  # a flushing close sends its queue, then the close frame
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    async with asyncio.timeout(4.5):
+                        await conn.finished()
             if registered:
                 await asyncio.shield(tidings.forget_presence(conn))
 
@@ -618,13 +613,13 @@ class Gateway:
             conn.push(protocol.error(frame.id, protocol.INTERNAL, "internal error"))
 
 
-async def _close(conn: Connection, send: Any) -> None:
-    """Send the close frame of a connection closed by the node (none if the client left)."""
-    if conn.close_code is None:
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(2.0):
-            await _close_frame(send, conn.close_code, conn.close_reason)
+def _release_scope(send: Any) -> None:
+    """The handshake is answered and nothing reads its scope again: on tidings' own transport
+    (which reads it no more either) let it go, about 2 KiB per idle connection. Other servers
+    keep theirs: they may read it later."""
+    release = getattr(getattr(send, "__self__", None), "release_scope", None)
+    if release is not None:
+        release()
 
 
 async def _refuse(

@@ -17,6 +17,7 @@ for the connection to end) creates a future for the occasion.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections import deque
@@ -38,6 +39,7 @@ class Connection:
 
     __slots__ = (
         "_closed",
+        "_closer",
         "_direct",
         "_done",
         "_flush",
@@ -124,8 +126,11 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         #: resolved when the queue shrinks (someone waits for room)
         self._space: asyncio.Future[None] | None = None
-        #: resolved once the connection is closed and its writer has stopped
+        #: resolved once the connection is closed and its writer has stopped (created only
+        #: when someone waits for that)
         self._done: asyncio.Future[None] | None = None
+        #: the task sending the close frame of a connection the node closed
+        self._closer: asyncio.Task[None] | None = None
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -245,9 +250,30 @@ class Connection:
         await space
 
     def _settle(self) -> None:
+        """Closed, and the writer stopped: send the close frame (if the node closed it and the
+        socket is open) and wake whoever waits in :meth:`finished`."""
         self._wake()
+        if self._live and self.close_code is not None and self._closer is None:
+            self._closer = asyncio.ensure_future(self._send_close(self.close_code))
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
+
+    async def _send_close(self, code: int) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await self._send(
+                    {"type": "websocket.close", "code": code, "reason": self.close_reason}
+                )
+
+    async def finished(self) -> None:
+        """Return once the connection is closed, a flushing close has sent its queue, and the
+        close frame (if any) is written or given up on."""
+        if not (self._closed and self._writer is None):
+            if self._done is None:
+                self._done = asyncio.get_running_loop().create_future()
+            await self._done
+        if self._closer is not None:
+            await self._closer
 
     def push_count(self, count: int, version: int, text: str | None = None) -> None:
         """Queue a count frame unless the device already has this version or a newer one."""
@@ -313,12 +339,10 @@ class Connection:
         while not self._closed and self._queued_bytes > self.pause_bytes:
             await self._wait_space()
 
-    def open(self, first: str | None = None) -> asyncio.Future[None]:
+    def open(self, first: str | None = None) -> None:
         """Start writing, ``first`` ahead of the frames pushed before (they waited until now).
-        The future resolves once the connection is closed and, for a flushing close, its
-        queue sent."""
-        if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
+        A connection closed by the node sends its close frame once its writer is done; wait
+        for all that with :meth:`finished`."""
         if first is not None and self._queue and not self._closed:
             self._queue.appendleft(first)
             self._queued_bytes += len(first)
@@ -331,7 +355,6 @@ class Connection:
             self._settle()
         elif self._queue and self._writer is None:
             self._writer = asyncio.ensure_future(self._write_loop())
-        return self._done
 
     def close(
         self, code: int = protocol.CLOSE_NORMAL, reason: str = "", *, flush: bool = False

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import hashlib
 import logging
 import math
@@ -366,7 +367,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._inbox.append({"type": "websocket.connect"})
         task = self.loop.create_task(self._run_asgi())
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        # A callback that needs no context variables: no copy of the context per connection.
+        task.add_done_callback(self.tasks.discard, context=_BARE_CONTEXT)
 
     def _hold_early(self) -> None:
         """Stop reading while more than ``max_size`` bytes of early frames wait for the accept
@@ -559,6 +561,14 @@ class WebSocketProtocol(asyncio.Protocol):
             raise RuntimeError(
                 f"Expected ASGI message 'websocket.send' or 'websocket.close', but got '{kind}'."
             )
+
+    def release_scope(self) -> None:
+        """The application will not read the scope again (tidings' gateway says so once the
+        handshake is answered): empty it, so an idle connection does not keep the request's
+        path, query, addresses and extensions. Before the accept it is still needed."""
+        if self._state != _S_HANDSHAKE and self.scope is not None:
+            scope, self.scope = self.scope, None
+            scope.clear()
 
     def _accept(self, message: dict[str, Any]) -> None:
         headers = [
@@ -861,6 +871,10 @@ class FrontConfig(uvicorn.Config):
         if self.ws_protocol_class is WebSocketProtocol:
             self.front_http_class = self.http_protocol_class
             self.http_protocol_class = FrontProtocol
+
+
+#: the context of callbacks that read no context variables
+_BARE_CONTEXT = contextvars.Context()
 
 
 def _valid_key(key: bytes) -> bool:
