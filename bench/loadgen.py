@@ -117,7 +117,7 @@ async def open_many(
                 try:
                     opened.append(await opener(i))
                     return
-                except WSInvalidStatusError as exc:
+                except WSInvalidStatusError as exc:  # carries the status only in its text
                     if "503" not in str(exc) or attempt == 19:
                         error: Exception = exc
                         break

@@ -30,9 +30,14 @@ class Sink:
 
     def __init__(self) -> None:
         self.frames: list[str] = []
+        #: close frames, as (code, reason)
+        self.closes: list[tuple[object, object]] = []
 
     async def __call__(self, message: dict[str, object]) -> None:
-        self.frames.append(str(message["text"]))
+        if message["type"] == "websocket.close":
+            self.closes.append((message["code"], message["reason"]))
+        else:
+            self.frames.append(str(message["text"]))
 
 
 async def test_notify_persists_and_counts(tmp_path: Path) -> None:
@@ -107,6 +112,36 @@ async def test_frames_queued_before_open_go_after_the_first_frame() -> None:
     for c in (conn, quiet):
         c.close()
     await asyncio.wait_for(asyncio.gather(conn.finished(), quiet.finished()), 2)
+
+
+async def test_a_connection_closed_by_the_node_sends_one_close_frame() -> None:
+    """Closed by the node, an open connection sends its close frame (after the frames of a
+    flushing close), once; closed before it was opened, at the open; a client that left
+    (abort) gets none."""
+    sink = Sink()
+    conn = Connection(sink, connection_id="c", user_id="u", session_id="s")
+    conn.open()
+    conn.push("a")
+    conn.close(1013, "client too slow")
+    conn.close(1000, "again")  # already closed: nothing more
+    await asyncio.wait_for(conn.finished(), 2)
+    assert sink.frames == ["a"] and sink.closes == [(1013, "client too slow")]
+
+    early = Sink()
+    conn = Connection(early, connection_id="c", user_id="u", session_id="s")
+    conn.push("queued")
+    conn.close(4429, "too many")
+    assert early.closes == []
+    conn.open('{"type":"welcome"}')
+    await asyncio.wait_for(conn.finished(), 2)
+    assert early.closes == [(4429, "too many")]
+
+    gone = Sink()
+    conn = Connection(gone, connection_id="c", user_id="u", session_id="s")
+    conn.open()
+    conn.abort()
+    await asyncio.wait_for(conn.finished(), 2)
+    assert gone.closes == [] and conn.close_code is None
 
 
 async def test_full_queue_closes_slow_connection() -> None:

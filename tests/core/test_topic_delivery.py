@@ -12,7 +12,8 @@ class Sink:
         self.frames: list[str] = []
 
     async def __call__(self, message: dict[str, object]) -> None:
-        self.frames.append(str(message["text"]))
+        if message["type"] == "websocket.send":  # close frames are not recorded
+            self.frames.append(str(message["text"]))
 
 
 def conn() -> Connection:
