@@ -155,7 +155,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> TidingsApp
 
 def run(settings: Settings, *, log_level: str = "info") -> None:
     """Serve a node with uvicorn until interrupted."""
-    from tidings.gateway.transport import FrontConfig, WebSocketProtocol, set_coalesce_delay
+    from tidings.gateway.front import FrontConfig
+    from tidings.gateway.transport import WebSocketProtocol, set_coalesce_delay
 
     set_coalesce_delay(settings.fanout_coalesce_ms / 1000)
 

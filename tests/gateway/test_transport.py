@@ -24,11 +24,10 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tidings.gateway.front import MAX_HEAD, FrontConfig
 from tidings.gateway.transport import (
     FANOUT_SOCKETS,
     FANOUT_WINDOW,
-    MAX_HEAD,
-    FrontConfig,
     WebSocketProtocol,
     _Flusher,
 )

@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import contextvars
+import enum
 import hashlib
 import logging
 import math
-import re
 import struct
 import weakref
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
-
-import uvicorn
 
 try:  # websockets (a dependency of uvicorn[standard]) ships the masking loop in C
     from websockets.speedups import apply_mask
@@ -50,8 +49,44 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 #: messages the application has not read yet before reading from the socket pauses
 RECEIVE_BACKLOG = 16
-#: close codes a peer may send (RFC 6455 section 7.4)
-_VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+#: a fragmented message may have one fragment per this many bytes of ``max_size`` (and at
+#: least ``MIN_FRAGMENTS``): a 4 MiB limit allows a 4 MiB message in 64-byte fragments
+#: (Autobahn 9.3.1), while a run of empty continuation frames is cut off early (1009)
+BYTES_PER_FRAGMENT = 64
+MIN_FRAGMENTS = 1024
+
+
+class CloseCode(enum.IntEnum):
+    """The close codes this transport sends or names (RFC 6455 section 7.4.1 and the IANA
+    registry). 1005, 1006 and 1015 are never sent on the wire."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005
+    ABNORMAL = 1006
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
+
+
+#: close codes that may appear in a close frame (RFC 6455 section 7.4; 1012-1014 registered
+#: since); 3000-4999 are for libraries and applications
+_VALID_CLOSE = frozenset(
+    code for code in CloseCode if code not in (CloseCode.NO_STATUS, CloseCode.ABNORMAL)
+)
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether ``code`` may be sent in a close frame."""
+    return code in _VALID_CLOSE or 3000 <= code <= 4999
+
 
 _S_HANDSHAKE, _S_OPEN, _S_CLOSING, _S_CLOSED = 0, 1, 2, 3
 
@@ -73,6 +108,11 @@ _last_text: str | None = None
 _last_frame = b""
 
 
+#: the keepalive pings a node's sockets in this many groups, one group every
+#: ``interval / PING_GROUPS`` seconds: each socket is pinged once an interval, but a tick never
+#: writes to every socket at once and the pongs do not all come back in the same moment
+PING_GROUPS = 8
+
 #: a flush that writes to at least this many sockets means the node is fanning out
 FANOUT_SOCKETS = 256
 #: how long after such a flush the node still counts as fanning out (seconds)
@@ -81,7 +121,8 @@ FANOUT_WINDOW = 0.05
 
 class _Flusher:
     """Per event loop: writes the frames each socket got during one turn of the loop, at its
-    end; and pings every open socket from one timer (a timer per socket costs 600 bytes).
+    end; and pings every open socket from one timer (a timer per socket costs 600 bytes), a
+    group of them at each tick (``PING_GROUPS``).
 
     While the node fans out (a flush wrote to ``FANOUT_SOCKETS`` sockets or more in the last
     ``FANOUT_WINDOW`` seconds) the next flush waits ``coalesce`` seconds, or as long as the last
@@ -90,13 +131,28 @@ class _Flusher:
     (docs/benchmarks.md). A node that is not fanning out writes at the end of the loop's turn,
     as before, so a notification's latency does not change."""
 
-    __slots__ = ("busy_at", "coalesce", "cost", "dirty", "loop", "open", "pinger", "scheduled")
+    __slots__ = (
+        "busy_at",
+        "coalesce",
+        "cost",
+        "dirty",
+        "groups",
+        "loop",
+        "next_group",
+        "pinger",
+        "scheduled",
+        "tick",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.dirty: list[WebSocketProtocol] = []
         self.scheduled = False
-        self.open: set[WebSocketProtocol] = set()
+        #: open sockets by keepalive group; ``next_group`` takes the next one watched, ``tick``
+        #: is pinged next
+        self.groups: list[set[WebSocketProtocol]] = [set() for _ in range(PING_GROUPS)]
+        self.next_group = 0
+        self.tick = 0
         self.pinger: asyncio.TimerHandle | None = None
         self.coalesce = coalesce_delay
         self.busy_at = -math.inf
@@ -104,17 +160,27 @@ class _Flusher:
         self.cost = 0.0
 
     def watch(self, protocol: WebSocketProtocol, interval: float) -> None:
-        self.open.add(protocol)
+        self.groups[self.next_group].add(protocol)
+        self.next_group = (self.next_group + 1) % PING_GROUPS
         if self.pinger is None:
-            self.pinger = self.loop.call_later(interval, self.ping, interval)
+            self.pinger = self.loop.call_later(interval / PING_GROUPS, self.ping, interval)
 
     def unwatch(self, protocol: WebSocketProtocol) -> None:
-        self.open.discard(protocol)
+        for group in self.groups:
+            group.discard(protocol)
 
     def ping(self, interval: float) -> None:
-        for protocol in tuple(self.open):
+        """Ping one group. A socket is pinged a whole interval before the ping that finds it
+        silent, whenever it joined its group."""
+        group = self.groups[self.tick]
+        self.tick = (self.tick + 1) % PING_GROUPS
+        for protocol in tuple(group):
             protocol._keepalive()
-        self.pinger = self.loop.call_later(interval, self.ping, interval) if self.open else None
+        self.pinger = (
+            self.loop.call_later(interval / PING_GROUPS, self.ping, interval)
+            if any(self.groups)
+            else None
+        )
 
     def add(self, protocol: WebSocketProtocol) -> None:
         self.dirty.append(protocol)
@@ -184,10 +250,10 @@ class WebSocketProtocol(asyncio.Protocol):
         "_buf",
         "_close_timer",
         "_flusher",
-        "_fragment_op",
-        "_fragments",
         "_inbox",
         "_key",
+        "_message",
+        "_owed_pong",
         "_pending",
         "_pong_due",
         "_read_paused",
@@ -200,6 +266,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "connections",
         "default_headers",
         "loop",
+        "max_fragments",
         "max_size",
         "response",
         "scope",
@@ -223,6 +290,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.tasks = server_state.tasks
         self.default_headers = server_state.default_headers
         self.max_size: int = config.ws_max_size
+        self.max_fragments = max(MIN_FRAGMENTS, self.max_size // BYTES_PER_FRAGMENT)
         self.transport: Any = None
         self.scope: dict[str, Any] | None = None
         self._state = _S_HANDSHAKE
@@ -230,9 +298,11 @@ class WebSocketProtocol(asyncio.Protocol):
         #: text frames written this turn of the loop (flushed at its end by the flusher)
         self._pending: list[bytes] | None = None
         self._flusher = _flusher(self.loop)
-        self._buf = b""
-        self._fragments: list[bytes] | None = None
-        self._fragment_op = 0
+        #: bytes received and not parsed yet: the start of a frame (a bytearray, appended to
+        #: in place, while a frame arrives in several reads)
+        self._buf: bytes | bytearray = b""
+        #: the message whose frames are arriving, once it spans more than one read or frame
+        self._message: _Message | None = None
         # Messages for the application (a list: an empty deque costs 600 bytes), and a future
         # only while someone waits.
         self._inbox: list[dict[str, Any]] = []
@@ -242,6 +312,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._pong_due = False
+        #: the pong for the client's last ping, while the write buffer is full (reading then
+        #: waits: a client that pings and never reads must not grow our memory)
+        self._owed_pong: bytes | None = None
         #: the HTTP answer being built: None, or [status, headers, body] of a refusal
         self.response: list[Any] | None = None
 
@@ -267,6 +340,12 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        pong = self._owed_pong
+        if pong is not None:
+            self._owed_pong = None
+            if self._state == _S_OPEN:
+                self._out(pong)
+            self._resume_reading()
         self._resume_writers()
 
     def shutdown(self) -> None:
@@ -284,18 +363,29 @@ class WebSocketProtocol(asyncio.Protocol):
             if self.scope is None:
                 self._handshake(data)
             else:  # early frames wait for the accept
-                self._buf += data
+                self._keep(data)
                 self._hold_early()
             return
         if self._state == _S_CLOSED:
             return
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
+        # Any bytes show that the client is alive: its pong may wait behind a long fragment.
+        self._pong_due = False
+        received: bytes | bytearray = data
+        buf = self._buf
+        if buf:
+            buf += data  # a bytearray: a long frame arriving in many reads is copied once
+            received = buf
         try:
-            self._parse(data)
+            self._parse(received)
         except ProtocolFailure as failure:
             self._fail(failure.code, failure.reason)
+
+    def _keep(self, data: bytes | bytearray) -> None:
+        """Keep unparsed bytes for the next read."""
+        if self._buf:
+            self._buf += data
+        else:
+            self._buf = bytearray(data)
 
     # Handshake
 
@@ -362,7 +452,7 @@ class WebSocketProtocol(asyncio.Protocol):
         }
         self._key = key
         if early:  # frames sent with the request (FrontProtocol hands them over too)
-            self._buf = early
+            self._keep(early)
             self._hold_early()
         self._inbox.append({"type": "websocket.connect"})
         task = self.loop.create_task(self._run_asgi())
@@ -436,10 +526,24 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._receiver = None
         message = inbox.pop(0)
         if self._read_paused and len(inbox) < RECEIVE_BACKLOG // 2:
-            self._read_paused = False
-            if self._state != _S_CLOSED:
-                self.transport.resume_reading()
+            self._resume_reading()
         return message
+
+    def _resume_reading(self) -> None:
+        """Read again, unless the inbox is still full or a pong still waits for room."""
+        if (
+            self._read_paused
+            and self._state != _S_CLOSED
+            and self._owed_pong is None
+            and (len(self._inbox) < RECEIVE_BACKLOG // 2 or self._state != _S_OPEN)
+        ):
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def _deliver(self, message: dict[str, Any]) -> None:
         self._inbox.append(message)
@@ -448,9 +552,8 @@ class WebSocketProtocol(asyncio.Protocol):
             waiter.set_result(None)
         # Only while open: once closing, the client's close frame must still be read, behind
         # whatever it sent meanwhile (pausing here held a flooder's close for 10 s).
-        if not self._read_paused and len(self._inbox) >= RECEIVE_BACKLOG and self._state == _S_OPEN:
-            self._read_paused = True
-            self.transport.pause_reading()
+        if len(self._inbox) >= RECEIVE_BACKLOG and self._state == _S_OPEN:
+            self._pause_reading()
 
     # ASGI send
 
@@ -554,6 +657,8 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._out(frame_header(OP_BINARY, len(data)) + data)
         elif kind == "websocket.close":
             code = message.get("code", 1000) or 1000
+            if not valid_close_code(code):
+                raise RuntimeError(f"Invalid WebSocket close code {code} (RFC 6455 7.4).")
             reason = message.get("reason") or ""
             self._send_close(code, reason)
             self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
@@ -595,10 +700,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self._flusher.watch(self, interval)
         if self._buf:  # frames the client sent before the accept
             data, self._buf = self._buf, b""
-            self.loop.call_soon(self.data_received, data)
+            self.loop.call_soon(self.data_received, bytes(data))
         if self._read_paused:  # held while early frames waited; the backlog rule applies now
-            self._read_paused = False
-            self.transport.resume_reading()
+            self._resume_reading()
 
     # Closing
 
@@ -611,9 +715,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._out(frame_header(OP_CLOSE, len(payload)) + payload)
         self._state = _S_CLOSING
         self._stop_timers()
-        if self._read_paused:  # the client's close frame must still be read
-            self._read_paused = False
-            self.transport.resume_reading()
+        self._owed_pong = None  # pings are not answered once closing
+        self._resume_reading()  # the client's close frame must still be read
         self._close_timer = self.loop.call_later(10.0, self.transport.close)
 
     def _fail(self, code: int, reason: str) -> None:
@@ -624,6 +727,8 @@ class WebSocketProtocol(asyncio.Protocol):
             self._deliver({"type": "websocket.disconnect", "code": code, "reason": reason})
         self._state = _S_CLOSED
         self._stop_timers()
+        self._message = None
+        self._owed_pong = None
         # Half-close and read on (discarding) until the client's EOF: closing with unread input
         # would send a TCP reset, which can destroy the close frame before the client reads it.
         transport = self.transport
@@ -661,7 +766,10 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # Frames from the client
 
-    def _parse(self, data: bytes) -> None:
+    def _parse(self, data: bytes | bytearray) -> None:
+        """Handle every whole frame in ``data`` and keep the rest (the start of a frame) in
+        ``_buf``. A text frame still arriving is decoded as far as it came, so invalid UTF-8
+        fails the connection at once, not once a long message is complete."""
         size = len(data)
         pos = 0
         while self._state in (_S_OPEN, _S_CLOSING):
@@ -691,38 +799,110 @@ class WebSocketProtocol(asyncio.Protocol):
                     raise ProtocolFailure(1002, "invalid control frame")
             elif length > self.max_size:
                 raise ProtocolFailure(1009, f"frame over {self.max_size} bytes")
-            end = pos + head + 4 + length
+            start = pos + head + 4
+            end = start + length
             if end > size:
+                if opcode < 0x8 and size > start:
+                    self._partial_frame(opcode, data, start, length, data[start - 4 : start])
                 break
-            mask = data[pos + head : pos + head + 4]
-            payload = apply_mask(data[pos + head + 4 : end], mask)
+            mask = data[start - 4 : start]
             pos = end
-            self._frame(b0 & 0x80, opcode, payload)
-        if pos < size and self._state in (_S_OPEN, _S_CLOSING):
-            self._buf = data[pos:]
-
-    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
-        if opcode in (OP_TEXT, OP_BINARY):
-            if self._fragments is not None:
-                raise ProtocolFailure(1002, "new message before the previous one ended")
-            if fin:
-                self._message(opcode, payload)
+            if opcode >= 0x8:
+                self._control(opcode, apply_mask(data[start:end], mask))
+            elif b0 & 0x80 and opcode != OP_CONT and self._message is None:
+                # a whole message in one frame: the common case, without a _Message
+                self._deliver_message(opcode, apply_mask(data[start:end], mask))
             else:
-                self._fragments = [payload]
-                self._fragment_op = opcode
-        elif opcode == OP_CONT:
-            fragments = self._fragments
-            if fragments is None:
+                self._fragment(b0 & 0x80, opcode, data, start, end, mask)
+        if pos >= size:
+            self._buf = b""
+        elif self._state not in (_S_OPEN, _S_CLOSING):
+            pass
+        elif data is self._buf:
+            del data[:pos]  # type: ignore[union-attr]  # only a bytearray is kept
+        else:
+            self._buf = bytearray(data[pos:])
+
+    def _message_for(self, opcode: int) -> _Message:
+        """The message a data frame belongs to (RFC 6455 section 5.4): a text or binary frame
+        starts one, a continuation frame needs one; the rest of a frame that arrived in part
+        belongs to the message its start did."""
+        if opcode not in (OP_CONT, OP_TEXT, OP_BINARY):
+            raise ProtocolFailure(1002, f"unknown opcode {opcode}")
+        message = self._message
+        if message is None:
+            if opcode == OP_CONT:
                 raise ProtocolFailure(1002, "continuation frame without a message")
-            fragments.append(payload)
-            if sum(map(len, fragments)) > self.max_size:
-                raise ProtocolFailure(1009, f"message over {self.max_size} bytes")
-            if fin:
-                self._fragments = None
-                self._message(self._fragment_op, b"".join(fragments))
-        elif opcode == OP_PING:
+            message = self._message = _Message(opcode)
+        elif message.in_frame is None and opcode != OP_CONT:
+            raise ProtocolFailure(1002, "new message before the previous one ended")
+        return message
+
+    def _partial_frame(
+        self, opcode: int, data: bytes | bytearray, start: int, length: int, mask: bytes | bytearray
+    ) -> None:
+        """Part of a data frame's payload has arrived: check that the message will fit, and
+        decode what is new of a text message."""
+        if opcode == OP_BINARY and self._message is None:
+            return  # a binary message's first frame: nothing to check before its end
+        message = self._message_for(opcode)
+        message.in_frame = opcode
+        if message.size + length > self.max_size:
+            raise ProtocolFailure(1009, f"message over {self.max_size} bytes")
+        available = min(len(data), start + length)
+        if message.decoder is not None:
+            done = message.checked
+            if available - start > done:
+                message.decode(apply_mask(data[start + done : available], _rotate(mask, done)))
+                message.checked = available - start
+
+    def _fragment(
+        self,
+        fin: int,
+        opcode: int,
+        data: bytes | bytearray,
+        start: int,
+        end: int,
+        mask: bytes | bytearray,
+    ) -> None:
+        """A whole data frame of a message in several frames (or that arrived in several
+        reads)."""
+        message = self._message_for(opcode)
+        message.in_frame = None
+        message.fragments += 1
+        message.size += end - start
+        if message.size > self.max_size:
+            raise ProtocolFailure(1009, f"message over {self.max_size} bytes")
+        if message.fragments > self.max_fragments:
+            raise ProtocolFailure(1009, f"message in over {self.max_fragments} fragments")
+        done = message.checked
+        message.checked = 0
+        payload = apply_mask(data[start + done : end], _rotate(mask, done))
+        if message.decoder is not None:
+            message.decode(payload, final=bool(fin))
+        else:
+            message.chunks.append(payload)
+        if fin:
+            self._message = None
             if self._state == _S_OPEN:
-                self._out(frame_header(OP_PONG, len(payload)) + payload)
+                if message.decoder is not None:
+                    text = "".join(message.texts)
+                    self._deliver({"type": "websocket.receive", "text": text})
+                else:
+                    body = b"".join(message.chunks)
+                    self._deliver({"type": "websocket.receive", "bytes": body})
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            if self._state == _S_OPEN:
+                pong = frame_header(OP_PONG, len(payload)) + payload
+                if self._write_paused:
+                    # Answer the last ping (RFC 6455 section 5.5.3) once there is room, and
+                    # read nothing more until then.
+                    self._owed_pong = pong
+                    self._pause_reading()
+                else:
+                    self._out(pong)
         elif opcode == OP_PONG:
             self._pong_due = False
         elif opcode == OP_CLOSE:
@@ -730,8 +910,10 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             raise ProtocolFailure(1002, f"unknown opcode {opcode}")
 
-    def _message(self, opcode: int, payload: bytes) -> None:
+    def _deliver_message(self, opcode: int, payload: bytes) -> None:
         self._pong_due = False  # any traffic shows the client is alive
+        if opcode not in (OP_TEXT, OP_BINARY):
+            raise ProtocolFailure(1002, f"unknown opcode {opcode}")
         if self._state != _S_OPEN:
             return  # the application already closed: drop, keep reading for the close
         if opcode == OP_TEXT:
@@ -766,111 +948,41 @@ class WebSocketProtocol(asyncio.Protocol):
         self._close_transport()
 
 
-#: bytes of request head the front protocol reads before leaving the request to uvicorn
-MAX_HEAD = 16 * 1024
+class _Message:
+    """A message whose frames are still arriving: its parts so far, and for text the UTF-8
+    decoder that checks each part as it comes (RFC 6455 section 8.1 asks to fail fast)."""
+
+    __slots__ = ("checked", "chunks", "decoder", "fragments", "in_frame", "size", "texts")
+
+    def __init__(self, opcode: int) -> None:
+        self.decoder = _utf8_decoder() if opcode == OP_TEXT else None
+        self.texts: list[str] = []
+        self.chunks: list[bytes] = []
+        #: bytes and whole frames so far
+        self.size = 0
+        self.fragments = 0
+        #: the opcode of a frame of which only a part has arrived (else None), and how many
+        #: bytes of its payload were already decoded
+        self.in_frame: int | None = None
+        self.checked = 0
+
+    def decode(self, data: bytes, final: bool = False) -> None:
+        assert self.decoder is not None
+        try:
+            text = self.decoder.decode(data, final)
+        except UnicodeDecodeError:
+            raise ProtocolFailure(1007, "invalid UTF-8 in a text message") from None
+        if text:
+            self.texts.append(text)
 
 
-class FrontProtocol(asyncio.Protocol):
-    """``tidings serve``'s ``http=`` protocol: the first request of a connection decides who
-    serves it. A WebSocket upgrade goes straight to :class:`WebSocketProtocol`; anything else
-    to uvicorn's HTTP protocol (httptools, else h11), which then keeps the connection.
-
-    Why: uvicorn parses an upgrade request with its HTTP machinery (a parser, a flow control,
-    an HTTP scope, a rebuilt request) only to hand it over; that was a fifth of a device's
-    connect. Handing over here also keeps frames a client sends in the same write as its
-    request, which uvicorn drops. The WebSocket protocol checks the handshake itself."""
-
-    __slots__ = ("_args", "_buf", "_transport")
-
-    def __init__(
-        self,
-        config: Any,
-        server_state: Any,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self._args = (config, server_state, app_state, _loop)
-        self._buf = b""
-        self._transport: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self._args[1].connections.add(self)  # a server shutting down closes it
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._args[1].connections.discard(self)
-
-    def shutdown(self) -> None:
-        self._transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
-        end = buf.find(b"\r\n\r\n")
-        if (
-            end < 0
-            and len(buf) <= MAX_HEAD
-            and b"GET "[: len(buf)] == buf[:4]
-            and b"\n\n" not in buf
-        ):
-            self._buf = buf  # maybe an upgrade: wait for the rest of the head
-            return
-        self._buf = b""
-        config, server_state, app_state, loop = self._args
-        server_state.connections.discard(self)
-        protocol: asyncio.Protocol
-        if end >= 0 and _is_upgrade(buf[:end]):
-            protocol = WebSocketProtocol(config, server_state, app_state, loop)
-        else:
-            protocol = config.front_http_class(
-                config=config, server_state=server_state, app_state=app_state, _loop=loop
-            )
-        transport = self._transport
-        protocol.connection_made(transport)
-        transport.set_protocol(protocol)
-        protocol.data_received(buf)
-
-    def eof_received(self) -> bool | None:
-        return None
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
-#: a request head the front hands to the WebSocket transport itself: ``GET``, HTTP/1.1, and
-#: header lines of a token, a colon and visible characters (RFC 9110/9112). Anything else
-#: (folded lines, space before a colon, control characters, bare line feeds …) goes to
-#: uvicorn's parser, which answers 400 as it always did.
-_PLAIN_HEAD = re.compile(
-    rb"GET [\x21-\x7e]+ HTTP/1\.1"
-    rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*)*"
-)
-
-
-def _is_upgrade(head: bytes) -> bool:
-    """A plain ``GET`` with ``Upgrade: websocket`` and ``Connection: upgrade`` (as uvicorn
-    decides), no body headers, and nothing a strict parser would refuse."""
-    if not _PLAIN_HEAD.fullmatch(head):
-        return False
-    upgrade = connection = False
-    for line in head.lower().split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name == b"upgrade":
-            upgrade = value.strip() == b"websocket"
-        elif name == b"connection":
-            connection = b"upgrade" in (token.strip() for token in value.split(b","))
-        elif name in (b"content-length", b"transfer-encoding"):
-            return False
-    return upgrade and connection
-
-
-class FrontConfig(uvicorn.Config):
-    """uvicorn's config; with ``ws=WebSocketProtocol`` connections start on
-    :class:`FrontProtocol`, and the ``http`` protocol chosen serves all but upgrades."""
-
-    front_http_class: Any = None
-
-    def load(self) -> None:
-        super().load()
-        if self.ws_protocol_class is WebSocketProtocol:
-            self.front_http_class = self.http_protocol_class
-            self.http_protocol_class = FrontProtocol
+def _rotate(mask: bytes | bytearray, offset: int) -> bytes | bytearray:
+    """The masking key for a payload that starts ``offset`` bytes into a frame's."""
+    k = offset % 4
+    return mask[k:] + mask[:k] if k else mask
 
 
 #: the context of callbacks that read no context variables
