@@ -1,10 +1,13 @@
-"""The ``tidings`` command: serve, manage clients, mint device tokens, notify, listen."""
+"""The ``tidings`` command: serve, manage clients, mint device tokens, notify, listen.
+
+An error is one line that names the setting or the fix, never a traceback."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,40 +17,57 @@ import click
 import orjson
 
 from tidings import __version__
-from tidings.auth.jwt import JwtAuthenticator
+from tidings.auth.jwt import MAX_USER_ID_LENGTH, JwtAuthenticator
 from tidings.auth.oauth import SCOPES, create_client, parse_scopes
-from tidings.config import Settings
-from tidings.errors import ClientError, ConfigurationError, TidingsError
+from tidings.config import Settings, load_settings
+from tidings.core.models import ServiceClient
+from tidings.errors import ClientError, ConfigurationError, StoreUnavailable, TidingsError
 from tidings.logs import configure, safe_url
 from tidings.storage import Store, create_store
+from tidings.storage.sqlite import SqliteStore
 
 T = TypeVar("T")
 
+LOG_LEVELS = click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False)
+CREATE_CLIENT = 'eval "$(tidings clients create NAME --scope notify --env)"'
+
 
 def _settings(**options: Any) -> Settings:
+    given = {k: v for k, v in options.items() if v is not None}
+    flags = {k: "--" + k.replace("_", "-") for k in given}
     try:
-        return Settings(**{k: v for k, v in options.items() if v is not None})
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        return load_settings(flags, **given)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _run(coro: Awaitable[T]) -> T:
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
-    except (ClientError, ConfigurationError, TidingsError) as exc:
+    except TidingsError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-async def _with_store(url: str, fn: Callable[[Store], Awaitable[T]]) -> T:
-    async with create_store(url) as store:
-        return await fn(store)
 
 
 def _echo_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
-store_option = click.option("--store", envvar="TIDINGS_STORE", help="Store URL.")
+def setting_option(
+    *decls: str, setting: str, help: str, shown: str | None = None, **options: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An option for a setting. Settings reads its variable (so a bad value gets the same
+    message either way); the help shows the variable and the default."""
+    if shown is None:
+        value = Settings.model_fields[setting].get_default(call_default_factory=True)
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+    extra = f"[env var: TIDINGS_{setting.upper()}; default: {shown}]"
+    return click.option(*decls, help=f"{help} {extra}", **options)
+
+
+store_option = setting_option("--store", setting="store", help="Store URL.")
+bus_option = setting_option("--bus", setting="bus", help="Bus URL.")
+node_option = setting_option("--node-id", setting="node_id", help="Name.", shown="HOST-PID")
+log_option = click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
 
 
 @click.group()
@@ -57,17 +77,19 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", help="Interface to bind (TIDINGS_HOST, default 127.0.0.1).")
-@click.option("--port", type=int, help="Port (TIDINGS_PORT, default 8000).")
+@setting_option("--host", setting="host", help="Interface to bind.")
+@setting_option("--port", setting="port", help="Port.")
 @store_option
-@click.option("--bus", help="Bus URL (TIDINGS_BUS, default memory://).")
-@click.option("--node-id", help="This node's name (TIDINGS_NODE_ID).")
-@click.option("--log-level", default="info", show_default=True)
+@bus_option
+@node_option
+@log_option
 @click.option("--banner/--no-banner", default=False, help="Print how to try it out.")
-@click.option("--demo/--no-demo", default=None, help="Serve the demo inbox (never in production).")
+@setting_option(
+    "--demo/--no-demo", setting="demo", default=None, help="Serve the demo inbox (not in prod)."
+)
 def serve(
     host: str | None,
-    port: int | None,
+    port: str | None,
     store: str | None,
     bus: str | None,
     node_id: str | None,
@@ -90,15 +112,15 @@ def serve(
 
 @main.command()
 @store_option
-@click.option("--bus", help="Bus URL (TIDINGS_BUS, default memory://).")
-@click.option("--node-id", help="This worker's name (TIDINGS_NODE_ID).")
-@click.option("--workers", type=int, help="Worker loops (TIDINGS_WORKERS, default 1).")
-@click.option("--log-level", default="info", show_default=True)
+@bus_option
+@node_option
+@setting_option("--workers", setting="workers", help="Worker loops.")
+@log_option
 def worker(
     store: str | None,
     bus: str | None,
     node_id: str | None,
-    workers: int | None,
+    workers: str | None,
     log_level: str,
 ) -> None:
     """Send pipeline deliveries, without serving devices or the API, until SIGTERM."""
@@ -112,17 +134,21 @@ def worker(
 async def _work(settings: Settings) -> None:
     import signal
 
-    from tidings.core.tidings import Tidings
+    from tidings.server import build_node, start_node
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Tidings(settings):
+    node = build_node(settings)
+    await start_node(node)
+    try:
         logging.getLogger("tidings").info(
             "worker %s sending deliveries (store %s)", settings.node_id, safe_url(settings.store)
         )
         await stop.wait()
+    finally:
+        await node.close()
 
 
 def _print_banner(settings: Settings) -> None:
@@ -148,6 +174,66 @@ Then from a third:
     )
 
 
+# The store, for the commands that use it
+
+
+class StoreRef:
+    """The store a command uses (not started) and where it is, for messages."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.store
+        try:
+            self.store: Store = create_store(self.url)
+        except ConfigurationError as exc:
+            raise click.ClickException(f"TIDINGS_STORE (--store): {exc}") from None
+        self.path: str | None = None
+        self.relative = False
+        if isinstance(self.store, SqliteStore) and not self.store.memory:
+            self.path = os.path.abspath(self.store.path)
+            self.relative = not os.path.isabs(self.store.path)
+        self.where = self.path or safe_url(self.url)
+
+    @property
+    def missing(self) -> bool:
+        return self.path is not None and not os.path.exists(self.path)
+
+    def require(self, fix: str) -> StoreRef:
+        """Refuse a SQLite file that does not exist instead of creating an empty store: in the
+        wrong folder that new store would hold a new secret and no clients."""
+        if self.missing:
+            raise click.ClickException(f"no store at {self.where}{self._relative()}; {fix}")
+        return self
+
+    def _relative(self) -> str:
+        if self.relative:
+            return f" ({self.url} is relative to this folder, {os.getcwd()})"
+        return ""
+
+    def run(self, fn: Callable[[Store], Awaitable[T]]) -> T:
+        return _run(self._use(fn))
+
+    async def _use(self, fn: Callable[[Store], Awaitable[T]]) -> T:
+        try:
+            await self.store.start()
+        except TidingsError:
+            raise
+        except Exception as exc:  # a driver's own (a missing database, refused login)
+            raise StoreUnavailable(
+                f"cannot open the store {self.where}: {exc}; check TIDINGS_STORE (--store)"
+            ) from exc
+        try:
+            return await fn(self.store)
+        finally:
+            await self.store.close()
+
+
+TO_THE_SERVERS_STORE = (
+    "run this in the folder where `tidings serve` runs, or point --store / TIDINGS_STORE at "
+    "its store (e.g. --store sqlite:////srv/tidings/tidings.db)"
+)
+TO_THE_SERVERS_SECRET = TO_THE_SERVERS_STORE + ", or set TIDINGS_JWT_SECRET to the server's secret"
+
+
 @main.group()
 def clients() -> None:
     """Manage OAuth2 clients of the service API."""
@@ -163,15 +249,50 @@ def clients() -> None:
     help=f"Scope to grant; repeat or separate with commas ({', '.join(sorted(SCOPES))}).",
 )
 @click.option("--env", "as_env", is_flag=True, help="Print shell exports instead of JSON.")
+@click.option("--replace", is_flag=True, help="Delete the clients of the same name.")
 @store_option
-def clients_create(name: str, scopes: tuple[str, ...], as_env: bool, store: str | None) -> None:
-    """Create a client; prints its client_id and client_secret (shown only once)."""
-    settings = _settings(store=store)
+def clients_create(
+    name: str, scopes: tuple[str, ...], as_env: bool, replace: bool, store: str | None
+) -> None:
+    """Create a client; prints its client_id and client_secret (shown only once).
+
+    Names are labels: a second client of a name is created beside the first (with a warning),
+    unless --replace deletes the first.
+    """
+    if not name.strip():
+        raise click.BadParameter("must not be empty", param_hint="NAME")
     try:
         wanted = parse_scopes(" ".join(scopes))
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc), param_hint="--scope") from None
-    client, secret = _run(_with_store(settings.store, lambda s: create_client(s, name, wanted)))
+    ref = StoreRef(_settings(store=store))
+    new_store = ref.missing
+
+    async def create(s: Store) -> tuple[ServiceClient, str, list[str]]:
+        namesakes = [c.client_id for c in await s.list_clients() if c.name == name]
+        client, secret = await create_client(s, name, wanted)
+        if replace:
+            for client_id in namesakes:
+                await s.delete_client(client_id)
+        return client, secret, namesakes
+
+    client, secret, namesakes = ref.run(create)
+    if new_store:
+        click.echo(
+            f"note: created a new store at {ref.where}; only a server using this store knows "
+            "the client (run `tidings serve` here, or give it this --store)",
+            err=True,
+        )
+    if namesakes and replace:
+        click.echo(
+            f"deleted the earlier client(s) named {name!r}: {', '.join(namesakes)}", err=True
+        )
+    elif namesakes:
+        click.echo(
+            f"note: {name!r} also names {', '.join(namesakes)}; remove one with `tidings clients "
+            "delete CLIENT_ID` (see `tidings clients list`), or create with --replace",
+            err=True,
+        )
     if as_env:
         click.echo(f"export TIDINGS_CLIENT_ID={client.client_id}")
         click.echo(f"export TIDINGS_CLIENT_SECRET={secret}")
@@ -190,8 +311,8 @@ def clients_create(name: str, scopes: tuple[str, ...], as_env: bool, store: str 
 @store_option
 def clients_list(store: str | None) -> None:
     """List clients (never their secrets)."""
-    settings = _settings(store=store)
-    found = _run(_with_store(settings.store, lambda s: s.list_clients()))
+    ref = StoreRef(_settings(store=store)).require(TO_THE_SERVERS_STORE)
+    found = ref.run(lambda s: s.list_clients())
     _echo_json(
         [
             {
@@ -210,25 +331,34 @@ def clients_list(store: str | None) -> None:
 @store_option
 def clients_delete(client_id: str, store: str | None) -> None:
     """Delete a client; it can get no new tokens (issued ones expire on their own)."""
-    settings = _settings(store=store)
-    if not _run(_with_store(settings.store, lambda s: s.delete_client(client_id))):
-        raise click.ClickException(f"no client {client_id!r}")
+    ref = StoreRef(_settings(store=store)).require(TO_THE_SERVERS_STORE)
+    if not ref.run(lambda s: s.delete_client(client_id)):
+        raise click.ClickException(f"no client {client_id!r} (see `tidings clients list`)")
     click.echo(f"deleted {client_id}")
 
 
-async def _device_authenticator(settings: Settings) -> JwtAuthenticator:
+def _device_signer(settings: Settings) -> tuple[JwtAuthenticator, str]:
+    """The authenticator signing device tokens, and where its secret comes from."""
     from tidings.core.tidings import DEVICE_KEY, _random_key
 
     secret = settings.jwt_secret
+    source = "TIDINGS_JWT_SECRET"
     if secret is None:
-        secret = await _with_store(
-            settings.store, lambda s: s.get_or_create_key(DEVICE_KEY, _random_key)
-        )
-    return JwtAuthenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+        ref = StoreRef(settings).require(TO_THE_SERVERS_SECRET)
+        secret = ref.run(lambda s: s.get_or_create_key(DEVICE_KEY, _random_key))
+        source = f"the secret of the store {ref.where}"
+    signer = JwtAuthenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+    return signer, source
+
+
+def _user_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not 0 < len(value.strip()) <= MAX_USER_ID_LENGTH:
+        raise click.BadParameter(f"must be 1 to {MAX_USER_ID_LENGTH} characters, e.g. alice")
+    return value
 
 
 @main.command()
-@click.argument("user_id")
+@click.argument("user_id", callback=_user_id)
 @click.option("--ttl", type=int, default=86400, show_default=True, help="Lifetime in seconds.")
 @store_option
 def token(user_id: str, ttl: int, store: str | None) -> None:
@@ -236,54 +366,107 @@ def token(user_id: str, ttl: int, store: str | None) -> None:
 
     The secret is TIDINGS_JWT_SECRET, or else the one the server generated in its store.
     """
-    settings = _settings(store=store)
-    authenticator = _run(_device_authenticator(settings))
-    click.echo(authenticator.issue(user_id, ttl=ttl))
+    signer, _ = _device_signer(_settings(store=store))
+    click.echo(signer.issue(user_id, ttl=ttl))
 
 
 url_option = click.option(
     "--url",
     envvar="TIDINGS_URL",
+    show_envvar=True,
     default="http://127.0.0.1:8000",
     show_default=True,
     help="Base URL of the tidings server.",
 )
 
 
+def _unreachable(url: str, exc: BaseException) -> click.ClickException:
+    reason = str(exc) or type(exc).__name__
+    return click.ClickException(
+        f"cannot reach a tidings server at {url} ({reason}); start one with `tidings serve`, "
+        "or give its URL with --url or TIDINGS_URL"
+    )
+
+
+def _notification_data(data: str) -> Any:
+    """DATA as JSON; text that does not start like JSON is sent as ``{"text": DATA}``."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if data.lstrip().startswith(("{", "[")):
+            raise click.BadParameter(
+                f"starts like JSON but is not JSON ({exc}); quote every string in it, e.g. "
+                """'{"text": "Your order shipped"}', or send plain words""",
+                param_hint="DATA",
+            ) from None
+        return {"text": data}
+
+
 @main.command()
-@click.argument("user_id")
+@click.argument("user_id", callback=_user_id)
 @click.argument("data")
 @url_option
-@click.option("--client-id", envvar="TIDINGS_CLIENT_ID", required=True)
-@click.option("--client-secret", envvar="TIDINGS_CLIENT_SECRET", required=True)
+@click.option("--client-id", envvar="TIDINGS_CLIENT_ID", show_envvar=True, help="Client id.")
+@click.option(
+    "--client-secret", envvar="TIDINGS_CLIENT_SECRET", show_envvar=True, help="Its secret."
+)
 @click.option("--notification-id", help="Idempotency key.")
 def notify(
     user_id: str,
     data: str,
     url: str,
-    client_id: str,
-    client_secret: str,
+    client_id: str | None,
+    client_secret: str | None,
     notification_id: str | None,
 ) -> None:
-    """Send a notification with DATA (JSON; plain text becomes {"text": …}) to USER_ID."""
+    """Send a notification with DATA (JSON; plain text becomes {"text": …}) to USER_ID.
+
+    The client comes from `tidings clients create NAME --scope notify --env`.
+    """
+    import httpx
+
     from tidings.client import TidingsClient
 
-    try:
-        payload: Any = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        payload = {"text": data}
+    if user_id.lstrip().startswith(("{", "[")):
+        raise click.UsageError(
+            "USER_ID looks like JSON: the order is `tidings notify USER_ID DATA`, "
+            """e.g. tidings notify alice '{"text": "Hi"}'"""
+        )
+    payload = _notification_data(data)
+    for flag, variable, value in (
+        ("--client-id", "TIDINGS_CLIENT_ID", client_id),
+        ("--client-secret", "TIDINGS_CLIENT_SECRET", client_secret),
+    ):
+        if not value:
+            raise click.UsageError(
+                f"missing {flag} (or {variable}): create a client in the server's folder "
+                f"with `{CREATE_CLIENT}`"
+            )
+    assert client_id is not None and client_secret is not None
 
     async def send() -> dict[str, Any]:
         async with TidingsClient(url, client_id, client_secret, scope="notify") as client:
             return await client.notify(user_id, payload, notification_id=notification_id)
 
-    _echo_json(_run(send()))
+    try:
+        _echo_json(_run(send()))
+    except (httpx.TransportError, httpx.InvalidURL, OSError) as exc:
+        raise _unreachable(url, exc) from None
+    except click.ClickException as exc:
+        if "invalid_client" not in exc.message:
+            raise
+        raise click.ClickException(
+            f"{exc.message}; check TIDINGS_CLIENT_ID and TIDINGS_CLIENT_SECRET against `tidings "
+            f"clients list` in the server's folder, or create a client: `{CREATE_CLIENT}`"
+        ) from None
 
 
 @main.command()
-@click.argument("user_id", required=False)
+@click.argument("user_id", required=False, callback=_user_id)
 @url_option
-@click.option("--token", "device_token", envvar="TIDINGS_TOKEN", help="Device JWT.")
+@click.option(
+    "--token", "device_token", envvar="TIDINGS_TOKEN", show_envvar=True, help="Device JWT."
+)
 @click.option("--session-id", help="Session id to announce.")
 @click.option("--mark-seen", is_flag=True, help="Fetch and mark seen whenever the count rises.")
 @click.option("--once", is_flag=True, help="Exit after the first connection ends.")
@@ -304,19 +487,38 @@ def listen(
     """
     if not device_token and not user_id:
         raise click.UsageError("give USER_ID or --token")
-    settings = _settings(store=store)
+    source = None
     if not device_token:
         assert user_id is not None
-        device_token = _run(_device_authenticator(settings)).issue(user_id)
+        signer, source = _device_signer(_settings(store=store))
+        device_token = signer.issue(user_id)
     ws_url = url.replace("http", "ws", 1).rstrip("/")
     ws_url = ws_url if ws_url.endswith("/ws") else ws_url + "/ws"
-    with contextlib.suppress(KeyboardInterrupt):
-        _run(_listen(ws_url, device_token, session_id, mark_seen, once))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_listen(ws_url, device_token, session_id, mark_seen, once))
+    except ClientError as exc:  # only a refused token ends the loop
+        if source is None:
+            raise click.ClickException(
+                f"the server refused --token (TIDINGS_TOKEN) ({exc}); mint one with `tidings "
+                "token USER_ID` in the server's folder, or give USER_ID instead"
+            ) from None
+        fix = TO_THE_SERVERS_SECRET
+        if source == "TIDINGS_JWT_SECRET":
+            fix = "set TIDINGS_JWT_SECRET to it, or unset it to use the server's store"
+        raise click.ClickException(
+            f"the server refused the token signed with {source} ({exc}); to use the server's "
+            f"secret, {fix}"
+        ) from None
+    except TidingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 async def _listen(
     url: str, token: str, session_id: str | None, mark_seen: bool, once: bool
 ) -> None:
+    from websockets.exceptions import InvalidURI, WebSocketException
+
     from tidings.client import DeviceClient
 
     connection_id: str | None = None
@@ -325,9 +527,13 @@ async def _listen(
         device = DeviceClient(url, token=token, session_id=session_id, connection_id=connection_id)
         try:
             welcome = await device.connect()
-        except (OSError, ClientError) as exc:
+        except InvalidURI as exc:
+            raise click.BadParameter(str(exc), param_hint="--url") from None
+        except (OSError, TimeoutError, WebSocketException, ClientError) as exc:
             if isinstance(exc, ClientError) and exc.status == 401:
                 raise
+            if once:
+                raise _unreachable(url, exc) from None
             click.echo(f"# cannot connect ({exc}); retrying in {delay:.1f}s", err=True)
         else:
             delay = 0.5

@@ -1,17 +1,68 @@
-"""Settings, read from keyword arguments, flags or ``TIDINGS_*`` environment variables."""
+"""Settings, read from keyword arguments, flags or ``TIDINGS_*`` environment variables.
+
+List settings take JSON (``["a", "b"]``) or comma-separated values (``a,b``); mapping settings
+take JSON. :func:`load_settings` turns every mistake into one line that names the setting and
+gives an example."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from tidings.errors import ConfigurationError
 
 
 def _default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _default(info: ValidationInfo) -> Any:
+    assert info.field_name is not None
+    return Settings.model_fields[info.field_name].get_default(call_default_factory=True)
+
+
+def _list_value(value: Any, info: ValidationInfo) -> Any:
+    """A list from JSON or from comma-separated items; empty text is the default."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return _default(info)
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid JSON list ({exc})") from None
+    if text.startswith("{"):
+        raise ValueError("should be a list, not a JSON object")
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _mapping_value(value: Any, info: ValidationInfo) -> Any:
+    """A mapping from JSON; empty text is the default."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return _default(info)
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"is not a valid JSON object ({exc})") from None
+
+
+# NoDecode: pydantic-settings would parse the variable as JSON itself and fail with a message
+# naming neither the variable nor the expected form; the validators above parse it instead.
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_list_value)]
+OptionalStrList = Annotated[list[str] | None, NoDecode, BeforeValidator(_list_value)]
+FloatMapping = Annotated[dict[str, float], NoDecode, BeforeValidator(_mapping_value)]
+StrMapping = Annotated[dict[str, str], NoDecode, BeforeValidator(_mapping_value)]
 
 
 class Settings(BaseSettings):
@@ -82,12 +133,12 @@ class Settings(BaseSettings):
 
     # Topics
     topic_ttl: float = Field(21600, gt=0, description="Seconds topic messages are kept.")
-    topic_ttls: dict[str, float] = Field(
+    topic_ttls: FloatMapping = Field(
         default_factory=dict,
         description='TTL per topic pattern, JSON: {"chat:*": 86400}; first match wins.',
     )
-    topic_patterns: list[str] | None = Field(
-        None, description='Public topic patterns, JSON list (["pet", "news:*"]); unset: all.'
+    topic_patterns: OptionalStrList = Field(
+        None, description="Public topic patterns, comma-separated or JSON (pet,news:*); unset: all."
     )
     topic_claim: str = Field("topics", description="Device JWT claim listing allowed topics.")
     max_topics_per_session: int = Field(1000, gt=0, description="Topics one session may follow.")
@@ -131,26 +182,26 @@ class Settings(BaseSettings):
     jwks_url: str | None = Field(
         None, description="JWKS of the identity provider signing device tokens (RS256/ES256)."
     )
-    jwt_algorithms: list[str] = Field(
+    jwt_algorithms: StrList = Field(
         default_factory=lambda: ["RS256", "ES256"],
-        description="Asymmetric algorithms accepted with TIDINGS_JWKS_URL (JSON list).",
+        description="Asymmetric algorithms accepted with TIDINGS_JWKS_URL (RS256,ES256).",
     )
 
     # Delegated device authentication (separate service)
     delegate_url: str | None = Field(
         None, description="The application's subscribe URL that authenticates devices."
     )
-    delegate_headers: list[str] = Field(
+    delegate_headers: StrList = Field(
         default_factory=list,
-        description="Headers forwarded besides Cookie and Authorization (JSON list).",
+        description="Headers forwarded besides Cookie and Authorization (comma-separated).",
     )
     delegate_timeout: float = Field(2.0, gt=0, description="Seconds to wait for the app.")
     delegate_cache_ttl: float = Field(
         10.0, ge=0, description="Seconds an answer is reused for the same credentials."
     )
-    allowed_origins: list[str] | None = Field(
+    allowed_origins: OptionalStrList = Field(
         None,
-        description="Origins allowed to open device sockets (JSON list; '*' allows any). "
+        description="Origins allowed to open device sockets (comma-separated; '*' allows any). "
         "Unset: any origin, except with delegated auth, where only the node's own host.",
     )
 
@@ -167,9 +218,9 @@ class Settings(BaseSettings):
     )
     service_issuer: str | None = Field(None, description="Required `iss` of external tokens.")
     service_audience: str | None = Field(None, description="Required `aud` of external tokens.")
-    service_algorithms: list[str] = Field(
+    service_algorithms: StrList = Field(
         default_factory=lambda: ["RS256", "ES256"],
-        description="Algorithms accepted from the external issuer (JSON list).",
+        description="Algorithms accepted from the external issuer (RS256,ES256).",
     )
 
     # Timeouts
@@ -229,7 +280,7 @@ class Settings(BaseSettings):
     max_topic_recipients: int = Field(
         100_000, gt=0, description="Subscribers a message to a topic may reach."
     )
-    rate_limits: dict[str, str] = Field(
+    rate_limits: StrMapping = Field(
         default_factory=lambda: {"email": "20/hour", "sms": "10/hour", "web_push": "60/hour"},
         description='Deliveries per user per channel, JSON: {"email": "20/hour"}.',
     )
@@ -267,6 +318,20 @@ class Settings(BaseSettings):
     cookie_samesite: str = Field("Lax", description="SameSite attribute of tidings_cid.")
     cookie_max_age: int = Field(400 * 86400, gt=0, description="Max-Age of tidings_cid.")
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_length(cls, value: str | None) -> str | None:
+        from tidings.auth.jwt import MIN_SECRET_LENGTH
+
+        if not value:
+            return None  # unset or empty: one is generated and kept in the store
+        if len(value.encode()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"is {len(value.encode())} bytes; it needs at least {MIN_SECRET_LENGTH} "
+                "(or leave it unset to have one generated and kept in the store)"
+            )
+        return value
+
     @field_validator("jwt_algorithms", "service_algorithms")
     @classmethod
     def _asymmetric(cls, value: list[str]) -> list[str]:
@@ -283,3 +348,82 @@ class Settings(BaseSettings):
         if normal not in {"Lax", "Strict", "None"}:
             raise ValueError("must be Lax, Strict or None")
         return normal
+
+
+#: examples for settings whose default is no example (unset, or generated)
+EXAMPLES: dict[str, str] = {
+    "jwt_secret": "\"$(python -c 'import secrets; print(secrets.token_urlsafe(48))')\"",
+    "service_token_key": "\"$(python -c 'import secrets; print(secrets.token_urlsafe(48))')\"",
+    "public_url": "https://push.example.com",
+    "device_queue_max_length": "1000",
+    "device_queue_max_age": "86400",
+    "topic_ttls": "'{\"chat:*\": 86400}'",
+    "topic_patterns": "pet,news:*",
+    "allowed_origins": "https://app.example.com,https://admin.example.com",
+    "delegate_headers": "X-Tenant,X-Request-Id",
+    "max_connections_per_user": "100",
+    "cookie_secure": "true",
+    "rate_limits": '\'{"email": "20/hour", "sms": "10/hour"}\'',
+}
+
+# A value is echoed back to help spot a typo, except where it may be a secret.
+_SECRET = re.compile(r"secret|key|token|password", re.IGNORECASE)
+
+
+def load_settings(flags: Mapping[str, str] | None = None, **options: Any) -> Settings:
+    """:class:`Settings` from ``options`` and the environment, or one line saying what is wrong.
+
+    ``flags`` maps the fields given as command-line options to their flags (``--port``), so the
+    message names what the user typed.
+
+    Raises:
+        ConfigurationError: a setting is malformed; the message names it and gives an example.
+    """
+    try:
+        return Settings(**options)
+    except ValidationError as exc:
+        problems = [_problem(error, flags or {}) for error in exc.errors()]
+    except SettingsError as exc:  # a source failed before validation (kept as a safety net)
+        found = re.search(r'field "(\w+)"', str(exc))
+        field = found.group(1) if found else ""
+        problems = [f"{_name(field, flags or {})} cannot be read ({exc}); {_example(field)}"]
+    raise ConfigurationError("; ".join(problems)) from None
+
+
+def _problem(error: Any, flags: Mapping[str, str]) -> str:
+    field = str(error["loc"][0]) if error["loc"] else ""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    message = re.sub(r"^Input should", "should", message)
+    message = re.sub(r"^(String|List|Dictionary) should", "should", message)
+    shown = ""
+    value = error.get("input")
+    if isinstance(value, str | int | float) and not _SECRET.search(field):
+        text = str(value)
+        if len(text) <= 80:
+            shown = f" {text}" if field in flags else f"={text!r}"
+    return f"{_name(field, flags)}{shown} {message}; {_example(field, flags)}"
+
+
+def _name(field: str, flags: Mapping[str, str]) -> str:
+    return flags.get(field) or f"TIDINGS_{field.upper()}"
+
+
+def _example(field: str, flags: Mapping[str, str] | None = None) -> str:
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return "see docs/configuration.md"
+    example = EXAMPLES.get(field)
+    if example is None:
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, bool):
+            example = str(default).lower()
+        elif isinstance(default, list):
+            example = ",".join(default)
+        elif isinstance(default, dict):
+            example = "'" + json.dumps(default) + "'"
+        elif default is None:
+            return "see docs/configuration.md"
+        else:
+            example = str(default)
+    flag = (flags or {}).get(field)
+    return f"e.g. {flag} {example}" if flag else f"e.g. TIDINGS_{field.upper()}={example}"

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
+import socket
 import threading
 from typing import Any
 
 import uvicorn
 
 from tidings.api.app import FAST_ROUTES, create_api, fast_post
+from tidings.bus import create_bus
 from tidings.config import Settings
 from tidings.core.tidings import Tidings
-from tidings.logs import log_context
+from tidings.errors import BusError, ConfigurationError, StoreUnavailable, TidingsError
+from tidings.logs import log_context, safe_url
+from tidings.storage import create_store
 from tidings.storage._common import new_sorted_id
 
 logger = logging.getLogger("tidings")
@@ -160,7 +165,8 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
 
     set_coalesce_delay(settings.fanout_coalesce_ms / 1000)
 
-    app = create_app(settings)
+    _check_port(settings)
+    app = TidingsApp(build_node(settings))
     config = FrontConfig(
         app,
         host=settings.host,
@@ -186,6 +192,77 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     DrainingServer(config, app.tidings).run()
 
 
+def build_node(settings: Settings) -> Tidings:
+    """The node of ``settings``, its store and bus chosen by URL (not started yet).
+
+    Raises:
+        ConfigurationError: a URL has an unknown scheme or needs an extra not installed; the
+            message names the setting.
+    """
+    try:
+        store = create_store(settings.store)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"TIDINGS_STORE (--store): {exc}; e.g. TIDINGS_STORE=sqlite:///tidings.db"
+        ) from None
+    try:
+        bus = create_bus(settings.bus)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"TIDINGS_BUS (--bus): {exc}; e.g. TIDINGS_BUS=memory://"
+        ) from None
+    return Tidings(settings, store=store, bus=bus)
+
+
+async def start_node(tidings: Tidings) -> None:
+    """Open the store, then start the node; a failure is one :class:`TidingsError` line that
+    says which setting to look at (the driver's exception is its cause)."""
+    settings = tidings.settings
+    try:
+        await tidings.store.start()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await tidings.store.close()
+        kind = ConfigurationError if isinstance(exc, ConfigurationError) else StoreUnavailable
+        raise kind(
+            f"cannot open the store {safe_url(settings.store)}: {_reason(exc)}; make sure the "
+            "database runs and exists, or point TIDINGS_STORE (--store) at one that does, e.g. "
+            "TIDINGS_STORE=postgresql://user:password@host:5432/tidings"
+        ) from exc
+    try:
+        await tidings.start()
+    except BusError as exc:
+        raise BusError(f"{exc} (TIDINGS_BUS={safe_url(settings.bus)})") from exc
+    except TidingsError:
+        raise
+    except Exception as exc:
+        raise TidingsError(f"cannot start the node: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_port(settings: Settings) -> None:
+    """Refuse at once a port another process holds: uvicorn would find it only after the node
+    started, and log it. The probe binds as uvicorn does (the family by the host's form,
+    SO_REUSEADDR), so a port left in TIME_WAIT by a previous run is not taken for busy."""
+    if settings.port == 0:
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc}); "
+                "stop what holds it, or choose another port or interface with --port / "
+                "TIDINGS_PORT or --host / TIDINGS_HOST, e.g. TIDINGS_PORT=8001"
+            ) from None
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, but readiness goes false first: on SIGTERM the node answers /ready
     with 503 and refuses new sockets for ``shutdown_delay`` seconds, then stops accepting,
@@ -195,6 +272,12 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, tidings: Tidings) -> None:
         super().__init__(config)
         self.tidings = tidings
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # Started here, in uvicorn's loop but before its lifespan (whose start is then a no-op),
+        # a node that cannot start fails with one line instead of uvicorn's logged traceback.
+        await start_node(self.tidings)
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         delay = self.tidings.settings.shutdown_delay
