@@ -168,6 +168,23 @@ class Settings(BaseSettings):
     max_connects_per_second: float = Field(
         2000, gt=0, description="New sockets per second per node (burst of one second)."
     )
+    max_open_connections: int = Field(
+        0,
+        ge=0,
+        description="TCP connections of every kind (HTTP and WebSocket) a node holds open; "
+        "past it a new one is answered 503 and closed. 0: the process's descriptor limit "
+        "(`ulimit -n`) less a reserve of a twentieth (at least 256) for the store, the bus "
+        "and the pipeline.",
+    )
+    head_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a client has to send a whole request head (each request of a "
+        "kept-alive connection); then it is answered 408 and closed.",
+    )
+    keepalive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle kept-alive HTTP connection stays open."
+    )
 
     # Device authentication
     jwt_secret: str | None = Field(

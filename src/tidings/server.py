@@ -160,10 +160,11 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> TidingsApp
 
 def run(settings: Settings, *, log_level: str = "info") -> None:
     """Serve a node with uvicorn until interrupted."""
-    from tidings.gateway.front import FrontConfig
+    from tidings.gateway.front import FrontConfig, raise_open_file_limit
     from tidings.gateway.transport import WebSocketProtocol, set_coalesce_delay
 
     set_coalesce_delay(settings.fanout_coalesce_ms / 1000)
+    raise_open_file_limit()
 
     _check_port(settings)
     app = TidingsApp(build_node(settings))
@@ -184,6 +185,9 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
         server_header=False,
         proxy_headers=True,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
+        timeout_keep_alive=settings.keepalive_timeout,
+        head_timeout=settings.head_timeout,
+        max_open=settings.max_open_connections or None,
     )
     # Everything built so far (modules, the app) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise pause the loop for tens of milliseconds.

@@ -54,6 +54,17 @@ def open_limit() -> int:
     return max(16, soft - max(256, soft // 20))
 
 
+def raise_open_file_limit() -> None:
+    """Let the process open as many descriptors as its hard limit allows (the soft limit is
+    often 1,024, a thousand devices), as Go and nginx's worker_rlimit_nofile do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # some systems refuse RLIM_INFINITY: keep the soft one
+            logger.debug("could not raise the descriptor limit from %d", soft)
+
+
 class FrontProtocol(asyncio.Protocol):
     """``tidings serve``'s ``http=`` protocol: the first request of a connection decides who
     serves it. A WebSocket upgrade goes straight to :class:`WebSocketProtocol`; anything else
