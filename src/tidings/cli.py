@@ -187,44 +187,34 @@ class StoreRef:
         except ConfigurationError as exc:
             raise click.ClickException(f"TIDINGS_STORE (--store): {exc}") from None
         self.path: str | None = None
-        self.relative = False
+        self.where = safe_url(self.url)
         if isinstance(self.store, SqliteStore) and not self.store.memory:
-            self.path = os.path.abspath(self.store.path)
-            self.relative = not os.path.isabs(self.store.path)
-        self.where = self.path or safe_url(self.url)
-
-    @property
-    def missing(self) -> bool:
-        return self.path is not None and not os.path.exists(self.path)
+            self.path = self.where = os.path.abspath(self.store.path)
+            if not os.path.isabs(self.store.path):
+                self.where += f" ({self.url} is relative to this folder, {os.getcwd()})"
+        self.missing = self.path is not None and not os.path.exists(self.path)
 
     def require(self, fix: str) -> StoreRef:
         """Refuse a SQLite file that does not exist instead of creating an empty store: in the
         wrong folder that new store would hold a new secret and no clients."""
         if self.missing:
-            raise click.ClickException(f"no store at {self.where}{self._relative()}; {fix}")
+            raise click.ClickException(f"no store at {self.where}; {fix}")
         return self
 
-    def _relative(self) -> str:
-        if self.relative:
-            return f" ({self.url} is relative to this folder, {os.getcwd()})"
-        return ""
-
     def run(self, fn: Callable[[Store], Awaitable[T]]) -> T:
-        return _run(self._use(fn))
+        async def use() -> T:
+            try:
+                await self.store.start()
+            except TidingsError:
+                raise
+            except Exception as exc:  # a driver's own (a missing database, refused login)
+                raise StoreUnavailable(f"cannot open the store {self.where}: {exc}") from exc
+            try:
+                return await fn(self.store)
+            finally:
+                await self.store.close()
 
-    async def _use(self, fn: Callable[[Store], Awaitable[T]]) -> T:
-        try:
-            await self.store.start()
-        except TidingsError:
-            raise
-        except Exception as exc:  # a driver's own (a missing database, refused login)
-            raise StoreUnavailable(
-                f"cannot open the store {self.where}: {exc}; check TIDINGS_STORE (--store)"
-            ) from exc
-        try:
-            return await fn(self.store)
-        finally:
-            await self.store.close()
+        return _run(use())
 
 
 TO_THE_SERVERS_STORE = (
@@ -266,7 +256,7 @@ def clients_create(
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc), param_hint="--scope") from None
     ref = StoreRef(_settings(store=store))
-    new_store = ref.missing
+    new_store = ref.missing  # before the store is opened, which creates it
 
     async def create(s: Store) -> tuple[ServiceClient, str, list[str]]:
         namesakes = [c.client_id for c in await s.list_clients() if c.name == name]
@@ -277,22 +267,16 @@ def clients_create(
         return client, secret, namesakes
 
     client, secret, namesakes = ref.run(create)
-    if new_store:
-        click.echo(
-            f"note: created a new store at {ref.where}; only a server using this store knows "
-            "the client (run `tidings serve` here, or give it this --store)",
-            err=True,
+    notes = [f"created a new store at {ref.where}: serve it to use the client"] if new_store else []
+    if namesakes:
+        notes.append(
+            f"deleted the earlier {name!r}: {', '.join(namesakes)}"
+            if replace
+            else f"{name!r} also names {', '.join(namesakes)}; remove one with `tidings clients "
+            "delete CLIENT_ID` (see `tidings clients list`), or create with --replace"
         )
-    if namesakes and replace:
-        click.echo(
-            f"deleted the earlier client(s) named {name!r}: {', '.join(namesakes)}", err=True
-        )
-    elif namesakes:
-        click.echo(
-            f"note: {name!r} also names {', '.join(namesakes)}; remove one with `tidings clients "
-            "delete CLIENT_ID` (see `tidings clients list`), or create with --replace",
-            err=True,
-        )
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     if as_env:
         click.echo(f"export TIDINGS_CLIENT_ID={client.client_id}")
         click.echo(f"export TIDINGS_CLIENT_SECRET={secret}")
