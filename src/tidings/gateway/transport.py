@@ -12,6 +12,14 @@ device gateway's two costs:
   the high-water mark, so the caller queues instead and a slow client never grows our memory
   unboundedly.
 
+What a client cannot do to the node: a message is bounded in bytes (``ws_max_size``, refused as
+soon as a frame header announces too much) and in fragments (one per ``BYTES_PER_FRAGMENT`` of
+that); its fragments are summed as they come, so a long run costs linear time; a text message
+is decoded as it arrives, so invalid UTF-8 fails at once; pings get no pong while the write
+buffer is full, and reading waits until it drains, so a client that pings and never reads
+holds nothing but its socket buffers. The front door (connection limit, request-head timeout)
+is :mod:`tidings.gateway.front`.
+
 Not supported, on purpose: extensions (permessage-deflate costs 30-40 KiB per connection), so any
 frame with RSV bits is a protocol error. Frames from the client must be masked; control frames
 must be short and unfragmented; text must be valid UTF-8 (the codes of RFC 6455 section 7.4).
@@ -814,10 +822,8 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._deliver_message(opcode, apply_mask(data[start:end], mask))
             else:
                 self._fragment(b0 & 0x80, opcode, data, start, end, mask)
-        if pos >= size:
+        if pos >= size or self._state not in (_S_OPEN, _S_CLOSING):
             self._buf = b""
-        elif self._state not in (_S_OPEN, _S_CLOSING):
-            pass
         elif data is self._buf:
             del data[:pos]  # type: ignore[union-attr]  # only a bytearray is kept
         else:
