@@ -61,13 +61,17 @@ def setting_option(
         value = Settings.model_fields[setting].get_default(call_default_factory=True)
         shown = str(value).lower() if isinstance(value, bool) else str(value)
     extra = f"[env var: TIDINGS_{setting.upper()}; default: {shown}]"
-    return click.option(*decls, help=f"{help} {extra}", **options)
+    return click.option(*decls, help=f"{help}  {extra}", **options)
 
 
 store_option = setting_option("--store", setting="store", help="Store URL.")
 bus_option = setting_option("--bus", setting="bus", help="Bus URL.")
-node_option = setting_option("--node-id", setting="node_id", help="Name.", shown="HOST-PID")
-log_option = click.option("--log-level", type=LOG_LEVELS, default="info", show_default=True)
+node_option = setting_option(
+    "--node-id", setting="node_id", help="This node's name.", shown="HOST-PID"
+)
+log_option = click.option(
+    "--log-level", type=LOG_LEVELS, default="info", show_default=True, help="Log level."
+)
 
 
 @click.group()
@@ -78,7 +82,7 @@ def main() -> None:
 
 @main.command()
 @setting_option("--host", setting="host", help="Interface to bind.")
-@setting_option("--port", setting="port", help="Port.")
+@setting_option("--port", setting="port", help="Port.", metavar="INTEGER")
 @store_option
 @bus_option
 @node_option
@@ -114,7 +118,7 @@ def serve(
 @store_option
 @bus_option
 @node_option
-@setting_option("--workers", setting="workers", help="Worker loops.")
+@setting_option("--workers", setting="workers", help="Worker loops.", metavar="INTEGER")
 @log_option
 def worker(
     store: str | None,
