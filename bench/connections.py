@@ -118,6 +118,9 @@ def main() -> None:
                 "TIDINGS_JWT_SECRET": SECRET,
                 "TIDINGS_MAX_CONNECTS_PER_SECOND": "1000000",
                 "TIDINGS_MAX_CONNECTIONS": "1000000",
+                # The scenario fills the sandbox's descriptor limit (20,000) on purpose: past
+                # the node's default reserve for its store and bus.
+                "TIDINGS_MAX_OPEN_CONNECTIONS": "19950",
                 "TIDINGS_WS_PROTOCOL": args.ws_protocol,
             },
             port,

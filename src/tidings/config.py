@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         ge=0,
         description="TCP connections of every kind (HTTP and WebSocket) a node holds open; "
         "past it a new one is answered 503 and closed. 0: the process's descriptor limit "
-        "(`ulimit -n`) less a reserve of a twentieth (at least 256) for the store, the bus "
+        "(`ulimit -n`) less a reserve of a hundredth (at least 256) for the store, the bus "
         "and the pipeline.",
     )
     head_timeout: float = Field(

@@ -8,7 +8,7 @@ also keeps the node's descriptors for the clients that use them:
   on its first request here and on every later one in uvicorn's protocol (idle keep-alive
   connections are closed by uvicorn after ``timeout_keep_alive``);
 - past ``max_open`` open connections (by default the process's descriptor limit less a
-  reserve for the store, the bus and the pipeline's clients), a new connection is answered 503
+  reserve for the store, the bus and the pipeline's clients: :func:`open_limit`), a new connection is answered 503
   and closed at once, so that the node never runs out of descriptors for everyone.
 """
 
@@ -47,11 +47,12 @@ REQUEST_TIMEOUT = _plain(b"408 Request Timeout", b"request head not received in 
 
 def open_limit() -> int:
     """How many connections a node may hold open: its descriptor limit less a reserve (a
-    twentieth, at least 256) for everything else the process opens."""
+    hundredth, at least 256) for what else the process opens: store and bus connections, the
+    pipeline's HTTP and SMTP clients, files."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 1_000_000
-    return max(16, soft - max(256, soft // 20))
+    return max(16, soft - max(256, soft // 100))
 
 
 def raise_open_file_limit() -> None:
