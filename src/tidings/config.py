@@ -17,6 +17,7 @@ from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, fi
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from tidings.errors import ConfigurationError
+from tidings.logs import safe_url
 
 
 def _default_node_id() -> str:
@@ -349,6 +350,32 @@ class Settings(BaseSettings):
             )
         return value
 
+    # The pipeline reads these two only once it starts; checked here too, so that a mistake is
+    # named with its variable before anything starts. Imported late: config is imported first.
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        from tidings.delivery.channels.base import CHANNEL_NAMES
+        from tidings.delivery.planner import parse_rate_limits
+
+        try:
+            parse_rate_limits(value, CHANNEL_NAMES)
+        except ConfigurationError as exc:
+            raise ValueError(f"{exc} (channels: {', '.join(sorted(CHANNEL_NAMES))})") from None
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        from tidings.delivery.channels.email import parse_smtp_url
+
+        if value:
+            try:
+                parse_smtp_url(value)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("jwt_algorithms", "service_algorithms")
     @classmethod
     def _asymmetric(cls, value: list[str]) -> list[str]:
@@ -381,6 +408,7 @@ EXAMPLES: dict[str, str] = {
     "max_connections_per_user": "100",
     "cookie_secure": "true",
     "rate_limits": '\'{"email": "20/hour", "sms": "10/hour"}\'',
+    "smtp_url": "smtp://user:password@mail.example.com:587?starttls=true",
 }
 
 # A value is echoed back to help spot a typo, except where it may be a secret.
@@ -413,12 +441,23 @@ def _problem(error: Any, flags: Mapping[str, str]) -> str:
     message = re.sub(r"^Input should", "should", message)
     message = re.sub(r"^(String|List|Dictionary) should", "should", message)
     shown = ""
-    value = error.get("input")
-    if isinstance(value, str | int | float) and not _SECRET.search(field):
-        text = str(value)
-        if len(text) <= 80:
-            shown = f" {text}" if field in flags else f"={text!r}"
+    text = _printable(field, error.get("input"))
+    if text is not None:
+        shown = f" {text}" if field in flags else f"={text!r}"
     return f"{_name(field, flags)}{shown} {message}; {_example(field, flags)}"
+
+
+def _printable(field: str, value: Any) -> str | None:
+    """The value as it may be shown: never a secret's, a URL's without its password."""
+    if not isinstance(value, str | int | float) or _SECRET.search(field):
+        return None
+    text = str(value)
+    if "://" in text:
+        try:
+            text = safe_url(text)
+        except ValueError:
+            return None
+    return text if len(text) <= 80 else None
 
 
 def _name(field: str, flags: Mapping[str, str]) -> str:

@@ -61,3 +61,25 @@ def test_a_flag_is_named_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
     """A value from a command-line flag is reported under the flag, not the variable."""
     with pytest.raises(ConfigurationError, match=r"^--port 99999 .*; e\.g\. --port 8000$"):
         load_settings({"port": "--port"}, port=99999)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://mailer:hunter2-pw@mail.example", "smtp://mailer:hunter2-pw@[mail.example"]
+)
+def test_a_bad_smtp_url_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """The pipeline's SMTP URL is checked with the other settings, and a message never shows
+    the password it holds."""
+    monkeypatch.setenv("TIDINGS_SMTP_URL", url)
+    with pytest.raises(ConfigurationError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith("TIDINGS_SMTP_URL") and "e.g. TIDINGS_SMTP_URL=smtp://" in message
+    assert "hunter2" not in message
+
+
+def test_rate_limits_name_the_known_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_RATE_LIMITS", '{"pigeon": "1/hour"}')
+    with pytest.raises(ConfigurationError, match=r"^TIDINGS_RATE_LIMITS=.*pigeon.*email"):
+        load_settings()

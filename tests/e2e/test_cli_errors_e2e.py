@@ -171,6 +171,7 @@ def _help_entries(text: str) -> dict[str, str]:
         ("TIDINGS_SERVICE_ALGORITHMS", '["RS256", '),
         ("TIDINGS_TOPIC_TTLS", "chat:*=60"),
         ("TIDINGS_LOG_FORMAT", "xml"),
+        ("TIDINGS_RATE_LIMITS", '{"email": "lots"}'),
     ],
 )
 def test_serve_names_a_bad_setting_and_an_example(
