@@ -541,12 +541,17 @@ def create_api(tidings: Tidings, *, manage_lifespan: bool = True) -> FastAPI:
                 400, "unsupported_grant_type", "only client_credentials is supported"
             )
         client_id, client_secret = _client_credentials(request, form)
+        # RFC 6749 §5.2: the Basic challenge answers a client that tried Basic; sent to one
+        # that used the body (a login form), it makes browsers show their own login dialog.
+        basic = _tried_basic(request)
         if not client_id or not client_secret:
-            return _oauth_error(401, "invalid_client", "client authentication is required")
+            return _oauth_error(
+                401, "invalid_client", "client authentication is required", challenge=basic
+            )
         try:
             issued = await tidings.service_auth.issue(client_id, client_secret, form.get("scope"))
         except InvalidClient as exc:
-            return _oauth_error(401, "invalid_client", str(exc))
+            return _oauth_error(401, "invalid_client", str(exc), challenge=basic)
         except InvalidScope as exc:
             return _oauth_error(400, "invalid_scope", str(exc))
         return JSONResponse(
@@ -628,6 +633,12 @@ async def _token_form(request: Request) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items() if values}
 
 
+def _tried_basic(request: Request) -> bool:
+    """Whether the client sent HTTP Basic credentials (well-formed or not)."""
+    scheme, _, _ = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "basic"
+
+
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str | None, str | None]:
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "basic" and encoded:
@@ -641,8 +652,12 @@ def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str | N
     return form.get("client_id"), form.get("client_secret")
 
 
-def _oauth_error(status: int, code: str, description: str) -> JSONResponse:
+def _oauth_error(
+    status: int, code: str, description: str, *, challenge: bool = False
+) -> JSONResponse:
+    """An RFC 6749 §5.2 error; ``challenge`` adds ``WWW-Authenticate: Basic`` (a 401 to a
+    client that tried HTTP Basic)."""
     headers = {"Cache-Control": "no-store"}
-    if status == 401:
+    if challenge:
         headers["WWW-Authenticate"] = 'Basic realm="tidings"'
     return JSONResponse({"error": code, "error_description": description}, status, headers=headers)
