@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import random
 import sys
@@ -131,28 +130,10 @@ def worker(
     settings = _settings(store=store, bus=bus, node_id=node_id, workers=workers)
     if settings.workers < 1:
         raise click.UsageError("a worker process needs --workers 1 or more")
+    from tidings.server import run_worker
+
     configure(log_level, settings.log_format)
-    _run(_work(settings))
-
-
-async def _work(settings: Settings) -> None:
-    import signal
-
-    from tidings.server import build_node, start_node
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    node = build_node(settings)
-    await start_node(node)
-    try:
-        logging.getLogger("tidings").info(
-            "worker %s sending deliveries (store %s)", settings.node_id, safe_url(settings.store)
-        )
-        await stop.wait()
-    finally:
-        await node.close()
+    _run(run_worker(settings))
 
 
 def _print_banner(settings: Settings) -> None:
@@ -486,18 +467,12 @@ def listen(
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_listen(ws_url, device_token, session_id, mark_seen, once))
     except ClientError as exc:  # only a refused token ends the loop
-        if source is None:
-            raise click.ClickException(
-                f"the server refused --token (TIDINGS_TOKEN) ({exc}); mint one with `tidings "
-                "token USER_ID` in the server's folder, or give USER_ID instead"
-            ) from None
-        fix = TO_THE_SERVERS_SECRET
-        if source == "TIDINGS_JWT_SECRET":
-            fix = "set TIDINGS_JWT_SECRET to it, or unset it to use the server's store"
-        raise click.ClickException(
-            f"the server refused the token signed with {source} ({exc}); to use the server's "
-            f"secret, {fix}"
-        ) from None
+        fix = {
+            None: "mint one with `tidings token USER_ID` in the server's folder",
+            "TIDINGS_JWT_SECRET": "set it to the server's, or unset it to use the server's store",
+        }.get(source, "to use the server's secret, " + TO_THE_SERVERS_SECRET)
+        which = f"signed with {source}" if source else "of --token (TIDINGS_TOKEN)"
+        raise click.ClickException(f"the server refused the token {which} ({exc}); {fix}") from None
     except TidingsError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
 import math
+import signal
 import socket
 import threading
 from typing import Any
@@ -194,6 +196,23 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
     gc.freeze()
     gc.set_threshold(700, 10, 100)
     DrainingServer(config, app.tidings).run()
+
+
+async def run_worker(settings: Settings) -> None:
+    """A node that only sends pipeline deliveries, until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node = build_node(settings)
+    await start_node(node)
+    try:
+        logger.info(
+            "worker %s sending deliveries (store %s)", settings.node_id, safe_url(settings.store)
+        )
+        await stop.wait()
+    finally:
+        await node.close()
 
 
 def build_node(settings: Settings) -> Tidings:
