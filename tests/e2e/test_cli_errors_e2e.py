@@ -214,12 +214,20 @@ def test_list_settings_take_comma_separated_values(
     assert refused.value.response.status_code == 403
 
 
-def test_serve_with_postgresql_down_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_serve_with_postgresql_down_is_one_line(tmp_path: Path, command: str) -> None:
     """A store that cannot be reached: one line naming TIDINGS_STORE, no traceback."""
-    store = f"postgresql://postgres@127.0.0.1:{free_port()}/tidings"
-    result = tidings("serve", "--port", str(free_port()), "--store", store, cwd=tmp_path)
-    line = error_line(result)
-    assert "TIDINGS_STORE" in line and "127.0.0.1" in line
+    store = f"postgresql://postgres:hunter2-pw@127.0.0.1:{free_port()}/tidings"
+    env = {"TIDINGS_PORT": str(free_port())}
+    line = error_line(tidings(command, "--store", store, cwd=tmp_path, env=env))
+    assert "TIDINGS_STORE" in line and "127.0.0.1" in line and "hunter2" not in line
+
+
+def test_serve_on_a_port_in_use_is_one_line(server: ServerProcess, tmp_path: Path) -> None:
+    """A port another process holds is refused before the node starts, naming TIDINGS_PORT."""
+    result = tidings("serve", "--port", str(server.port), cwd=tmp_path)
+    assert "TIDINGS_PORT" in error_line(result)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_serve_with_a_missing_database_is_one_line(tmp_path: Path) -> None:
