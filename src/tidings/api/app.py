@@ -9,14 +9,14 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, unquote_plus
 
 import orjson
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tidings import __version__
 from tidings.api.pipeline import mount_pipeline
@@ -56,6 +56,8 @@ from tidings.metrics import CONTENT_TYPE, count_error
 
 if TYPE_CHECKING:
     from tidings.core.tidings import Tidings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _BATCH_ERRORS: dict[type[Exception], tuple[int, str]] = {
     Conflict: (409, "conflict"),
@@ -149,13 +151,40 @@ async def publish_one(tidings: Tidings, body: PublishRequest) -> Published:
 
 
 async def _notify_answer(tidings: Tidings, body: bytes) -> tuple[int, bytes]:
-    created, out = await notify_one(tidings, NotifyRequest.model_validate_json(body))
+    created, out = await notify_one(tidings, _validated(NotifyRequest, body))
     return (201 if created else 200), out.model_dump_json().encode()
 
 
 async def _publish_answer(tidings: Tidings, body: bytes) -> tuple[int, bytes]:
-    published = await publish_one(tidings, PublishRequest.model_validate_json(body))
+    published = await publish_one(tidings, _validated(PublishRequest, body))
     return 202, published.model_dump_json().encode()
+
+
+def _validated(model: type[ModelT], body: bytes) -> ModelT:
+    """``body`` read into ``model`` as the framework route reads it. pydantic's JSON reader
+    stops at 200 levels of nesting, the framework's (the standard library's) reads deeper:
+    such a body is read again that way, so that both answer alike (the node then refuses the
+    data's nesting with its own limit, ``MAX_DATA_DEPTH``)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        if error["type"] != "json_invalid" or "recursion limit" not in error["msg"]:
+            raise
+        try:
+            parsed = json.loads(body)
+        except RecursionError:
+            raise UnparsableBody from None
+        except ValueError:
+            raise exc from None
+        return model.model_validate(parsed)
+
+
+class UnparsableBody(Exception):
+    """A body nested past what the standard library's JSON reader takes: FastAPI answers it
+    400 ``{"detail": "There was an error parsing the body"}``, and so does :func:`fast_post`."""
+
+    body = b'{"detail":"There was an error parsing the body"}'
 
 
 #: digits to ``#``, all else to ``.``: nineteen ``#`` in a row may be an integer beyond 64 bits
@@ -287,6 +316,8 @@ async def fast_post(
         status, payload = await handler(tidings, body)
     except ValidationError as exc:
         status, payload = 422, _error_body(_body_errors(exc, body))
+    except UnparsableBody:
+        status, payload = 400, UnparsableBody.body
     except ApiError as exc:
         payload = orjson.dumps({"error": exc.code, "message": exc.message})
         status, headers = exc.status, dict(exc.headers or {})

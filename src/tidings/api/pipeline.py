@@ -10,12 +10,14 @@ device JWT, which always acts on the token's own user.
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
+from tidings.core.models import MAX_DATA_DEPTH, nests_deeper, too_deep_message
 from tidings.delivery.channels.base import InvalidAddress
 from tidings.delivery.models import Content, NewMessage
 from tidings.delivery.pipeline import body_hash
@@ -74,6 +76,16 @@ class MessageRequest(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict, description="Values for the template.")
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
     critical: bool = Field(False, description="Bypass the rate limit (still counted).")
+
+    @field_validator("data")
+    @classmethod
+    def _nesting(cls, data: dict[str, Any]) -> dict[str, Any]:
+        # The in-app channel's notification holds it one level down, under "data".
+        if nests_deeper(data, orjson.dumps(data), MAX_DATA_DEPTH - 1):
+            raise ValueError(
+                too_deep_message("data (held one level down in-app)", MAX_DATA_DEPTH - 1)
+            )
+        return data
 
     @model_validator(mode="after")
     def _source(self) -> "MessageRequest":

@@ -3,11 +3,111 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
+
 T = TypeVar("T")
+
+#: Levels of arrays and objects one inside another that the ``data`` of a notification or a
+#: topic message may have (``1`` has 0, ``[1]`` 1, ``{"a": [1]}`` 2). Deeper data is refused
+#: before anything is written (``InvalidArgument``, HTTP 422): every encoder tidings writes
+#: stored data with must carry it inside its frames and answers (orjson stops at 255 levels,
+#: pydantic's JSON reader at 200, Rust's serde_json, a likely consumer of the log, at 128).
+MAX_DATA_DEPTH = 64
+
+
+def _orjson_levels() -> int:
+    """How many levels of lists orjson writes (254 in the orjson this was written with: 255
+    raise "Recursion limit reached"); 0 for more than 4096. A fraction of a millisecond."""
+    value: Any = None
+    for level in range(1, 4097):
+        value = [value]
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            return level - 1
+    return 0
+
+
+#: levels of nesting orjson writes (254)
+ORJSON_LEVELS = _orjson_levels()
+
+
+#: past this length a count of brackets costs more than writing the value once more
+_COUNTED_BYTES = 4096
+_chains = threading.local()
+
+
+def nests_deeper(value: Any, encoded: bytes, limit: int = MAX_DATA_DEPTH) -> bool:
+    """Whether ``value`` (written by orjson as ``encoded``) has more than ``limit`` levels of
+    arrays and objects. Its length, then for short values a count of brackets, decide for
+    almost every value (nesting past the limit takes more than ``limit`` of each); past those,
+    orjson writes it once more at the bottom of as many lists as leave it exactly ``limit``
+    levels: it refuses the value if and only if it nests deeper."""
+    size = len(encoded)
+    if size <= 2 * limit + 1:
+        return False
+    if size <= _COUNTED_BYTES and encoded.count(b"[") + encoded.count(b"{") <= limit:
+        return False
+    if not limit < ORJSON_LEVELS:  # not the orjson this was written with: walk it
+        return walk_nests_deeper(value, limit)
+    outer, inner = _chain(ORJSON_LEVELS - limit)
+    inner[0] = value
+    try:
+        orjson.dumps(outer)
+    except orjson.JSONEncodeError:
+        return True
+    finally:
+        inner[0] = None
+    return False
+
+
+def _chain(levels: int) -> tuple[list[Any], list[Any]]:
+    """``levels`` lists one inside another, the outermost and the innermost, built once per
+    thread (building them per call would cost more than writing most values)."""
+    built: dict[int, tuple[list[Any], list[Any]]] = _chains.__dict__.setdefault("built", {})
+    chain = built.get(levels)
+    if chain is None:
+        inner: list[Any] = [None]
+        outer = inner
+        for _ in range(levels - 1):
+            outer = [outer]
+        chain = built[levels] = (outer, inner)
+    return chain
+
+
+def walk_nests_deeper(value: Any, limit: int) -> bool:
+    """:func:`nests_deeper` for any value, orjson's or not, by walking it (slowly)."""
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list | tuple):
+            if level == limit:
+                return True
+            stack.extend((child, level + 1) for child in item)
+    return False
+
+
+def too_deep_message(what: str = "data", limit: int = MAX_DATA_DEPTH) -> str:
+    """The refusal of a value that :func:`nests_deeper` than ``limit``."""
+    return f"{what} nests arrays and objects more than {limit} levels deep; the limit is {limit}"
+
+
+#: ``tidings_error`` of the marker that stands in for stored data the node cannot read or
+#: write (an older version's, or written into the database by other means)
+UNREADABLE_DATA = "unreadable_data"
+
+
+def unreadable_data(reason: str) -> dict[str, str]:
+    """The marker sent instead of data that cannot be read or written: the notification still
+    comes, in its place, so it can be marked seen or acknowledged and blocks nothing."""
+    return {"tidings_error": UNREADABLE_DATA, "reason": reason}
 
 
 def utcnow() -> datetime:
@@ -82,6 +182,17 @@ class Notification:
             "creation_date": isoformat(self.creation_date),
             "seen_date": isoformat(self.seen_date) if self.seen_date else None,
         }
+
+    def unreadable(self, reason: str) -> Notification:
+        """This notification with its data replaced by the :func:`unreadable_data` marker."""
+        return Notification(
+            self.notification_id,
+            self.user_id,
+            unreadable_data(reason),
+            self.creation_date,
+            self.seen_date,
+            self.seq,
+        )
 
 
 @fast_init

@@ -23,6 +23,7 @@ from tidings.bus import Bus, create_bus
 from tidings.config import Settings
 from tidings.core import events
 from tidings.core.models import (
+    MAX_DATA_DEPTH,
     AckResult,
     MarkSeenResult,
     NewNotification,
@@ -32,6 +33,9 @@ from tidings.core.models import (
     Replay,
     TopicMessage,
     UnseenCount,
+    nests_deeper,
+    too_deep_message,
+    walk_nests_deeper,
 )
 from tidings.errors import (
     BusError,
@@ -459,10 +463,11 @@ class Tidings(Lifecycle):
     async def unseen(
         self, user_id: str, limit: int = protocol.DEFAULT_UNSEEN_LIMIT
     ) -> list[Notification]:
-        """The user's oldest unseen notifications, in creation order (they stay unseen)."""
+        """The user's oldest unseen notifications, in creation order (they stay unseen): at
+        most ``limit``, and no more than about ``MAX_UNSEEN_BYTES`` of data (at least one)."""
         if not 0 < limit <= self.settings.max_unseen_page:
             raise InvalidArgument(f"limit must be from 1 to {self.settings.max_unseen_page}")
-        return await self.store.unseen(user_id, limit)
+        return await self.store.unseen(user_id, limit, protocol.MAX_UNSEEN_BYTES)
 
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
         """Mark notifications of ``user_id`` seen; every device of the user gets the new count.
@@ -477,6 +482,8 @@ class Tidings(Lifecycle):
         try:
             encoded = orjson.dumps(data)
         except TypeError as exc:
+            if walk_nests_deeper(data, MAX_DATA_DEPTH):  # past orjson's own limit
+                raise InvalidArgument(too_deep_message()) from None
             raise InvalidArgument(f"data is not JSON-serialisable: {exc}") from None
         size = len(encoded)
         # orjson writes NaN and Infinity as null: only data with a null can hold one.
@@ -487,6 +494,10 @@ class Tidings(Lifecycle):
             raise PayloadTooLarge(
                 f"data is {size} bytes of JSON; the limit is {self.settings.max_notification_size}"
             )
+        # Frames and answers wrap data in a few more levels: refuse what they could not write.
+        # (Shorter data cannot nest that deep: most data costs the length test only.)
+        if size > 2 * MAX_DATA_DEPTH + 1 and nests_deeper(data, encoded):
+            raise InvalidArgument(too_deep_message())
 
     @staticmethod
     def _check_ids(user_id: str, notification_ids: Sequence[str]) -> None:

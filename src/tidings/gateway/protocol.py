@@ -9,14 +9,17 @@ whose ``code`` goes into the ``error`` frame; the connection stays up.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from tidings.core.models import Notification
+from tidings.core.models import UNREADABLE_DATA, Notification
 from tidings.errors import ProtocolError
+
+logger = logging.getLogger("tidings")
 
 # Error codes sent in ``error`` frames.
 INVALID_JSON = "invalid_json"
@@ -51,6 +54,10 @@ MAX_SEQ = 2**63 - 1
 MAX_TOKEN_LENGTH = 8192
 MAX_IDS_PER_FRAME = 1000
 DEFAULT_UNSEEN_LIMIT = 100
+#: bytes of notifications' data that one ``getUnseen`` answer reads and carries, about (it
+#: always carries at least one notification): the rest waits for the next ``getUnseen``.
+#: Meant to become the setting ``max_unseen_bytes``.
+MAX_UNSEEN_BYTES = 1024 * 1024
 MAX_TOPICS_PER_FRAME = 100
 MAX_TOPIC_LENGTH = 200
 
@@ -300,7 +307,10 @@ def notification_data(
     items: list[bytes] = []
     size = 0
     for note in notifications:
-        encoded = orjson.dumps(note.to_dict())
+        try:
+            encoded = orjson.dumps(note.to_dict())
+        except orjson.JSONEncodeError as exc:
+            encoded = orjson.dumps(_unwritable(note, exc).to_dict())
         if max_bytes is not None and items and size + len(encoded) > max_bytes:
             break
         items.append(encoded)
@@ -311,7 +321,23 @@ def notification_data(
 
 def notification(note: Notification) -> str:
     """A notification pushed to a device in deliver mode (answer with ``ack``)."""
-    return _encode({"type": "notification", "notification": note.to_dict()})
+    try:
+        return _encode({"type": "notification", "notification": note.to_dict()})
+    except orjson.JSONEncodeError as exc:
+        return _encode({"type": "notification", "notification": _unwritable(note, exc).to_dict()})
+
+
+def _unwritable(note: Notification, exc: Exception) -> Notification:
+    """``note`` with the marker for data no frame can carry (stored before the node refused
+    such data, or by other means): it is still sent, so it never blocks the ones after it."""
+    logger.warning(
+        "notification %s of %s: data cannot be sent (%s); sent with %r instead",
+        note.notification_id,
+        note.user_id,
+        exc,
+        UNREADABLE_DATA,
+    )
+    return note.unreadable(f"the stored data cannot be written in a frame: {exc}")
 
 
 def queue_gap(reason: str, skipped: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import logging
 import os
 import re
 import secrets
@@ -12,6 +13,10 @@ from importlib import resources
 from typing import Any
 
 import orjson
+
+from tidings.core.models import unreadable_data
+
+logger = logging.getLogger("tidings")
 
 #: A device id a client may present or choose.
 CONNECTION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -165,3 +170,42 @@ def prepare(items: Iterable[Any]) -> list[Prepared]:
         )
         for item in items
     ]
+
+
+def load_data(text: str | bytes, what: str) -> Any:
+    """Stored JSON back to a value; the :func:`~tidings.core.models.unreadable_data` marker
+    (logged) for text that is not JSON orjson reads (not UTF-8, a lone surrogate, nested past
+    1024 levels: written by other means than tidings), so one such row fails no read."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        logger.warning("%s: stored data is unreadable (%s); read as %r", what, exc, "marker")
+        return unreadable_data(f"the stored data is not readable JSON: {exc}")
+
+
+#: brackets past which stored data may be too deep for an answer to carry: orjson writes 254
+#: levels, answers put data at most ``ANSWER_LEVELS`` down
+ANSWER_LEVELS = 8
+_ANSWER_DEPTH = 254 - ANSWER_LEVELS
+
+
+def answerable(data: Any, text: str | bytes, what: str) -> Any:
+    """``data`` read from ``text``, or the marker (logged) if no answer could carry it: data
+    stored before the node refused such nesting. For readers whose rows are answered many at
+    once (the log, topic replays); frames check each notification as they write it. Costs
+    two counts of brackets; only data with more of them is encoded once to see."""
+    if isinstance(text, str):
+        brackets = text.count("[") + text.count("{")
+    else:
+        brackets = text.count(b"[") + text.count(b"{")
+    if brackets <= _ANSWER_DEPTH:
+        return data
+    wrapped = data
+    for _ in range(ANSWER_LEVELS):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError as exc:
+        logger.warning("%s: stored data cannot be answered (%s); read as %r", what, exc, "marker")
+        return unreadable_data(f"the stored data cannot be written in an answer: {exc}")
+    return data

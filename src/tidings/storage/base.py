@@ -96,8 +96,12 @@ class Store(Lifecycle):
         """
 
     @abstractmethod
-    async def unseen(self, user_id: str, limit: int) -> list[Notification]:
-        """The user's oldest ``limit`` unseen notifications, in creation order."""
+    async def unseen(
+        self, user_id: str, limit: int, max_bytes: int | None = None
+    ) -> list[Notification]:
+        """The user's oldest ``limit`` unseen notifications, in creation order; with
+        ``max_bytes``, only as many as have about that many bytes of data in all, read no
+        further than that (but always the oldest one)."""
 
     @abstractmethod
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:

@@ -48,6 +48,8 @@ from tidings.errors import (
 from tidings.storage._common import (
     CONNECTION_ID,
     Prepared,
+    answerable,
+    load_data,
     load_migrations,
     new_id,
     prepare,
@@ -60,6 +62,17 @@ from tidings.storage.base import Store
 
 MIGRATION_LOCK = zlib.crc32(b"tidings-migrations")
 NOTIFICATION_COLUMNS = "notification_id, user_id, data::text, creation_date, seen_date, seq"
+# The user's oldest unseen notifications up to a count and about a number of bytes of data
+# (at least one): sizes are summed in the database, so a page of large notifications costs
+# the node (and the wire) no more than the budget. Parameters: user_id, limit, bytes.
+UNSEEN_WITHIN = (
+    "WITH page AS (SELECT seq, octet_length(data::text) AS size FROM notifications "
+    "WHERE user_id = $1 AND seen_date IS NULL ORDER BY seq LIMIT $2), "
+    "sized AS (SELECT seq, size, sum(size) OVER (ORDER BY seq) AS upto FROM page) "
+    "SELECT n.notification_id, n.user_id, n.data::text, n.creation_date, n.seen_date, n.seq "
+    "FROM sized JOIN notifications n ON n.seq = sized.seq "
+    "WHERE sized.upto <= $3 OR sized.upto = sized.size ORDER BY n.seq"
+)
 
 
 async def _no_reset(connection: Any) -> None:
@@ -278,14 +291,19 @@ class PostgresStore(Store):
                 settled.append(outcome)
         return with_counts(settled, added, final)
 
-    async def unseen(self, user_id: str, limit: int) -> list[Notification]:
+    async def unseen(
+        self, user_id: str, limit: int, max_bytes: int | None = None
+    ) -> list[Notification]:
         async with self._connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
-                "WHERE user_id = $1 AND seen_date IS NULL ORDER BY seq LIMIT $2",
-                user_id,
-                limit,
-            )
+            if max_bytes is None:
+                rows = await conn.fetch(
+                    f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                    "WHERE user_id = $1 AND seen_date IS NULL ORDER BY seq LIMIT $2",
+                    user_id,
+                    limit,
+                )
+            else:
+                rows = await conn.fetch(UNSEEN_WITHIN, user_id, limit, max_bytes)
         return [_notification(row) for row in rows]
 
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
@@ -483,7 +501,8 @@ class PostgresStore(Store):
             )
         if not rows:
             return [], after or "0.0"
-        return [_notification(row) for row in rows], f"{rows[-1][6]}.{rows[-1][5]}"
+        notes = [_notification(row, answered=True) for row in rows]
+        return notes, f"{rows[-1][6]}.{rows[-1][5]}"
 
     async def recent_notifications(self, limit: int) -> list[Notification]:
         async with self._connection() as conn:
@@ -491,7 +510,7 @@ class PostgresStore(Store):
                 f"SELECT {NOTIFICATION_COLUMNS} FROM notifications ORDER BY seq DESC LIMIT $1",
                 limit,
             )
-        return [_notification(row) for row in rows]
+        return [_notification(row, answered=True) for row in rows]
 
     async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:
         if not devices:
@@ -541,7 +560,11 @@ class PostgresStore(Store):
                 since,
                 limit,
             )
-        messages = [TopicMessage(topic, r[0], orjson.loads(r[1]), r[2], r[3]) for r in rows]
+        messages = []
+        for r in rows:
+            what = f"topic message {topic!r}/{r[0]}"
+            data = answerable(load_data(r[1], what), r[1], what)
+            messages.append(TopicMessage(topic, r[0], data, r[2], r[3]))
         first = messages[0].seq if messages else last + 1
         return Replay(messages, recovered=since >= last or first == since + 1, last_seq=last)
 
@@ -759,11 +782,16 @@ class PostgresStore(Store):
         return str(value)
 
 
-def _notification(row: Any) -> Notification:
+def _notification(row: Any, *, answered: bool = False) -> Notification:
+    """A notification row (``NOTIFICATION_COLUMNS``); ``answered`` for readers whose pages
+    are written in one answer (see :func:`answerable`)."""
+    data = load_data(row[2], f"notification {row[0]!r}")
+    if answered:
+        data = answerable(data, row[2], f"notification {row[0]!r}")
     return Notification(
         notification_id=row[0],
         user_id=row[1],
-        data=orjson.loads(row[2]),
+        data=data,
         creation_date=row[3],
         seen_date=row[4],
         seq=row[5] if len(row) > 5 else 0,

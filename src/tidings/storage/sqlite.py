@@ -49,7 +49,9 @@ from tidings.errors import (
 )
 from tidings.storage._common import (
     CONNECTION_ID,
+    answerable,
     canonical_json,
+    load_data,
     load_migrations,
     new_id,
     new_sorted_id,
@@ -316,8 +318,7 @@ class SqliteStore(Store):
 
         def run(conn: sqlite3.Connection) -> NotifyResult:
             row = conn.execute(
-                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
-                "FROM notifications WHERE notification_id = ?",
+                f"SELECT {NOTE_COLUMNS} FROM notifications WHERE notification_id = ?",
                 (nid,),
             ).fetchone()
             if row is not None:
@@ -365,7 +366,7 @@ class SqliteStore(Store):
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 for row in conn.execute(
-                    "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
+                    f"SELECT {NOTE_COLUMNS} "
                     f"FROM notifications WHERE notification_id IN ({','.join('?' * len(chunk))})",
                     chunk,
                 ):
@@ -408,14 +409,19 @@ class SqliteStore(Store):
 
         return await self._write(run)
 
-    async def unseen(self, user_id: str, limit: int) -> list[Notification]:
+    async def unseen(
+        self, user_id: str, limit: int, max_bytes: int | None = None
+    ) -> list[Notification]:
         def run(conn: sqlite3.Connection) -> list[Notification]:
-            rows = conn.execute(
-                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
-                "FROM notifications WHERE user_id = ? AND seen_date IS NULL "
-                "ORDER BY seq LIMIT ?",
-                (user_id, limit),
-            ).fetchall()
+            if max_bytes is None:
+                rows = conn.execute(
+                    f"SELECT {NOTE_COLUMNS} "
+                    "FROM notifications WHERE user_id = ? AND seen_date IS NULL "
+                    "ORDER BY seq LIMIT ?",
+                    (user_id, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(UNSEEN_WITHIN, (user_id, limit, max_bytes)).fetchall()
             return [_notification(row) for row in rows]
 
         return await self._read(run)
@@ -468,8 +474,7 @@ class SqliteStore(Store):
             if cursor is None:
                 raise NotFound("unknown device", [connection_id])
             rows = conn.execute(
-                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
-                f"{QUEUE} ORDER BY seq LIMIT ?",
+                f"SELECT {NOTE_COLUMNS} {QUEUE} ORDER BY seq LIMIT ?",
                 (user_id, max(after_seq, cursor), connection_id, limit),
             ).fetchall()
             return [_notification(r) for r in rows]
@@ -563,11 +568,10 @@ class SqliteStore(Store):
 
         def run(conn: sqlite3.Connection) -> list[Notification]:
             rows = conn.execute(
-                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
-                "FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {NOTE_COLUMNS} FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?",
                 (start, limit),
             ).fetchall()
-            return [_notification(r) for r in rows]
+            return [_notification(r, answered=True) for r in rows]
 
         notes = await self._read(run)
         return notes, str(notes[-1].seq if notes else start)
@@ -575,11 +579,10 @@ class SqliteStore(Store):
     async def recent_notifications(self, limit: int) -> list[Notification]:
         def run(conn: sqlite3.Connection) -> list[Notification]:
             rows = conn.execute(
-                "SELECT notification_id, user_id, data, creation_date, seen_date, seq "
-                "FROM notifications ORDER BY seq DESC LIMIT ?",
+                f"SELECT {NOTE_COLUMNS} FROM notifications ORDER BY seq DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [_notification(r) for r in rows]
+            return [_notification(r, answered=True) for r in rows]
 
         return await self._read(run)
 
@@ -627,12 +630,14 @@ class SqliteStore(Store):
             row = conn.execute("SELECT last_seq FROM topics WHERE topic = ?", (topic,)).fetchone()
             last = row[0] if row else 0
             rows = conn.execute(
-                "SELECT seq, data, creation_date, origin_session_id FROM topic_messages "
+                "SELECT seq, CAST(data AS BLOB), creation_date, origin_session_id "
+                "FROM topic_messages "
                 "WHERE topic = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?",
                 (topic, since, now, limit),
             ).fetchall()
             messages = [
-                TopicMessage(topic, r[0], orjson.loads(r[1]), parse_iso(r[2]), r[3]) for r in rows
+                TopicMessage(topic, r[0], _topic_data(topic, r[0], r[1]), parse_iso(r[2]), r[3])
+                for r in rows
             ]
             first = messages[0].seq if messages else last + 1
             return Replay(messages, recovered=since >= last or first == since + 1, last_seq=last)
@@ -924,15 +929,43 @@ def _as_store_error(exc: Exception) -> Exception:
     return exc
 
 
-def _notification(row: tuple[Any, ...]) -> Notification:
+#: a notification's columns; the data as bytes, so that text that is not UTF-8 (written by
+#: other means) fails the decoding of its own row only, not the read of a whole page
+NOTE_COLUMNS = "notification_id, user_id, CAST(data AS BLOB), creation_date, seen_date, seq"
+
+# The user's oldest unseen notifications up to a count and about a number of bytes of data
+# (at least one): sizes are summed over the page's rows without reading them into Python,
+# so a page of large notifications costs the node no more than the budget. length() counts
+# characters, which is the bytes for ASCII. Parameters: user_id, limit, bytes.
+UNSEEN_WITHIN = (
+    "WITH page AS (SELECT seq, length(data) AS size FROM notifications "
+    "WHERE user_id = ? AND seen_date IS NULL ORDER BY seq LIMIT ?), "
+    "sized AS (SELECT seq, size, sum(size) OVER (ORDER BY seq) AS upto FROM page) "
+    "SELECT n.notification_id, n.user_id, CAST(n.data AS BLOB), n.creation_date, "
+    "n.seen_date, n.seq FROM sized JOIN notifications n ON n.seq = sized.seq "
+    "WHERE sized.upto <= ? OR sized.upto = sized.size ORDER BY n.seq"
+)
+
+
+def _notification(row: tuple[Any, ...], *, answered: bool = False) -> Notification:
+    """A notification row (``NOTE_COLUMNS``); ``answered`` for readers whose pages are
+    written in one answer (see :func:`answerable`)."""
+    data = load_data(row[2], f"notification {row[0]!r}")
+    if answered:
+        data = answerable(data, row[2], f"notification {row[0]!r}")
     return Notification(
         notification_id=row[0],
         user_id=row[1],
-        data=orjson.loads(row[2]),
+        data=data,
         creation_date=parse_iso(row[3]),
         seen_date=parse_iso(row[4]) if row[4] else None,
         seq=row[5] if len(row) > 5 else 0,
     )
+
+
+def _topic_data(topic: str, seq: int, text: bytes) -> Any:
+    what = f"topic message {topic!r}/{seq}"
+    return answerable(load_data(text, what), text, what)
 
 
 DEVICE_COLUMNS = "connection_id, user_id, created_at, last_seen_at, cursor"
