@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from tidings.core.models import unreadable_data
+from tidings.core.models import ORJSON_LEVELS, unreadable_data
 
 logger = logging.getLogger("tidings")
 
@@ -183,10 +183,10 @@ def load_data(text: str | bytes, what: str) -> Any:
         return unreadable_data(f"the stored data is not readable JSON: {exc}")
 
 
-#: brackets past which stored data may be too deep for an answer to carry: orjson writes 254
-#: levels, answers put data at most ``ANSWER_LEVELS`` down
+#: brackets past which stored data may be too deep for an answer to carry: orjson writes
+#: ``ORJSON_LEVELS`` (254) levels, answers put data at most ``ANSWER_LEVELS`` down
 ANSWER_LEVELS = 8
-_ANSWER_DEPTH = 254 - ANSWER_LEVELS
+_ANSWER_DEPTH = ORJSON_LEVELS - ANSWER_LEVELS
 
 
 def answerable(data: Any, text: str | bytes, what: str) -> Any:
