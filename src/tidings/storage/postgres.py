@@ -119,6 +119,17 @@ class PostgresStore(Store):
         except _UNAVAILABLE as exc:
             await self.close()
             raise StoreUnavailable(f"cannot reach PostgreSQL: {exc}") from exc
+        except (
+            asyncpg.InvalidCatalogNameError,
+            asyncpg.InvalidAuthorizationSpecificationError,
+        ) as exc:
+            # Retrying cannot help: the URL names a database or role that does not exist, or
+            # a wrong password.
+            await self.close()
+            raise ConfigurationError(
+                f"TIDINGS_STORE: PostgreSQL refused it: {exc} (create the database, e.g. "
+                "createdb NAME, or fix the URL's database, user or password)"
+            ) from exc
 
     @staticmethod
     async def _migrate(conn: Any) -> None:
