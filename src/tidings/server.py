@@ -246,6 +246,9 @@ async def start_node(tidings: Tidings) -> None:
     except Exception as exc:
         with contextlib.suppress(Exception):
             await tidings.store.close()
+        if isinstance(exc, ConfigurationError) and "TIDINGS_STORE" in str(exc):
+            # the store named the setting and the fix already
+            raise ConfigurationError(f"{exc} ({safe_url(settings.store)})") from exc
         kind = ConfigurationError if isinstance(exc, ConfigurationError) else StoreUnavailable
         raise kind(
             f"cannot open the store {safe_url(settings.store)}: {_reason(exc)}; make sure the "
