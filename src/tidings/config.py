@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     session_ttl: float = Field(
         7 * 86400, gt=0, description="Subscriptions of a session idle this long are dropped."
     )
+    max_sessions_per_user: int = Field(
+        100,
+        gt=0,
+        description="Sessions whose topic subscriptions are kept per user; when a new one "
+        "subscribes, the least recently active beyond this are dropped (a device coming back "
+        "under one of them subscribes again).",
+    )
 
     # Limits of a node
     max_batch_size: int = Field(

@@ -171,6 +171,9 @@ class Tidings(Lifecycle):
             self._service_auth = ServiceAuth(
                 self.store, key, ttl=settings.service_token_ttl, external=_external_issuer(settings)
             )
+            # Rows under this node's id are a previous life's (killed without its clean
+            # shutdown): its sockets are gone, and would show as ghosts until reaped.
+            await self.store.remove_node(self.node_id)
             await self.store.heartbeat(self.node_id, self.node_uri)
             from tidings.delivery.pipeline import Pipeline
 
@@ -695,9 +698,13 @@ class Tidings(Lifecycle):
         refused = await self.topic_policy.refused(conn.user_id, conn.claims, topics)
         if refused:
             raise TopicRefused(refused)
-        await self.store.subscribe_session(conn.user_id, conn.session_id, topics)
+        await self.store.subscribe_session(
+            conn.user_id, conn.session_id, topics, self.settings.max_sessions_per_user
+        )
+        starts = await self.store.topic_last_seqs([t for t in topics if t not in conn.topics])
         # Every socket of this session on this node follows the session's subscriptions.
         for other in self._session_connections(conn):
+            _mark_start(other, starts)
             await self.registry.join_topics(other, topics)
         return list(topics)
 
@@ -705,6 +712,9 @@ class Tidings(Lifecycle):
         await self.store.unsubscribe_session(conn.user_id, conn.session_id, topics)
         for other in self._session_connections(conn):
             self.registry.leave_topics(other, topics)
+            if other.topic_start is not None:
+                for topic in topics:
+                    other.topic_start.pop(topic, None)
         return list(topics)
 
     def _session_connections(self, conn: Connection) -> list[Connection]:
@@ -723,6 +733,8 @@ class Tidings(Lifecycle):
             topics = await self.store.session_topics(conn.user_id, conn.session_id)
         refused = set(await self.topic_policy.refused(conn.user_id, conn.claims, topics))
         allowed = [t for t in topics if t not in refused]
+        if allowed:
+            _mark_start(conn, await self.store.topic_last_seqs(allowed))
         await self.registry.join_topics(conn, allowed)
         return allowed
 
@@ -745,6 +757,8 @@ class Tidings(Lifecycle):
         try:
             while True:
                 await conn.wait_room(page_size)
+                if conn.closed:
+                    break
                 page = await self.store.topic_messages(topic, cursor, page_size)
                 recovered = recovered and page.recovered
                 last_seq = page.last_seq
@@ -767,10 +781,13 @@ class Tidings(Lifecycle):
         return Replay([], recovered, last_seq)
 
     async def _catch_up_topics(self, conn: Connection) -> None:
-        """After a bus outage: send what the socket's topics got meanwhile."""
+        """After a bus outage: send what the socket's topics got meanwhile (since it joined
+        them, or since the last message it had)."""
+        starts = conn.topic_start or {}
         for topic in tuple(conn.topics):
+            since = max(conn.topic_seq.get(topic, 0), starts.get(topic, 0))
             try:
-                await self._replay(conn, topic, conn.topic_seq.get(topic, 0))
+                await self._replay(conn, topic, since)
             except TidingsError as exc:
                 logger.warning("topic catch-up of %s failed: %s", topic, exc)
 
@@ -928,3 +945,12 @@ def _check_identifier(name: str, value: object, max_length: int) -> None:
         raise InvalidArgument(
             f"{name} must be a string of 1 to {max_length} characters without NUL"
         )
+
+
+def _mark_start(conn: Connection, starts: dict[str, int]) -> None:
+    """Remember where ``conn`` joined each topic of ``starts`` (a later join keeps the first)."""
+    if starts:
+        if conn.topic_start is None:
+            conn.topic_start = {}
+        for topic, seq in starts.items():
+            conn.topic_start.setdefault(topic, seq)

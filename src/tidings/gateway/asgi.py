@@ -201,10 +201,6 @@ class Gateway:
             await _deny(scope, send, 503, "unavailable", "tidings is not started")
             return None
         headers = _headers(scope)
-        cookie_auth = tidings.delegate is not None and not headers.get("authorization")
-        if not self._origin_allowed(scope, headers, cookies=cookie_auth):
-            await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
-            return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         cookie_cid = _cookie(headers.get("cookie", ""), COOKIE_NAME)
         if cookie_cid is not None and not CONNECTION_ID.match(cookie_cid):
@@ -222,6 +218,11 @@ class Gateway:
         delegated = delegate is not None and (
             "cookie" in headers or ("authorization" in headers and not _looks_like_jwt(token))
         )
+        # Cookies that go to the delegate may be a browser's, sent along by a page elsewhere:
+        # only a principal that comes from a token skips the same-site rule.
+        if not self._origin_allowed(scope, headers, cookies=delegated and "cookie" in headers):
+            await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
+            return None
 
         if token is not None or delegated:
             try:

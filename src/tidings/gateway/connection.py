@@ -66,6 +66,7 @@ class Connection:
         "socket_id",
         "topic_above",
         "topic_seq",
+        "topic_start",
         "topics",
         "user_id",
     )
@@ -100,6 +101,9 @@ class Connection:
         self.topic_seq: dict[str, int] = {}
         self.topic_above: dict[str, set[int]] = {}
         self.replaying: dict[str, list[tuple[int, str]]] = {}
+        #: per topic, its last seq when this socket joined it: a catch-up after a bus outage
+        #: starts there, not at the topic's beginning (None until the socket follows a topic)
+        self.topic_start: dict[str, int] | None = None
         #: deliver mode: notifications are pushed and must be acknowledged
         self.deliver = deliver
         #: highest log position pushed on this socket (deliver mode)
@@ -173,20 +177,24 @@ class Connection:
         if queue is None:
             queue = self._queue = deque()
         elif len(queue) >= self.max_queue:
-            logger.warning(
-                "closing slow connection %s of user %s: %d frames queued",
-                self.connection_id,
-                self.user_id,
-                len(queue),
-                extra=self.log_fields(),
-            )
-            counters.slow_closed += 1
-            self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
+            self._too_slow(len(queue), "queued")
             return
         queue.append(text)
         self._queued_bytes += len(text)
         if self._live and self._writer is None:
             self._writer = asyncio.ensure_future(self._write_loop())
+
+    def _too_slow(self, frames: int, where: str) -> None:
+        logger.warning(
+            "closing slow connection %s of user %s: %d frames %s",
+            self.connection_id,
+            self.user_id,
+            frames,
+            where,
+            extra=self.log_fields(),
+        )
+        counters.slow_closed += 1
+        self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
 
     def _send_now(self, text: str) -> None:
         """Drive the server's send by hand; finish it in the writer only if it has to wait."""
@@ -283,9 +291,14 @@ class Connection:
         self.push(text if text is not None else protocol.count_changed(count, version))
 
     def push_topic(self, topic: str, seq: int, text: str) -> None:
-        """Queue a topic message unless this socket already had it (or is replaying)."""
+        """Queue a topic message unless this socket already had it; while the topic is
+        replayed, hold it back (at most ``max_queue`` frames, as the queue: a replay that
+        cannot go on because the client does not read closes it as too slow)."""
         waiting = self.replaying.get(topic)
         if waiting is not None:
+            if len(waiting) >= self.max_queue:
+                self._too_slow(len(waiting), "held behind a replay")
+                return
             waiting.append((seq, text))
         elif self.mark_topic(topic, seq):
             self.push(text)

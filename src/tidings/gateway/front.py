@@ -8,8 +8,9 @@ also keeps the node's descriptors for the clients that use them:
   on its first request here and on every later one in uvicorn's protocol (idle keep-alive
   connections are closed by uvicorn after ``timeout_keep_alive``);
 - past ``max_open`` open connections (by default the process's descriptor limit less a
-  reserve for the store, the bus and the pipeline's clients: :func:`open_limit`), a new connection is answered 503
-  and closed at once, so that the node never runs out of descriptors for everyone.
+  reserve for the store, the bus and the pipeline's clients: :func:`open_limit`), a new
+  connection is answered 503 and closed at once, so that the node never runs out of
+  descriptors for everyone.
 """
 
 from __future__ import annotations

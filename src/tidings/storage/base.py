@@ -204,6 +204,10 @@ class Store(Lifecycle):
         is false when messages after ``since`` were already deleted (the gap reaches past
         retention)."""
 
+    async def topic_last_seqs(self, topics: Sequence[str]) -> dict[str, int]:
+        """The last sequence number of each topic (0 for a topic without messages yet)."""
+        return {t: (await self.topic_messages(t, 2**62, 1)).last_seq for t in topics}
+
     @abstractmethod
     async def expire(self, session_idle: float) -> int:
         """Delete expired topic messages, and session subscriptions idle for ``session_idle``
@@ -218,8 +222,16 @@ class Store(Lifecycle):
         """The topics the session is subscribed to (marking the session active)."""
 
     @abstractmethod
-    async def subscribe_session(self, user_id: str, session_id: str, topics: Sequence[str]) -> None:
-        """Add topics to the session's subscriptions."""
+    async def subscribe_session(
+        self,
+        user_id: str,
+        session_id: str,
+        topics: Sequence[str],
+        max_sessions: int | None = None,
+    ) -> None:
+        """Add topics to the session's subscriptions. With ``max_sessions``, the user keeps
+        the subscriptions of that many sessions at most: the least recently active others are
+        dropped (a device that comes back under one subscribes again)."""
 
     @abstractmethod
     async def unsubscribe_session(

@@ -561,6 +561,18 @@ class PostgresStore(Store):
             )
         return TopicMessage(topic, seq, data, now, origin_session_id)
 
+    async def topic_last_seqs(self, topics: Sequence[str]) -> dict[str, int]:
+        wanted = list(dict.fromkeys(topics))
+        if not wanted:
+            return {}
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT topic, last_seq FROM topics WHERE topic = ANY($1::text[])", wanted
+            )
+        found: dict[str, int] = dict.fromkeys(wanted, 0)
+        found.update((r[0], r[1]) for r in rows)
+        return found
+
     async def topic_messages(self, topic: str, since: int, limit: int) -> Replay:
         async with self._connection() as conn:
             last = await conn.fetchval("SELECT last_seq FROM topics WHERE topic = $1", topic) or 0
@@ -611,8 +623,14 @@ class PostgresStore(Store):
             )
         return sorted(r[0] for r in rows)
 
-    async def subscribe_session(self, user_id: str, session_id: str, topics: Sequence[str]) -> None:
-        async with self._connection() as conn:
+    async def subscribe_session(
+        self,
+        user_id: str,
+        session_id: str,
+        topics: Sequence[str],
+        max_sessions: int | None = None,
+    ) -> None:
+        async with self._connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO session_topics SELECT $1, $2, unnest($3::text[]), now(), now() "
                 "ON CONFLICT (user_id, session_id, topic) DO UPDATE SET active_at = now()",
@@ -620,6 +638,16 @@ class PostgresStore(Store):
                 session_id,
                 list(topics),
             )
+            if max_sessions is not None:
+                await conn.execute(
+                    "DELETE FROM session_topics WHERE user_id = $1 AND session_id IN ("
+                    " SELECT session_id FROM session_topics WHERE user_id = $1"
+                    " AND session_id <> $2 GROUP BY session_id"
+                    " ORDER BY max(active_at) DESC, session_id OFFSET $3)",
+                    user_id,
+                    session_id,
+                    max_sessions - 1,
+                )
 
     async def unsubscribe_session(
         self, user_id: str, session_id: str, topics: Sequence[str]

@@ -623,6 +623,23 @@ class SqliteStore(Store):
 
         return await self._write(run)
 
+    async def topic_last_seqs(self, topics: Sequence[str]) -> dict[str, int]:
+        wanted = list(dict.fromkeys(topics))
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            found: dict[str, int] = dict.fromkeys(wanted, 0)
+            for at in range(0, len(wanted), 500):
+                chunk = wanted[at : at + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    conn.execute(
+                        f"SELECT topic, last_seq FROM topics WHERE topic IN ({marks})", chunk
+                    ).fetchall()
+                )
+            return found
+
+        return await self._read(run) if wanted else {}
+
     async def topic_messages(self, topic: str, since: int, limit: int) -> Replay:
         now = isoformat(utcnow())
 
@@ -684,7 +701,13 @@ class SqliteStore(Store):
 
         return await self._write(run)
 
-    async def subscribe_session(self, user_id: str, session_id: str, topics: Sequence[str]) -> None:
+    async def subscribe_session(
+        self,
+        user_id: str,
+        session_id: str,
+        topics: Sequence[str],
+        max_sessions: int | None = None,
+    ) -> None:
         now = isoformat(utcnow())
 
         def run(conn: sqlite3.Connection) -> None:
@@ -693,6 +716,14 @@ class SqliteStore(Store):
                 "ON CONFLICT DO UPDATE SET active_at = excluded.active_at",
                 [(user_id, session_id, t, now, now) for t in topics],
             )
+            if max_sessions is not None:
+                conn.execute(
+                    "DELETE FROM session_topics WHERE user_id = ? AND session_id IN ("
+                    " SELECT session_id FROM session_topics WHERE user_id = ?"
+                    " AND session_id <> ? GROUP BY session_id"
+                    " ORDER BY max(active_at) DESC, session_id LIMIT -1 OFFSET ?)",
+                    (user_id, user_id, session_id, max_sessions - 1),
+                )
 
         await self._write(run)
 
