@@ -260,6 +260,12 @@ class Settings(BaseSettings):
         1024, gt=0, description="Frames queued per connection before it is closed as too slow."
     )
     max_unseen_page: int = Field(1000, gt=0, description="Largest `getUnseen` limit.")
+    max_unseen_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Bytes of notification data one `getUnseen` answer reads and carries, "
+        "about (at least one notification is always sent); the rest comes with the next.",
+    )
 
     # Operations
     shutdown_delay: float = Field(

@@ -18,7 +18,7 @@ from tidings import Tidings
 from tidings.client import DeviceClient
 from tidings.core.models import NewNotification
 
-#: the byte budget of one answer (tidings.gateway.protocol.MAX_UNSEEN_BYTES, docs/protocol.md)
+#: the byte budget of one answer (TIDINGS_MAX_UNSEEN_BYTES by default, docs/protocol.md)
 BUDGET = 1024 * 1024
 #: bytes a frame adds around each notification's data, at most (ids, dates, field names)
 PER_NOTE = 400

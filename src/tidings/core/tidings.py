@@ -467,10 +467,10 @@ class Tidings(Lifecycle):
         self, user_id: str, limit: int = protocol.DEFAULT_UNSEEN_LIMIT
     ) -> list[Notification]:
         """The user's oldest unseen notifications, in creation order (they stay unseen): at
-        most ``limit``, and no more than about ``MAX_UNSEEN_BYTES`` of data (at least one)."""
+        most ``limit``, and no more than about ``max_unseen_bytes`` of data (at least one)."""
         if not 0 < limit <= self.settings.max_unseen_page:
             raise InvalidArgument(f"limit must be from 1 to {self.settings.max_unseen_page}")
-        return await self.store.unseen(user_id, limit, protocol.MAX_UNSEEN_BYTES)
+        return await self.store.unseen(user_id, limit, self.settings.max_unseen_bytes)
 
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
         """Mark notifications of ``user_id`` seen; every device of the user gets the new count.

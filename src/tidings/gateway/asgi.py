@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tidings.gateway")
 
 COOKIE_NAME = "tidings_cid"
-#: a newNotificationData frame stops adding notifications past this size (at least one is sent)
-ANSWER_BUDGET = 1024 * 1024
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -535,7 +533,8 @@ class Gateway:
         try:
             if isinstance(frame, protocol.GetUnseen):
                 notes = await tidings.unseen(conn.user_id, frame.limit)
-                conn.push(protocol.notification_data(frame.id, notes, max_bytes=ANSWER_BUDGET))
+                budget = tidings.settings.max_unseen_bytes
+                conn.push(protocol.notification_data(frame.id, notes, max_bytes=budget))
             elif isinstance(frame, protocol.MarkSeen):
                 result = await tidings.mark_seen(conn.user_id, frame.notification_ids)
                 conn.push(protocol.reply(frame.id, marked=len(result.marked)))

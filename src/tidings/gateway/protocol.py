@@ -54,10 +54,6 @@ MAX_SEQ = 2**63 - 1
 MAX_TOKEN_LENGTH = 8192
 MAX_IDS_PER_FRAME = 1000
 DEFAULT_UNSEEN_LIMIT = 100
-#: bytes of notifications' data that one ``getUnseen`` answer reads and carries, about (it
-#: always carries at least one notification): the rest waits for the next ``getUnseen``.
-#: Meant to become the setting ``max_unseen_bytes``.
-MAX_UNSEEN_BYTES = 1024 * 1024
 MAX_TOPICS_PER_FRAME = 100
 MAX_TOPIC_LENGTH = 200
 
