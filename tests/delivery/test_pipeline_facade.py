@@ -66,3 +66,25 @@ async def test_post_refuses_bad_arguments(tmp_path: Path, arguments: dict[str, o
         channels = arguments.pop("channels")
         with pytest.raises(InvalidArgument):
             await node.pipeline.post(channels, **arguments)  # type: ignore[arg-type]
+
+
+def nested(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"x": value}
+    return value
+
+
+async def test_post_refuses_data_too_deep_for_the_in_app_notification(tmp_path: Path) -> None:
+    """Template values the in-app notification could not carry (it holds them one level
+    down, under the 64-level limit) are refused before anything is written; one level less
+    is taken."""
+    async with Tidings(store=f"sqlite:///{tmp_path}/p.db", workers=0) as node:
+        with pytest.raises(InvalidArgument, match="levels"):
+            await node.pipeline.post(
+                ["in_app"], user_ids=["deep"], content=Content("x"), data=nested(64)
+            )
+        taken = await node.pipeline.post(
+            ["in_app"], user_ids=["deep"], content=Content("x"), data=nested(63)
+        )
+        assert taken.message_id

@@ -10,16 +10,14 @@ device JWT, which always acts on the token's own user.
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
-from tidings.core.models import MAX_DATA_DEPTH, nests_deeper, too_deep_message
 from tidings.delivery.channels.base import InvalidAddress
-from tidings.delivery.models import Content, NewMessage
+from tidings.delivery.models import Content, NewMessage, message_data_problem
 from tidings.delivery.pipeline import body_hash
 from tidings.delivery.templates import TemplateFailure
 from tidings.errors import AuthError, Conflict, InvalidArgument, TopicRefused
@@ -80,11 +78,9 @@ class MessageRequest(BaseModel):
     @field_validator("data")
     @classmethod
     def _nesting(cls, data: dict[str, Any]) -> dict[str, Any]:
-        # The in-app channel's notification holds it one level down, under "data".
-        if nests_deeper(data, orjson.dumps(data), MAX_DATA_DEPTH - 1):
-            raise ValueError(
-                too_deep_message("data (held one level down in-app)", MAX_DATA_DEPTH - 1)
-            )
+        problem = message_data_problem(data)
+        if problem is not None:
+            raise ValueError(problem)
         return data
 
     @model_validator(mode="after")

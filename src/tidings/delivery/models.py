@@ -6,7 +6,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tidings.core.models import isoformat
+import orjson
+
+from tidings.core.models import MAX_DATA_DEPTH, isoformat, nests_deeper, too_deep_message
+
+#: a message's template values may nest one level less than a notification's data: the in-app
+#: channel's notification holds them under "data"
+MESSAGE_DATA_DEPTH = MAX_DATA_DEPTH - 1
+
+
+def message_data_problem(data: Any) -> str | None:
+    """Why a message's template values cannot be taken (too deep), or None."""
+    if nests_deeper(data, orjson.dumps(data), MESSAGE_DATA_DEPTH):
+        return too_deep_message("data (held one level down in-app)", MESSAGE_DATA_DEPTH)
+    return None
+
 
 # States of a delivery (docs/pipeline.md)
 PENDING = "pending"

@@ -30,6 +30,7 @@ from tidings.delivery.models import (
     PlannedDelivery,
     Preferences,
     Template,
+    message_data_problem,
 )
 from tidings.delivery.planner import Recipient, counted_channels, parse_rate_limits, plan
 from tidings.delivery.store import PipelineStore
@@ -289,6 +290,12 @@ class Pipeline(Lifecycle):
         if users is not None and not 0 < len(users) <= self.settings.max_recipients:
             raise InvalidArgument(f"1 to {self.settings.max_recipients} user ids per message")
         values = data or {}
+        try:
+            problem = message_data_problem(values)
+        except TypeError as exc:
+            raise InvalidArgument(f"data must be JSON: {exc}") from None
+        if problem is not None:
+            raise InvalidArgument(problem)
         request = {
             "channels": list(channels),
             "recipients": {"user_ids": users, "topic": topic},
