@@ -71,8 +71,10 @@ ERROR_CODES = {
     "forbidden_topic",
     "unavailable",
 }
-NOTIFY_STATUSES = {200, 201, 409, 413, 422}
-PUBLISH_STATUSES = {202, 413, 422}
+# 400: a body nested too deep for any JSON reader to parse (FastAPI's answer, which the fast
+# routes give too)
+NOTIFY_STATUSES = {200, 201, 400, 409, 413, 422}
+PUBLISH_STATUSES = {202, 400, 413, 422}
 OMIT = object()  # a field left out
 SAME_OR_NULL = object()  # the answer may carry the id or null (a frame too large to be read)
 SETTINGS = settings(
@@ -705,7 +707,12 @@ def test_found_http_bodies_are_refused_not_5xx(fuzzed: Fuzzed, path: str, body: 
         headers={"Authorization": f"Bearer {fuzzed.tokens[scope]}"},
         timeout=10,
     )
-    assert response.status_code == 422, f"{body[:80]!r} -> {response.status_code} {response.text}"
+    # A body too deep for the JSON reader is a malformed body (400, as FastAPI answers it); the
+    # others are well-formed bodies with invalid values (422).
+    expected = 400 if body.count(b"[") >= 1000 else 422
+    assert response.status_code == expected, (
+        f"{body[:80]!r} -> {response.status_code} {response.text}"
+    )
 
 
 def test_server_log_has_no_traceback(fuzzed: Fuzzed) -> None:
