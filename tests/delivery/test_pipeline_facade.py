@@ -88,3 +88,14 @@ async def test_post_refuses_data_too_deep_for_the_in_app_notification(tmp_path: 
             ["in_app"], user_ids=["deep"], content=Content("x"), data=nested(63)
         )
         assert taken.message_id
+
+
+@pytest.mark.parametrize("data", [{"n": 2**70}, {"\udb93": 1}, {"s": "\ud800"}])
+async def test_post_refuses_data_that_cannot_be_written_as_json(
+    tmp_path: Path, data: dict[str, object]
+) -> None:
+    """Integers beyond 64 bits and lone surrogates cannot be stored as JSON: InvalidArgument
+    (POST /messages: 422) instead of an internal error (found by schemathesis)."""
+    async with Tidings(store=f"sqlite:///{tmp_path}/p.db", workers=0) as node:
+        with pytest.raises(InvalidArgument, match="JSON"):
+            await node.pipeline.post(["in_app"], user_ids=["u"], content=Content("x"), data=data)

@@ -16,8 +16,13 @@ MESSAGE_DATA_DEPTH = MAX_DATA_DEPTH - 1
 
 
 def message_data_problem(data: Any) -> str | None:
-    """Why a message's template values cannot be taken (too deep), or None."""
-    if nests_deeper(data, orjson.dumps(data), MESSAGE_DATA_DEPTH):
+    """Why a message's template values cannot be taken (not JSON tidings can write, such as
+    integers beyond 64 bits or lone surrogates; too deep), or None."""
+    try:
+        encoded = orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        return f"data cannot be stored as JSON: {exc}"
+    if nests_deeper(data, encoded, MESSAGE_DATA_DEPTH):
         return too_deep_message("data (held one level down in-app)", MESSAGE_DATA_DEPTH)
     return None
 

@@ -290,10 +290,7 @@ class Pipeline(Lifecycle):
         if users is not None and not 0 < len(users) <= self.settings.max_recipients:
             raise InvalidArgument(f"1 to {self.settings.max_recipients} user ids per message")
         values = data or {}
-        try:
-            problem = message_data_problem(values)
-        except TypeError as exc:
-            raise InvalidArgument(f"data must be JSON: {exc}") from None
+        problem = message_data_problem(values)
         if problem is not None:
             raise InvalidArgument(problem)
         request = {
