@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint check clean bench
+.PHONY: install run test lint check clean bench wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ lint: install
 
 test: install $(NPM_STAMP) lint
 	$(BIN)/python -m pytest
+
+# The wheel to install outside a checkout (docs/deployment.md): dist/tidings-<version>-*.whl.
+# Built in a small venv of its own, with the build frontend the Dockerfile pins.
+wheel:
+	$(PYTHON) -m venv build/venv
+	build/venv/bin/python -m pip install --quiet --disable-pip-version-check build==1.6.1
+	build/venv/bin/python -m build --wheel --outdir dist
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
