@@ -56,7 +56,9 @@ class MissingDependencyError(ConfigurationError):
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(
-            f"{package} is required for this backend; run: pip install 'tidings[{extra}]'"
+            f"{package} is required for this backend; install tidings with the '{extra}' "
+            f"extra: pip install '.[{extra}]' in a checkout, or pip install "
+            f"'tidings-<version>-py3-none-any.whl[{extra}]' (docs/deployment.md#installing)"
         )
         self.package = package
         self.extra = extra
