@@ -1,0 +1,95 @@
+"""An ASGI echo application served by tidings' WebSocket transport the way ``tidings serve``
+serves the device gateway, for Autobahn|Testsuite's fuzzing client.
+
+The uvicorn configuration is the one :func:`tidings.server.run` builds (``FrontConfig`` with
+``ws=WebSocketProtocol`` in front, uvicorn's default loop and HTTP protocol, keepalive pings,
+no permessage-deflate, the same head and keep-alive timeouts), from the same
+:class:`tidings.config.Settings` and so the same ``TIDINGS_*`` variables. Only the application
+differs: it echoes every message (Autobahn's cases expect an echo server) instead of speaking
+the device protocol.
+
+Run it by hand with ``python tests/conformance/echo_server.py --port 9001``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import uvicorn
+
+from tidings.config import Settings
+from tidings.gateway.front import FrontConfig, raise_open_file_limit
+from tidings.gateway.transport import WebSocketProtocol, set_coalesce_delay
+
+
+async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Accept every WebSocket and send each message back as it came (text as text, bytes as
+    bytes) until the client leaves; answer anything else 404."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+
+
+def serve_config(settings: Settings, *, log_level: str = "warning") -> FrontConfig:
+    """The uvicorn config of :func:`tidings.server.run` for ``settings``, around :func:`echo`.
+
+    Kept in step with ``run()`` by hand (it builds its config inline); only ``lifespan`` and
+    the application differ."""
+    set_coalesce_delay(settings.fanout_coalesce_ms / 1000)
+    raise_open_file_limit()
+    return FrontConfig(
+        echo,
+        host=settings.host,
+        port=settings.port,
+        ws=WebSocketProtocol if settings.ws_protocol == "tidings" else settings.ws_protocol,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_interval,
+        ws_max_size=max(4 * settings.max_frame_size, 1024 * 1024),
+        ws_per_message_deflate=False,
+        log_level=log_level,
+        log_config=None,
+        lifespan="on",
+        server_header=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
+        timeout_keep_alive=settings.keepalive_timeout,
+        head_timeout=settings.head_timeout,
+        max_open=settings.max_open_connections or None,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    settings = Settings(host=args.host, port=args.port)
+    uvicorn.Server(serve_config(settings, log_level=args.log_level)).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The spec of Autobahn|Testsuite's fuzzing client (``wstest -m fuzzingclient -s spec.json``)
+for tidings' transport, and what the result of a case must be.
+
+Run ``python tests/conformance/fuzzingclient_spec.py ws://127.0.0.1:9001/ reports`` to print
+the spec for a server started by hand (tests/conformance/echo_server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+#: the agent name under which the report files the server's results
+AGENT = "tidings"
+
+#: case groups not run, and why (the only ones: every other case must pass)
+EXCLUDED: dict[str, str] = {
+    "12.*": "permessage-deflate: tidings negotiates no extension on purpose (a compression "
+    "context costs 30-40 KiB per connection; src/tidings/gateway/transport.py)",
+    "13.*": "permessage-deflate with its parameters (window bits, context takeover): no "
+    "extension is negotiated, for the same reason as 12.*",
+}
+
+#: what a case's ``behavior`` and ``behaviorClose`` may be. NON-STRICT (e.g. a text message
+#: with invalid UTF-8 failed only once it was complete, or a close answered a moment later
+#: than the strictest reading of the RFC) is what websockets and uvicorn accept too;
+#: INFORMATIONAL cases report, they do not judge (e.g. the close code a server echoes, 7.1.6).
+ACCEPTED = frozenset({"OK", "NON-STRICT", "INFORMATIONAL"})
+
+
+def spec(url: str, outdir: str | Path, cases: list[str] | None = None) -> dict[str, Any]:
+    """The fuzzing client's spec: every case (or ``cases``) against ``url`` but the excluded
+    groups, reports in ``outdir``.
+
+    ``failByDrop`` stays on (the default): a server that drops the TCP connection without a
+    closing handshake where one is due fails the case."""
+    return {
+        "outdir": str(outdir),
+        "servers": [{"agent": AGENT, "url": url, "options": {"version": 18}}],
+        "cases": cases or ["*"],
+        "exclude-cases": sorted(EXCLUDED),
+        "exclude-agent-cases": {},
+    }
+
+
+def write_spec(path: Path, url: str, outdir: str | Path, cases: list[str] | None = None) -> Path:
+    path.write_text(json.dumps(spec(url, outdir, cases), indent=2) + "\n")
+    return path
+
+
+def failures(index: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The cases of the report's ``index.json`` whose behaviour is not accepted, in case
+    order: ``(case id, its entry)``."""
+    results = index.get(AGENT, {})
+    failed = [
+        (case, result)
+        for case, result in results.items()
+        if result.get("behavior") not in ACCEPTED or result.get("behaviorClose") not in ACCEPTED
+    ]
+    return sorted(failed, key=lambda item: case_key(item[0]))
+
+
+def case_key(case: str) -> tuple[int, ...]:
+    """``"9.10.2"`` sorts after ``"9.2.1"``."""
+    return tuple(int(part) for part in case.split(".") if part.isdigit())
+
+
+if __name__ == "__main__":
+    url, outdir = sys.argv[1], sys.argv[2]
+    print(json.dumps(spec(url, outdir, sys.argv[3:] or None), indent=2))
