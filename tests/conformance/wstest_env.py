@@ -6,7 +6,7 @@ pip 20.3.4 and setuptools 44.1.1 bundled) and every package is pinned (``PINS``:
 pip resolved for autobahntestsuite 0.8.2 under 2.7, checked to run the whole fuzzing client),
 so a rerun in a year installs the same thing. It lives outside the checkout, in
 ``$XDG_CACHE_HOME/tidings/autobahn-<key>`` (``~/.cache`` by default), the key a digest of the
-pins and of the interpreter; building it takes about half a minute (two packages are compiled),
+pins and of the interpreter; building it takes under a minute (a few C extensions are compiled),
 using it no time.
 
 Python 2.7 is found as ``$TIDINGS_PYTHON2``, else ``python2.7`` on the ``PATH``, else the newest
@@ -84,8 +84,9 @@ def find_python2() -> Path:
     )
     candidates.extend(versions)
     for candidate in candidates:
-        if _python_version(candidate).startswith("2.7."):
-            return candidate
+        version, executable = _identify(candidate)
+        if version.startswith("2.7."):
+            return Path(executable)  # the interpreter itself, not a pyenv shim
     raise WstestUnavailable(
         "no Python 2.7 found for Autobahn|Testsuite (looked at $TIDINGS_PYTHON2, python2.7 on "
         f"the PATH and {pyenv}/2.7*); install one, e.g. `pyenv install 2.7.18`"
@@ -94,10 +95,8 @@ def find_python2() -> Path:
 
 def cache_dir(python2: Path) -> Path:
     """Where the virtualenv for ``python2`` and ``PINS`` lives."""
-    identity = "\n".join(
-        (str(python2.resolve()), _python_version(python2), VIRTUALENV, *PINS)
-    ).encode()
-    key = hashlib.sha256(identity).hexdigest()[:16]
+    identity = "\n".join((str(python2.resolve()), *_identify(python2), VIRTUALENV, *PINS))
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "tidings" / f"autobahn-{key}"
 
@@ -152,18 +151,25 @@ def python2_environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def _python_version(python: Path) -> str:
+def _identify(python: Path) -> tuple[str, str]:
+    """``python``'s version and the path of the interpreter it runs (``("", "")`` if it does
+    not run)."""
     try:
         result = subprocess.run(
-            [str(python), "-c", "import platform; print(platform.python_version())"],
+            [
+                str(python),
+                "-c",
+                "import platform, sys; print(platform.python_version()); print(sys.executable)",
+            ],
             capture_output=True,
             text=True,
             timeout=30,
             env=python2_environment(),
         )
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return result.stdout.strip() if result.returncode == 0 else ""
+        return "", ""
+    lines = result.stdout.splitlines()
+    return (lines[0], lines[1]) if result.returncode == 0 and len(lines) == 2 else ("", "")
 
 
 def _run(command: list[str], **env: str) -> None:
