@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -46,7 +46,7 @@ SERVER_ENV = {"TIDINGS_MAX_FRAME_SIZE": str(4 * 1024 * 1024)}
 WSTEST_TIMEOUT = 300
 
 
-def unavailable(message: str) -> None:
+def unavailable(message: str) -> NoReturn:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)
     pytest.skip(message)
