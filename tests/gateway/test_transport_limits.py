@@ -259,7 +259,7 @@ def test_the_keepalive_pings_one_group_of_sockets_per_tick() -> None:
 # Close codes
 
 
-@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 2000, 5000])
+@pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1010, 1015, 2000, 5000])
 async def test_an_application_close_code_that_may_not_be_sent_becomes_1011(
     serve: Serve, raw: Raw, code: int
 ) -> None:

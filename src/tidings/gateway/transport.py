@@ -92,8 +92,9 @@ _VALID_CLOSE = frozenset(
 
 
 def valid_close_code(code: int) -> bool:
-    """Whether ``code`` may be sent in a close frame."""
-    return code in _VALID_CLOSE or 3000 <= code <= 4999
+    """Whether a server may send ``code`` in a close frame (1010 is the client's: a server
+    cannot miss an extension it would have had to negotiate itself)."""
+    return (code in _VALID_CLOSE and code != CloseCode.MANDATORY_EXTENSION) or 3000 <= code <= 4999
 
 
 _S_HANDSHAKE, _S_OPEN, _S_CLOSING, _S_CLOSED = 0, 1, 2, 3
