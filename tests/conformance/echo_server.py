@@ -2,11 +2,12 @@
 serves the device gateway, for Autobahn|Testsuite's fuzzing client.
 
 The uvicorn configuration is the one :func:`tidings.server.run` builds (``FrontConfig`` with
-``ws=WebSocketProtocol`` in front, uvicorn's default loop and HTTP protocol, keepalive pings,
-no permessage-deflate, the same head and keep-alive timeouts), from the same
-:class:`tidings.config.Settings` and so the same ``TIDINGS_*`` variables. Only the application
-differs: it echoes every message (Autobahn's cases expect an echo server) instead of speaking
-the device protocol.
+``ws=WebSocketProtocol`` in front, uvicorn's default loop and HTTP protocol, no
+permessage-deflate, the same head and keep-alive timeouts), from the same
+:class:`tidings.config.Settings` and so the same ``TIDINGS_*`` variables, with two changes
+Autobahn's cases need (:data:`AUTOBAHN_OPTIONS`): messages of up to 16 MiB, and no keepalive
+pings. The application differs too: it echoes every message (Autobahn's cases expect an echo
+server) instead of speaking the device protocol.
 
 Run it by hand with ``python tests/conformance/echo_server.py --port 9001``.
 """
@@ -22,6 +23,19 @@ import uvicorn
 from tidings.config import Settings
 from tidings.gateway.front import FrontConfig, raise_open_file_limit
 from tidings.gateway.transport import WebSocketProtocol, set_coalesce_delay
+
+#: what differs from ``tidings serve``'s uvicorn options, and why:
+#:
+#: - ``ws_max_size``: Autobahn's largest messages are 16 MiB (9.1.6, 9.2.6); ``tidings serve``
+#:   allows 4 x ``TIDINGS_MAX_FRAME_SIZE`` (1 MiB by default), past which the transport closes
+#:   with 1009 (as it should, but then 9.1.4-9.1.6, 9.2.4-9.2.6, 9.3.x and 9.4.x are not echoed);
+#: - ``ws_ping_interval`` off: a keepalive ping of the server is no part of any case, and one
+#:   that falls inside a case (a slow 9.x on a busy machine) shows up in its frame trace.
+AUTOBAHN_OPTIONS: dict[str, Any] = {
+    "ws_max_size": 16 * 1024 * 1024,
+    "ws_ping_interval": None,
+    "ws_ping_timeout": None,
+}
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -54,14 +68,13 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def serve_config(settings: Settings, *, log_level: str = "warning") -> FrontConfig:
-    """The uvicorn config of :func:`tidings.server.run` for ``settings``, around :func:`echo`.
+    """The uvicorn config of :func:`tidings.server.run` for ``settings``, around :func:`echo`,
+    with :data:`AUTOBAHN_OPTIONS`.
 
-    Kept in step with ``run()`` by hand (it builds its config inline); only ``lifespan`` and
-    the application differ."""
+    Kept in step with ``run()`` by hand (it builds its config inline)."""
     set_coalesce_delay(settings.fanout_coalesce_ms / 1000)
     raise_open_file_limit()
-    return FrontConfig(
-        echo,
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         ws=WebSocketProtocol if settings.ws_protocol == "tidings" else settings.ws_protocol,
@@ -79,6 +92,8 @@ def serve_config(settings: Settings, *, log_level: str = "warning") -> FrontConf
         head_timeout=settings.head_timeout,
         max_open=settings.max_open_connections or None,
     )
+    options.update(AUTOBAHN_OPTIONS)
+    return FrontConfig(echo, **options)
 
 
 def main(argv: list[str] | None = None) -> None:
