@@ -701,11 +701,20 @@ class Tidings(Lifecycle):
         await self.store.subscribe_session(
             conn.user_id, conn.session_id, topics, self.settings.max_sessions_per_user
         )
-        starts = await self.store.topic_last_seqs([t for t in topics if t not in conn.topics])
-        # Every socket of this session on this node follows the session's subscriptions.
-        for other in self._session_connections(conn):
-            _mark_start(other, starts)
-            await self.registry.join_topics(other, topics)
+        # Every socket of this session on this node follows the session's subscriptions, as
+        # far as its own token allows (as on reactivation), from the topic's last seq now.
+        sockets = self._session_connections(conn)
+        joining = sorted({t for other in sockets for t in topics if t not in other.topics})
+        starts = await self.store.topic_last_seqs(joining) if joining else {}
+        for other in sockets:
+            allowed: Sequence[str] = topics
+            if other is not conn and other.claims != conn.claims:
+                refused_here = set(
+                    await self.topic_policy.refused(other.user_id, other.claims, topics)
+                )
+                allowed = [t for t in topics if t not in refused_here]
+            _mark_start(other, {t: starts[t] for t in allowed if t in starts})
+            await self.registry.join_topics(other, allowed)
         return list(topics)
 
     async def unsubscribe_topics(self, conn: Connection, topics: Sequence[str]) -> list[str]:

@@ -216,9 +216,11 @@ class Gateway:
         delegated = delegate is not None and (
             "cookie" in headers or ("authorization" in headers and not _looks_like_jwt(token))
         )
-        # Cookies that go to the delegate may be a browser's, sent along by a page elsewhere:
-        # only a principal that comes from a token skips the same-site rule.
-        if not self._origin_allowed(scope, headers, cookies=delegated and "cookie" in headers):
+        # What goes to the delegate may be a browser's ambient credentials, sent along by a
+        # page elsewhere: its cookies, or HTTP credentials the browser caches and attaches by
+        # itself (a page cannot set Authorization on a WebSocket). Only a principal that comes
+        # from a token tidings verifies skips the same-site rule.
+        if not self._origin_allowed(scope, headers, cookies=delegated):
             await _deny(scope, send, 403, "forbidden_origin", "this Origin may not connect")
             return None
 
@@ -269,8 +271,9 @@ class Gateway:
         """Cross-site WebSocket hijacking guard (browsers always send ``Origin``).
 
         With an allow-list, only listed origins. Without one, any origin for token auth, but
-        only the node's own site when cookies authenticate the device (delegated or embedded
-        mode): a page elsewhere would otherwise ride the user's cookies.
+        only the node's own site when the browser's own credentials authenticate the device
+        (``cookies``: delegated or embedded mode): a page elsewhere would otherwise ride the
+        user's cookies or cached HTTP credentials.
         """
         origin = headers.get("origin")
         if origin is None:
