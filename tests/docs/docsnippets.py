@@ -65,6 +65,8 @@ MARKER_KINDS = ("not-run", "background")
 #: Anything that looks like one of our markers, well-formed or not.
 MARKER_LIKE = re.compile(r"<!--[ \t]*(not[-_ ]?run|background|skip|no[-_ ]?run)\b", re.I)
 FILE_COMMENT = re.compile(r"^#[ \t]*(?P<name>[\w./-]+\.py)\b")
+#: A shell block that names one of these installs or deploys onto the machine itself.
+OUTSIDE = re.compile(r"(?:^|[\s'\"=:(])(/(?:opt|etc|srv|usr/local|var/lib)/[\w./-]*)")
 #: How long one foreground block may take; a command that never exits needs a marker.
 BLOCK_TIMEOUT = 30.0
 #: How long a background block has to print the lines its comments show.
@@ -107,7 +109,11 @@ def display(path: Path) -> str:
 
 
 def doc_files() -> list[Path]:
-    """README.md and every page of docs/."""
+    """README.md and every page of docs/; ``TIDINGS_DOCS=a.md:b.md`` checks those instead
+    (a draft, say)."""
+    chosen = os.environ.get("TIDINGS_DOCS", "")
+    if chosen:
+        return [Path(name).resolve() for name in chosen.split(os.pathsep) if name]
     return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
@@ -246,8 +252,8 @@ if [ -f "$__DOCS_STATE" ]; then . "$__DOCS_STATE"; fi
 cd "$__DOCS_CWD"
 set -euo pipefail
 shopt -s inherit_errexit
-trap '__docs_rc=$?
-  echo "docs-snippet: $__DOCS_NAME:$LINENO: exit $__docs_rc: $BASH_COMMAND" >&2' ERR
+__docs_failed() { echo "docs-snippet: $__DOCS_NAME:$2: exit $1: $3" >&2; }
+trap '__docs_failed $? $LINENO "$BASH_COMMAND"' ERR
 . "$__DOCS_BLOCK"
 trap - ERR
 set +euo pipefail
@@ -258,7 +264,7 @@ if [ -n "${__DOCS_SAVE:-}" ]; then
       case "$__docs_known" in *" $__docs_v "*) continue ;; esac
       declare -p "$__docs_v" 2>/dev/null | grep -v '^declare -[a-zA-Z]*r' || true
     done
-    declare -f
+    declare -f | sed '/^__docs_failed ()/,/^}/d'
   } > "$__DOCS_STATE.new"
   mv "$__DOCS_STATE.new" "$__DOCS_STATE"
   pwd > "$__DOCS_SAVE.cwd"
@@ -324,6 +330,12 @@ class Walkthrough:
     def run(self, block: Block) -> None:
         self.start()
         self.counter += 1
+        if block.kind == "sh" and (outside := OUTSIDE.search(block.source)):
+            raise SnippetFailed(
+                f"{block.where}: sh block not run: it names {outside[1]!r}, outside the "
+                "throwaway folder the docs test runs in (an install or a deployment would change "
+                "this machine): mark it <!-- not-run: why --> before the fence"
+            )
         if block.kind == "python":
             self._run_python(block)
         elif block.marker == "background":
@@ -342,7 +354,9 @@ class Walkthrough:
         return "\n" * (block.first_code_line - 1) + substitute(block.source, self.port)
 
     def _shell_command(self, block: Block, save: Path | None) -> tuple[list[str], dict[str, str]]:
-        script = self._files(block, ".sh")
+        # Named as the document, so that bash's own messages name it and the line.
+        script = self._files(block, "") / display(block.doc).lstrip("/")
+        script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(self._padded(block))
         env = dict(self.env)
         env.update(
