@@ -29,6 +29,10 @@ The rules (``tests/docs/README.md`` says the same for writers of the docs):
 - Output written in the docs is checked: in a shell block, a comment line that starts with
   ``# {`` is a line the command prints; in a Python block, a comment after ``print(…)`` is the
   line it prints. ``…`` stands for anything. The lines must appear in that order.
+- Refused unless marked: ``make run``/``test``/``lint``/``check``/``bench`` and ``docker``
+  (shims in ``shims/``, first on ``PATH``), and a shell block naming a path under ``/opt``,
+  ``/etc``, ``/srv``, ``/usr/local`` or ``/var/lib`` (an install or a deployment onto the
+  machine). A foreground block may take ``BLOCK_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class Block:
     source: str  # dedented by the fence's indentation
     marker: str | None = None  # "not-run" | "background"
     reason: str = ""
+    length: int = 0  # lines from the opening fence to the closing one
 
     @property
     def where(self) -> str:
@@ -168,7 +173,8 @@ def parse(doc: Path) -> tuple[list[Block], list[str]]:
                 errors.append(
                     f"{name}:{before + 1}: <!-- {marker} --> needs a reason: <!-- {marker}: why -->"
                 )
-        block = Block(doc, start + 1, language, "\n".join(body) + "\n", marker, reason or "")
+        source = "\n".join(body) + "\n"
+        block = Block(doc, start + 1, language, source, marker, reason or "", i - start)
         if language not in RUNNABLE and language not in SHOWN:
             errors.append(
                 f"{block.where}: ```{language} is neither run nor known to be shown only: "
@@ -185,8 +191,12 @@ def parse(doc: Path) -> tuple[list[Block], list[str]]:
             errors.append(f"{block.where}: <!-- background --> is for shell blocks")
         blocks.append(block)
 
+    fenced = {n for block in blocks for n in range(block.line - 1, block.line - 1 + block.length)}
     for number, text in enumerate(lines):
-        if MARKER_LIKE.search(text) and number not in used_markers:
+        prose = re.sub(r"`+[^`]*`+", "", text)  # a marker quoted in code is no marker
+        if number in fenced or number in used_markers:
+            continue
+        if MARKER_LIKE.search(prose):
             errors.append(
                 f"{name}:{number + 1}: a snippet marker must be alone on the last non-blank "
                 f"line before a fence: {text.strip()[:80]}"

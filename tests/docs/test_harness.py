@@ -99,6 +99,12 @@ def test_markers_need_a_reason_and_a_fence(tmp_path: Path) -> None:
         ```python
         pass
         ```
+
+        Quoted, a marker is no marker: `<!-- not-run: why -->`, nor in a block:
+
+        ```text
+        <!-- not-run: why -->
+        ```
         """,
     )
     blocks, errors = parse(doc)
@@ -108,6 +114,7 @@ def test_markers_need_a_reason_and_a_fence(tmp_path: Path) -> None:
         (14, "console", None, False),
         (18, "", None, False),
         (23, "python", "background", True),
+        (29, "text", None, False),
     ]
     assert blocks[0].reason == "needs a Kubernetes cluster"
     assert [error.split(": ", 1)[0] for error in errors] == [
