@@ -149,11 +149,11 @@ tidings {__version__} on {base}  (store {safe_url(settings.store)}, bus {safe_ur
 
 Try it from a second terminal in this folder:
   . .venv/bin/activate
-  tidings listen alice --mark-seen            # a device of user 'alice'
+  tidings listen bob --mark-seen              # a device of user 'bob' (the demo is alice)
 Then from a third:
   . .venv/bin/activate
   eval "$(tidings clients create demo --scope notify --env)"
-  tidings notify alice '{{"text": "Hello from tidings"}}'
+  tidings notify bob '{{"text": "Hello from tidings"}}'
 """,
         err=True,
     )
