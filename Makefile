@@ -30,6 +30,7 @@ lint: install
 	$(BIN)/ruff check src tests examples $(wildcard bench)
 	$(BIN)/ruff format --check src tests examples $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install $(NPM_STAMP) lint
 	$(BIN)/python -m pytest

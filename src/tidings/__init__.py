@@ -5,12 +5,11 @@ The public API; see the documentation in ``docs/``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from tidings.config import Settings
 from tidings.core.models import MarkSeenResult, Notification, NotifyResult, UnseenCount
-from tidings.core.tidings import Tidings
 from tidings.errors import TidingsError
+from tidings.node.tidings import Tidings
+from tidings.version import __version__
 
 __all__ = [
     "MarkSeenResult",

@@ -15,15 +15,16 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from tidings import __version__
-from tidings.auth.jwt import MAX_USER_ID_LENGTH, JwtAuthenticator
+from tidings.auth.jwt import JwtAuthenticator
 from tidings.auth.oauth import SCOPES, create_client, parse_scopes
 from tidings.config import Settings, load_settings
+from tidings.core.limits import MAX_USER_ID_LENGTH
 from tidings.core.models import ServiceClient
 from tidings.errors import ClientError, ConfigurationError, StoreUnavailable, TidingsError
 from tidings.logs import configure, safe_url
 from tidings.storage import Store, create_store
 from tidings.storage.sqlite import SqliteStore
+from tidings.version import __version__
 
 T = TypeVar("T")
 
@@ -308,7 +309,7 @@ def clients_delete(client_id: str, store: str | None) -> None:
 
 def _device_signer(settings: Settings) -> tuple[JwtAuthenticator, str]:
     """The authenticator signing device tokens, and where its secret comes from."""
-    from tidings.core.tidings import DEVICE_KEY, _random_key
+    from tidings.node.tidings import DEVICE_KEY, _random_key
 
     secret = settings.jwt_secret
     source = "TIDINGS_JWT_SECRET"

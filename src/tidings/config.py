@@ -352,7 +352,7 @@ class Settings(BaseSettings):
     @field_validator("jwt_secret")
     @classmethod
     def _secret_length(cls, value: str | None) -> str | None:
-        from tidings.auth.jwt import MIN_SECRET_LENGTH
+        from tidings.core.limits import MIN_SECRET_LENGTH
 
         if not value:
             return None  # unset or empty: one is generated and kept in the store

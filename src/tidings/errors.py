@@ -4,7 +4,10 @@ Every error derives from :class:`TidingsError`; each layer has its own subtree::
 
     TidingsError
     ├── InvalidArgument             a caller passed a bad value (also a ValueError)
-    │   └── PayloadTooLarge         a notification's data is over the size limit
+    │   ├── PayloadTooLarge         a notification's data is over the size limit
+    │   ├── TemplateFailure         a template does not compile or render
+    │   ├── InvalidAddress          a contact point is not usable
+    │   └── UnparsableBody          an HTTP body nested past what JSON readers take
     ├── ConfigurationError          a setting is missing or wrong
     │   └── MissingDependencyError  an optional extra is not installed
     ├── StoreError                  the storage backend failed
@@ -16,10 +19,20 @@ Every error derives from :class:`TidingsError`; each layer has its own subtree::
     │   ├── InvalidToken            a token failed verification or has expired
     │   ├── IssuerUnavailable       a token issuer's keys cannot be fetched (retry later)
     │   ├── InsufficientScope       a valid service token lacks the scope
-    │   └── TopicRefused            the topic policy refused topics
+    │   ├── TopicRefused            the topic policy refused topics
+    │   ├── DelegateUnavailable     the application's subscribe endpoint did not answer
+    │   ├── InvalidClient           unknown OAuth client or wrong secret
+    │   └── InvalidScope            a requested scope exceeds the client's
     ├── LimitExceeded               a configured limit refused the request
     │   └── TooManyConnections      a user has the most sockets allowed across the cluster
     ├── ProtocolError               a client frame breaks the wire contract
+    ├── ProtocolFailure             a WebSocket peer broke RFC 6455: close with ``code``
+    ├── DeliveryFailure             a channel's send did not succeed
+    │   ├── TransientFailure        worth another try (retried with backoff)
+    │   └── PermanentFailure        never succeeds as it is
+    ├── ForbiddenAddress            a provider's name resolved to a non-public address
+    │                               (also an OSError, as resolvers raise)
+    ├── ApiError                    an HTTP API error answered as {"error", "message"}
     └── ClientError                 the server refused a request of tidings.client
 
 Backends wrap driver exceptions with ``raise … from exc`` so callers only ever
@@ -29,10 +42,7 @@ catch tidings' own types.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tidings.core.models import Device
+from typing import Any
 
 
 class TidingsError(Exception):
@@ -127,7 +137,7 @@ class TooManyConnections(LimitExceeded):
     :meth:`~tidings.storage.base.Store.open_socket` (it stays bound: the device may come back
     once another socket has closed)."""
 
-    def __init__(self, message: str, device: Device | None = None) -> None:
+    def __init__(self, message: str, device: Any = None) -> None:
         super().__init__(message)
         self.device = device
 
@@ -158,3 +168,81 @@ class ClientError(TidingsError):
         self.message = message
         self.status = status
         self.details = details
+
+
+class TemplateFailure(InvalidArgument):
+    """A template does not compile or does not render with the message's data."""
+
+
+class InvalidAddress(InvalidArgument):
+    """A contact point (email address, URL, push subscription, phone number) is not usable."""
+
+
+class UnparsableBody(InvalidArgument):
+    """A body nested past what the standard library's JSON reader takes: FastAPI answers it
+    400 ``{"detail": "There was an error parsing the body"}``, and so does the fast path."""
+
+    body = b'{"detail":"There was an error parsing the body"}'
+
+
+class DelegateUnavailable(AuthError):
+    """The application's subscribe endpoint did not answer usably (retry later)."""
+
+
+class InvalidClient(AuthError):
+    """Unknown client or wrong secret (RFC 6749 ``invalid_client``)."""
+
+
+class InvalidScope(AuthError):
+    """The requested scope exceeds the client's (RFC 6749 ``invalid_scope``)."""
+
+
+class ProtocolFailure(TidingsError):
+    """A WebSocket peer broke RFC 6455; the connection closes with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class DeliveryFailure(TidingsError):
+    """A send did not succeed. ``reason`` is a short machine-readable word recorded on the
+    delivery (``provider_error``, ``rejected``, ``timeout``, ``unreachable``, ``gone`` …);
+    the message is the provider's own words, recorded as the delivery's ``last_error``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TransientFailure(DeliveryFailure):
+    """Worth another try: the delivery is retried with backoff. ``retry_after`` (seconds) is
+    the provider's own hint, when it gave one (HTTP ``Retry-After``)."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(reason, message)
+        self.retry_after = retry_after
+
+
+class PermanentFailure(DeliveryFailure):
+    """Never succeeds as it is: the delivery goes ``failed`` with this reason."""
+
+
+class ForbiddenAddress(TidingsError, OSError):
+    """A name resolved to a non-public address (raised by the channels' guarded resolver;
+    an OSError too, which is what HTTP clients expect a resolver to raise)."""
+
+
+class ApiError(TidingsError):
+    """An error answered as ``{"error": code, "message": …}`` with HTTP ``status``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers

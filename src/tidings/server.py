@@ -18,11 +18,11 @@ import uvicorn
 from tidings.api.app import FAST_ROUTES, create_api, fast_post
 from tidings.bus import create_bus
 from tidings.config import Settings
-from tidings.core.tidings import Tidings
+from tidings.core.ids import new_sorted_id
 from tidings.errors import BusError, ConfigurationError, StoreUnavailable, TidingsError
 from tidings.logs import log_context, safe_url
+from tidings.node.tidings import Tidings
 from tidings.storage import create_store
-from tidings.storage._common import new_sorted_id
 
 logger = logging.getLogger("tidings")
 

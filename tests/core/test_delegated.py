@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tidings.auth.delegated import DelegatedAuthenticator, DelegateUnavailable
-from tidings.errors import InvalidToken
+from tidings.auth.delegated import DelegatedAuthenticator
+from tidings.errors import DelegateUnavailable, InvalidToken
 
 
 class App:

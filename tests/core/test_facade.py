@@ -10,7 +10,7 @@ import pytest
 
 from tidings import Tidings
 from tidings.errors import InvalidArgument, NotFound, PayloadTooLarge
-from tidings.gateway.connection import Connection
+from tidings.fanout.connection import Connection
 
 SECRET = "facade-secret-" + "y" * 32
 

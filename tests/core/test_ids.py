@@ -7,7 +7,7 @@ import base64
 import re
 import time
 
-from tidings.storage._common import CONNECTION_ID, new_id, new_sorted_id, new_sorted_ids
+from tidings.core.ids import CONNECTION_ID, new_id, new_sorted_id, new_sorted_ids
 
 SORTED_ALPHABET = bytes(sorted(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

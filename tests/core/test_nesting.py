@@ -33,7 +33,7 @@ from tidings.core.models import (
     walk_nests_deeper,
 )
 from tidings.errors import InvalidArgument
-from tidings.gateway import protocol
+from tidings.fanout import codec as protocol
 from tidings.server import TidingsApp
 
 

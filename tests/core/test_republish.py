@@ -9,7 +9,7 @@ from pathlib import Path
 from tidings import Tidings
 from tidings.bus.memory import MemoryBus
 from tidings.errors import BusError
-from tidings.gateway.connection import Connection
+from tidings.fanout.connection import Connection
 
 SECRET = "republish-secret-" + "r" * 32
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tidings.gateway.connection import Connection
+from tidings.fanout.connection import Connection
 
 
 class Sink:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tidings.delivery.channels.base import CHANNEL_NAMES, InvalidAddress
+from tidings.delivery.channels.base import CHANNEL_NAMES
 from tidings.delivery.models import (
     ACTIVE,
     DELETED,
@@ -30,8 +30,8 @@ from tidings.delivery.planner import (
     parse_rate_limits,
     plan,
 )
-from tidings.delivery.templates import MAX_RENDERED, Renderer, TemplateFailure
-from tidings.errors import ConfigurationError, InvalidArgument
+from tidings.delivery.templates import MAX_RENDERED, Renderer
+from tidings.errors import ConfigurationError, InvalidAddress, InvalidArgument, TemplateFailure
 
 # plan()
 

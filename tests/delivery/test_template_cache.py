@@ -57,7 +57,7 @@ async def test_templates_are_rendered_in_the_sandbox(tmp_path: Path) -> None:
         assert shown.text == "Hi <b>Ann</b>"
         assert shown.html == "<p>&lt;b&gt;Ann&lt;/b&gt;</p>"
         assert shown.subject == "For <b>Ann</b>"
-        from tidings.delivery.templates import TemplateFailure
+        from tidings.errors import TemplateFailure
 
         try:
             await node.pipeline.put_template("evil", Content("{{ ''.__class__.__mro__ }}"))

@@ -9,7 +9,7 @@ import pytest
 
 from tidings.core.models import Notification
 from tidings.errors import ProtocolError
-from tidings.gateway import protocol
+from tidings.fanout import codec as protocol
 
 
 def test_parses_authenticate() -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.errors import ProtocolError
-from tidings.gateway import protocol
+from tidings.fanout import codec as protocol
 
 CODES = {
     protocol.INVALID_JSON,

@@ -18,10 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from tidings import __version__
 from tidings.api.pipeline import mount_pipeline
 from tidings.api.schemas import (
-    MAX_BATCH_ITEMS,
     MAX_NOTIFICATION_ID_CHARS,
     MAX_USER_ID_CHARS,
     ApiErrorBody,
@@ -41,21 +39,28 @@ from tidings.api.schemas import (
 )
 from tidings.api.web import mount_web
 from tidings.auth.base import ServicePrincipal
-from tidings.auth.oauth import InvalidClient, InvalidScope
+from tidings.core.limits import MAX_BATCH_ITEMS
 from tidings.core.models import NewNotification, NotifyResult, isoformat
 from tidings.errors import (
+    ApiError,
     Conflict,
     InsufficientScope,
     InvalidArgument,
+    InvalidClient,
+    InvalidScope,
     InvalidToken,
     IssuerUnavailable,
     PayloadTooLarge,
     StoreUnavailable,
+    UnparsableBody,
 )
-from tidings.metrics import CONTENT_TYPE, count_error
+from tidings.node.metrics import CONTENT_TYPE, count_error
+from tidings.version import __version__
+
+# Moved to tidings.errors; importable from here for one release.
 
 if TYPE_CHECKING:
-    from tidings.core.tidings import Tidings
+    from tidings.node.tidings import Tidings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -64,19 +69,6 @@ _BATCH_ERRORS: dict[type[Exception], tuple[int, str]] = {
     PayloadTooLarge: (413, "payload_too_large"),
     InvalidArgument: (422, "invalid_argument"),
 }
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": …}``."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
 
 
 async def authorize(tidings: Tidings, authorization: str, scope: str) -> ServicePrincipal:
@@ -178,13 +170,6 @@ def _validated(model: type[ModelT], body: bytes) -> ModelT:
         except ValueError:
             raise exc from None
         return model.model_validate(parsed)
-
-
-class UnparsableBody(Exception):
-    """A body nested past what the standard library's JSON reader takes: FastAPI answers it
-    400 ``{"detail": "There was an error parsing the body"}``, and so does :func:`fast_post`."""
-
-    body = b'{"detail":"There was an error parsing the body"}'
 
 
 #: digits to ``#``, all else to ``.``: nineteen ``#`` in a row may be an integer beyond 64 bits

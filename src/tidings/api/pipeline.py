@@ -16,14 +16,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
-from tidings.delivery.channels.base import InvalidAddress
+from tidings.core.limits import MAX_TOPIC_LENGTH, MAX_USER_ID_LENGTH
 from tidings.delivery.models import Content, NewMessage, message_data_problem
 from tidings.delivery.pipeline import body_hash
-from tidings.delivery.templates import TemplateFailure
-from tidings.errors import AuthError, Conflict, InvalidArgument, TopicRefused
+from tidings.errors import (
+    AuthError,
+    Conflict,
+    InvalidAddress,
+    InvalidArgument,
+    TemplateFailure,
+    TopicRefused,
+)
 
 if TYPE_CHECKING:
-    from tidings.core.tidings import Tidings
+    from tidings.node.tidings import Tidings
 
 T = TypeVar("T")
 #: who a preferences call acts for: (user id, the device JWT's claims, or None for a service)
@@ -31,8 +37,8 @@ Caller = tuple[str, dict[str, Any] | None]
 ChannelName = Literal["in_app", "email", "webhook", "web_push", "sms"]
 StateName = Literal["pending", "active", "sent", "failed", "stale", "deleted"]
 ContactChannel = Literal["email", "webhook", "web_push", "sms"]
-UserId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
-Topic = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
+UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_LENGTH, pattern=r"^[^\x00]+$")]
+Topic = Annotated[str, Field(min_length=1, max_length=MAX_TOPIC_LENGTH, pattern=r"^[^\x00]+$")]
 TemplateId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
 
 
@@ -118,7 +124,7 @@ class MessageOut(BaseModel):
 
 def _errors(exc: Exception) -> Exception:
     """The API's answer to a pipeline error (others pass through to the app's handlers)."""
-    from tidings.api.app import ApiError
+    from tidings.errors import ApiError
 
     if isinstance(exc, TemplateFailure):
         return ApiError(422, "template_error", str(exc))
@@ -146,7 +152,8 @@ def mount_pipeline(
     require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
 ) -> None:
     """Add the pipeline's routes to the service API."""
-    from tidings.api.app import ApiError, authorize
+    from tidings.api.app import authorize
+    from tidings.errors import ApiError
 
     router = APIRouter()
     errors: dict[int | str, dict[str, Any]] = {
@@ -318,7 +325,7 @@ def mount_templates(
     errors: dict[int | str, dict[str, Any]],
     not_found: dict[int | str, dict[str, Any]],
 ) -> None:
-    from tidings.api.app import ApiError
+    from tidings.errors import ApiError
 
     scoped = [Depends(require_scope("messages"))]
 
@@ -371,7 +378,7 @@ def mount_preferences(
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
     """The same five routes under ``/me`` (device JWT) and ``/users/{user_id}`` (service)."""
-    from tidings.core.tidings import _check_identifier
+    from tidings.node.tidings import _check_identifier
 
     async def service_user(
         user_id: Annotated[str, Path(min_length=1, max_length=256)],

@@ -7,12 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tidings.core.limits import MAX_BATCH_ITEMS, MAX_ID_LENGTH, MAX_USER_ID_LENGTH
 from tidings.core.models import Notification
 
 #: limits of the request models, also checked by the batch endpoint's own parser
-MAX_USER_ID_CHARS = 256
-MAX_NOTIFICATION_ID_CHARS = 128
-MAX_BATCH_ITEMS = 10_000
+MAX_USER_ID_CHARS = MAX_USER_ID_LENGTH
+MAX_NOTIFICATION_ID_CHARS = MAX_ID_LENGTH
 
 
 class NotifyRequest(BaseModel):

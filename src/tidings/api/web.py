@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from tidings.auth.jwt import JwtAuthenticator
+from tidings.core.limits import MAX_USER_ID_LENGTH
 from tidings.errors import InvalidArgument, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -21,18 +22,18 @@ if TYPE_CHECKING:
     from fastapi import Request
 
     from tidings.auth.base import ServicePrincipal
-    from tidings.core.tidings import Tidings
+    from tidings.node.tidings import Tidings
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 logger = logging.getLogger("tidings")
 
 
 class DemoToken(BaseModel):
-    user_id: str = Field(min_length=1, max_length=256)
+    user_id: str = Field(min_length=1, max_length=MAX_USER_ID_LENGTH)
 
 
 class DemoNotify(BaseModel):
-    user_id: str = Field(min_length=1, max_length=256)
+    user_id: str = Field(min_length=1, max_length=MAX_USER_ID_LENGTH)
     text: str = Field(min_length=1, max_length=500)
 
 

@@ -26,13 +26,10 @@ from collections.abc import Iterable, Mapping
 import httpx
 
 from tidings.auth.base import Principal
-from tidings.errors import AuthError, InvalidToken
+from tidings.core.limits import MAX_USER_ID_LENGTH
+from tidings.errors import DelegateUnavailable, InvalidToken
 
-MAX_USER_ID_LENGTH = 256
-
-
-class DelegateUnavailable(AuthError):
-    """The application's subscribe endpoint did not answer usably (retry later)."""
+# Moved to tidings.errors; importable from here for one release.
 
 
 class DelegatedAuthenticator:

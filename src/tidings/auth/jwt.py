@@ -16,10 +16,8 @@ from joserfc.jwk import OctKey
 
 from tidings.auth.base import DeviceAuthenticator, Principal
 from tidings.auth.jwks import JwksCache, b64url_decode, token_header
+from tidings.core.limits import MAX_USER_ID_LENGTH, MIN_SECRET_LENGTH
 from tidings.errors import ConfigurationError, InvalidToken
-
-MIN_SECRET_LENGTH = 32
-MAX_USER_ID_LENGTH = 256
 
 
 def oct_key(secret: str) -> OctKey:

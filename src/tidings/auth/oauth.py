@@ -20,8 +20,16 @@ from tidings.auth.base import ServicePrincipal
 from tidings.auth.jwks import JwksCache, token_header
 from tidings.auth.jwt import oct_key, sign_jwt, verify_jwt
 from tidings.core.models import ServiceClient
-from tidings.errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken
+from tidings.errors import (
+    ConfigurationError,
+    InsufficientScope,
+    InvalidClient,
+    InvalidScope,
+    InvalidToken,
+)
 from tidings.storage.base import Store
+
+# Moved to tidings.errors; importable from here for one release.
 
 SCOPES = frozenset({"notify", "publish", "messages", "admin"})
 ISSUER = "tidings"
@@ -88,14 +96,6 @@ class IssuedToken:
 
 
 _DUMMY_HASH = hash_secret(secrets.token_urlsafe(32))
-
-
-class InvalidClient(AuthError):
-    """Unknown client or wrong secret (RFC 6749 ``invalid_client``)."""
-
-
-class InvalidScope(AuthError):
-    """The requested scope exceeds the client's (RFC 6749 ``invalid_scope``)."""
 
 
 async def create_client(

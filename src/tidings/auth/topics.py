@@ -19,9 +19,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
+from tidings.core.limits import MAX_TOPIC_LENGTH
 from tidings.errors import InvalidArgument
-
-MAX_TOPIC_LENGTH = 200
 
 #: ``hook(user_id, claims, topic)`` → allowed?
 TopicHook = Callable[[str, dict[str, Any], str], bool | Awaitable[bool]]

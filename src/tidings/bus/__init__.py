@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tidings._backends import load_backend
 from tidings.bus.base import Bus, MessageHandler, ReconnectHandler
+from tidings.core.backends import load_backend
 
 #: URL scheme → ``"module:Class"``; modules are imported only when used.
 BACKENDS: dict[str, str] = {

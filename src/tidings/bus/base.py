@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 
-from tidings._lifecycle import Lifecycle
+from tidings.core.lifecycle import Lifecycle
 
 #: Called with ``(channel, payload)`` for every message on a subscribed channel. It must not
 #: block: it runs on the bus's reader and only hands the payload on.

@@ -23,9 +23,9 @@ import zlib
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from tidings._pg import UNAVAILABLE as _UNAVAILABLE
-from tidings._pg import asyncpg
 from tidings.bus.base import Bus
+from tidings.core.pg import UNAVAILABLE as _UNAVAILABLE
+from tidings.core.pg import asyncpg
 from tidings.errors import BusError, ConfigurationError
 
 logger = logging.getLogger("tidings.bus")

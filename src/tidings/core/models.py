@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from tidings.core.limits import MAX_DATA_DEPTH
+
 T = TypeVar("T")
 
 #: Levels of arrays and objects one inside another that the ``data`` of a notification or a
@@ -17,7 +19,6 @@ T = TypeVar("T")
 #: before anything is written (``InvalidArgument``, HTTP 422): every encoder tidings writes
 #: stored data with must carry it inside its frames and answers (orjson stops at 255 levels,
 #: pydantic's JSON reader at 200, Rust's serde_json, a likely consumer of the log, at 128).
-MAX_DATA_DEPTH = 64
 
 
 def _orjson_levels() -> int:

@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from tidings.core.models import MAX_DATA_DEPTH, isoformat, nests_deeper, too_deep_message
+from tidings.core.limits import MAX_DATA_DEPTH
+from tidings.core.models import isoformat, nests_deeper, too_deep_message
 
 #: a message's template values may nest one level less than a notification's data: the in-app
 #: channel's notification holds them under "data"

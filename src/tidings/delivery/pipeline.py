@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tidings._lifecycle import Lifecycle
 from tidings.auth.topics import check_topic
+from tidings.core.lifecycle import Lifecycle
+from tidings.core.limits import MAX_TEMPLATE_ID_LENGTH
 from tidings.core.models import utcnow
-from tidings.delivery.channels.base import CHANNEL_NAMES, Channel, InvalidAddress
+from tidings.delivery.channels.base import CHANNEL_NAMES, Channel
 from tidings.delivery.models import (
     PENDING,
     Content,
@@ -34,18 +35,20 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.planner import Recipient, counted_channels, parse_rate_limits, plan
 from tidings.delivery.store import PipelineStore
-from tidings.delivery.templates import Renderer, TemplateFailure
+from tidings.delivery.templates import Renderer
 from tidings.errors import (
     BusError,
     ConfigurationError,
+    InvalidAddress,
     InvalidArgument,
+    TemplateFailure,
     TidingsError,
     TopicRefused,
 )
 
 if TYPE_CHECKING:
-    from tidings.core.tidings import Tidings
     from tidings.delivery.worker import Worker
+    from tidings.node.tidings import Tidings
 
 logger = logging.getLogger("tidings.delivery")
 
@@ -55,7 +58,7 @@ WORK = "pipeline-work"
 TEMPLATE_CHANGED = "pipeline-template-changed"
 WEBHOOK_KEY = "webhook_secret"
 VAPID_KEY = "vapid_private_key"
-MAX_TEMPLATE_ID = 128
+MAX_TEMPLATE_ID = MAX_TEMPLATE_ID_LENGTH
 
 
 def pipeline_store(tidings: Tidings) -> PipelineStore:

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from tidings.delivery.channels.base import InvalidAddress
 from tidings.delivery.models import DELETED, FAILED, PENDING, NewMessage, PlannedDelivery
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, InvalidAddress
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?|second|minute|hour|day)\s*$")

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from tidings.core.ids import new_id, new_sorted_id
 from tidings.core.models import utcnow
 from tidings.delivery.models import (
     ACTIVE,
@@ -45,7 +46,6 @@ from tidings.delivery.store import (
     message_values,
 )
 from tidings.errors import Conflict, InvalidArgument
-from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.postgres import PostgresStore
 
 MESSAGE_COLUMNS = (

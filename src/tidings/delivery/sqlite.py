@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from tidings.core.ids import new_id, new_sorted_id
 from tidings.core.models import isoformat, parse_iso, utcnow
 from tidings.delivery.models import (
     ACTIVE,
@@ -45,7 +46,6 @@ from tidings.delivery.store import (
     message_values,
 )
 from tidings.errors import Conflict, InvalidArgument
-from tidings.storage._common import new_id, new_sorted_id
 from tidings.storage.sqlite import SqliteStore
 
 T = TypeVar("T")

@@ -19,16 +19,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.delivery.channels.base import Rendered
 from tidings.delivery.models import Content, Template
-from tidings.errors import InvalidArgument
+from tidings.errors import TemplateFailure
+
+# Moved to tidings.errors; importable from here for one release.
 
 CACHE_TTL = 60.0
 CACHE_SIZE = 512
 #: longest rendered part, in characters: a loop in a template cannot exhaust memory
 MAX_RENDERED = 1_000_000
-
-
-class TemplateFailure(InvalidArgument):
-    """A template does not compile or does not render with the message's data."""
 
 
 @dataclass(frozen=True, slots=True)

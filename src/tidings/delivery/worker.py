@@ -24,9 +24,8 @@ from tidings.delivery.channels.base import (
 )
 from tidings.delivery.models import FAILED, PENDING, SENT, Claim, Outcome
 from tidings.delivery.pipeline import retry_at, retry_delay
-from tidings.delivery.templates import TemplateFailure
-from tidings.errors import TidingsError
-from tidings.metrics import sends
+from tidings.errors import TemplateFailure, TidingsError
+from tidings.node.metrics import sends
 
 if TYPE_CHECKING:
     from tidings.delivery.pipeline import Pipeline

@@ -9,7 +9,7 @@ Lifecycle of one connection:
    socket registered, in one store write (after the node subscribed to the user's events);
    the handshake is answered then, its cookie set when the device had none (or a foreign one).
 3. ``welcome``, then the current count; from then on every count change of the user.
-4. Frames are parsed by :mod:`tidings.gateway.protocol`; each bad one is answered with an
+4. Frames are parsed by :mod:`tidings.fanout.codec`; each bad one is answered with an
    ``error`` frame and the connection stays up.
 """
 
@@ -26,8 +26,9 @@ import orjson
 from starlette.websockets import WebSocketDisconnect
 
 from tidings.auth.base import Principal
-from tidings.auth.delegated import DelegateUnavailable
+from tidings.core.ids import CONNECTION_ID, new_id
 from tidings.errors import (
+    DelegateUnavailable,
     InvalidArgument,
     InvalidToken,
     IssuerUnavailable,
@@ -38,13 +39,12 @@ from tidings.errors import (
     TooManyConnections,
     TopicRefused,
 )
-from tidings.gateway import protocol
-from tidings.gateway.connection import Connection
-from tidings.metrics import count_error, counters
-from tidings.storage._common import CONNECTION_ID, new_id
+from tidings.fanout import codec as protocol
+from tidings.fanout.connection import Connection
+from tidings.node.metrics import count_error, counters
 
 if TYPE_CHECKING:
-    from tidings.core.tidings import Tidings
+    from tidings.node.tidings import Tidings
 
 logger = logging.getLogger("tidings.gateway")
 

@@ -46,6 +46,10 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+from tidings.errors import ProtocolFailure
+
+# Moved to tidings.errors; importable from here for one release.
+
 try:  # websockets (a dependency of uvicorn[standard]) ships the masking loop in C
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - platforms without the compiled helper
@@ -225,13 +229,6 @@ def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
     if flusher is None:
         flusher = _flushers[loop] = _Flusher(loop)
     return flusher
-
-
-class ProtocolFailure(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def frame_header(opcode: int, length: int) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidings._backends import load_backend
+from tidings.core.backends import load_backend
 from tidings.storage.base import Store
 
 #: URL scheme → ``"module:Class"``; modules are imported only when used.

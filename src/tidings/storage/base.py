@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from tidings._lifecycle import Lifecycle
+from tidings.core.lifecycle import Lifecycle
 from tidings.core.models import (
     AckResult,
     Device,

@@ -18,8 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
-from tidings._pg import UNAVAILABLE as _UNAVAILABLE
-from tidings._pg import asyncpg
+from tidings.core.ids import CONNECTION_ID, new_id
 from tidings.core.models import (
     AckResult,
     Device,
@@ -36,6 +35,8 @@ from tidings.core.models import (
     UnseenCount,
     utcnow,
 )
+from tidings.core.pg import UNAVAILABLE as _UNAVAILABLE
+from tidings.core.pg import asyncpg
 from tidings.errors import (
     ConfigurationError,
     Conflict,
@@ -46,12 +47,10 @@ from tidings.errors import (
     TooManyConnections,
 )
 from tidings.storage._common import (
-    CONNECTION_ID,
     Prepared,
     answerable,
     load_data,
     load_migrations,
-    new_id,
     prepare,
     repeated,
     settle,

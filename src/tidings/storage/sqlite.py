@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
+from tidings.core.ids import CONNECTION_ID, new_id, new_sorted_id
 from tidings.core.models import (
     AckResult,
     Device,
@@ -48,13 +49,10 @@ from tidings.errors import (
     TooManyConnections,
 )
 from tidings.storage._common import (
-    CONNECTION_ID,
     answerable,
     canonical_json,
     load_data,
     load_migrations,
-    new_id,
-    new_sorted_id,
     prepare,
     repeated,
     settle,

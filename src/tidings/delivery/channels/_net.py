@@ -27,7 +27,9 @@ from tidings.delivery.channels.base import (
     PermanentFailure,
     TransientFailure,
 )
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, ForbiddenAddress
+
+# Moved to tidings.errors; importable from here for one release.
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -108,10 +110,6 @@ def check_http_url(value: Any, *, allow_private: bool, what: str = "URL") -> str
         if ip is not None and forbidden_ip(ip):
             raise InvalidAddress(f"the {what} points to a non-public address ({ip})")
     return url
-
-
-class ForbiddenAddress(OSError):
-    """A name resolved to a non-public address (raised by :class:`GuardedResolver`)."""
 
 
 class GuardedResolver(aiohttp.abc.AbstractResolver):

@@ -20,39 +20,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tidings._lifecycle import Lifecycle
-from tidings.errors import InvalidArgument, TidingsError
+from tidings.core.lifecycle import Lifecycle
+
+# Moved to tidings.errors; importable from here for one release.
+from tidings.errors import DeliveryFailure as DeliveryFailure
+from tidings.errors import InvalidAddress as InvalidAddress
+from tidings.errors import PermanentFailure as PermanentFailure
+from tidings.errors import TransientFailure as TransientFailure
 
 #: the channels tidings knows, in the order they are documented
 CHANNEL_NAMES = ("in_app", "email", "webhook", "web_push", "sms")
-
-
-class InvalidAddress(InvalidArgument):
-    """A contact point (email address, URL, push subscription, phone number) is not usable."""
-
-
-class DeliveryFailure(TidingsError):
-    """A send did not succeed. ``reason`` is a short machine-readable word recorded on the
-    delivery (``provider_error``, ``rejected``, ``timeout``, ``unreachable``, ``gone`` …);
-    the message is the provider's own words, recorded as the delivery's ``last_error``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class TransientFailure(DeliveryFailure):
-    """Worth another try: the delivery is retried with backoff. ``retry_after`` (seconds) is
-    the provider's own hint, when it gave one (HTTP ``Retry-After``)."""
-
-    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(reason, message)
-        self.retry_after = retry_after
-
-
-class PermanentFailure(DeliveryFailure):
-    """Never succeeds as it is: the delivery goes ``failed`` with this reason."""
 
 
 @dataclass(frozen=True, slots=True)

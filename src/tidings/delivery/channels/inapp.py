@@ -13,7 +13,7 @@ from tidings.delivery.channels.base import (
 from tidings.errors import Conflict, InvalidArgument, StoreUnavailable
 
 if TYPE_CHECKING:
-    from tidings.core.tidings import Tidings
+    from tidings.node.tidings import Tidings
 
 
 class InAppChannel(Channel):

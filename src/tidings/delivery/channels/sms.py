@@ -14,8 +14,8 @@ from tidings.delivery.channels._net import (
     encode_json,
     raise_for_status,
 )
-from tidings.delivery.channels.base import InvalidAddress, Outgoing
-from tidings.errors import ConfigurationError
+from tidings.delivery.channels.base import Outgoing
+from tidings.errors import ConfigurationError, InvalidAddress
 
 # E.164: "+", a country code that does not start with 0, at most 15 digits in all
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")

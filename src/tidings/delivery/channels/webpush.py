@@ -29,8 +29,8 @@ from tidings.delivery.channels._net import (
     encode_json,
     raise_for_status,
 )
-from tidings.delivery.channels.base import InvalidAddress, Outgoing, PermanentFailure
-from tidings.errors import ConfigurationError
+from tidings.delivery.channels.base import Outgoing
+from tidings.errors import ConfigurationError, InvalidAddress, PermanentFailure
 
 # RFC 8030 push services need not take more than 4096 bytes of body: the aes128gcm header
 # (86 bytes with our key id), the GCM tag (16) and the padding delimiter (1) come off it.

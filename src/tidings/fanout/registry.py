@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from tidings.bus.base import Bus
 from tidings.errors import BusError
-from tidings.gateway.connection import Connection
+from tidings.fanout.connection import Connection
 
 logger = logging.getLogger("tidings.gateway")
 

@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tidings._lifecycle import Lifecycle
 from tidings.auth.base import DeviceAuthenticator, Principal
 from tidings.auth.delegated import DelegatedAuthenticator
 from tidings.auth.jwks import JwksCache
-from tidings.auth.jwt import MAX_USER_ID_LENGTH, JwtAuthenticator
+from tidings.auth.jwt import JwtAuthenticator
 from tidings.auth.oauth import ExternalIssuer, ServiceAuth
 from tidings.auth.topics import TopicHook, TopicPolicy, check_topic
 from tidings.bus import Bus, create_bus
 from tidings.config import Settings
 from tidings.core import events
+from tidings.core.lifecycle import Lifecycle
+from tidings.core.limits import MAX_DATA_DEPTH, MAX_UNPUBLISHED, MAX_USER_ID_LENGTH
 from tidings.core.models import (
-    MAX_DATA_DEPTH,
     AckResult,
     MarkSeenResult,
     NewNotification,
@@ -48,11 +48,11 @@ from tidings.errors import (
     TidingsError,
     TopicRefused,
 )
-from tidings.gateway import protocol
-from tidings.gateway.connection import Connection
-from tidings.gateway.registry import Registry, topic_channel, user_channel
+from tidings.fanout import codec as protocol
+from tidings.fanout.connection import Connection
+from tidings.fanout.registry import Registry, topic_channel, user_channel
 from tidings.logs import safe_url
-from tidings.metrics import Metrics, counters
+from tidings.node.metrics import Metrics, counters
 from tidings.storage import Store, create_store
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ logger = logging.getLogger("tidings")
 
 DEVICE_KEY = "device_jwt_secret"
 #: events kept for re-publishing while the bus refuses them; past that the oldest go
-MAX_UNPUBLISHED = 10_000
 SERVICE_KEY = "service_token_key"
 
 

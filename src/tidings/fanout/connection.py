@@ -24,10 +24,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tidings.core.ids import new_id
 from tidings.core.models import Presence, utcnow
-from tidings.gateway import protocol
-from tidings.metrics import counters
-from tidings.storage._common import new_id
+from tidings.fanout import codec as protocol
+from tidings.node.metrics import counters
 
 logger = logging.getLogger("tidings.gateway")
 

@@ -16,6 +16,28 @@ from typing import Any
 
 import orjson
 
+from tidings.core.codes import CloseCode
+from tidings.core.limits import (
+    DEFAULT_UNSEEN_LIMIT as DEFAULT_UNSEEN_LIMIT,
+)
+from tidings.core.limits import (
+    MAX_ID_LENGTH as MAX_ID_LENGTH,
+)
+from tidings.core.limits import (
+    MAX_IDS_PER_FRAME as MAX_IDS_PER_FRAME,
+)
+from tidings.core.limits import (
+    MAX_SEQ as MAX_SEQ,
+)
+from tidings.core.limits import (
+    MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH,
+)
+from tidings.core.limits import (
+    MAX_TOPIC_LENGTH as MAX_TOPIC_LENGTH,
+)
+from tidings.core.limits import (
+    MAX_TOPICS_PER_FRAME as MAX_TOPICS_PER_FRAME,
+)
 from tidings.core.models import UNREADABLE_DATA, Notification
 from tidings.errors import ProtocolError
 
@@ -36,26 +58,16 @@ UNAVAILABLE = "unavailable"
 RATE_LIMITED = "rate_limited"
 INTERNAL = "internal_error"
 
-# Close codes.
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_TOO_MANY_CONNECTIONS = 4429
-CLOSE_AUTH_TIMEOUT = 4408
-
-# Limits that are part of the contract.
-MAX_ID_LENGTH = 128
-#: topic sequences are 64-bit signed integers in every store
-MAX_SEQ = 2**63 - 1
-MAX_TOKEN_LENGTH = 8192
-MAX_IDS_PER_FRAME = 1000
-DEFAULT_UNSEEN_LIMIT = 100
-MAX_TOPICS_PER_FRAME = 100
-MAX_TOPIC_LENGTH = 200
+# Close codes (named in tidings.core.codes; these aliases are kept for one release).
+CLOSE_NORMAL = CloseCode.NORMAL
+CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
+CLOSE_MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG
+CLOSE_INTERNAL_ERROR = CloseCode.INTERNAL_ERROR
+CLOSE_TRY_AGAIN_LATER = CloseCode.TRY_AGAIN_LATER
+CLOSE_POLICY_VIOLATION = CloseCode.POLICY_VIOLATION
+CLOSE_UNAUTHORIZED = CloseCode.UNAUTHORIZED
+CLOSE_TOO_MANY_CONNECTIONS = CloseCode.TOO_MANY_CONNECTIONS
+CLOSE_AUTH_TIMEOUT = CloseCode.AUTH_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-from tidings import __version__
 from tidings.errors import TidingsError
+from tidings.version import __version__
 
 if TYPE_CHECKING:
-    from tidings.core.tidings import Tidings
+    from tidings.node.tidings import Tidings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: deliver-mode devices whose queues a scrape reads (one store call)

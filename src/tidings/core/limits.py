@@ -1,0 +1,35 @@
+"""Every limit of the wire contract and the HTTP API, defined once.
+
+The settings (``TIDINGS_MAX_*``) are the limits an operator tunes; these are the ones a client
+may rely on, so they are fixed. Each is enforced where the value enters (the codec, the HTTP
+schemas, the facade) and named here so that every door agrees.
+"""
+
+from __future__ import annotations
+
+#: characters in a user id (device tokens' ``sub``, HTTP bodies, the facade)
+MAX_USER_ID_LENGTH = 256
+#: characters in a notification id, an idempotency key or a frame's ``id``
+MAX_ID_LENGTH = 128
+#: characters in a topic name
+MAX_TOPIC_LENGTH = 200
+#: characters in an access token presented on the socket
+MAX_TOKEN_LENGTH = 8192
+#: topic sequences are 64-bit signed integers in every store
+MAX_SEQ = 2**63 - 1
+#: notification ids in one ``markSeen`` or ``ack`` frame
+MAX_IDS_PER_FRAME = 1000
+#: topics in one ``subscribe`` frame
+MAX_TOPICS_PER_FRAME = 100
+#: notifications in a ``getUnseen`` answer when the client names no limit
+DEFAULT_UNSEEN_LIMIT = 100
+#: nesting of a notification's ``data`` (objects and arrays), at every door
+MAX_DATA_DEPTH = 64
+#: notifications in one ``POST /notify/batch``
+MAX_BATCH_ITEMS = 10_000
+#: characters in a template id
+MAX_TEMPLATE_ID_LENGTH = 128
+#: bytes of a shared secret (device-token secret, service-token key)
+MIN_SECRET_LENGTH = 32
+#: count events and topic messages a node keeps to re-publish while the bus refuses them
+MAX_UNPUBLISHED = 10_000

@@ -1,0 +1,2 @@
+"""Services the node composes: counts, device queues, topics and replay, cluster membership,
+republishing."""
