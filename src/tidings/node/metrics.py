@@ -24,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from tidings.core.counters import Counters
 from tidings.errors import TidingsError
 from tidings.version import __version__
 
@@ -35,31 +36,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_DEVICES = 10_000
 
 
-class Counters:
-    """Process-wide counts, incremented where things happen (``counters.frames_out += 1``)."""
-
-    __slots__ = (
-        "bus_publish_failures",
-        "bus_reconnects",
-        "connections_opened",
-        "frames_in",
-        "frames_out",
-        "slow_closed",
-    )
-
-    def __init__(self) -> None:
-        self.frames_in = 0
-        self.frames_out = 0
-        self.connections_opened = 0
-        self.slow_closed = 0
-        self.bus_reconnects = 0
-        self.bus_publish_failures = 0
-
-
+# Transitional process-wide counts, until each node owns its Counters.
 counters = Counters()
-#: errors by kind: a protocol error code, ``store_unavailable``, ``internal`` …
 errors: Counter[str] = Counter()
-#: pipeline sends by (channel, outcome), outcome being ``sent``, ``retry`` or ``failed``
 sends: Counter[tuple[str, str]] = Counter()
 
 
