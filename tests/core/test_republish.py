@@ -62,6 +62,6 @@ async def test_refused_topic_message_and_count_reach_the_other_node(tmp_path: Pa
         await eventually(lambda: len(sink.frames) == 2)
         assert sum('"topicMessage"' in f for f in sink.frames) == 1
         assert any('"count":1' in f for f in sink.frames)
-        assert not a._unpublished
+        assert not a.unpublished
         conn.close()
         await asyncio.gather(conn.finished(), return_exceptions=True)

@@ -1,9 +1,10 @@
 """Prometheus metrics of a node, served at ``GET /metrics``.
 
-Hot paths (a frame sent, a frame received) only add to a plain integer in :data:`counters`; a
-collector turns the integers and the node's live state (connections, users, queued frames,
-unpublished events, pipeline queues, tasks) into metrics when Prometheus scrapes. Adding to an
-int costs a few tens of nanoseconds, where a ``prometheus_client.Counter.inc()`` takes a lock.
+Hot paths (a frame sent, a frame received) only add to a plain integer in the node's
+:class:`~tidings.core.counters.Counters`; a collector turns the integers and the node's live state
+(connections, users, queued frames, unpublished events, pipeline queues, tasks) into metrics when
+Prometheus scrapes. Adding to an int costs a few tens of nanoseconds, where a
+``prometheus_client.Counter.inc()`` takes a lock.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import asyncio
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -29,14 +30,14 @@ from tidings.errors import TidingsError
 from tidings.version import __version__
 
 if TYPE_CHECKING:
-    from tidings.node.tidings import Tidings
+    from tidings.fanout.registry import Registry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: deliver-mode devices whose queues a scrape reads (one store call)
 MAX_DEVICES = 10_000
 
 
-# Transitional process-wide counts, until each node owns its Counters.
+# Transitional process-wide counts, until every module counts in its node's Counters.
 counters = Counters()
 errors: Counter[str] = Counter()
 sends: Counter[tuple[str, str]] = Counter()
@@ -44,6 +45,41 @@ sends: Counter[tuple[str, str]] = Counter()
 
 def count_error(kind: str) -> None:
     errors[kind] += 1
+
+
+class _DepthStore(Protocol):
+    async def depths(self) -> dict[str, dict[str, int]]: ...
+
+
+class _Pipeline(Protocol):
+    @property
+    def store(self) -> _DepthStore: ...
+
+
+class _QueueStore(Protocol):
+    async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]: ...
+
+
+class Observed(Protocol):
+    """What the metrics read of a node at scrape time."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def unpublished(self) -> int: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def store(self) -> _QueueStore: ...
+
+    @property
+    def pipeline(self) -> _Pipeline: ...
 
 
 class Buckets:
@@ -74,10 +110,11 @@ class Buckets:
 
 
 class Metrics:
-    """The metrics of one :class:`Tidings` node."""
+    """The metrics of one node: what its :class:`Counters` counted, and its live state."""
 
-    def __init__(self, tidings: Tidings) -> None:
-        self.tidings = tidings
+    def __init__(self, node: Observed, counters: Counters) -> None:
+        self.node = node
+        self.counters = counters
         self.registry = CollectorRegistry(auto_describe=True)
         self.notify_seconds = Buckets(
             "tidings_notify_seconds",
@@ -100,13 +137,13 @@ class Metrics:
         """The exposition text; reads the pipeline's queue depths from the store first."""
         try:
             self.pipeline_depths = await asyncio.wait_for(
-                self.tidings.pipeline.store.depths(), timeout=5
+                self.node.pipeline.store.depths(), timeout=5
             )
             devices = {
-                conn.connection_id: conn.user_id for conn in self.tidings.registry if conn.deliver
+                conn.connection_id: conn.user_id for conn in self.node.registry if conn.deliver
             }
             depths = await asyncio.wait_for(
-                self.tidings.store.queue_depths(list(devices.items())[:MAX_DEVICES]), timeout=5
+                self.node.store.queue_depths(list(devices.items())[:MAX_DEVICES]), timeout=5
             )
             self.device_queues = list(depths.values())
             self.store_up = 1
@@ -129,14 +166,15 @@ class _Live:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        tidings = self.metrics.tidings
-        registry = tidings.registry
+        node = self.metrics.node
+        counters = self.metrics.counters
+        registry = node.registry
         yield self.metrics.notify_seconds.family()
         yield self.metrics.bus_lag.family()
         info = GaugeMetricFamily("tidings_info", "This node.", labels=["version", "node"])
-        info.add_metric([__version__, tidings.node_id], 1)
+        info.add_metric([__version__, node.node_id], 1)
         yield info
-        yield _gauge("tidings_ready", "1 while the node takes traffic.", int(tidings.ready))
+        yield _gauge("tidings_ready", "1 while the node takes traffic.", int(node.ready))
         yield _gauge("tidings_store_up", "1 when the store answered.", self.metrics.store_up)
         yield _gauge("tidings_connections", "Open device sockets on this node.", len(registry))
         yield _gauge("tidings_users_connected", "Users with a socket here.", registry.user_count)
@@ -157,7 +195,7 @@ class _Live:
         yield _gauge(
             "tidings_unpublished_events",
             "Events the bus refused, waiting to be published again.",
-            tidings.unpublished,
+            node.unpublished,
         )
         yield _gauge("tidings_asyncio_tasks", "Tasks of the event loop.", len(asyncio.all_tasks()))
         yield _counter("tidings_frames_received", "Frames from devices.", counters.frames_in)
@@ -179,7 +217,7 @@ class _Live:
             counters.bus_publish_failures,
         )
         failures = CounterMetricFamily("tidings_errors", "Errors by kind.", labels=["kind"])
-        for kind, n in sorted(errors.items()):
+        for kind, n in sorted(counters.errors.items()):
             failures.add_metric([kind], n)
         yield failures
         depth = GaugeMetricFamily(
@@ -194,7 +232,7 @@ class _Live:
         sent = CounterMetricFamily(
             "tidings_pipeline_sends", "Pipeline sends by outcome.", labels=["channel", "outcome"]
         )
-        for (channel, outcome), n in sorted(sends.items()):
+        for (channel, outcome), n in sorted(counters.sends.items()):
             sent.add_metric([channel, outcome], n)
         yield sent
 

@@ -1,0 +1,161 @@
+"""Durable device queues (deliver mode): pushing what a device has not acknowledged,
+acknowledgements, queue limits, and forgetting a device."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from tidings.bus import Bus
+from tidings.core import events
+from tidings.core.models import AckResult, Notification, QueueGap
+from tidings.errors import BusError, NotFound, StoreUnavailable
+from tidings.fanout import codec
+from tidings.fanout.connection import Connection
+from tidings.fanout.registry import Registry, user_channel
+from tidings.services.checks import check_ids
+from tidings.storage import Store
+
+logger = logging.getLogger("tidings")
+
+#: notifications read from a queue per store call
+PAGE_SIZE = 100
+
+
+class Queues:
+    """The durable queues of the devices in deliver mode connected to one node."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        registry: Registry,
+        *,
+        node_id: str,
+        max_length: int | None = None,
+        max_age: float | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.registry = registry
+        self.node_id = node_id
+        # Limits of the operator's, applied when a device's socket opens its queue.
+        self.max_length = max_length
+        self.max_age = max_age
+
+    def schedule_delivery(self, conn: Connection) -> None:
+        """Push what ``conn``'s device has not acknowledged, beyond what it was sent."""
+        if conn.closed:
+            return
+        if conn.delivery is not None and not conn.delivery.done():
+            conn.delivery_again = True  # the running pass reads once more when done
+            return
+        conn.delivery = asyncio.create_task(self._deliver(conn))
+
+    async def _deliver(self, conn: Connection) -> None:
+        delay = 0.5
+        while not conn.closed:
+            conn.delivery_again = False
+            try:
+                while True:
+                    await conn.wait_room(PAGE_SIZE)
+                    page = await self.store.pending(
+                        conn.connection_id, conn.user_id, conn.delivered_upto, PAGE_SIZE
+                    )
+                    for note in page:
+                        conn.push(codec.notification(note))
+                        conn.delivered_upto = note.seq
+                    if len(page) < PAGE_SIZE:
+                        break
+            except NotFound:
+                conn.close(codec.CLOSE_NORMAL, "device forgotten")
+                return
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "queue of %s unavailable: %s; retrying",
+                    conn.connection_id,
+                    exc,
+                    extra=conn.log_fields(),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                conn.delivery_again = True
+            if not conn.delivery_again:
+                return
+
+    async def open_queue(self, conn: Connection) -> QueueGap | None:
+        """Apply the queue limits (telling the device of any gap with a ``queueGap`` frame),
+        then start pushing the device's queue."""
+        gap = None
+        if self.max_length or self.max_age:
+            gap = await self.store.trim_queue(
+                conn.connection_id,
+                conn.user_id,
+                max_length=self.max_length,
+                max_age=self.max_age,
+            )
+        if gap is not None:
+            conn.push(codec.queue_gap(gap.reason, gap.skipped))
+        self.schedule_delivery(conn)
+        return gap
+
+    async def ack(
+        self, user_id: str, connection_id: str, notification_ids: Sequence[str]
+    ) -> AckResult:
+        """Remove notifications from a device's queue.
+
+        Raises:
+            NotFound: an id or the device is unknown or not the user's; nothing changed.
+        """
+        check_ids(user_id, notification_ids)
+        return await self.store.ack(connection_id, user_id, notification_ids)
+
+    async def pending(
+        self, user_id: str, connection_id: str, limit: int = 100
+    ) -> list[Notification]:
+        """The oldest notifications waiting in a device's queue."""
+        return await self.store.pending(connection_id, user_id, 0, limit)
+
+    async def notification_log(
+        self, after: str = "", limit: int = 500
+    ) -> tuple[list[Notification], str]:
+        """Every notification after an opaque log position, and the next position."""
+        return await self.store.notification_log(after, limit)
+
+    async def forget_device(
+        self,
+        user_id: str,
+        connection_id: str,
+        *,
+        before_close: str | None = None,
+        invalidate: Callable[[str], None] | None = None,
+    ) -> bool:
+        """Delete a device and its queue; its sockets on every node are closed.
+
+        ``before_close`` is a frame sent to the device's sockets here before they close;
+        ``invalidate`` is called with the user id once the device is deleted (a cache of the
+        user's credentials to drop).
+        """
+        forgotten = await self.store.forget_device(user_id, connection_id)
+        if invalidate is not None:
+            invalidate(user_id)
+        if before_close is not None:
+            for conn in self.registry.connections(user_id):
+                if conn.connection_id == connection_id:
+                    conn.push(before_close)
+        self.close_device(user_id, connection_id)
+        if forgotten:
+            payload = events.encode_device_forgotten(user_id, connection_id, self.node_id)
+            try:
+                await self.bus.publish(user_channel(user_id), payload)
+            except BusError as exc:
+                # Its sockets elsewhere find the device gone at their next queue read.
+                logger.warning("device-forgotten event not published: %s", exc)
+        return forgotten
+
+    def close_device(self, user_id: str, connection_id: str) -> None:
+        """Close the device's sockets on this node (it was forgotten)."""
+        for conn in list(self.registry.connections(user_id)):
+            if conn.connection_id == connection_id:
+                conn.close(codec.CLOSE_NORMAL, "device forgotten", flush=True)
