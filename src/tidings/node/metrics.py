@@ -47,6 +47,24 @@ def count_error(kind: str) -> None:
     errors[kind] += 1
 
 
+def _with_process_wide(own: Counters) -> Counters:
+    """A node's counts plus the process-wide ones (transitional, while some modules still
+    count in the module-level :data:`counters`, :data:`errors` and :data:`sends`)."""
+    total = Counters()
+    for name in (
+        "frames_in",
+        "frames_out",
+        "connections_opened",
+        "slow_closed",
+        "bus_reconnects",
+        "bus_publish_failures",
+    ):
+        setattr(total, name, getattr(own, name) + getattr(counters, name))
+    total.errors = own.errors + errors
+    total.sends = own.sends + sends
+    return total
+
+
 class _DepthStore(Protocol):
     async def depths(self) -> dict[str, dict[str, int]]: ...
 
@@ -167,7 +185,7 @@ class _Live:
 
     def collect(self) -> Iterator[Metric]:
         node = self.metrics.node
-        counters = self.metrics.counters
+        counters = _with_process_wide(self.metrics.counters)
         registry = node.registry
         yield self.metrics.notify_seconds.family()
         yield self.metrics.bus_lag.family()
