@@ -11,7 +11,7 @@ import math
 import signal
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -23,6 +23,9 @@ from tidings.errors import BusError, ConfigurationError, StoreUnavailable, Tidin
 from tidings.logs import log_context, safe_url
 from tidings.node.tidings import Tidings
 from tidings.storage import create_store
+
+if TYPE_CHECKING:
+    from tidings.gateway.front import FrontConfig
 
 logger = logging.getLogger("tidings")
 
@@ -160,18 +163,18 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> TidingsApp
     return TidingsApp(Tidings(settings, **overrides))
 
 
-def run(settings: Settings, *, log_level: str = "info") -> None:
-    """Serve a node with uvicorn until interrupted."""
-    from tidings.gateway.front import FrontConfig, raise_open_file_limit
-    from tidings.gateway.transport import WebSocketProtocol, set_coalesce_delay
+def front_config(
+    app: Any, settings: Settings, *, log_level: str = "info", **overrides: Any
+) -> FrontConfig:
+    """The uvicorn config ``tidings serve`` serves ``app`` with, from ``settings``: tidings'
+    transport behind its front door (or the uvicorn WebSocket implementation chosen), the
+    keepalive, size, timeout and connection limits, and the fan-out write coalescing. The one
+    place these options are set; ``overrides`` replace some (tests/conformance/echo_server.py
+    serves Autobahn's cases with it)."""
+    from tidings.gateway.front import FrontConfig
+    from tidings.gateway.transport import WebSocketProtocol
 
-    set_coalesce_delay(settings.fanout_coalesce_ms / 1000)
-    raise_open_file_limit()
-
-    _check_port(settings)
-    app = TidingsApp(build_node(settings))
-    config = FrontConfig(
-        app,
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         ws=WebSocketProtocol if settings.ws_protocol == "tidings" else settings.ws_protocol,
@@ -190,7 +193,20 @@ def run(settings: Settings, *, log_level: str = "info") -> None:
         timeout_keep_alive=settings.keepalive_timeout,
         head_timeout=settings.head_timeout,
         max_open=settings.max_open_connections or None,
+        coalesce_delay=settings.fanout_coalesce_ms / 1000,
     )
+    options.update(overrides)
+    return FrontConfig(app, **options)
+
+
+def run(settings: Settings, *, log_level: str = "info") -> None:
+    """Serve a node with uvicorn until interrupted."""
+    from tidings.gateway.front import raise_open_file_limit
+
+    raise_open_file_limit()
+    _check_port(settings)
+    app = TidingsApp(build_node(settings))
+    config = front_config(app, settings, log_level=log_level)
     # Everything built so far (modules, the app) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise pause the loop for tens of milliseconds.
     gc.freeze()

@@ -1,13 +1,13 @@
 """An ASGI echo application served by tidings' WebSocket transport the way ``tidings serve``
 serves the device gateway, for Autobahn|Testsuite's fuzzing client.
 
-The uvicorn configuration is the one :func:`tidings.server.run` builds (``FrontConfig`` with
-``ws=WebSocketProtocol`` in front, uvicorn's default loop and HTTP protocol, no
-permessage-deflate, the same head and keep-alive timeouts), from the same
-:class:`tidings.config.Settings` and so the same ``TIDINGS_*`` variables, with two changes
-Autobahn's cases need (:data:`AUTOBAHN_OPTIONS`): messages of up to 16 MiB, and no keepalive
-pings. The application differs too: it echoes every message (Autobahn's cases expect an echo
-server) instead of speaking the device protocol.
+The uvicorn configuration is the one :func:`tidings.server.run` serves with, built by the same
+:func:`tidings.server.front_config` (``FrontConfig`` with ``ws=WebSocketProtocol`` in front,
+uvicorn's default loop and HTTP protocol, no permessage-deflate, the same head and keep-alive
+timeouts and write coalescing) from the same :class:`tidings.config.Settings` and so the same
+``TIDINGS_*`` variables, with two changes Autobahn's cases need (:data:`AUTOBAHN_OPTIONS`):
+messages of up to 16 MiB, and no keepalive pings. The application differs too: it echoes every
+message (Autobahn's cases expect an echo server) instead of speaking the device protocol.
 
 Run it by hand with ``python tests/conformance/echo_server.py --port 9001``.
 """
@@ -15,14 +15,13 @@ Run it by hand with ``python tests/conformance/echo_server.py --port 9001``.
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
 import uvicorn
 
 from tidings.config import Settings
 from tidings.gateway.front import FrontConfig, raise_open_file_limit
-from tidings.gateway.transport import WebSocketProtocol, set_coalesce_delay
+from tidings.server import front_config
 
 #: what differs from ``tidings serve``'s uvicorn options, and why:
 #:
@@ -69,31 +68,9 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def serve_config(settings: Settings, *, log_level: str = "warning") -> FrontConfig:
     """The uvicorn config of :func:`tidings.server.run` for ``settings``, around :func:`echo`,
-    with :data:`AUTOBAHN_OPTIONS`.
-
-    Kept in step with ``run()`` by hand (it builds its config inline)."""
-    set_coalesce_delay(settings.fanout_coalesce_ms / 1000)
+    with :data:`AUTOBAHN_OPTIONS`."""
     raise_open_file_limit()
-    options: dict[str, Any] = dict(
-        host=settings.host,
-        port=settings.port,
-        ws=WebSocketProtocol if settings.ws_protocol == "tidings" else settings.ws_protocol,
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_ping_interval,
-        ws_max_size=max(4 * settings.max_frame_size, 1024 * 1024),
-        ws_per_message_deflate=False,
-        log_level=log_level,
-        log_config=None,
-        lifespan="on",
-        server_header=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
-        timeout_keep_alive=settings.keepalive_timeout,
-        head_timeout=settings.head_timeout,
-        max_open=settings.max_open_connections or None,
-    )
-    options.update(AUTOBAHN_OPTIONS)
-    return FrontConfig(echo, **options)
+    return front_config(echo, settings, log_level=log_level, **AUTOBAHN_OPTIONS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,13 +24,9 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tidings.gateway.flusher import FANOUT_SOCKETS, FANOUT_WINDOW, Flusher
 from tidings.gateway.front import MAX_HEAD, FrontConfig
-from tidings.gateway.transport import (
-    FANOUT_SOCKETS,
-    FANOUT_WINDOW,
-    WebSocketProtocol,
-    _Flusher,
-)
+from tidings.gateway.transport import WebSocketProtocol
 
 #: upper bound for anything that waits on the network or on the server
 TIMEOUT = 5.0
@@ -1362,7 +1358,7 @@ async def _turns(n: int = 3) -> None:
 
 async def test_a_quiet_node_writes_at_the_end_of_the_turn_a_fanning_out_one_waits() -> None:
     loop = asyncio.get_running_loop()
-    flusher = _Flusher(loop)
+    flusher = Flusher(loop)
     flusher.coalesce = 0.05
     writes: list[float] = []
     sockets: list[Any] = [_Pending(writes) for _ in range(FANOUT_SOCKETS)]
@@ -1394,7 +1390,7 @@ async def test_a_quiet_node_writes_at_the_end_of_the_turn_a_fanning_out_one_wait
 
 
 async def test_coalescing_can_be_turned_off() -> None:
-    flusher = _Flusher(asyncio.get_running_loop())
+    flusher = Flusher(asyncio.get_running_loop())
     flusher.coalesce = 0
     writes: list[float] = []
     sockets: list[Any] = [_Pending(writes) for _ in range(FANOUT_SOCKETS)]
@@ -1585,7 +1581,7 @@ async def test_a_fanning_out_node_waits_as_long_as_its_last_writes_took() -> Non
     """The wait follows the cost of the last fan-out's writes (a slower machine gathers as
     many messages per write), between ``coalesce`` and four times it."""
     loop = asyncio.get_running_loop()
-    flusher = _Flusher(loop)
+    flusher = Flusher(loop)
     flusher.coalesce = 0.01
     writes: list[float] = []
 

@@ -34,8 +34,9 @@ from gateway.test_transport import (
     serve,
     within,
 )
+from tidings.gateway.flusher import PING_GROUPS, Flusher
 from tidings.gateway.front import FrontProtocol
-from tidings.gateway.transport import PING_GROUPS, WebSocketProtocol, _Flusher
+from tidings.gateway.transport import WebSocketProtocol
 
 __all__ = ["raw", "serve"]  # fixtures
 
@@ -229,7 +230,7 @@ def test_the_keepalive_pings_one_group_of_sockets_per_tick() -> None:
     each once per interval, never all in the same tick."""
     loop = asyncio.new_event_loop()
     try:
-        flusher = _Flusher(loop)
+        flusher = Flusher(loop)
 
         class Socket:
             pings = 0

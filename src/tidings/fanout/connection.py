@@ -2,13 +2,15 @@
 
 Producers (bus events, replies) never await the socket: :meth:`Connection.push` returns at
 once. When nothing is queued the frame is written right there: on tidings' own transport
-(:mod:`tidings.gateway.transport`) by a plain call, on any other ASGI server by driving its
-``send`` coroutine by hand, which completes without waiting unless the socket's buffer is full.
-That is most of the cost of a fan-out to a thousand sockets. Otherwise frames queue up and a
-writer task, started for the occasion and gone once the queue is empty, sends them, so a client
-that stops reading stalls only its own writer. When its queue is full the connection is closed
-with 1013 (try again later): on reconnection the device gets the current count, so nothing it
-needs is lost.
+(:mod:`tidings.gateway.transport`) by a plain call (``write_text``), on any other ASGI server by
+starting its ``send`` eagerly (:mod:`tidings.fanout.eager`), which completes without waiting
+unless the socket's buffer is full. That is most of the cost of a fan-out to a thousand
+sockets; a fan-out pushes one :class:`~tidings.fanout.broadcast.Broadcast` to every socket so
+that its frame is encoded once. Otherwise frames queue up and a writer task, started for the
+occasion and gone once the queue is empty, sends them, so a client that stops reading stalls
+only its own writer. When its queue is full the connection is closed with 1013
+(try again later): on reconnection the device gets the current count, so nothing it needs is
+lost.
 
 An idle connection holds no task, event or future of its own: waiting (for room in the queue,
 for the connection to end) creates a future for the occasion.
@@ -18,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tidings.core.codes import CloseCode
+from tidings.core.counters import Counters
 from tidings.core.ids import new_id
 from tidings.core.models import Presence, utcnow
 from tidings.fanout import codec as protocol
-from tidings.node.metrics import counters
+from tidings.fanout.broadcast import Text, text_of
+from tidings.fanout.eager import send_eagerly
 
 logger = logging.getLogger("tidings.gateway")
 
@@ -54,6 +58,7 @@ class Connection:
         "close_reason",
         "connected_since",
         "connection_id",
+        "counters",
         "deliver",
         "delivered_upto",
         "delivery",
@@ -78,14 +83,17 @@ class Connection:
         connection_id: str,
         user_id: str,
         session_id: str,
+        counters: Counters | None = None,
         max_queue: int = 1024,
         pause_bytes: int = 4 * 1024 * 1024,
         deliver: bool = False,
         claims: dict[str, Any] | None = None,
     ) -> None:
         self._send = send
+        #: what this connection counts: its node's (``frames_out``, ``slow_closed``)
+        self.counters = counters if counters is not None else _UNCOUNTED
         # tidings' own transport writes a text frame synchronously (False: buffer full)
-        self._direct: Callable[[str], bool] | None = getattr(
+        self._direct: Callable[[Text], bool] | None = getattr(
             getattr(send, "__self__", None), "write_text", None
         )
         self.connection_id = connection_id
@@ -100,7 +108,7 @@ class Connection:
         #: seqs above it that were sent; messages may arrive out of order across publishers
         self.topic_seq: dict[str, int] = {}
         self.topic_above: dict[str, set[int]] = {}
-        self.replaying: dict[str, list[tuple[int, str]]] = {}
+        self.replaying: dict[str, list[tuple[int, Text]]] = {}
         #: per topic, its last seq when this socket joined it: a catch-up after a bus outage
         #: starts there, not at the topic's beginning (None until the socket follows a topic)
         self.topic_start: dict[str, int] | None = None
@@ -120,7 +128,7 @@ class Connection:
         self.pause_bytes = pause_bytes
         #: frames waiting to be sent (a deque only while there are some: an empty one costs
         #: 600 bytes, and most connections never queue)
-        self._queue: deque[str] | None = None
+        self._queue: deque[Text] | None = None
         self._queued_bytes = 0
         #: frames may be written (set by open(); before it they queue)
         self._live = False
@@ -161,15 +169,16 @@ class Connection:
         """Frames waiting to be written."""
         return len(self._queue) if self._queue else 0
 
-    def push(self, text: str) -> None:
-        """Send or queue a frame. A full queue closes the connection as too slow."""
+    def push(self, text: Text) -> None:
+        """Send or queue a text frame (a :class:`~tidings.fanout.broadcast.Broadcast` when the
+        same text goes to many sockets). A full queue closes the connection as too slow."""
         if self._closed:
             return
-        counters.frames_out += 1
+        self.counters.frames_out += 1
         if self._live and self._writer is None and not self._queue:
             direct = self._direct
             if direct is None:
-                self._send_now(text)
+                self._send_now(text_of(text))
                 return
             if direct(text):
                 return
@@ -193,37 +202,31 @@ class Connection:
             where,
             extra=self.log_fields(),
         )
-        counters.slow_closed += 1
-        self.close(protocol.CLOSE_TRY_AGAIN_LATER, "client too slow")
+        self.counters.slow_closed += 1
+        self.close(CloseCode.TRY_AGAIN_LATER, "client too slow")
 
     def _send_now(self, text: str) -> None:
-        """Drive the server's send by hand; finish it in the writer only if it has to wait."""
-        coro: Any = self._send({"type": "websocket.send", "text": text})
-        if not inspect.iscoroutine(coro):  # an ASGI server may return any awaitable
-            self._writer = asyncio.ensure_future(self._write_loop(coro))
-            return
+        """Send through the server's ``send``, eagerly; finish it in the writer only if it has
+        to wait (:mod:`tidings.fanout.eager`)."""
         try:
-            blocker = coro.send(None)
-        except StopIteration:
-            return
+            rest = send_eagerly(self._send({"type": "websocket.send", "text": text}))
         except Exception as exc:
             self._lost(exc)
             return
-        self._writer = asyncio.ensure_future(self._write_loop(coro, blocker))
+        if rest is not None:
+            self._writer = asyncio.ensure_future(self._write_loop(rest))
 
-    async def _write_loop(self, pending: Any = None, blocker: Any = None) -> None:
-        """Finish a send that had to wait (if any), then send what is queued, in order."""
+    async def _write_loop(self, pending: Awaitable[None] | None = None) -> None:
+        """Finish a send that had to wait (if any), then send what is queued, in order:
+        directly while the socket's buffer has room, else through the server's ``send``."""
         send, direct = self._send, self._direct
         try:
             if pending is not None:
-                if inspect.iscoroutine(pending):
-                    await _finish(pending, blocker)
-                else:
-                    await pending
+                await pending
             while (queue := self._queue) and (not self._closed or self._flush):
                 text = queue[0]
                 if direct is None or not direct(text):
-                    await send({"type": "websocket.send", "text": text})
+                    await send({"type": "websocket.send", "text": text_of(text)})
                 queue.popleft()
                 if not queue:
                     self._queue = None
@@ -242,7 +245,7 @@ class Connection:
         logger.info(
             "connection %s lost while sending: %r", self.connection_id, exc, extra=self.log_fields()
         )
-        self.close(protocol.CLOSE_GOING_AWAY, "connection lost")
+        self.close(CloseCode.GOING_AWAY, "connection lost")
 
     def _wake(self) -> None:
         space = self._space
@@ -283,14 +286,14 @@ class Connection:
         if self._closer is not None:
             await self._closer
 
-    def push_count(self, count: int, version: int, text: str | None = None) -> None:
+    def push_count(self, count: int, version: int, text: Text | None = None) -> None:
         """Queue a count frame unless the device already has this version or a newer one."""
         if version <= self.last_version:
             return
         self.last_version = version
         self.push(text if text is not None else protocol.count_changed(count, version))
 
-    def push_topic(self, topic: str, seq: int, text: str) -> None:
+    def push_topic(self, topic: str, seq: int, text: Text) -> None:
         """Queue a topic message unless this socket already had it; while the topic is
         replayed, hold it back (at most ``max_queue`` frames, as the queue: a replay that
         cannot go on because the client does not read closes it as too slow)."""
@@ -352,14 +355,14 @@ class Connection:
         while not self._closed and self._queued_bytes > self.pause_bytes:
             await self._wait_space()
 
-    def open(self, first: str | None = None) -> None:
+    def open(self, first: Text | None = None) -> None:
         """Start writing, ``first`` ahead of the frames pushed before (they waited until now).
         A connection closed by the node sends its close frame once its writer is done; wait
         for all that with :meth:`finished`."""
         if first is not None and self._queue and not self._closed:
             self._queue.appendleft(first)
             self._queued_bytes += len(first)
-            counters.frames_out += 1
+            self.counters.frames_out += 1
             first = None
         self._live = True
         if first is not None:
@@ -369,9 +372,7 @@ class Connection:
         elif self._queue and self._writer is None:
             self._writer = asyncio.ensure_future(self._write_loop())
 
-    def close(
-        self, code: int = protocol.CLOSE_NORMAL, reason: str = "", *, flush: bool = False
-    ) -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "", *, flush: bool = False) -> None:
         """Stop sending. Frames still queued are dropped, or with ``flush`` sent first (for a
         close the client asked for, never for a slow one)."""
         self._stop(code, reason, flush)
@@ -403,31 +404,6 @@ class Connection:
                 self._settle()
 
 
-async def _finish(coro: Any, blocker: Any) -> None:
-    """Go on with a send that had to wait, exactly as a task would drive it."""
-    while True:
-        try:
-            if isinstance(blocker, asyncio.Future):
-                await asyncio.wait([blocker])
-            else:
-                await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            # Cancelled by close(): cancel what the send waits for and let the send
-            # unwind through its own handlers, as cancelling its task would.
-            if isinstance(blocker, asyncio.Future):
-                blocker.cancel()
-            try:
-                coro.throw(asyncio.CancelledError())
-            except (asyncio.CancelledError, StopIteration):
-                pass
-            except Exception as exc:
-                logger.debug("a cancelled send ended with %r", exc)
-            finally:
-                coro.close()
-            raise
-        try:
-            blocker = coro.send(None)
-        except StopIteration:
-            return
-        except asyncio.CancelledError:  # the server gave up on this socket
-            raise ConnectionError("send cancelled by the server") from None
+#: counts of connections made without a node's counters (tests; and callers not yet passing
+#: theirs, for one release): nothing reads them
+_UNCOUNTED = Counters()

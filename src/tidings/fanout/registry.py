@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from tidings.bus.base import Bus
 from tidings.errors import BusError
+from tidings.fanout.broadcast import Broadcast, Text
 from tidings.fanout.connection import Connection
 
 logger = logging.getLogger("tidings.gateway")
@@ -146,15 +147,39 @@ class Registry:
         task.add_done_callback(forget)
 
     def deliver_count(self, user_id: str, count: int, version: int, text: str) -> int:
-        """Queue a count frame to every device of ``user_id`` here; returns how many."""
+        """Queue a count frame to every device of ``user_id`` here; returns how many. The
+        text is encoded once for all of them (:class:`Broadcast`)."""
         conns = self._users.get(user_id)
         if not conns:
             return 0
+        shared = _shared(text, len(conns))
         for conn in conns:
-            conn.push_count(count, version, text)
+            conn.push_count(count, version, shared)
         return len(conns)
+
+    def deliver_topic(
+        self, topic: str, seq: int, text: str, *, skip_session: str | None = None
+    ) -> int:
+        """Queue message ``seq`` of ``topic`` to every socket here that follows it, except
+        those of session ``skip_session`` (its publisher's); returns how many were offered it.
+        The text is encoded once for all of them (:class:`Broadcast`)."""
+        conns = self._topics.get(topic)
+        if not conns:
+            return 0
+        shared = _shared(text, len(conns))
+        offered = 0
+        for conn in tuple(conns):
+            if skip_session is None or conn.session_id != skip_session:
+                conn.push_topic(topic, seq, shared)
+                offered += 1
+        return offered
 
     async def drain(self) -> None:
         """Wait for pending bus operations (used at shutdown and in tests)."""
         while self._ops:
             await asyncio.wait(list(self._ops.values()))
+
+
+def _shared(text: str, sockets: int) -> Text:
+    """``text`` as one :class:`Broadcast` when it goes to several sockets."""
+    return Broadcast(text) if sockets > 1 else text

@@ -24,6 +24,7 @@ from typing import Any
 
 import uvicorn
 
+from tidings.gateway.flusher import COALESCE_DELAY, Flushers
 from tidings.gateway.transport import WebSocketProtocol
 
 logger = logging.getLogger("uvicorn.error")
@@ -247,7 +248,9 @@ class FrontConfig(uvicorn.Config):
     :class:`FrontProtocol`, and the ``http`` protocol chosen serves all but upgrades.
 
     ``head_timeout``: seconds a client has to send a request head; ``max_open``: connections
-    the node holds open at most (None: :func:`open_limit`)."""
+    the node holds open at most (None: :func:`open_limit`); ``coalesce_delay``: seconds a
+    fanning-out node lets frames wait to share a write (0: never; ``ws_flushers`` holds it, and
+    this server's per-loop write schedulers)."""
 
     front_http_class: Any = None
 
@@ -257,11 +260,13 @@ class FrontConfig(uvicorn.Config):
         *,
         head_timeout: float = HEAD_TIMEOUT,
         max_open: int | None = None,
+        coalesce_delay: float = COALESCE_DELAY,
         **options: Any,
     ) -> None:
         super().__init__(app, **options)
         self.head_timeout = head_timeout
         self.max_open = max_open or open_limit()
+        self.ws_flushers = Flushers(coalesce_delay)
         self._refused_logged = -_REFUSAL_LOG_INTERVAL
 
     def load(self) -> None:
