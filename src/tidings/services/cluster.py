@@ -9,7 +9,7 @@ import logging
 from tidings.errors import TidingsError
 from tidings.fanout.connection import Connection
 from tidings.fanout.registry import Registry
-from tidings.storage import Store
+from tidings.services.stores import ClusterStore
 
 logger = logging.getLogger("tidings")
 
@@ -22,7 +22,7 @@ class Cluster:
 
     def __init__(
         self,
-        store: Store,
+        store: ClusterStore,
         registry: Registry,
         *,
         node_id: str,

@@ -27,7 +27,7 @@ from tidings.fanout.registry import Registry, user_channel
 from tidings.services.checks import check_data, check_identifier, check_ids
 from tidings.services.queues import Queues
 from tidings.services.republish import Republisher
-from tidings.storage import Store
+from tidings.services.stores import NotificationStore
 
 logger = logging.getLogger("tidings")
 
@@ -41,7 +41,7 @@ class Counts:
 
     def __init__(
         self,
-        store: Store,
+        store: NotificationStore,
         bus: Bus,
         registry: Registry,
         queues: Queues,

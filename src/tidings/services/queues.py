@@ -15,7 +15,7 @@ from tidings.fanout import codec
 from tidings.fanout.connection import Connection
 from tidings.fanout.registry import Registry, user_channel
 from tidings.services.checks import check_ids
-from tidings.storage import Store
+from tidings.services.stores import QueueStore
 
 logger = logging.getLogger("tidings")
 
@@ -28,7 +28,7 @@ class Queues:
 
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         bus: Bus,
         registry: Registry,
         *,

@@ -20,7 +20,7 @@ from tidings.fanout.connection import Connection
 from tidings.fanout.registry import Registry, topic_channel
 from tidings.services.checks import check_data, check_identifier
 from tidings.services.republish import Republisher
-from tidings.storage import Store
+from tidings.services.stores import TopicStore
 
 logger = logging.getLogger("tidings")
 
@@ -35,7 +35,7 @@ class Topics:
 
     def __init__(
         self,
-        store: Store,
+        store: TopicStore,
         bus: Bus,
         registry: Registry,
         policy: TopicPolicy,

@@ -1,0 +1,113 @@
+"""The facets of the :class:`~tidings.storage.Store` each service uses, and nothing more.
+
+Every store backend has them all; a service is given the store as the facet it reads, so what
+it may touch is written next to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from tidings.core.models import (
+    AckResult,
+    MarkSeenResult,
+    NewNotification,
+    Notification,
+    NotifyResult,
+    Presence,
+    QueueGap,
+    Replay,
+    TopicMessage,
+    UnseenCount,
+)
+from tidings.errors import Conflict
+
+
+class NotificationStore(Protocol):
+    """Notifications and unseen counts."""
+
+    async def create_notifications(
+        self, items: Sequence[NewNotification]
+    ) -> list[NotifyResult | Conflict]: ...
+
+    async def create_notification(
+        self, user_id: str, data: Any, notification_id: str | None = None
+    ) -> NotifyResult: ...
+
+    async def unseen(
+        self, user_id: str, limit: int, max_bytes: int | None = None
+    ) -> list[Notification]: ...
+
+    async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult: ...
+
+    async def count(self, user_id: str) -> UnseenCount: ...
+
+
+class QueueStore(Protocol):
+    """The durable queues of devices."""
+
+    async def pending(
+        self, connection_id: str, user_id: str, after_seq: int, limit: int
+    ) -> list[Notification]: ...
+
+    async def ack(
+        self, connection_id: str, user_id: str, notification_ids: Sequence[str]
+    ) -> AckResult: ...
+
+    async def trim_queue(
+        self,
+        connection_id: str,
+        user_id: str,
+        *,
+        max_length: int | None,
+        max_age: float | None,
+    ) -> QueueGap | None: ...
+
+    async def forget_device(self, user_id: str, connection_id: str) -> bool: ...
+
+    async def notification_log(self, after: str, limit: int) -> tuple[list[Notification], str]: ...
+
+
+class TopicStore(Protocol):
+    """Topic messages and the subscriptions of sessions."""
+
+    async def append_topic_message(
+        self, topic: str, data: Any, origin_session_id: str | None, ttl: float
+    ) -> TopicMessage: ...
+
+    async def topic_messages(self, topic: str, since: int, limit: int) -> Replay: ...
+
+    async def topic_last_seqs(self, topics: Sequence[str]) -> dict[str, int]: ...
+
+    async def session_topics(self, user_id: str, session_id: str) -> list[str]: ...
+
+    async def subscribe_session(
+        self,
+        user_id: str,
+        session_id: str,
+        topics: Sequence[str],
+        max_sessions: int | None = None,
+    ) -> None: ...
+
+    async def unsubscribe_session(
+        self, user_id: str, session_id: str, topics: Sequence[str]
+    ) -> None: ...
+
+
+class ClusterStore(Protocol):
+    """Nodes, the presence of their sockets, and the sweep of what expired."""
+
+    async def heartbeat(self, node_id: str, uri: str) -> bool: ...
+
+    async def reap_nodes(self, stale_after: float) -> list[str]: ...
+
+    async def remove_node(self, node_id: str) -> None: ...
+
+    async def add_presence(self, presences: Sequence[Presence]) -> None: ...
+
+    async def remove_presence(self, socket_id: str) -> None: ...
+
+    async def touch_sessions(self, sessions: Iterable[tuple[str, str]]) -> None: ...
+
+    async def expire(self, session_idle: float) -> int: ...
