@@ -32,27 +32,28 @@ import contextvars
 import logging
 from typing import Any
 
+# CloseCode, valid_close_code, GUID, accept_key, close_payload and frame_header are importable
+# from here for one release (they moved to tidings.core.codes and tidings.gateway.frames).
 from tidings.core.codes import CloseCode, valid_close_code
 from tidings.errors import ProtocolFailure
 from tidings.fanout.broadcast import Broadcast
-from tidings.gateway.flusher import FANOUT_SOCKETS, FANOUT_WINDOW, PING_GROUPS, FrameWriter
+from tidings.gateway.flusher import FrameWriter
+from tidings.gateway.frames import GUID as GUID
 from tidings.gateway.frames import (
-    BYTES_PER_FRAGMENT,
-    GUID,
-    MIN_FRAGMENTS,
     PING,
     Opcode,
     Reader,
-    accept_key,
     binary_frame,
     close_frame,
-    close_payload,
-    frame_header,
     parse_close,
     pong_frame,
     text_frame,
 )
+from tidings.gateway.frames import accept_key as accept_key
+from tidings.gateway.frames import close_payload as close_payload
+from tidings.gateway.frames import frame_header as frame_header
 from tidings.gateway.upgrade import (
+    HttpAnswer,
     Refusal,
     accept_response,
     client_label,
@@ -61,22 +62,6 @@ from tidings.gateway.upgrade import (
     target_label,
     websocket_scope,
 )
-
-# Importable from here for one release (they moved to core.codes, frames and flusher).
-__all__ = [
-    "BYTES_PER_FRAGMENT",
-    "FANOUT_SOCKETS",
-    "FANOUT_WINDOW",
-    "GUID",
-    "MIN_FRAGMENTS",
-    "PING_GROUPS",
-    "CloseCode",
-    "WebSocketProtocol",
-    "accept_key",
-    "close_payload",
-    "frame_header",
-    "valid_close_code",
-]
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -140,8 +125,8 @@ class WebSocketProtocol(FrameWriter):
         #: the pong for the client's last ping, while the write buffer is full (reading then
         #: waits: a client that pings and never reads must not grow our memory)
         self._owed_pong: bytes | None = None
-        #: the HTTP answer being built: None, or [status, headers, body] of a refusal
-        self.response: list[Any] | None = None
+        #: the HTTP answer the application refuses the upgrade with, while it sends it
+        self.response: HttpAnswer | None = None
 
     # asyncio callbacks
 
@@ -493,10 +478,7 @@ class WebSocketProtocol(FrameWriter):
                 self._deliver({"type": "websocket.disconnect", "code": CloseCode.ABNORMAL})
                 self._reject(403, b"")
             elif kind == "websocket.http.response.start":
-                status = message["status"]
-                if not 100 <= status < 600:
-                    raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
-                self.response = [status, list(message.get("headers", ())), b""]
+                self.response = HttpAnswer(message)
             else:
                 raise RuntimeError(
                     "Expected ASGI message 'websocket.accept', 'websocket.close' or "
@@ -506,10 +488,8 @@ class WebSocketProtocol(FrameWriter):
         # an HTTP refusal is being sent
         if kind != "websocket.http.response.body":
             raise RuntimeError(f"Expected 'websocket.http.response.body' but got '{kind}'.")
-        self.response[2] += message.get("body", b"")
-        if not message.get("more_body", False):
-            status, headers, body = self.response
+        if self.response.add(message):
             self._deliver({"type": "websocket.disconnect", "code": CloseCode.ABNORMAL})
-            self._out(http_response(status, (*self.default_headers, *headers), body))
+            self._out(self.response.encode(self.default_headers))
             self._state = _S_CLOSED
             self._close_transport()

@@ -34,6 +34,29 @@ class Refusal:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
+class HttpAnswer:
+    """An HTTP response an application sends instead of accepting the upgrade (the ASGI
+    WebSocket Denial Response extension), gathered as its messages come."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, start: dict[str, Any]) -> None:
+        status = start["status"]
+        if not 100 <= status < 600:
+            raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
+        self.status: int = status
+        self.headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
+        self.body = b""
+
+    def add(self, message: dict[str, Any]) -> bool:
+        """Add a ``websocket.http.response.body`` message; True once it was the last."""
+        self.body += message.get("body", b"")
+        return not message.get("more_body", False)
+
+    def encode(self, default_headers: Headers) -> bytes:
+        return http_response(self.status, (*default_headers, *self.headers), self.body)
+
+
 def read_upgrade(request: bytes) -> Upgrade | Refusal:
     """Check an upgrade request (its whole head, and what followed it)."""
     head, _, early = request.partition(b"\r\n\r\n")
