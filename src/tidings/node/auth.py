@@ -27,15 +27,16 @@ class Credentials:
 
     def __init__(self, settings: Settings, device: DeviceAuthenticator | None = None) -> None:
         self.settings = settings
-        #: the application's own authenticator, else a JWT one made at :meth:`start`
+        #: the application's own authenticator, else a JWT one made at each :meth:`start`
         self.device = device
+        self._own_device = device is None
         self.service: ServiceAuth | None = None
         self._caches: list[JwksCache] = []
 
     async def start(self, store: Store) -> None:
         """Load or create the keys (raises :class:`~tidings.errors.StoreUnavailable`)."""
         settings = self.settings
-        if self.device is None:
+        if self._own_device:
             secret = settings.jwt_secret or await store.get_or_create_key(DEVICE_KEY, random_key)
             jwks = JwksCache(settings.jwks_url) if settings.jwks_url else None
             if jwks is not None:

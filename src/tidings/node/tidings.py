@@ -346,7 +346,7 @@ class Tidings(Lifecycle):
 
     async def count(self, user_id: str) -> UnseenCount:
         """The user's unseen count and its version."""
-        return await self.store.count(user_id)
+        return await self.counts.count(user_id)
 
     async def resync_counts(self) -> None:
         """Re-read and push the count of every user with a device here, look into the queue of
@@ -409,7 +409,7 @@ class Tidings(Lifecycle):
     ) -> tuple[list[Notification], str]:
         """Every notification after an opaque log position, and the next position (for
         consumers with their own cursor; each notification once, none skipped)."""
-        return await self.store.notification_log(after, limit)
+        return await self.queues.notification_log(after, limit)
 
     # Durable device queues (deliver mode)
 
@@ -436,7 +436,7 @@ class Tidings(Lifecycle):
         self, user_id: str, connection_id: str, limit: int = 100
     ) -> list[Notification]:
         """The oldest notifications waiting in a device's queue."""
-        return await self.store.pending(connection_id, user_id, 0, limit)
+        return await self.queues.pending(user_id, connection_id, limit)
 
     async def forget_device(
         self, user_id: str, connection_id: str, *, before_close: str | None = None
