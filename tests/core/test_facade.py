@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tidings import Tidings
+from tidings.auth.topics import TopicPolicy
+from tidings.bus import create_bus
+from tidings.core.counters import Counters
 from tidings.errors import InvalidArgument, NotFound, PayloadTooLarge
 from tidings.fanout.connection import Connection
+from tidings.fanout.registry import Registry
+from tidings.services.counts import Counts
+from tidings.services.events import BusEvents
+from tidings.services.queues import Queues
+from tidings.services.republish import Republisher
+from tidings.services.topics import Topics
+from tidings.storage import create_store
 
 SECRET = "facade-secret-" + "y" * 32
 
@@ -272,3 +283,59 @@ async def test_a_send_that_fails_closes_the_connection() -> None:
     conn.push("x")
     assert conn.closed
     await asyncio.wait_for(conn.finished(), 2)
+
+
+async def test_counts_service_works_without_a_node(tmp_path: Path) -> None:
+    """The counts service, given a store, a bus and a registry, notifies and pushes counts."""
+    store = create_store(f"sqlite:///{tmp_path}/s.db")
+    bus = create_bus(f"memory://{uuid.uuid4().hex}")
+    registry = Registry(bus)
+    queues = Queues(store, bus, registry, node_id="n")
+    republisher = Republisher(bus)
+    counts = Counts(
+        store,
+        bus,
+        registry,
+        queues,
+        republisher,
+        Counters(),
+        node_id="n",
+        max_data_size=1024,
+        max_batch_size=10,
+        max_unseen_page=10,
+        max_unseen_bytes=4096,
+    )
+    topics = Topics(
+        store,
+        bus,
+        registry,
+        TopicPolicy(),
+        republisher,
+        asyncio.ensure_future,
+        node_id="n",
+        ttl=60.0,
+        ttls={},
+        max_data_size=1024,
+        max_topics_per_session=10,
+        max_sessions_per_user=10,
+    )
+    events = BusEvents(counts, topics, queues, Counters(), asyncio.ensure_future, node_id="n")
+    bus.on_message = events.on_message
+    await store.start()
+    await bus.start()
+    try:
+        sink = Sink()
+        conn = Connection(sink, connection_id="c", user_id="alice", session_id="s")
+        await registry.add(conn)
+        conn.open()
+        with pytest.raises(PayloadTooLarge):
+            await counts.notify("alice", "x" * 2000)
+        result = await counts.notify("alice", "hi")
+        assert result.count is not None and result.count.count == 1
+        await eventually(lambda: len(sink.frames) == 1)
+        assert sink.frames == ['{"type":"newNotificationCountChanged","count":1,"version":1}']
+        conn.close()
+        await asyncio.wait_for(conn.finished(), 2)
+    finally:
+        await bus.close()
+        await store.close()
