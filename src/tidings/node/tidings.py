@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from tidings.delivery.channels.base import Channel
     from tidings.delivery.pipeline import Pipeline
     from tidings.gateway.asgi import Gateway
-    from tidings.node.app import TidingsApp
 
 __all__ = ["DEVICE_KEY", "SERVICE_KEY", "Tidings"]
 
@@ -292,7 +291,7 @@ class Tidings(Lifecycle):
             check_origin=check_origin,
         )
 
-    def asgi(self) -> TidingsApp[Tidings]:
+    def asgi(self) -> Any:
         """The node's ASGI app (``/ws`` for devices, the HTTP API) to mount in a host app; it
         does not start or close ``tidings`` (use :meth:`lifespan` for that)."""
         from tidings.node.app import TidingsApp
