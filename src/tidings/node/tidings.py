@@ -49,7 +49,7 @@ __all__ = ["DEVICE_KEY", "SERVICE_KEY", "Tidings"]
 
 logger = logging.getLogger("tidings")
 
-# Names of this module that other modules imported before the services held them.
+# Re-exported for one release: their homes are tidings.node.auth and tidings.services.checks.
 _random_key = random_key
 _check_identifier = check_identifier
 
@@ -111,12 +111,12 @@ class Tidings(Lifecycle):
         #: set when the node is asked to stop: readiness goes false before anything closes
         self.draining = False
         services = wire(self, topic_policy)
-        self.republisher, self.queues, self.counts = (
-            services.republisher,
-            services.queues,
-            services.counts,
-        )
-        self.topics, self.cluster, self.events = services.topics, services.cluster, services.events
+        self.republisher = services.republisher
+        self.queues = services.queues
+        self.counts = services.counts
+        self.topics = services.topics
+        self.cluster = services.cluster
+        self.events = services.events
 
     # Lifecycle
 
@@ -179,6 +179,7 @@ class Tidings(Lifecycle):
         await self.store.close()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background until it ends or the node closes."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
