@@ -319,7 +319,9 @@ async def test_counts_service_works_without_a_node(tmp_path: Path) -> None:
         max_topics_per_session=10,
         max_sessions_per_user=10,
     )
-    events = BusEvents(counts, topics, queues, Counters(), asyncio.ensure_future, node_id="n")
+    events = BusEvents(
+        registry, counts, topics, queues, Counters(), asyncio.ensure_future, node_id="n"
+    )
     bus.on_message = events.on_message
     await store.start()
     await bus.start()

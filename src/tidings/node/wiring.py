@@ -114,6 +114,7 @@ def wire(node: Wired, topic_policy: TopicPolicy) -> Services:
         session_ttl=settings.session_ttl,
     )
     events = BusEvents(
+        registry,
         counts,
         topics,
         queues,

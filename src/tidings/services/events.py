@@ -9,6 +9,7 @@ from typing import Any
 
 from tidings.core import events
 from tidings.core.counters import Counters
+from tidings.fanout.registry import Registry
 from tidings.services.counts import Counts
 from tidings.services.queues import Queues
 from tidings.services.topics import Spawn, Topics
@@ -29,6 +30,7 @@ class BusEvents:
 
     def __init__(
         self,
+        registry: Registry,
         counts: Counts,
         topics: Topics,
         queues: Queues,
@@ -38,6 +40,7 @@ class BusEvents:
         node_id: str,
         observe_age: Callable[[Any], None] = _ignore_age,
     ) -> None:
+        self.registry = registry
         self.counts = counts
         self.topics = topics
         self.queues = queues
@@ -85,7 +88,7 @@ class BusEvents:
         """Re-read and push the count of every user with a device here, look into the queue of
         every device in deliver mode, and send each socket the topic messages it missed."""
         await self.counts.resync()
-        for conn in self.counts.registry:
+        for conn in self.registry:
             if conn.deliver:
                 self.queues.schedule_delivery(conn)
             if conn.topics:
