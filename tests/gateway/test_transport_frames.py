@@ -233,3 +233,48 @@ def test_serve_takes_its_transport_options_from_settings() -> None:
     assert flushers_of(config).coalesce == pytest.approx(0.007)
     assert config.ws_max_size == 2 * 1024 * 1024
     assert front_config(lambda: None, settings, ws_max_size=1).ws_max_size == 1
+
+
+async def test_the_registry_fans_a_topic_message_out_as_one_broadcast() -> None:
+    """Registry.deliver_topic pushes one Broadcast to every follower but the publisher's
+    session, and counts whom it offered the message to."""
+    from tidings.bus import create_bus
+    from tidings.fanout.registry import Registry
+
+    got: dict[str, list[object]] = {}
+
+    def direct(name: str) -> Any:
+        class Socket:
+            def write_text(self, message: object) -> bool:
+                got.setdefault(name, []).append(message)
+                return True
+
+            async def send(self, message: dict[str, Any]) -> None:
+                raise AssertionError("the direct write path is taken")
+
+        return Socket().send
+
+    registry = Registry(create_bus("memory://"))
+    conns = [
+        Connection(
+            direct(f"c{i}"),
+            connection_id=f"c{i}",
+            user_id=f"u{i}",
+            session_id=session,
+            counters=Counters(),
+        )
+        for i, session in enumerate(["s0", "s1", "origin"])
+    ]
+    for conn in conns:
+        conn.open()
+        await registry.join_topics(conn, ["t"])
+    assert registry.deliver_topic("t", 1, '{"seq":1}', skip_session="origin") == 2
+    assert sorted(got) == ["c0", "c1"]
+    first, second = got["c0"][0], got["c1"][0]
+    assert isinstance(first, Broadcast) and first is second and first.text == '{"seq":1}'
+    assert registry.deliver_topic("t", 1, '{"seq":1}') == 3  # c0 and c1 already had seq 1
+    assert sorted(got) == ["c0", "c1", "c2"] and len(got["c0"]) == 1
+    for conn in conns:
+        registry.remove(conn)
+        conn.close()
+    await registry.drain()
