@@ -99,13 +99,12 @@ class Topics:
 
     def deliver(self, message: TopicMessage) -> None:
         """Push a message to the sockets here that follow its topic (not its origin's)."""
-        conns = self.registry.topic_connections(message.topic)
-        if not conns:
-            return
+        if not self.registry.topic_connections(message.topic):
+            return  # nobody follows it here: not even encoded
         text = orjson.dumps(message.to_frame()).decode()
-        for conn in tuple(conns):
-            if message.origin_session_id is None or conn.session_id != message.origin_session_id:
-                conn.push_topic(message.topic, message.seq, text)
+        self.registry.deliver_topic(
+            message.topic, message.seq, text, skip_session=message.origin_session_id
+        )
 
     def deliver_reference(self, reference: TopicMessage) -> None:
         """A message too large for the bus came by reference: read it, then deliver it."""
