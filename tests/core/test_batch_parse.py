@@ -1,7 +1,7 @@
-"""``POST /notify/batch`` reads plainly valid bodies with its own parser (``batch_items``) and
-leaves everything else to pydantic: on any body, the parser either declines (None) or gives
-exactly the items pydantic's :class:`NotifyBatchRequest` gives, and it declines only bodies
-pydantic refuses or that need pydantic's leniency (integers beyond 64 bits …)."""
+"""``POST /notify/batch`` reads valid bodies with msgspec (``batch_items``) and leaves
+everything else to pydantic: on any body, msgspec either declines (None) or gives exactly the
+items pydantic's :class:`NotifyBatchRequest` gives, and it declines only bodies pydantic refuses
+or that need pydantic's leniency (lone surrogates, ``NaN`` …)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from tidings.api.app import batch_items
-from tidings.api.schemas import NotifyBatchRequest
+from tidings.api.bodies import batch_items, notify_body
+from tidings.api.schemas import NotifyBatchRequest, NotifyRequest
 
 json_values = st.recursive(
     st.none()
@@ -71,6 +71,7 @@ def same(a: Any, b: Any) -> bool:
 @settings(max_examples=600, deadline=None)
 @given(body=bodies)
 def test_the_parser_agrees_with_pydantic_or_declines(body: Any) -> None:
+    """On any body msgspec gives pydantic's items, or declines."""
     try:
         raw = json.dumps(body).encode()
     except ValueError:
@@ -81,6 +82,7 @@ def test_the_parser_agrees_with_pydantic_or_declines(body: Any) -> None:
 
 
 def test_a_plain_batch_is_read_without_pydantic() -> None:
+    """A valid batch, with unknown fields and the longest ids, is read by msgspec alone."""
     raw = json.dumps(
         {
             "notifications": [
@@ -100,7 +102,23 @@ def test_a_plain_batch_is_read_without_pydantic() -> None:
         b'{"notifications": [{"user_id": "u", "data": 123456789012345678901234567890}]}',
         b'{"notifications": [{"user_id": "u", "data": [18446744073709551616]}]}',
         b'{"notifications": [{"user_id": "u", "data": -9223372036854775809}]}',
+        b'{"notifications": [{"user_id": "u", "data": 9223372036854775808}]}',
+        b'{"notifications": [{"user_id": "a", "user_id": "b", "data": 1, "data": 2}]}',
+    ],
+)
+def test_integers_beyond_64_bits_are_read_as_pydantic_reads_them(raw: bytes) -> None:
+    """Integers past 64 bits (and repeated keys) come out as pydantic's; the node refuses
+    what it cannot store (tests/core/test_fast_routes.py)."""
+    assert own_items(raw) is not None
+    assert same(own_items(raw), pydantic_items(raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
         b'{"notifications": [{"user_id": "u", "data": NaN}]}',
+        b'{"notifications": [{"user_id": "u", "data": 1e400}]}',
+        b'{"notifications": [{"user_id": "\\ud800", "data": 1}]}',
         b'{"notifications": [{"user_id": "u", "data": "\\ud800"}]}',
         b'{"notifications": [{"user_id": "u", "data": 1}',
         b'{"notifications": []}',
@@ -111,4 +129,28 @@ def test_a_plain_batch_is_read_without_pydantic() -> None:
     ],
 )
 def test_what_needs_pydantic_is_left_to_it(raw: bytes) -> None:
+    """Malformed, mistyped or only leniently valid bodies are left to pydantic."""
     assert batch_items(raw) is None
+
+
+def fields(request: Any) -> tuple[Any, ...] | None:
+    return None if request is None else (request.user_id, request.data, request.notification_id)
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=items)
+def test_a_notify_body_is_read_as_pydantic_reads_it(body: Any) -> None:
+    """``POST /notify``: the same verdict and values as pydantic's :class:`NotifyRequest`."""
+    try:
+        raw = json.dumps(body).encode()
+    except ValueError:
+        return
+    try:
+        expected = fields(NotifyRequest.model_validate_json(raw))
+    except ValidationError:
+        expected = None
+    try:
+        got = fields(notify_body(raw))
+    except ValidationError:
+        got = None
+    assert same(got, expected)

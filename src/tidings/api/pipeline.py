@@ -8,18 +8,21 @@ device JWT, which always acts on the token's own user.
 # No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
 # dependencies local to the functions that mount them.
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tidings.api.common import RequireScope, authorize, check_identifier
+from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import MAX_TOPIC_LENGTH, MAX_USER_ID_LENGTH
 from tidings.delivery.models import Content, NewMessage, message_data_problem
 from tidings.delivery.pipeline import body_hash
 from tidings.errors import (
+    ApiError,
     AuthError,
     Conflict,
     InvalidAddress,
@@ -27,9 +30,6 @@ from tidings.errors import (
     TemplateFailure,
     TopicRefused,
 )
-
-if TYPE_CHECKING:
-    from tidings.node.tidings import Tidings
 
 T = TypeVar("T")
 #: who a preferences call acts for: (user id, the device JWT's claims, or None for a service)
@@ -124,8 +124,6 @@ class MessageOut(BaseModel):
 
 def _errors(exc: Exception) -> Exception:
     """The API's answer to a pipeline error (others pass through to the app's handlers)."""
-    from tidings.errors import ApiError
-
     if isinstance(exc, TemplateFailure):
         return ApiError(422, "template_error", str(exc))
     if isinstance(exc, InvalidAddress):
@@ -148,13 +146,10 @@ async def _call(work: Awaitable[T]) -> T:
 
 def mount_pipeline(
     app: FastAPI,
-    tidings: "Tidings",
-    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+    tidings: ApiNode,
+    require_scope: RequireScope,
 ) -> None:
     """Add the pipeline's routes to the service API."""
-    from tidings.api.app import authorize
-    from tidings.errors import ApiError
-
     router = APIRouter()
     errors: dict[int | str, dict[str, Any]] = {
         401: {"model": ApiErrorBody, "description": "Missing or invalid token"},
@@ -320,13 +315,11 @@ def mount_pipeline(
 
 def mount_templates(
     router: APIRouter,
-    tidings: "Tidings",
-    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+    tidings: ApiNode,
+    require_scope: RequireScope,
     errors: dict[int | str, dict[str, Any]],
     not_found: dict[int | str, dict[str, Any]],
 ) -> None:
-    from tidings.errors import ApiError
-
     scoped = [Depends(require_scope("messages"))]
 
     @router.put(
@@ -372,13 +365,12 @@ def mount_templates(
 
 def mount_preferences(
     router: APIRouter,
-    tidings: "Tidings",
-    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+    tidings: ApiNode,
+    require_scope: RequireScope,
     device_user: Callable[[Request], Awaitable[Caller]],
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
     """The same five routes under ``/me`` (device JWT) and ``/users/{user_id}`` (service)."""
-    from tidings.node.tidings import _check_identifier
 
     async def service_user(
         user_id: Annotated[str, Path(min_length=1, max_length=256)],
@@ -388,7 +380,7 @@ def mount_preferences(
         return user_id, None  # a service: trusted with any topic
 
     async def _checked(user_id: str) -> None:
-        _check_identifier("user_id", user_id, 256)
+        check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
 
     for prefix, who in (("/me", device_user), ("/users/{user_id}", service_user)):
         user = Annotated[Caller, Depends(who)]

@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from tidings.api.common import RequireScope
+from tidings.api.ports import ApiNode
 from tidings.auth.jwt import JwtAuthenticator
 from tidings.core.limits import MAX_USER_ID_LENGTH
 from tidings.errors import InvalidArgument, PayloadTooLarge
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from fastapi import Request
-
-    from tidings.auth.base import ServicePrincipal
-    from tidings.node.tidings import Tidings
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 logger = logging.getLogger("tidings")
@@ -39,8 +33,8 @@ class DemoNotify(BaseModel):
 
 def mount_web(
     app: FastAPI,
-    tidings: Tidings,
-    require_scope: Callable[[str], Callable[[Request], Awaitable[ServicePrincipal]]],
+    tidings: ApiNode,
+    require_scope: RequireScope,
 ) -> None:
     """Add the browser client, the admin console and, in demo mode, the demo inbox."""
     app.mount("/static", StaticFiles(directory=WEB), name="static")

@@ -1,0 +1,106 @@
+"""What every route module of the API shares: service authorization (:func:`authorize`,
+:func:`scope_checker`), the answers to errors, and the checks of path values."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from tidings.api.ports import ApiNode
+from tidings.auth.base import ServicePrincipal
+from tidings.errors import (
+    ApiError,
+    InsufficientScope,
+    InvalidArgument,
+    InvalidToken,
+    IssuerUnavailable,
+    StoreUnavailable,
+)
+
+#: a dependency that checks the request's service token for one scope
+ScopeCheck = Callable[[Request], Awaitable[ServicePrincipal]]
+#: makes the :data:`ScopeCheck` of a scope
+RequireScope = Callable[[str], ScopeCheck]
+
+UNAVAILABLE_BODY = b'{"error":"unavailable","message":"storage unavailable; nothing was written"}'
+#: the Prometheus text format of ``GET /metrics``
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def authorize(node: ApiNode, authorization: str, scope: str) -> ServicePrincipal:
+    """The service behind an ``Authorization`` header, if its token carries ``scope``.
+
+    Raises:
+        ApiError: 401 (no or invalid token), 403 (scope missing), 503 (issuer unreachable).
+    """
+    scheme, _, credentials = authorization.partition(" ")
+    token = credentials.strip() if scheme.lower() == "bearer" else ""
+    if not token:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a bearer token from POST /oauth/token is required",
+            {"WWW-Authenticate": 'Bearer realm="tidings"'},
+        )
+    try:
+        return await node.service_auth.require(token, scope)
+    except InsufficientScope as exc:
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            str(exc),
+            {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        ) from None
+    except IssuerUnavailable as exc:
+        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "5"}) from None
+    except InvalidToken as exc:
+        raise ApiError(
+            401,
+            "invalid_token",
+            str(exc),
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from None
+
+
+def scope_checker(node: ApiNode) -> RequireScope:
+    """``require_scope(scope)``: the dependency that authorizes a request for ``scope``."""
+
+    def require_scope(scope: str) -> ScopeCheck:
+        async def check(request: Request) -> ServicePrincipal:
+            return await authorize(node, request.headers.get("authorization", ""), scope)
+
+        return check
+
+    return require_scope
+
+
+def install_error_handlers(app: FastAPI, node: ApiNode) -> None:
+    """Answer :class:`ApiError` with its status and body, :class:`StoreUnavailable` with 503
+    (counted as a ``store_unavailable`` error of ``node``)."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            {"error": exc.code, "message": exc.message}, exc.status, headers=exc.headers
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_: Request, exc: StoreUnavailable) -> Response:
+        node.counters.count_error("store_unavailable")
+        return Response(
+            UNAVAILABLE_BODY, 503, headers={"Retry-After": "1"}, media_type="application/json"
+        )
+
+
+def check_identifier(name: str, value: str, max_length: int) -> None:
+    """A user id or topic as the node takes it: 1 to ``max_length`` characters, no NUL.
+
+    Raises:
+        InvalidArgument: it is not.
+    """
+    if not 0 < len(value) <= max_length or "\x00" in value:
+        raise InvalidArgument(
+            f"{name} must be a string of 1 to {max_length} characters without NUL"
+        )
