@@ -86,9 +86,7 @@ class Gateway:
         self._idle.clear()
         try:
             # Passed straight on: no frame of the idle connection keeps the handshake.
-            handshake = await self._serve(scope, receive, send)
-            if handshake is not None:
-                await run_session(self.tidings, handshake, receive, send)
+            await run_session(self.tidings, await self._serve(scope, receive, send), receive, send)
         finally:
             self._active -= 1
             if not self._active:
@@ -138,10 +136,14 @@ class Gateway:
         self._active += 1
         self._idle.clear()
         try:
-            handshake = embedded_handshake(
-                scope, principal, session_id=session_id, deliver=deliver, pending=accept
+            await run_session(
+                self.tidings,
+                embedded_handshake(
+                    scope, principal, session_id=session_id, deliver=deliver, pending=accept
+                ),
+                receive,
+                send,
             )
-            await run_session(self.tidings, handshake, receive, send)
         finally:
             self._active -= 1
             if not self._active:

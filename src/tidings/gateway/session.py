@@ -119,10 +119,18 @@ def set_cookie(
     )
 
 
-async def run_session(node: GatewayNode, handshake: Handshake, receive: Any, send: Any) -> None:
+async def run_session(
+    node: GatewayNode, handshake: Handshake | None, receive: Any, send: Any
+) -> None:
     """Bind the device and register the socket (one store write), answer the handshake if it
     is pending, send ``welcome`` and the count, rejoin the session's topics, start the
-    device's queue in deliver mode, then serve the socket's frames until it closes."""
+    device's queue in deliver mode, then serve the socket's frames until it closes. Nothing
+    when the handshake was refused (None).
+
+    This frame holds the only reference to ``handshake`` (pass it straight on) and lets it go
+    once the device is bound: an idle socket keeps neither its principal nor its scope."""
+    if handshake is None:
+        return
     principal = handshake.principal
     # Its ids are set once the device is bound; until then it is not open, so events for it
     # queue behind the welcome.
