@@ -365,29 +365,14 @@ class Settings(BaseSettings):
 
     # The pipeline reads these two only once it starts; checked here too, so that a mistake is
     # named with its variable before anything starts. Imported late: config is imported first.
-    @field_validator("rate_limits")
+    @field_validator("rate_limits", "smtp_url")
     @classmethod
-    def _rate_limits(cls, value: dict[str, str]) -> dict[str, str]:
-        from tidings.delivery.channels.base import CHANNEL_NAMES
-        from tidings.delivery.planner import parse_rate_limits
+    def _pipeline(cls, value: Any, info: ValidationInfo) -> Any:
+        from tidings.delivery.settings import check_rate_limits, check_smtp_url
 
-        try:
-            parse_rate_limits(value, CHANNEL_NAMES)
-        except ConfigurationError as exc:
-            raise ValueError(f"{exc} (channels: {', '.join(sorted(CHANNEL_NAMES))})") from None
-        return value
-
-    @field_validator("smtp_url")
-    @classmethod
-    def _smtp_url(cls, value: str | None) -> str | None:
-        from tidings.delivery.channels.email import parse_smtp_url
-
-        if value:
-            try:
-                parse_smtp_url(value)
-            except ConfigurationError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return (
+            check_rate_limits(value) if info.field_name == "rate_limits" else check_smtp_url(value)
+        )
 
     @field_validator("jwt_algorithms", "service_algorithms")
     @classmethod
@@ -438,13 +423,21 @@ def load_settings(flags: Mapping[str, str] | None = None, **options: Any) -> Set
         ConfigurationError: a setting is malformed; the message names it and gives an example.
     """
     try:
-        return Settings(**options)
+        settings = Settings(**options)
     except ValidationError as exc:
         problems = [_problem(error, flags or {}) for error in exc.errors()]
     except SettingsError as exc:  # a source failed before validation (kept as a safety net)
         found = re.search(r'field "(\w+)"', str(exc))
         field = found.group(1) if found else ""
         problems = [f"{_name(field, flags or {})} cannot be read ({exc}); {_example(field)}"]
+    else:  # a server's channels are the registered ones; an application's may add others
+        from tidings.delivery.settings import unknown_rate_limit
+
+        message = unknown_rate_limit(settings.rate_limits)
+        if message is None:
+            return settings
+        error = {"loc": ("rate_limits",), "msg": message, "input": json.dumps(settings.rate_limits)}
+        problems = [_problem(error, flags or {})]
     raise ConfigurationError("; ".join(problems)) from None
 
 

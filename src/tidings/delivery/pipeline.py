@@ -12,8 +12,7 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,7 +21,7 @@ from tidings.auth.topics import check_topic
 from tidings.core.lifecycle import Lifecycle
 from tidings.core.limits import MAX_TEMPLATE_ID_LENGTH
 from tidings.core.models import utcnow
-from tidings.delivery.channels.base import CHANNEL_NAMES, Channel
+from tidings.delivery.channels.base import Channel
 from tidings.delivery.models import (
     PENDING,
     Content,
@@ -34,8 +33,13 @@ from tidings.delivery.models import (
     message_data_problem,
 )
 from tidings.delivery.planner import Recipient, counted_channels, parse_rate_limits, plan
+from tidings.delivery.ports import PipelineHost
+from tidings.delivery.registry import ChannelRegistry, ordered
+from tidings.delivery.retry import retry_at as retry_at
+from tidings.delivery.retry import retry_delay
 from tidings.delivery.store import PipelineStore
 from tidings.delivery.templates import Renderer
+from tidings.delivery.worker import Worker
 from tidings.errors import (
     BusError,
     ConfigurationError,
@@ -47,8 +51,9 @@ from tidings.errors import (
 )
 
 if TYPE_CHECKING:
-    from tidings.delivery.worker import Worker
-    from tidings.node.tidings import Tidings
+    # pipeline_store() below names what it is given by the node's old type: the node as the
+    # pipeline sees it.
+    Tidings = PipelineHost
 
 logger = logging.getLogger("tidings.delivery")
 
@@ -56,8 +61,6 @@ logger = logging.getLogger("tidings.delivery")
 BUS_CHANNEL = "pipeline"
 WORK = "pipeline-work"
 TEMPLATE_CHANGED = "pipeline-template-changed"
-WEBHOOK_KEY = "webhook_secret"
-VAPID_KEY = "vapid_private_key"
 MAX_TEMPLATE_ID = MAX_TEMPLATE_ID_LENGTH
 
 
@@ -78,51 +81,54 @@ def pipeline_store(tidings: Tidings) -> PipelineStore:
     raise ConfigurationError(f"the pipeline has no tables for {type(tidings.store).__name__}")
 
 
-async def default_channels(tidings: Tidings) -> list[Channel]:
-    """The channels the settings configure; generated keys are kept in the store."""
-    from tidings.delivery.channels.email import EmailChannel
-    from tidings.delivery.channels.inapp import InAppChannel
-    from tidings.delivery.channels.sms import SmsChannel
-    from tidings.delivery.channels.webhook import WebhookChannel, generate_webhook_secret
-    from tidings.delivery.channels.webpush import WebPushChannel, generate_vapid_private_key
-
-    settings, store = tidings.settings, tidings.store
-    timeout, private = settings.provider_timeout, settings.allow_private_addresses
-    webhook_secret = settings.webhook_secret or await store.get_or_create_key(
-        WEBHOOK_KEY, generate_webhook_secret
-    )
-    vapid_key = settings.vapid_private_key or await store.get_or_create_key(
-        VAPID_KEY, generate_vapid_private_key
-    )
-    channels: list[Channel] = [
-        InAppChannel(tidings),
-        WebhookChannel(webhook_secret, timeout=timeout, allow_private=private),
-        WebPushChannel(vapid_key, settings.vapid_subject, timeout=timeout, allow_private=private),
-    ]
-    if settings.smtp_url:
-        channels.append(EmailChannel(settings.smtp_url, settings.email_from, timeout=timeout))
-    if settings.sms_url:
-        channels.append(
-            SmsChannel(
-                settings.sms_url,
-                token=settings.sms_token,
-                sender=settings.sms_from,
-                timeout=timeout,
-            )
-        )
-    return channels
+async def build_channels(
+    host: PipelineHost, registry: ChannelRegistry, given: Iterable[Channel] = ()
+) -> dict[str, Channel]:
+    """The pipeline's channels by name: the ``given`` instances, and every other registered
+    channel its settings configure (:meth:`Channel.from_settings`), in documented order."""
+    chosen = {channel.name: channel for channel in given}
+    for name in registry.names():
+        if name not in chosen:
+            built = await registry.load(name).from_settings(host)
+            if built is not None:
+                chosen[name] = built
+    return {name: chosen[name] for name in ordered(chosen)}
 
 
 class Pipeline(Lifecycle):
     """The pipeline of one node."""
 
-    def __init__(self, tidings: Tidings, channels: Sequence[Channel] | None = None) -> None:
-        self.tidings = tidings
-        self.settings = tidings.settings
-        self.store = pipeline_store(tidings)
+    def __init__(
+        self,
+        host: PipelineHost,
+        channels: Sequence[Channel] | None = None,
+        *,
+        registry: ChannelRegistry | None = None,
+    ) -> None:
+        """``channels``: instances the application made; each replaces the registered channel
+        of its name, or adds its name.
+
+        Raises:
+            ConfigurationError: ``TIDINGS_RATE_LIMITS`` is malformed or names a channel that is
+                neither registered nor given.
+        """
+        self.host = host
+        self.settings = host.settings
+        #: where the workers count sends
+        self.counters = host.counters
+        self.store = pipeline_store(host)
         self.renderer = Renderer(self.store.get_template)
-        self.limits = parse_rate_limits(self.settings.rate_limits, CHANNEL_NAMES)
+        self.registry = registry if registry is not None else ChannelRegistry()
         self._given = list(channels or [])
+        #: every name a message, a preference or a rate limit may use, in documented order
+        self.names = ordered([*self.registry.names(), *(c.name for c in self._given)])
+        try:
+            self.limits = parse_rate_limits(self.settings.rate_limits, self.names)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"TIDINGS_RATE_LIMITS: {exc} (channels: {', '.join(self.names)})"
+            ) from None
+        #: the channels that can send, by name (a name without one fails its deliveries)
         self.channels: dict[str, Channel] = {}
         self.workers: list[Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,21 +137,15 @@ class Pipeline(Lifecycle):
     async def start(self) -> None:
         if self._started:
             return
-        chosen = {c.name: c for c in await default_channels(self.tidings)}
-        chosen.update({c.name: c for c in self._given})  # the application's replace ours
-        unknown = set(chosen) - set(CHANNEL_NAMES)
-        if unknown:
-            raise ConfigurationError(f"unknown channel names: {', '.join(sorted(unknown))}")
+        chosen = await build_channels(self.host, self.registry, self._given)
         for channel in chosen.values():
             await channel.start()
         self.channels = chosen
-        await self.tidings.bus.subscribe(BUS_CHANNEL)
+        await self.host.bus.subscribe(BUS_CHANNEL)
         self._started = True
         if self.settings.workers:
-            from tidings.delivery.worker import Worker
-
             self.workers = [
-                Worker(self, f"{self.tidings.node_id}/w{n}") for n in range(self.settings.workers)
+                Worker(self, f"{self.host.node_id}/w{n}") for n in range(self.settings.workers)
             ]
             self._tasks = [asyncio.create_task(w.run()) for w in self.workers]
             self._tasks.append(asyncio.create_task(self._control_loop()))
@@ -171,9 +171,7 @@ class Pipeline(Lifecycle):
         """Raises TopicRefused unless the topic policy lets the user follow ``topic``
         (``claims`` ``None``: a service acts, trusted with any topic)."""
         check_topic(topic)
-        if claims is not None and not await self.tidings.topic_policy.allowed(
-            user_id, claims, topic
-        ):
+        if claims is not None and not await self.host.topic_policy.allowed(user_id, claims, topic):
             raise TopicRefused([topic])
 
     def vapid_public_key(self) -> str | None:
@@ -195,7 +193,7 @@ class Pipeline(Lifecycle):
 
     async def _announce(self, event: dict[str, Any]) -> None:
         try:
-            await self.tidings.bus.publish(BUS_CHANNEL, orjson.dumps(event))
+            await self.host.bus.publish(BUS_CHANNEL, orjson.dumps(event))
         except BusError as exc:
             # Workers poll, and template caches expire: a lost event only costs a delay.
             logger.warning("pipeline event %s not published: %s", event["type"], exc)
@@ -282,9 +280,7 @@ class Pipeline(Lifecycle):
             TemplateFailure: the template is unknown or does not render.
             Conflict: ``idempotency_key`` was used with other arguments.
         """
-        unknown = set(channels) - set(CHANNEL_NAMES)
-        if unknown or not channels:
-            raise InvalidArgument(f"channels must be among {', '.join(CHANNEL_NAMES)}")
+        self.check_channels(channels)
         if (user_ids is None) == (topic is None):
             raise InvalidArgument("give exactly one of user_ids and topic")
         if (template_id is None) == (content is None):
@@ -319,6 +315,20 @@ class Pipeline(Lifecycle):
             )
         )
         return message
+
+    def check_channels(self, channels: Iterable[str]) -> tuple[str, ...]:
+        """``channels`` once each, in order, when there is at least one and each is a channel
+        name of this pipeline (registered or given; configured or not).
+
+        Raises:
+            InvalidArgument: none, or a name no channel has; the message lists the names.
+        """
+        given = tuple(dict.fromkeys(channels))
+        unknown = [name for name in given if name not in self.names]
+        if unknown or not given:
+            problem = f"unknown channel {unknown[0]!r}; " if unknown else ""
+            raise InvalidArgument(f"{problem}channels must be among {', '.join(self.names)}")
+        return given
 
     def _plan(self, message: NewMessage, recipients: list[Recipient]) -> list[PlannedDelivery]:
         return plan(
@@ -366,11 +376,21 @@ class Pipeline(Lifecycle):
         Raises:
             InvalidAddress: the address cannot be used on this channel.
         """
-        if channel == "in_app":
-            raise InvalidAddress("in-app deliveries need no contact point")
+        found = self.channels.get(channel)
+        if found is not None and not found.needs_address:
+            raise InvalidAddress(f"{channel} deliveries need no contact point")
         normal = None if address is None else self.validate(channel, address)
         await self.store.set_contact(user_id, channel, normal)
         return normal
+
+    async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
+        """Turn ``channel`` on or off for the user.
+
+        Raises:
+            InvalidArgument: no channel has that name.
+        """
+        self.check_channels([channel])
+        await self.store.set_channel(user_id, channel, enabled)
 
     async def preferences(self, user_id: str) -> Preferences:
         return await self.store.preferences(user_id)
@@ -386,18 +406,12 @@ def _check_template_id(template_id: str) -> None:
         raise InvalidArgument(f"template ids are 1 to {MAX_TEMPLATE_ID} printable characters")
 
 
-def retry_delay(attempt: int, base: float, cap: float, hint: float | None, rand: float) -> float:
-    """Seconds before try ``attempt + 1``: full jitter over base * 2^(attempt-1), capped; a
-    provider's ``Retry-After`` is a floor."""
-    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
-    delay = ceiling * rand
-    if hint is not None:
-        delay = max(delay, min(hint, cap))
-    return delay
-
-
-def retry_at(delay: float) -> datetime:
-    return utcnow() + timedelta(seconds=delay)
-
-
-__all__ = ["Pipeline", "TemplateFailure", "body_hash", "pipeline_store"]
+__all__ = [
+    "Pipeline",
+    "TemplateFailure",
+    "body_hash",
+    "build_channels",
+    "pipeline_store",
+    "retry_at",
+    "retry_delay",
+]

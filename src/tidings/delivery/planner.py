@@ -31,16 +31,21 @@ class RateLimit:
         return now - timedelta(seconds=self.period)
 
 
-def parse_rate_limits(spec: Mapping[str, str], channels: Iterable[str]) -> dict[str, RateLimit]:
+def parse_rate_limits(
+    spec: Mapping[str, str], channels: Iterable[str] | None = None
+) -> dict[str, RateLimit]:
     """``{"email": "20/hour"}`` → ``{"email": RateLimit(20, 3600)}``.
+
+    ``channels``: the names a limit may be set for (``None``: any name; the pipeline checks
+    them when it starts, once it knows every channel).
 
     Raises:
         ConfigurationError: an unknown channel or a malformed limit.
     """
-    known = set(channels)
+    known = None if channels is None else set(channels)
     limits: dict[str, RateLimit] = {}
     for channel, text in spec.items():
-        if channel not in known:
+        if known is not None and channel not in known:
             raise ConfigurationError(f"rate limit for unknown channel {channel!r}")
         match = _LIMIT.match(str(text))
         if match is None:

@@ -15,20 +15,22 @@ import functools
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
+from tidings.core.counters import Counters
 from tidings.delivery.channels.base import (
+    Channel,
     Outgoing,
     PermanentFailure,
     TransientFailure,
 )
 from tidings.delivery.models import FAILED, PENDING, SENT, Claim, Outcome
-from tidings.delivery.pipeline import retry_at, retry_delay
+from tidings.delivery.ports import PipelineSettings
+from tidings.delivery.retry import retry_at, retry_delay
+from tidings.delivery.store import PipelineStore
+from tidings.delivery.templates import Renderer
 from tidings.errors import TemplateFailure, TidingsError
-from tidings.node.metrics import sends
-
-if TYPE_CHECKING:
-    from tidings.delivery.pipeline import Pipeline
 
 logger = logging.getLogger("tidings.delivery")
 
@@ -36,10 +38,27 @@ logger = logging.getLogger("tidings.delivery")
 SAFETY = 0.8
 
 
+class WorkSource(Protocol):
+    """What a worker uses of its :class:`~tidings.delivery.pipeline.Pipeline`."""
+
+    @property
+    def settings(self) -> PipelineSettings: ...
+    @property
+    def store(self) -> PipelineStore: ...
+    @property
+    def renderer(self) -> Renderer: ...
+    @property
+    def channels(self) -> Mapping[str, Channel]: ...
+    @property
+    def counters(self) -> Counters:
+        """The node's counts; sends are counted by (channel, outcome)."""
+        ...
+
+
 class Worker:
     """One worker loop: up to ``worker_concurrency`` sends at once."""
 
-    def __init__(self, pipeline: Pipeline, owner: str) -> None:
+    def __init__(self, pipeline: WorkSource, owner: str) -> None:
         self.pipeline = pipeline
         self.owner = owner
         settings = pipeline.settings
@@ -135,7 +154,8 @@ class Worker:
 
     async def _send(self, claim: Claim) -> None:
         outcome = await self._attempt(claim)
-        sends[(claim.channel, "retry" if outcome.state == PENDING else outcome.state)] += 1
+        outcome_name = "retry" if outcome.state == PENDING else outcome.state
+        self.pipeline.counters.sends[(claim.channel, outcome_name)] += 1
         for pause in (0.1, 0.5, 1.0, 2.0):
             try:
                 if not await self.pipeline.store.complete(self.owner, claim, outcome):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from tidings.core.lifecycle import Lifecycle
 
@@ -28,7 +28,11 @@ from tidings.errors import InvalidAddress as InvalidAddress
 from tidings.errors import PermanentFailure as PermanentFailure
 from tidings.errors import TransientFailure as TransientFailure
 
-#: the channels tidings knows, in the order they are documented
+if TYPE_CHECKING:
+    from tidings.delivery.ports import PipelineHost
+
+#: tidings' own channels, in the order they are documented; every channel, these included, is
+#: known by the name it registers (:mod:`tidings.delivery.registry`)
 CHANNEL_NAMES = ("in_app", "email", "webhook", "web_push", "sms")
 
 
@@ -67,10 +71,25 @@ class Outgoing:
 class Channel(Lifecycle, ABC):
     """Sends deliveries of one kind. Implementations are named ``<Kind>Channel``."""
 
-    #: the channel's name in the API (one of :data:`CHANNEL_NAMES`)
+    #: the channel's name in the API, messages, preferences, templates (``{{ channel }}``) and
+    #: ``TIDINGS_RATE_LIMITS``; the name it is registered under
     name: ClassVar[str]
     #: whether a user needs a contact point on this channel (in-app needs none)
     needs_address: ClassVar[bool] = True
+
+    @classmethod
+    async def from_settings(cls, host: PipelineHost) -> Self | None:
+        """The channel as the node's settings configure it, or ``None`` when they leave it out
+        (its deliveries then fail with ``channel_unavailable``).
+
+        Called once when a pipeline starts, for every registered channel the application did
+        not hand over as an instance. ``host.settings`` holds the ``TIDINGS_*`` settings and
+        ``host.store`` keeps generated keys. Default: the class called without arguments.
+
+        Raises:
+            ConfigurationError: the settings are there but unusable.
+        """
+        return cls()
 
     async def start(self) -> None:
         """Open what the channel keeps open (HTTP client pools). Default: nothing."""

@@ -20,7 +20,7 @@ from email.header import Header
 from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiosmtplib
@@ -36,6 +36,9 @@ from tidings.delivery.channels.base import (
     TransientFailure,
 )
 from tidings.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tidings.delivery.ports import PipelineHost
 
 _SUBJECT_CHARS = 78
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -145,6 +148,14 @@ class EmailChannel(Channel):
         self._envelope_sender = address
         self._domain = domain
         self._local_hostname: str | None = None
+
+    @classmethod
+    async def from_settings(cls, host: PipelineHost) -> EmailChannel | None:
+        """``TIDINGS_SMTP_URL`` and ``TIDINGS_EMAIL_FROM``; ``None`` without an SMTP URL."""
+        settings = host.settings
+        if not settings.smtp_url:
+            return None
+        return cls(settings.smtp_url, settings.email_from, timeout=settings.provider_timeout)
 
     async def start(self) -> None:
         # aiosmtplib would look the host's name up on every send (socket.getfqdn)

@@ -13,7 +13,7 @@ from tidings.delivery.channels.base import (
 from tidings.errors import Conflict, InvalidArgument, StoreUnavailable
 
 if TYPE_CHECKING:
-    from tidings.node.tidings import Tidings
+    from tidings.delivery.ports import PipelineHost
 
 
 class InAppChannel(Channel):
@@ -23,8 +23,13 @@ class InAppChannel(Channel):
     name: ClassVar[str] = "in_app"
     needs_address: ClassVar[bool] = False
 
-    def __init__(self, tidings: Tidings) -> None:
-        self.tidings = tidings
+    def __init__(self, host: PipelineHost) -> None:
+        self.host = host
+
+    @classmethod
+    async def from_settings(cls, host: PipelineHost) -> InAppChannel:
+        """Always there: it needs nothing but the node it notifies through."""
+        return cls(host)
 
     async def send(self, outgoing: Outgoing) -> str | None:
         notification_id = f"pipeline-{outgoing.delivery_id}"
@@ -37,7 +42,7 @@ class InAppChannel(Channel):
             "data": rendered.data,
         }
         try:
-            await self.tidings.notify(outgoing.user_id, data, notification_id=notification_id)
+            await self.host.notify(outgoing.user_id, data, notification_id=notification_id)
         except Conflict:
             # Written by an earlier try (the template changed since): it is there already.
             return notification_id

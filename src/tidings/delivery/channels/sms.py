@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 import orjson
@@ -16,6 +16,9 @@ from tidings.delivery.channels._net import (
 )
 from tidings.delivery.channels.base import Outgoing
 from tidings.errors import ConfigurationError, InvalidAddress
+
+if TYPE_CHECKING:
+    from tidings.delivery.ports import PipelineHost
 
 # E.164: "+", a country code that does not start with 0, at most 15 digits in all
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
@@ -69,6 +72,19 @@ class SmsChannel(HttpChannel):
             raise ConfigurationError(str(exc)) from exc
         self.token = token
         self.sender = sender
+
+    @classmethod
+    async def from_settings(cls, host: PipelineHost) -> SmsChannel | None:
+        """``TIDINGS_SMS_URL``, ``_TOKEN`` and ``_FROM``; ``None`` without a URL."""
+        settings = host.settings
+        if not settings.sms_url:
+            return None
+        return cls(
+            settings.sms_url,
+            token=settings.sms_token,
+            sender=settings.sms_from,
+            timeout=settings.provider_timeout,
+        )
 
     def validate(self, address: Any) -> str:
         """The number in E.164 form (``+14155550123``); separators are dropped."""

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tidings.delivery.channels._net import (
     HttpChannel,
@@ -24,6 +24,12 @@ from tidings.delivery.channels._net import (
 )
 from tidings.delivery.channels.base import Outgoing
 from tidings.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tidings.delivery.ports import PipelineHost
+
+#: the store's key under which a generated signing secret is kept
+SECRET_KEY = "webhook_secret"
 
 SECRET_PREFIX = "whsec_"
 # the spec's bounds on the key behind a secret
@@ -65,6 +71,19 @@ class WebhookChannel(HttpChannel):
     def __init__(self, secret: str, *, timeout: float = 10.0, allow_private: bool = False) -> None:
         super().__init__(timeout=timeout, allow_private=allow_private)
         self._key = _decode_secret(secret)
+
+    @classmethod
+    async def from_settings(cls, host: PipelineHost) -> WebhookChannel:
+        """``TIDINGS_WEBHOOK_SECRET``, or one generated once and kept in the store."""
+        settings = host.settings
+        secret = settings.webhook_secret or await host.store.get_or_create_key(
+            SECRET_KEY, generate_webhook_secret
+        )
+        return cls(
+            secret,
+            timeout=settings.provider_timeout,
+            allow_private=settings.allow_private_addresses,
+        )
 
     def validate(self, address: Any) -> str:
         return check_http_url(address, allow_private=self._allow_private, what="webhook URL")

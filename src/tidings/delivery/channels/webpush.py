@@ -13,7 +13,7 @@ import binascii
 import os
 import re
 import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 import orjson
@@ -31,6 +31,12 @@ from tidings.delivery.channels._net import (
 )
 from tidings.delivery.channels.base import Outgoing
 from tidings.errors import ConfigurationError, InvalidAddress, PermanentFailure
+
+if TYPE_CHECKING:
+    from tidings.delivery.ports import PipelineHost
+
+#: the store's key under which a generated VAPID private key is kept
+VAPID_KEY = "vapid_private_key"
 
 # RFC 8030 push services need not take more than 4096 bytes of body: the aes128gcm header
 # (86 bytes with our key id), the GCM tag (16) and the padding delimiter (1) come off it.
@@ -214,6 +220,21 @@ class WebPushChannel(HttpChannel):
         if not isinstance(ttl, int) or ttl < 0:
             raise ConfigurationError(f"ttl must be a whole number of seconds >= 0, not {ttl!r}")
         self._ttl = ttl
+
+    @classmethod
+    async def from_settings(cls, host: PipelineHost) -> WebPushChannel:
+        """``TIDINGS_VAPID_PRIVATE_KEY`` (or one generated once and kept in the store) and
+        ``TIDINGS_VAPID_SUBJECT``."""
+        settings = host.settings
+        key = settings.vapid_private_key or await host.store.get_or_create_key(
+            VAPID_KEY, generate_vapid_private_key
+        )
+        return cls(
+            key,
+            settings.vapid_subject,
+            timeout=settings.provider_timeout,
+            allow_private=settings.allow_private_addresses,
+        )
 
     @property
     def public_key(self) -> str:
