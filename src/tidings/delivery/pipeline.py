@@ -120,6 +120,9 @@ class Pipeline(Lifecycle):
         self.renderer = Renderer(self.store.get_template)
         self.registry = registry if registry is not None else ChannelRegistry()
         self._given = list(channels or [])
+        for given in self._given:
+            if not isinstance(given, Channel) or not isinstance(getattr(given, "name", None), str):
+                raise ConfigurationError(f"{given!r} is not a Channel with a name")
         #: every name a message, a preference or a rate limit may use, in documented order
         self.names = ordered([*self.registry.names(), *(c.name for c in self._given)])
         try:
@@ -374,8 +377,11 @@ class Pipeline(Lifecycle):
         """Store a contact point in normal form; ``None`` removes it.
 
         Raises:
-            InvalidAddress: the address cannot be used on this channel.
+            InvalidArgument: no channel has that name.
+            InvalidAddress: the address cannot be used on this channel (or it needs none, or
+                it is not configured on this node).
         """
+        self.check_channels([channel])
         found = self.channels.get(channel)
         if found is not None and not found.needs_address:
             raise InvalidAddress(f"{channel} deliveries need no contact point")
