@@ -6,17 +6,28 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from tidings.api.app import FAST_ROUTES, create_api, fast_post
-from tidings.config import Settings
+from tidings.api.app import create_api
+from tidings.api.fast import FAST_ROUTES, fast_post
+from tidings.api.ports import ApiNode, ApiSettings
 from tidings.core.ids import new_sorted_id
 from tidings.logs import log_context
 
 
-class Served(Protocol):
-    """What the app reaches of a node (besides what the API uses)."""
+class AppSettings(ApiSettings, Protocol):
+    """The settings the app reads: the API's, and the limits of a request body."""
 
     @property
-    def settings(self) -> Settings: ...
+    def max_notification_size(self) -> int: ...
+
+    @property
+    def max_batch_bytes(self) -> int: ...
+
+
+class Served(ApiNode, Protocol):
+    """What the app reaches of a node: what the API uses, and the gateway."""
+
+    @property
+    def settings(self) -> AppSettings: ...
 
     @property
     def gateway(self) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]: ...

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -27,42 +26,12 @@ from prometheus_client.process_collector import ProcessCollector
 
 from tidings.core.counters import Counters
 from tidings.errors import TidingsError
+from tidings.fanout.registry import Registry
 from tidings.version import __version__
-
-if TYPE_CHECKING:
-    from tidings.fanout.registry import Registry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: deliver-mode devices whose queues a scrape reads (one store call)
 MAX_DEVICES = 10_000
-
-
-# Transitional process-wide counts, until every module counts in its node's Counters.
-counters = Counters()
-errors: Counter[str] = Counter()
-sends: Counter[tuple[str, str]] = Counter()
-
-
-def count_error(kind: str) -> None:
-    errors[kind] += 1
-
-
-def _with_process_wide(own: Counters) -> Counters:
-    """A node's counts plus the process-wide ones (transitional, while some modules still
-    count in the module-level :data:`counters`, :data:`errors` and :data:`sends`)."""
-    total = Counters()
-    for name in (
-        "frames_in",
-        "frames_out",
-        "connections_opened",
-        "slow_closed",
-        "bus_reconnects",
-        "bus_publish_failures",
-    ):
-        setattr(total, name, getattr(own, name) + getattr(counters, name))
-    total.errors = own.errors + errors
-    total.sends = own.sends + sends
-    return total
 
 
 class _DepthStore(Protocol):
@@ -185,7 +154,7 @@ class _Live:
 
     def collect(self) -> Iterator[Metric]:
         node = self.metrics.node
-        counters = _with_process_wide(self.metrics.counters)
+        counters = self.metrics.counters
         registry = node.registry
         yield self.metrics.notify_seconds.family()
         yield self.metrics.bus_lag.family()
