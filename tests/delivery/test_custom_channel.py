@@ -75,6 +75,7 @@ def courier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 async def settled(node: Tidings, message_id: str) -> Message:
     """The message once none of its deliveries is pending or active."""
+    found: Message | None = None
     for _ in range(200):
         found = await node.pipeline.store.get_message(message_id, None)
         assert found is not None
@@ -83,7 +84,7 @@ async def settled(node: Tidings, message_id: str) -> Message:
         ):
             return found
         await asyncio.sleep(0.05)
-    raise AssertionError(f"message {message_id} did not settle: {found.counts}")
+    raise AssertionError(f"message {message_id} did not settle: {found}")
 
 
 async def test_channel_given_as_instance_is_addressed_by_name(tmp_path: Path) -> None:
@@ -198,3 +199,34 @@ def test_entry_point_naming_another_channel_is_refused(courier: Path) -> None:
     registry = ChannelRegistry()
     with pytest.raises(ConfigurationError, match="declares the name 'courier'"):
         registry.load("parcel")
+
+
+def test_builtins_register_through_the_entry_point_group() -> None:
+    """tidings' own five channels are entry points of ``tidings.channels``, in documented
+    order, each a class declaring the name it is registered under."""
+    registry = ChannelRegistry()
+    assert registry.names()[:5] == ("in_app", "email", "webhook", "web_push", "sms")
+    assert [registry.load(name).name for name in registry.names()[:5]] == list(registry.names()[:5])
+
+
+async def test_instance_replaces_the_registered_channel_of_its_name(tmp_path: Path) -> None:
+    """A given instance named like a built-in replaces it: email goes through it even with no
+    SMTP server configured."""
+
+    class LoggedEmail(PigeonChannel):
+        name: ClassVar[str] = "email"
+
+        def validate(self, address: Any) -> str:
+            return str(address)
+
+    logged = LoggedEmail()
+    async with Tidings(
+        store=f"sqlite:///{tmp_path}/p.db", channels=[logged], pipeline_poll_interval=0.05
+    ) as node:
+        assert node.pipeline.channels["email"] is logged
+        await node.pipeline.set_contact("cy", "email", "cy@example.org")
+        message = await node.pipeline.post(["email"], user_ids=["cy"], content=Content("Hi"))
+        done = await settled(node, message.message_id)
+        assert done.deliveries is not None
+        assert [d.state for d in done.deliveries] == ["sent"]
+    assert [o.address for o in logged.sent] == ["cy@example.org"]

@@ -95,6 +95,12 @@ async def build_channels(
     return {name: chosen[name] for name in ordered(chosen)}
 
 
+async def default_channels(host: PipelineHost) -> list[Channel]:
+    """The registered channels the settings configure (kept for one release: use
+    :func:`build_channels`)."""
+    return list((await build_channels(host, ChannelRegistry())).values())
+
+
 class Pipeline(Lifecycle):
     """The pipeline of one node."""
 
@@ -417,6 +423,7 @@ __all__ = [
     "TemplateFailure",
     "body_hash",
     "build_channels",
+    "default_channels",
     "pipeline_store",
     "retry_at",
     "retry_delay",
