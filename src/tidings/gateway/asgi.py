@@ -168,43 +168,51 @@ class Gateway:
         if isinstance(request, Refusal):
             await deny(scope, send, request)
             return None
-        if request.token is not None or request.delegated:
-            found = await self._authenticate(scope, send, request)
-            if found is None:
-                return None
-            principal, app_session = found
-            session_id = request.session_id or app_session
-            presented, deliver = request.presented, request.deliver
-            # Answered once the device is bound: the Set-Cookie carries its id.
-            pending: Scope | None = scope
-        else:
-            # Before authentication only an id we issue (or the cookie the browser already has)
-            # goes into Set-Cookie: a page cannot plant an id of its choosing in a browser.
-            asked = request.presented
-            explicit = asked if asked and CONNECTION_ID.match(asked) else None
-            provisional = explicit or new_id()
-            from_query = explicit is not None and request.cookie_cid is None
-            cookies = (
-                [] if from_query else set_cookie(tidings, scope, provisional, request.cookie_cid)
-            )
-            await accept(send, cookies)
-            try:
-                principal, frame = await await_authenticate(tidings, receive, send)
-            except Closed:
-                return None
-            presented, pending = provisional, None
-            session_id = frame.session_id or request.session_id
-            deliver = request.deliver or frame.deliver
-
+        if request.token is None and not request.delegated:
+            return await self._authenticate_on_socket(scope, receive, send, request)
+        found = await self._authenticate(scope, send, request)
+        if found is None:
+            return None
+        principal, app_session = found
         # The request's headers are not read again: release them for as long as the socket
         # stays open (about a kilobyte per idle connection).
         scope["headers"] = []
         return Handshake(
             principal,
-            presented,
-            session_id,
-            deliver,
-            pending=pending,
+            request.presented,
+            request.session_id or app_session,
+            request.deliver,
+            # Answered once the device is bound: the Set-Cookie carries its id.
+            pending=scope,
+            cookie_cid=request.cookie_cid,
+        )
+
+    async def _authenticate_on_socket(
+        self, scope: Scope, receive: Any, send: Any, request: HandshakeRequest
+    ) -> Handshake | None:
+        """Accept a device that brought no credentials, then wait for its ``authenticate``
+        frame; None when it did not come or was refused (the socket is closed)."""
+        # Before authentication only an id we issue (or the cookie the browser already has)
+        # goes into Set-Cookie: a page cannot plant an id of its choosing in a browser.
+        asked = request.presented
+        explicit = asked if asked and CONNECTION_ID.match(asked) else None
+        provisional = explicit or new_id()
+        from_query = explicit is not None and request.cookie_cid is None
+        cookies = (
+            [] if from_query else set_cookie(self.tidings, scope, provisional, request.cookie_cid)
+        )
+        await accept(send, cookies)
+        try:
+            principal, frame = await await_authenticate(self.tidings, receive, send)
+        except Closed:
+            return None
+        scope["headers"] = []
+        return Handshake(
+            principal,
+            provisional,
+            frame.session_id or request.session_id,
+            request.deliver or frame.deliver,
+            pending=None,
             cookie_cid=request.cookie_cid,
         )
 
