@@ -30,13 +30,10 @@ def new_sorted_id() -> str:
 
     Notification ids are inserted into unique B-tree indexes: random ids dirty a page per row
     once the index outgrows the cache (measured: a commit of 500 notifications on SQLite cost
-    5 ms with random ids, 1 ms with these), ids in time order append."""
-    global _entropy, _taken
-    if _taken + 10 > len(_entropy):
-        _entropy, _taken = os.urandom(4000), 0  # one system call per 400 ids
-    random = _entropy[_taken : _taken + 10]
-    _taken += 10
-    return _sorted_id(_stamp(), random)
+    5 ms with random ids, 1 ms with these), ids in time order append. The random bits come
+    straight from ``os.urandom``: nothing kept between calls, so nothing to reset at a fork
+    (a buffer of them saved 0.18 µs an id, under 1% of the cost of a notify)."""
+    return _sorted_id(_stamp(), os.urandom(10))
 
 
 def new_sorted_ids(n: int) -> list[str]:
@@ -58,16 +55,3 @@ def _stamp() -> bytes:
 
 def _sorted_id(stamp: bytes, random: bytes) -> str:
     return binascii.b2a_base64(stamp + random, newline=False)[:22].translate(_SORTED).decode()
-
-
-_entropy = b""
-_taken = 0
-
-
-def _forget_entropy() -> None:
-    """A forked process must not hand out the ids its parent's buffered bytes would make."""
-    global _entropy, _taken
-    _entropy, _taken = b"", 0
-
-
-os.register_at_fork(after_in_child=_forget_entropy)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
+import msgspec
 import orjson
 
 from tidings.core.limits import MAX_DATA_DEPTH
-
-T = TypeVar("T")
 
 #: Levels of arrays and objects one inside another that the ``data`` of a notification or a
 #: topic message may have (``1`` has 0, ``[1]`` 1, ``{"a": [1]}`` 2). Deeper data is refused
@@ -128,42 +126,15 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def fast_init(cls: type[T]) -> type[T]:
-    """Give a frozen, slotted dataclass an ``__init__`` that fills each slot through its
-    descriptor: the one ``dataclass`` writes calls ``object.__setattr__`` per field, which made
-    a :class:`Notification` cost 1.2 µs to build instead of 0.5 (a batch of notifications
-    builds four such objects per item). Same signature, same frozen instances afterwards.
-    Classes with ``default_factory`` fields or ``__post_init__`` keep dataclass's own."""
-    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-    if hasattr(cls, "__post_init__") or any(
-        not f.init or f.default_factory is not dataclasses.MISSING for f in fields
-    ):
-        return cls
-    namespace: dict[str, Any] = {}
-    positional: list[str] = []
-    keyword: list[str] = []
-    body: list[str] = []
-    for f in fields:
-        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
-        param = f.name
-        if f.default is not dataclasses.MISSING:
-            namespace[f"_default_{f.name}"] = f.default
-            param = f"{f.name}=_default_{f.name}"
-        (keyword if f.kw_only else positional).append(param)
-        body.append(f"    _set_{f.name}(self, {f.name})")
-    params = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])
-    exec(f"def __init__({params}):\n" + "\n".join(body), namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__doc__ = cls.__init__.__doc__
-    init.__annotations__ = {**{f.name: f.type for f in fields}, "return": None}
-    setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning a method)
-    return cls
+# The hot value types (built per notification, several per item of a batch) are frozen,
+# slotted ``msgspec`` structs: equal and hashed by their fields like frozen dataclasses, and
+# built in C (a Notification in 0.06 µs; a frozen dataclass takes 0.7). ``gc=False``: they
+# hold decoded JSON and other values, never a cycle back to themselves. Change a field with
+# ``msgspec.structs.replace``; they are not dataclasses and orjson does not write them: write
+# their ``to_dict``/``to_frame`` or their fields.
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(msgspec.Struct, frozen=True, gc=False):
     """One notification addressed to one user."""
 
     notification_id: str
@@ -196,9 +167,7 @@ class Notification:
         )
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class UnseenCount:
+class UnseenCount(msgspec.Struct, frozen=True, gc=False):
     """A user's unseen count; ``version`` strictly increases with every change."""
 
     user_id: str
@@ -206,9 +175,7 @@ class UnseenCount:
     version: int
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class NewNotification:
+class NewNotification(msgspec.Struct, frozen=True, gc=False):
     """One item of a batch for :meth:`Store.create_notifications`."""
 
     user_id: str
@@ -216,9 +183,7 @@ class NewNotification:
     notification_id: str | None = None
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class NotifyResult:
+class NotifyResult(msgspec.Struct, frozen=True, gc=False):
     """What :meth:`Store.create_notification` did."""
 
     notification: Notification
@@ -247,9 +212,7 @@ class ServiceClient:
     secret_hash: str = field(repr=False, default="")
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Device:
+class Device(msgspec.Struct, frozen=True, gc=False):
     """A device: one ``connection_id`` bound to one user, with its queue's cursor."""
 
     connection_id: str
@@ -260,9 +223,7 @@ class Device:
     cursor: int = 0
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class AckResult:
+class AckResult(msgspec.Struct, frozen=True, gc=False):
     """What :meth:`Store.ack` did."""
 
     acked: list[str]
@@ -278,9 +239,7 @@ class QueueGap:
     cursor: int
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Presence:
+class Presence(msgspec.Struct, frozen=True, gc=False):
     """One open WebSocket of a device: a row of the cluster's ``notification_registry``."""
 
     socket_id: str
@@ -301,9 +260,7 @@ class NodeInfo:
     heartbeat_at: datetime
 
 
-@fast_init
-@dataclass(frozen=True, slots=True)
-class TopicMessage:
+class TopicMessage(msgspec.Struct, frozen=True, gc=False):
     """A message published to a topic, kept for the topic's TTL."""
 
     topic: str
