@@ -4,6 +4,7 @@ SQLite store inserts them into a unique index, where time order appends)."""
 from __future__ import annotations
 
 import base64
+import os
 import re
 import time
 
@@ -45,3 +46,20 @@ def test_ids_are_unique() -> None:
     ids = new_sorted_ids(20_000) + [new_sorted_id() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
     assert new_sorted_ids(0) == []
+
+
+def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
+    """No random bytes are kept between calls: parent and child after a fork differ."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, "".join(new_sorted_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = {new_sorted_id()[8:] for _ in range(50)}
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read().decode()
+    child = {text[at + 8 : at + 22] for at in range(0, len(text), 22)}
+    assert len(child) == 50
+    assert not parent & child
