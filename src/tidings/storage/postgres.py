@@ -58,6 +58,7 @@ from tidings.storage._common import (
     with_counts,
 )
 from tidings.storage.base import Store
+from tidings.storage.counts import add_unseen_sql, mark_seen_sql
 
 MIGRATION_LOCK = zlib.crc32(b"tidings-migrations")
 NOTIFICATION_COLUMNS = "notification_id, user_id, data::text, creation_date, seen_date, seq"
@@ -273,10 +274,9 @@ class PostgresStore(Store):
             if added:
                 users = list(added)
                 for user_id, unseen, version in await conn.fetch(
-                    "INSERT INTO user_counts AS c (user_id, unseen, version) "
-                    "SELECT u, n, n FROM unnest($1::text[], $2::int[]) AS t(u, n) "
-                    "ON CONFLICT (user_id) DO UPDATE SET unseen = c.unseen + excluded.unseen, "
-                    "version = c.version + excluded.version RETURNING user_id, unseen, version",
+                    add_unseen_sql(
+                        "postgres", "SELECT u, n, n FROM unnest($1::text[], $2::int[]) AS t(u, n)"
+                    ),
                     users,
                     [added[u] for u in users],
                 ):
@@ -338,8 +338,7 @@ class PostgresStore(Store):
             if not marked:
                 return MarkSeenResult()
             unseen, version = await conn.fetchrow(
-                "UPDATE user_counts SET unseen = unseen - $2, version = version + 1 "
-                "WHERE user_id = $1 RETURNING unseen, version",
+                mark_seen_sql("postgres"),
                 user_id,
                 len(marked),
             )

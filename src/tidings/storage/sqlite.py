@@ -60,6 +60,7 @@ from tidings.storage._common import (
     with_counts,
 )
 from tidings.storage.base import Store
+from tidings.storage.counts import add_unseen_sql, mark_seen_sql
 
 T = TypeVar("T")
 
@@ -333,11 +334,8 @@ class SqliteStore(Store):
                 "VALUES (?, ?, ?, ?)",
                 (nid, user_id, encoded.decode(), isoformat(now)),
             ).lastrowid
-            unseen, version = conn.execute(
-                "INSERT INTO user_counts (user_id, unseen, version) VALUES (?, 1, 1) "
-                "ON CONFLICT (user_id) DO UPDATE SET unseen = unseen + 1, version = version + 1 "
-                "RETURNING unseen, version",
-                (user_id,),
+            _, unseen, version = conn.execute(
+                add_unseen_sql("sqlite", "VALUES (?, 1, 1)"), (user_id,)
             ).fetchone()
             return NotifyResult(
                 Notification(nid, user_id, data, now, seq=seq or 0),
@@ -396,10 +394,9 @@ class SqliteStore(Store):
             final = {
                 user_id: (unseen, version)
                 for user_id, unseen, version in conn.execute(
-                    "INSERT INTO user_counts (user_id, unseen, version) "
-                    "SELECT key, value, value FROM json_each(?) WHERE true "
-                    "ON CONFLICT (user_id) DO UPDATE SET unseen = unseen + excluded.unseen, "
-                    "version = version + excluded.version RETURNING user_id, unseen, version",
+                    add_unseen_sql(
+                        "sqlite", "SELECT key, value, value FROM json_each(?) WHERE true"
+                    ),
                     (orjson.dumps(added).decode(),),
                 )
             }
@@ -441,8 +438,7 @@ class SqliteStore(Store):
                 (now, user_id, *fresh),
             )
             unseen, version = conn.execute(
-                "UPDATE user_counts SET unseen = unseen - ?, version = version + 1 "
-                "WHERE user_id = ? RETURNING unseen, version",
+                mark_seen_sql("sqlite"),
                 (len(fresh), user_id),
             ).fetchone()
             return MarkSeenResult(fresh, UnseenCount(user_id, unseen, version))
