@@ -16,7 +16,7 @@ from tidings.storage.sqlite import SqliteStore
 async def open_store(tmp_path: Path) -> SqliteStore:
     store = SqliteStore(f"sqlite:///{tmp_path}/writer.db")
     await store.start()
-    await store._write(lambda c: c.execute("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+    await store.write(lambda c: c.execute("CREATE TABLE t (k TEXT PRIMARY KEY)"))
     return store
 
 
@@ -31,19 +31,19 @@ def insert(key: str, *, then_fail: Exception | None = None):  # type: ignore[no-
 
 
 async def keys(store: SqliteStore) -> list[str]:
-    return await store._read(lambda c: [r[0] for r in c.execute("SELECT k FROM t ORDER BY k")])
+    return await store.read(lambda c: [r[0] for r in c.execute("SELECT k FROM t ORDER BY k")])
 
 
 async def test_a_write_alone_that_fails_leaves_nothing(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     try:
         with pytest.raises(NotFound):
-            await store._write(insert("a", then_fail=NotFound("no such thing")))
+            await store.write(insert("a", then_fail=NotFound("no such thing")))
         assert await keys(store) == []
         with pytest.raises(Conflict):  # an integrity error is a conflict
-            await store._write(lambda c: c.execute("INSERT INTO t VALUES ('b'), ('b')"))
+            await store.write(lambda c: c.execute("INSERT INTO t VALUES ('b'), ('b')"))
         assert await keys(store) == []
-        assert await store._write(insert("c")) == "c"  # and the writer goes on
+        assert await store.write(insert("c")) == "c"  # and the writer goes on
         assert await keys(store) == ["c"]
     finally:
         await store.close()
@@ -53,9 +53,9 @@ async def test_a_failing_write_in_a_shared_transaction_is_undone_alone(tmp_path:
     store = await open_store(tmp_path)
     try:
         outcomes = await asyncio.gather(
-            store._write(insert("a")),
-            store._write(insert("b", then_fail=NotFound("no"))),
-            store._write(insert("c")),
+            store.write(insert("a")),
+            store.write(insert("b", then_fail=NotFound("no"))),
+            store.write(insert("c")),
             return_exceptions=True,
         )
         assert outcomes[0] == "a" and outcomes[2] == "c"

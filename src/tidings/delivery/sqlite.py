@@ -90,14 +90,14 @@ class SqlitePipelineStore(PipelineStore):
             template = Template(template_id, content, version, parse_iso(created), parse_iso(now))
             return template, row is None
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     async def get_template(self, template_id: str) -> Template | None:
-        templates = await self.store._read(lambda conn: _templates(conn, template_id))
+        templates = await self.store.read(lambda conn: _templates(conn, template_id))
         return templates[0] if templates else None
 
     async def list_templates(self) -> list[Template]:
-        return await self.store._read(lambda conn: _templates(conn, None))
+        return await self.store.read(lambda conn: _templates(conn, None))
 
     async def delete_template(self, template_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
@@ -106,7 +106,7 @@ class SqlitePipelineStore(PipelineStore):
             )
             return cur.rowcount > 0
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     # Preferences and contact points
 
@@ -123,10 +123,10 @@ class SqlitePipelineStore(PipelineStore):
             ]
             return Preferences(user_id, dict(recipient.switches), topics, dict(recipient.contacts))
 
-        return await self.store._read(run)
+        return await self.store.read(run)
 
     async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
-        await self.store._write(
+        await self.store.write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO pipeline_channel_prefs VALUES (?, ?, ?, ?)",
                 (user_id, channel, enabled, isoformat(utcnow())),
@@ -146,7 +146,7 @@ class SqlitePipelineStore(PipelineStore):
                     (topic, user_id),
                 )
 
-        await self.store._write(run)
+        await self.store.write(run)
 
     async def set_contact(self, user_id: str, channel: str, address: Any) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -161,7 +161,7 @@ class SqlitePipelineStore(PipelineStore):
                     (user_id, channel, encode_json(address), isoformat(utcnow())),
                 )
 
-        await self.store._write(run)
+        await self.store.write(run)
 
     # Messages
 
@@ -193,7 +193,7 @@ class SqlitePipelineStore(PipelineStore):
             planned = planner(_recipients(conn, users, counted, since))
             return _insert(conn, message, planned), True
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     async def get_message(
         self,
@@ -204,7 +204,7 @@ class SqlitePipelineStore(PipelineStore):
         limit: int = DELIVERIES_PAGE,
         offset: int = 0,
     ) -> Message | None:
-        return await self.store._read(
+        return await self.store.read(
             lambda conn: _snapshot(
                 conn,
                 lambda: _message(
@@ -226,7 +226,7 @@ class SqlitePipelineStore(PipelineStore):
             found = [_message_of(row, counts.get(row[0], {})) for row in rows]
             return [m for m in found if state is None or m.state == state][:limit]
 
-        return await self.store._read(run)
+        return await self.store.read(run)
 
     async def delete_message(self, message_id: str, client_id: str | None) -> Message | None:
         def run(conn: sqlite3.Connection) -> Message | None:
@@ -248,7 +248,7 @@ class SqlitePipelineStore(PipelineStore):
             _history(conn, [(i, DELETED, "deleted_by_request", None) for i in ids], now)
             return _message(conn, message_id, client_id)
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     async def retry_message(self, message_id: str, client_id: str | None) -> Message | None:
         def run(conn: sqlite3.Connection) -> Message | None:
@@ -271,7 +271,7 @@ class SqlitePipelineStore(PipelineStore):
             _history(conn, [(r[0], PENDING, "retried_by_request", None) for r in rows], now)
             return _message(conn, message_id, client_id)
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     # Workers
 
@@ -319,7 +319,7 @@ class SqlitePipelineStore(PipelineStore):
             )
             return claims
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     async def renew(self, owner: str, claims: Sequence[Claim], lease: float) -> set[str]:
         def run(conn: sqlite3.Connection) -> set[str]:
@@ -335,7 +335,7 @@ class SqlitePipelineStore(PipelineStore):
                     held.add(row[0])
             return held
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     async def complete(self, owner: str, claim: Claim, outcome: Outcome) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
@@ -375,7 +375,7 @@ class SqlitePipelineStore(PipelineStore):
             _history(conn, [(claim.delivery_id, outcome.state, outcome.reason, detail)], now)
             return True
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     async def requeue_stale(self, backoff: Backoff | None = None) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -405,7 +405,7 @@ class SqlitePipelineStore(PipelineStore):
             _history(conn, [(i, STALE, "lease_expired", detail) for i in ids], now)
             return len(ids)
 
-        return await self.store._write(run)
+        return await self.store.write(run)
 
     async def depths(self) -> dict[str, dict[str, int]]:
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
@@ -417,7 +417,7 @@ class SqlitePipelineStore(PipelineStore):
                 found.setdefault(channel, {})[state] = n
             return found
 
-        return await self.store._read(run)
+        return await self.store.read(run)
 
 
 def _snapshot(conn: sqlite3.Connection, read: Callable[[], T]) -> T:

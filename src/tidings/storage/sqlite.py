@@ -55,11 +55,11 @@ from tidings.storage._common import (
     load_migrations,
     prepare,
     repeated,
-    settle,
     split_sql,
     with_counts,
 )
 from tidings.storage.base import Store
+from tidings.storage.batching import Batcher
 from tidings.storage.counts import add_unseen_sql, mark_seen_sql
 
 T = TypeVar("T")
@@ -109,12 +109,8 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[int, str, str, str, 
         )
 
 
-class _Write:
-    __slots__ = ("fn", "future")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
-        self.fn = fn
-        self.future = future
+#: work for a connection: a read, or a write run inside the writer's transaction
+Work = Callable[[sqlite3.Connection], Any]
 
 
 class SqliteStore(Store):
@@ -133,10 +129,9 @@ class SqliteStore(Store):
         )
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
-        self._pending: list[_Write] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._reads: list[_Write] = []
-        self._read_flusher: asyncio.Task[None] | None = None
+        self._writes: Batcher[Work] = Batcher(self._write_batch)
+        # A hop to the reader thread costs more than a point read: concurrent reads share one.
+        self._reads: Batcher[Work] = Batcher(self._read_batch, max_batch=256)
         self._started = False
 
     # Lifecycle
@@ -200,9 +195,8 @@ class SqliteStore(Store):
         if not self._started:
             return
         self._started = False  # refuse new calls at once; pending writes still finish
-        for flusher in (self._flusher, self._read_flusher):
-            if flusher is not None:
-                await asyncio.shield(flusher)
+        await self._writes.drain()
+        await self._reads.drain()
         loop = asyncio.get_running_loop()
         for executor, conn in {(self._writer, self._wconn), (self._reader, self._rconn)}:
             if conn is not None:
@@ -212,7 +206,7 @@ class SqliteStore(Store):
         self._reader.shutdown(wait=True)
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # Plumbing
 
@@ -220,33 +214,48 @@ class SqliteStore(Store):
         if not self._started:
             raise StoreError("store is not started; call start() or use 'async with'")
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the reading connection, batched with concurrent reads: one hop to
-        the reader thread for all of them (a hop costs more than a point read)."""
+        the reader thread for all of them.
+
+        Raises:
+            StoreUnavailable: the database failed the read (``sqlite3.Error``); any other
+                exception of ``fn`` is raised as is.
+        """
         self._check_started()
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._reads.append(_Write(fn, future))
-        if self._read_flusher is None or self._read_flusher.done():
-            self._read_flusher = asyncio.create_task(self._flush_reads())
-        return await future
+        result: T = await self._reads.submit(fn)
+        return result
 
-    async def _flush_reads(self) -> None:
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside a write transaction, grouped with concurrent writes (group
+        commit: one transaction, each write in its own savepoint, so a failing write is
+        undone alone and its exception raised to its caller only).
+
+        Raises:
+            StoreUnavailable: the database failed (nothing of ``fn`` was written).
+        """
+        self._check_started()
+        result: T = await self._writes.submit(fn)
+        return result
+
+    # the names the pipeline store and tests used before ``read``/``write`` were public
+    _read = read
+    _write = write
+
+    async def _read_batch(self, batch: list[Work]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        while self._reads:
-            batch, self._reads = self._reads[:256], self._reads[256:]
-            try:
-                outcomes = await loop.run_in_executor(self._reader, self._run_reads, batch)
-            except Exception as exc:
-                outcomes = [StoreUnavailable(f"sqlite read failed: {exc}")] * len(batch)
-            settle((read.future for read in batch), outcomes)
+        try:
+            return await loop.run_in_executor(self._reader, self._run_reads, batch)
+        except Exception as exc:
+            return [StoreUnavailable(f"sqlite read failed: {exc}")] * len(batch)
 
-    def _run_reads(self, batch: list[_Write]) -> list[Any]:
+    def _run_reads(self, batch: list[Work]) -> list[Any]:
         conn = self._rconn
         assert conn is not None
         outcomes: list[Any] = []
-        for read in batch:
+        for fn in batch:
             try:
-                outcomes.append(read.fn(conn))
+                outcomes.append(fn(conn))
             except sqlite3.Error as exc:
                 failure = StoreUnavailable(f"sqlite read failed: {exc}")
                 failure.__cause__ = exc
@@ -255,28 +264,16 @@ class SqliteStore(Store):
                 outcomes.append(exc)
         return outcomes
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` inside a write transaction, grouped with concurrent writes."""
-        self._check_started()
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(fn, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
+    async def _write_batch(self, batch: list[Work]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                outcomes = await loop.run_in_executor(self._writer, self._run_batch, batch)
-            except Exception as exc:
-                failure = StoreUnavailable(f"sqlite write failed: {exc}")
-                failure.__cause__ = exc
-                outcomes = [failure] * len(batch)
-            settle((write.future for write in batch), outcomes)
+        try:
+            return await loop.run_in_executor(self._writer, self._run_batch, batch)
+        except Exception as exc:
+            failure = StoreUnavailable(f"sqlite write failed: {exc}")
+            failure.__cause__ = exc
+            return [failure] * len(batch)
 
-    def _run_batch(self, batch: list[_Write]) -> list[Any]:
+    def _run_batch(self, batch: list[Work]) -> list[Any]:
         conn = self._wconn
         assert conn is not None
         outcomes: list[Any] = []
@@ -285,11 +282,11 @@ class SqliteStore(Store):
         shared = len(batch) > 1
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for write in batch:
+            for fn in batch:
                 if shared:
                     conn.execute("SAVEPOINT item")
                 try:
-                    outcomes.append(write.fn(conn))
+                    outcomes.append(fn(conn))
                 except Exception as exc:
                     if shared:
                         conn.execute("ROLLBACK TO item")
@@ -343,7 +340,7 @@ class SqliteStore(Store):
                 count=UnseenCount(user_id, unseen, version),
             )
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def create_notifications(
         self, items: Sequence[NewNotification]
@@ -402,7 +399,7 @@ class SqliteStore(Store):
             }
             return with_counts(outcomes, added, final)
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def unseen(
         self, user_id: str, limit: int, max_bytes: int | None = None
@@ -419,7 +416,7 @@ class SqliteStore(Store):
                 rows = conn.execute(UNSEEN_WITHIN, (user_id, limit, max_bytes)).fetchall()
             return [_notification(row) for row in rows]
 
-        return await self._read(run)
+        return await self.read(run)
 
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
         ids = list(dict.fromkeys(notification_ids))
@@ -443,7 +440,7 @@ class SqliteStore(Store):
             ).fetchone()
             return MarkSeenResult(fresh, UnseenCount(user_id, unseen, version))
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def count(self, user_id: str) -> UnseenCount:
         def run(conn: sqlite3.Connection) -> UnseenCount:
@@ -452,13 +449,13 @@ class SqliteStore(Store):
             ).fetchone()
             return UnseenCount(user_id, *(row or (0, 0)))
 
-        return await self._read(run)
+        return await self.read(run)
 
     # Devices
 
     async def bind_device(self, user_id: str, connection_id: str | None) -> Device:
         now = isoformat(utcnow())
-        return await self._write(lambda conn: _bind(conn, user_id, connection_id, now))
+        return await self.write(lambda conn: _bind(conn, user_id, connection_id, now))
 
     async def pending(
         self, connection_id: str, user_id: str, after_seq: int, limit: int
@@ -473,7 +470,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [_notification(r) for r in rows]
 
-        return await self._read(run)
+        return await self.read(run)
 
     async def ack(
         self, connection_id: str, user_id: str, notification_ids: Sequence[str]
@@ -491,7 +488,7 @@ class SqliteStore(Store):
             cursor = _advance_cursor(conn, connection_id, user_id, cursor)
             return AckResult(ids, cursor)
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def trim_queue(
         self,
@@ -539,7 +536,7 @@ class SqliteStore(Store):
             )
             return QueueGap(reason, skipped, cursor)
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def forget_device(self, user_id: str, connection_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
@@ -552,7 +549,7 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM device_acks WHERE connection_id = ?", (connection_id,))
             return True
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def notification_log(self, after: str, limit: int) -> tuple[list[Notification], str]:
         # One writer: seq order is commit order, so the seq is the position.
@@ -567,7 +564,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [_notification(r, answered=True) for r in rows]
 
-        notes = await self._read(run)
+        notes = await self.read(run)
         return notes, str(notes[-1].seq if notes else start)
 
     async def recent_notifications(self, limit: int) -> list[Notification]:
@@ -578,7 +575,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [_notification(r, answered=True) for r in rows]
 
-        return await self._read(run)
+        return await self.read(run)
 
     async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
@@ -592,7 +589,7 @@ class SqliteStore(Store):
                     ).fetchone()
             return depths
 
-        return await self._read(run)
+        return await self.read(run)
 
     # Topics
 
@@ -615,7 +612,7 @@ class SqliteStore(Store):
             )
             return TopicMessage(topic, seq, data, now, origin_session_id)
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def topic_last_seqs(self, topics: Sequence[str]) -> dict[str, int]:
         wanted = list(dict.fromkeys(topics))
@@ -632,7 +629,7 @@ class SqliteStore(Store):
                 )
             return found
 
-        return await self._read(run) if wanted else {}
+        return await self.read(run) if wanted else {}
 
     async def topic_messages(self, topic: str, since: int, limit: int) -> Replay:
         now = isoformat(utcnow())
@@ -653,7 +650,7 @@ class SqliteStore(Store):
             first = messages[0].seq if messages else last + 1
             return Replay(messages, recovered=since >= last or first == since + 1, last_seq=last)
 
-        return await self._read(run)
+        return await self.read(run)
 
     async def expire(self, session_idle: float) -> int:
         now = utcnow()
@@ -666,7 +663,7 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM session_topics WHERE active_at < ?", (idle_before,))
             return deleted
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def touch_sessions(self, sessions: Iterable[tuple[str, str]]) -> None:
         now = isoformat(utcnow())
@@ -680,7 +677,7 @@ class SqliteStore(Store):
                 rows,
             )
 
-        await self._write(run)
+        await self.write(run)
 
     async def session_topics(self, user_id: str, session_id: str) -> list[str]:
         now = isoformat(utcnow())
@@ -693,7 +690,7 @@ class SqliteStore(Store):
             ).fetchall()
             return sorted(r[0] for r in rows)
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def subscribe_session(
         self,
@@ -719,7 +716,7 @@ class SqliteStore(Store):
                     (user_id, user_id, session_id, max_sessions - 1),
                 )
 
-        await self._write(run)
+        await self.write(run)
 
     async def unsubscribe_session(
         self, user_id: str, session_id: str, topics: Sequence[str]
@@ -730,7 +727,7 @@ class SqliteStore(Store):
                 [(user_id, session_id, t) for t in topics],
             )
 
-        await self._write(run)
+        await self.write(run)
 
     # Cluster
 
@@ -746,7 +743,7 @@ class SqliteStore(Store):
             conn.execute("INSERT INTO nodes VALUES (?, ?, ?, ?)", (node_id, uri, now, now))
             return False
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def reap_nodes(self, stale_after: float) -> list[str]:
         cutoff = isoformat(utcnow() - timedelta(seconds=stale_after))
@@ -760,14 +757,14 @@ class SqliteStore(Store):
                 conn.execute("DELETE FROM notification_registry WHERE node_id = ?", (node_id,))
             return dead
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def remove_node(self, node_id: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
             conn.execute("DELETE FROM notification_registry WHERE node_id = ?", (node_id,))
 
-        await self._write(run)
+        await self.write(run)
 
     async def list_nodes(self) -> list[NodeInfo]:
         def run(conn: sqlite3.Connection) -> list[NodeInfo]:
@@ -776,7 +773,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [NodeInfo(r[0], r[1], parse_iso(r[2]), parse_iso(r[3])) for r in rows]
 
-        return await self._read(run)
+        return await self.read(run)
 
     async def add_presence(self, presences: Sequence[Presence]) -> None:
         rows = [
@@ -798,7 +795,7 @@ class SqliteStore(Store):
                 "INSERT OR REPLACE INTO notification_registry VALUES (?, ?, ?, ?, ?, ?)", rows
             )
 
-        await self._write(run)
+        await self.write(run)
 
     async def attach(
         self, presence: Presence, max_sockets: int | None = None
@@ -822,7 +819,7 @@ class SqliteStore(Store):
                 )
             return attached
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def open_socket(
         self,
@@ -850,7 +847,7 @@ class SqliteStore(Store):
             # would undo it.
             return device, _attach(conn, row, max_sockets, now)
 
-        device, attached = await self._write(run)
+        device, attached = await self.write(run)
         if attached is None:
             raise TooManyConnections(
                 f"{user_id} holds the most sockets allowed ({max_sockets})", device
@@ -861,7 +858,7 @@ class SqliteStore(Store):
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM notification_registry WHERE socket_id = ?", (socket_id,))
 
-        await self._write(run)
+        await self.write(run)
 
     async def presence(
         self, *, user_id: str | None = None, node_id: str | None = None
@@ -883,7 +880,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [Presence(r[0], r[1], r[2], r[3], r[4], parse_iso(r[5])) for r in rows]
 
-        return await self._read(run)
+        return await self.read(run)
 
     # Service clients
 
@@ -900,7 +897,7 @@ class SqliteStore(Store):
             )
             return client
 
-        return await self._write(run)
+        return await self.write(run)
 
     async def get_client(self, client_id: str) -> ServiceClient | None:
         def run(conn: sqlite3.Connection) -> ServiceClient | None:
@@ -911,7 +908,7 @@ class SqliteStore(Store):
             ).fetchone()
             return _client(row) if row else None
 
-        return await self._read(run)
+        return await self.read(run)
 
     async def list_clients(self) -> list[ServiceClient]:
         def run(conn: sqlite3.Connection) -> list[ServiceClient]:
@@ -921,14 +918,14 @@ class SqliteStore(Store):
             ).fetchall()
             return [_client(row) for row in rows]
 
-        return await self._read(run)
+        return await self.read(run)
 
     async def delete_client(self, client_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute("DELETE FROM service_clients WHERE client_id = ?", (client_id,))
             return cursor.rowcount > 0
 
-        return await self._write(run)
+        return await self.write(run)
 
     # Keys
 
@@ -941,7 +938,7 @@ class SqliteStore(Store):
             row = conn.execute("SELECT value FROM server_keys WHERE name = ?", (name,)).fetchone()
             return str(row[0])
 
-        return await self._write(run)
+        return await self.write(run)
 
 
 def _as_store_error(exc: Exception) -> Exception:
