@@ -72,18 +72,6 @@ def repeated(prior: Any, user_id: str, data: Any) -> Any:
     return NotifyResult(prior, created=False)
 
 
-def settle(futures: Iterable[Any], outcomes: Iterable[Any]) -> None:
-    """Hand each waiting caller its outcome: an exception is raised to it, anything else
-    returned. Futures whose caller gave up are skipped."""
-    for future, outcome in zip(futures, outcomes, strict=True):
-        if future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-
-
 #: a batch item ready to write: (user_id, data, data as JSON text, notification_id)
 Prepared = tuple[str, Any, str, str]
 

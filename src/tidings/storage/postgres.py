@@ -8,7 +8,6 @@ resumes by itself when the database comes back.
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -53,11 +52,11 @@ from tidings.storage._common import (
     load_migrations,
     prepare,
     repeated,
-    settle,
     split_sql,
     with_counts,
 )
 from tidings.storage.base import Store
+from tidings.storage.batching import Batcher
 from tidings.storage.counts import add_unseen_sql, mark_seen_sql
 
 MIGRATION_LOCK = zlib.crc32(b"tidings-migrations")
@@ -96,8 +95,7 @@ class PostgresStore(Store):
         self.dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(options)))
         self._pool: asyncpg.Pool | None = None
         #: single notifications waiting to be written together, and the task writing them
-        self._notifies: list[tuple[Prepared, asyncio.Future[Any]]] = []
-        self._notifier: asyncio.Task[None] | None = None
+        self._notifies: Batcher[Prepared] = Batcher(self._notify_batch, max_batch=1000)
 
     # Lifecycle
 
@@ -148,8 +146,7 @@ class PostgresStore(Store):
             )
 
     async def close(self) -> None:
-        if self._notifier is not None and not self._notifier.done():
-            await asyncio.shield(self._notifier)
+        await self._notifies.drain()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -187,28 +184,20 @@ class PostgresStore(Store):
         SQLite store's group commit does. Each caller still gets only its own result."""
         # Encoded here, so data that cannot be JSON fails this caller, not the whole group.
         item = prepare([NewNotification(user_id, data, notification_id)])[0]
-        future: asyncio.Future[NotifyResult] = asyncio.get_running_loop().create_future()
-        self._notifies.append((item, future))
-        if self._notifier is None or self._notifier.done():
-            self._notifier = asyncio.create_task(self._flush_notifies())
-        return await future  # raises the item's Conflict, or what failed its write
+        result: NotifyResult = await self._notifies.submit(item)
+        return result  # raises the item's Conflict, or what failed its write
 
-    async def _flush_notifies(self) -> None:
-        while self._notifies:
-            batch, self._notifies = self._notifies[:1000], self._notifies[1000:]
-            futures = [future for _, future in batch]
-            try:
-                outcomes: list[Any] = await self._write_batch([item for item, _ in batch])
-            except StoreUnavailable as exc:  # nothing of the batch was written
-                outcomes = [exc] * len(batch)
-            except Exception as exc:
-                if len(batch) == 1:
-                    outcomes = [exc]
-                else:
-                    # One item's value was refused and rolled the group back: write each
-                    # alone, so the refusal reaches its own caller and no other.
-                    outcomes = [await self._write_alone(item) for item, _ in batch]
-            settle(futures, outcomes)
+    async def _notify_batch(self, batch: list[Prepared]) -> list[Any]:
+        try:
+            return list(await self._write_batch(batch))
+        except StoreUnavailable as exc:  # nothing of the batch was written
+            return [exc] * len(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+            # One item's value was refused and rolled the group back: write each alone, so
+            # the refusal reaches its own caller and no other.
+            return [await self._write_alone(item) for item in batch]
 
     async def _write_alone(self, item: Prepared) -> Any:
         try:
