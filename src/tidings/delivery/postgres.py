@@ -70,7 +70,7 @@ class PostgresPipelineStore(PipelineStore):
     # Templates
 
     async def put_template(self, template_id: str, content: Content) -> tuple[Template, bool]:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             row = await conn.fetchrow(
                 f"INSERT INTO pipeline_templates AS t VALUES ($1, $2, $3, $4, 1, $5, $5) "
                 "ON CONFLICT (template_id) DO UPDATE SET subject = excluded.subject, "
@@ -86,7 +86,7 @@ class PostgresPipelineStore(PipelineStore):
         return template, template.version == 1
 
     async def get_template(self, template_id: str) -> Template | None:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {TEMPLATE_COLUMNS} FROM pipeline_templates WHERE template_id = $1",
                 template_id,
@@ -94,14 +94,14 @@ class PostgresPipelineStore(PipelineStore):
         return None if row is None else _template(row)
 
     async def list_templates(self) -> list[Template]:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {TEMPLATE_COLUMNS} FROM pipeline_templates ORDER BY template_id"
             )
         return [_template(row) for row in rows]
 
     async def delete_template(self, template_id: str) -> bool:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             status = await conn.execute(
                 "DELETE FROM pipeline_templates WHERE template_id = $1", template_id
             )
@@ -110,7 +110,7 @@ class PostgresPipelineStore(PipelineStore):
     # Preferences and contact points
 
     async def preferences(self, user_id: str) -> Preferences:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             recipient = (await _recipients(conn, [user_id], [], {}))[0]
             topics = await conn.fetch(
                 "SELECT topic FROM pipeline_topic_subscriptions WHERE user_id = $1 ORDER BY topic",
@@ -121,7 +121,7 @@ class PostgresPipelineStore(PipelineStore):
         )
 
     async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             await conn.execute(
                 "INSERT INTO pipeline_channel_prefs VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (user_id, channel) DO UPDATE SET enabled = excluded.enabled, "
@@ -133,7 +133,7 @@ class PostgresPipelineStore(PipelineStore):
             )
 
     async def set_topic(self, user_id: str, topic: str, subscribed: bool) -> None:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             if subscribed:
                 await conn.execute(
                     "INSERT INTO pipeline_topic_subscriptions VALUES ($1, $2, $3) "
@@ -150,7 +150,7 @@ class PostgresPipelineStore(PipelineStore):
                 )
 
     async def set_contact(self, user_id: str, channel: str, address: Any) -> None:
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             if address is None:
                 await conn.execute(
                     "DELETE FROM pipeline_contacts WHERE user_id = $1 AND channel = $2",
@@ -178,7 +178,7 @@ class PostgresPipelineStore(PipelineStore):
         planner: Planner,
         max_recipients: int,
     ) -> tuple[Message, bool]:
-        async with self.store._connection(transaction=True) as conn:
+        async with self.store.connection(transaction=True) as conn:
             if message.idempotency_key is not None:
                 # Concurrent requests with one key wait here for the first to commit.
                 await conn.execute(
@@ -222,7 +222,7 @@ class PostgresPipelineStore(PipelineStore):
         offset: int = 0,
     ) -> Message | None:
         async with (
-            self.store._connection() as conn,
+            self.store.connection() as conn,
             # one snapshot: a delivery's row and its history agree
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
@@ -232,7 +232,7 @@ class PostgresPipelineStore(PipelineStore):
 
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:
         window = limit if state is None else max(limit * 10, 1000)
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {MESSAGE_COLUMNS} FROM pipeline_messages "
                 "ORDER BY created_at DESC, message_id DESC LIMIT $1",
@@ -243,7 +243,7 @@ class PostgresPipelineStore(PipelineStore):
         return [m for m in found if state is None or m.state == state][:limit]
 
     async def delete_message(self, message_id: str, client_id: str | None) -> Message | None:
-        async with self.store._connection(transaction=True) as conn:
+        async with self.store.connection(transaction=True) as conn:
             if await _message(conn, message_id, client_id, deliveries=False) is None:
                 return None
             now = utcnow()
@@ -267,7 +267,7 @@ class PostgresPipelineStore(PipelineStore):
             return await _message(conn, message_id, client_id)
 
     async def retry_message(self, message_id: str, client_id: str | None) -> Message | None:
-        async with self.store._connection(transaction=True) as conn:
+        async with self.store.connection(transaction=True) as conn:
             if await _message(conn, message_id, client_id, deliveries=False) is None:
                 return None
             now = utcnow()
@@ -300,7 +300,7 @@ class PostgresPipelineStore(PipelineStore):
         self, channels: Sequence[str], owner: str, limit: int, lease: float
     ) -> list[Claim]:
         now = utcnow()
-        async with self.store._connection(transaction=True) as conn:
+        async with self.store.connection(transaction=True) as conn:
             rows = await conn.fetch(
                 "WITH due AS (SELECT delivery_id FROM pipeline_outbox "
                 "WHERE channel = ANY($1::text[]) AND available_at <= $2 AND lease_owner IS NULL "
@@ -335,7 +335,7 @@ class PostgresPipelineStore(PipelineStore):
     async def renew(self, owner: str, claims: Sequence[Claim], lease: float) -> set[str]:
         if not claims:
             return set()
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             rows = await conn.fetch(
                 "UPDATE pipeline_outbox o SET lease_until = $1 "
                 "FROM unnest($2::text[], $3::int[]) AS t(i, a) "
@@ -349,7 +349,7 @@ class PostgresPipelineStore(PipelineStore):
         return {row[0] for row in rows}
 
     async def complete(self, owner: str, claim: Claim, outcome: Outcome) -> bool:
-        async with self.store._connection(transaction=True) as conn:
+        async with self.store.connection(transaction=True) as conn:
             row = await conn.fetchrow(
                 "SELECT lease_owner, attempt FROM pipeline_outbox WHERE delivery_id = $1 "
                 "FOR UPDATE",
@@ -387,7 +387,7 @@ class PostgresPipelineStore(PipelineStore):
 
     async def requeue_stale(self, backoff: Backoff | None = None) -> int:
         now = utcnow()
-        async with self.store._connection(transaction=True) as conn:
+        async with self.store.connection(transaction=True) as conn:
             expired = await conn.fetch(
                 "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
                 "available_at = $1 WHERE delivery_id IN (SELECT delivery_id FROM "
@@ -418,7 +418,7 @@ class PostgresPipelineStore(PipelineStore):
 
     async def depths(self) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = {}
-        async with self.store._connection() as conn:
+        async with self.store.connection() as conn:
             for channel, state, n in await conn.fetch(
                 "SELECT o.channel, d.state, COUNT(*) FROM pipeline_outbox o "
                 "JOIN pipeline_deliveries d USING (delivery_id) GROUP BY o.channel, d.state"

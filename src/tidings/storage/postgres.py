@@ -155,11 +155,19 @@ class PostgresStore(Store):
                 pool.terminate()
 
     async def ping(self) -> None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.fetchval("SELECT 1")
 
     @asynccontextmanager
-    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+    async def connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        """A pooled connection (inside a transaction with ``transaction=True``), for the
+        facets of this store written outside this class (the pipeline's tables).
+
+        Raises:
+            StoreError: the store is not started.
+            StoreUnavailable: PostgreSQL cannot be reached (the transaction is rolled back).
+            InvalidArgument: PostgreSQL refused a value.
+        """
         if self._pool is None:
             raise StoreError("store is not started; call start() or use 'async with'")
         try:
@@ -215,7 +223,7 @@ class PostgresStore(Store):
 
     async def _write_batch(self, prepared: list[Prepared]) -> list[NotifyResult | Conflict]:
         now = utcnow()
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             # The same per-user locks as create_notification (seq order per user), taken in
             # the order of their keys.
             await conn.execute(
@@ -293,7 +301,7 @@ class PostgresStore(Store):
     async def unseen(
         self, user_id: str, limit: int, max_bytes: int | None = None
     ) -> list[Notification]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             if max_bytes is None:
                 rows = await conn.fetch(
                     f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
@@ -309,7 +317,7 @@ class PostgresStore(Store):
         ids = list(dict.fromkeys(notification_ids))
         if not ids:
             return MarkSeenResult()
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             await _owned(conn, user_id, ids)
             # Rows locked by a concurrent markSeen are re-checked after its commit, so each
             # notification is counted down once.
@@ -334,7 +342,7 @@ class PostgresStore(Store):
         return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
 
     async def count(self, user_id: str) -> UnseenCount:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT unseen, version FROM user_counts WHERE user_id = $1", user_id
             )
@@ -349,7 +357,7 @@ class PostgresStore(Store):
             f"INSERT INTO devices ({columns}) VALUES ($1, $2, $3, $3, "
             "(SELECT coalesce(max(seq), 0) FROM notifications WHERE user_id = $2)) "
         )
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             # A new device's queue starts after the user's latest notification: read it while
             # none of the user's notifications is half-committed (see create_notification).
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", user_id)
@@ -388,7 +396,7 @@ class PostgresStore(Store):
     async def pending(
         self, connection_id: str, user_id: str, after_seq: int, limit: int
     ) -> list[Notification]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             cursor = await self._cursor(conn, connection_id, user_id, lock=False)
             rows = await conn.fetch(
                 f"SELECT {NOTIFICATION_COLUMNS} {QUEUE} ORDER BY seq LIMIT $4",
@@ -403,7 +411,7 @@ class PostgresStore(Store):
         self, connection_id: str, user_id: str, notification_ids: Sequence[str]
     ) -> AckResult:
         ids = list(dict.fromkeys(notification_ids))
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             cursor = await self._cursor(conn, connection_id, user_id, lock=True)
             above = [row[1] for row in await _owned(conn, user_id, ids) if row[1] > cursor]
             if above:
@@ -425,7 +433,7 @@ class PostgresStore(Store):
         max_age: float | None,
     ) -> QueueGap | None:
         pending = QUEUE
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             try:
                 cursor = start = await self._cursor(conn, connection_id, user_id, lock=True)
             except NotFound:
@@ -470,7 +478,7 @@ class PostgresStore(Store):
         return QueueGap(reason, skipped, cursor)
 
     async def forget_device(self, user_id: str, connection_id: str) -> bool:
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             status = await conn.execute(
                 "DELETE FROM devices WHERE connection_id = $1 AND user_id = $2",
                 connection_id,
@@ -487,7 +495,7 @@ class PostgresStore(Store):
         txid, _, seq = (after or "0.0").partition(".")
         if not (txid.isdigit() and seq.isdigit()):
             raise InvalidArgument(f"not a log position of this store: {after!r}")
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {NOTIFICATION_COLUMNS}, txid::text FROM notifications "
                 "WHERE (txid, seq) > ($1::text::xid8, $2::bigint) "
@@ -503,7 +511,7 @@ class PostgresStore(Store):
         return notes, f"{rows[-1][6]}.{rows[-1][5]}"
 
     async def recent_notifications(self, limit: int) -> list[Notification]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {NOTIFICATION_COLUMNS} FROM notifications ORDER BY seq DESC LIMIT $1",
                 limit,
@@ -513,7 +521,7 @@ class PostgresStore(Store):
     async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:
         if not devices:
             return {}
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT d.connection_id, (SELECT count(*) FROM notifications n "
                 "WHERE n.user_id = d.user_id AND n.seq > d.cursor AND NOT EXISTS "
@@ -531,7 +539,7 @@ class PostgresStore(Store):
         self, topic: str, data: Any, origin_session_id: str | None, ttl: float
     ) -> TopicMessage:
         now = utcnow()
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             seq = await conn.fetchval(
                 "INSERT INTO topics AS t VALUES ($1, 1) ON CONFLICT (topic) "
                 "DO UPDATE SET last_seq = t.last_seq + 1 RETURNING last_seq",
@@ -552,7 +560,7 @@ class PostgresStore(Store):
         wanted = list(dict.fromkeys(topics))
         if not wanted:
             return {}
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT topic, last_seq FROM topics WHERE topic = ANY($1::text[])", wanted
             )
@@ -561,7 +569,7 @@ class PostgresStore(Store):
         return found
 
     async def topic_messages(self, topic: str, since: int, limit: int) -> Replay:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             last = await conn.fetchval("SELECT last_seq FROM topics WHERE topic = $1", topic) or 0
             rows = await conn.fetch(
                 "SELECT seq, data::text, creation_date, origin_session_id FROM topic_messages "
@@ -579,7 +587,7 @@ class PostgresStore(Store):
         return Replay(messages, recovered=since >= last or first == since + 1, last_seq=last)
 
     async def expire(self, session_idle: float) -> int:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             status = await conn.execute("DELETE FROM topic_messages WHERE expires_at <= now()")
             await conn.execute(
                 "DELETE FROM session_topics WHERE active_at < now() - $1::interval",
@@ -591,7 +599,7 @@ class PostgresStore(Store):
         pairs = list(sessions)
         if not pairs:
             return
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 "UPDATE session_topics s SET active_at = now() FROM unnest($1::text[], $2::text[])"
                 " AS t(user_id, session_id) WHERE s.user_id = t.user_id "
@@ -601,7 +609,7 @@ class PostgresStore(Store):
             )
 
     async def session_topics(self, user_id: str, session_id: str) -> list[str]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "UPDATE session_topics SET active_at = now() WHERE user_id = $1 "
                 "AND session_id = $2 RETURNING topic",
@@ -617,7 +625,7 @@ class PostgresStore(Store):
         topics: Sequence[str],
         max_sessions: int | None = None,
     ) -> None:
-        async with self._connection() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO session_topics SELECT $1, $2, unnest($3::text[]), now(), now() "
                 "ON CONFLICT (user_id, session_id, topic) DO UPDATE SET active_at = now()",
@@ -639,7 +647,7 @@ class PostgresStore(Store):
     async def unsubscribe_session(
         self, user_id: str, session_id: str, topics: Sequence[str]
     ) -> None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 "DELETE FROM session_topics WHERE user_id = $1 AND session_id = $2 "
                 "AND topic = ANY($3::text[])",
@@ -651,7 +659,7 @@ class PostgresStore(Store):
     # Cluster
 
     async def heartbeat(self, node_id: str, uri: str) -> bool:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             existed = await conn.fetchval(
                 "INSERT INTO nodes AS n VALUES ($1, $2, now(), now()) ON CONFLICT (node_id) "
                 "DO UPDATE SET heartbeat_at = now(), uri = EXCLUDED.uri "
@@ -662,7 +670,7 @@ class PostgresStore(Store):
         return bool(existed)
 
     async def reap_nodes(self, stale_after: float) -> list[str]:
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             dead = [
                 row[0]
                 for row in await conn.fetch(
@@ -677,12 +685,12 @@ class PostgresStore(Store):
         return dead
 
     async def remove_node(self, node_id: str) -> None:
-        async with self._connection(transaction=True) as conn:
+        async with self.connection(transaction=True) as conn:
             await conn.execute("DELETE FROM nodes WHERE node_id = $1", node_id)
             await conn.execute("DELETE FROM notification_registry WHERE node_id = $1", node_id)
 
     async def list_nodes(self) -> list[NodeInfo]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT node_id, uri, started_at, heartbeat_at FROM nodes ORDER BY node_id"
             )
@@ -695,7 +703,7 @@ class PostgresStore(Store):
             (p.socket_id, p.connection_id, p.user_id, p.session_id, p.node_id, p.connected_since)
             for p in presences
         ]
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.executemany(
                 "INSERT INTO notification_registry VALUES ($1, $2, $3, $4, $5, $6) "
                 "ON CONFLICT (socket_id) DO NOTHING",
@@ -707,7 +715,7 @@ class PostgresStore(Store):
     ) -> tuple[UnseenCount, list[str]]:
         """One round trip instead of three: the data-modifying CTEs run whether or not the
         query reads them; over ``max_sockets`` none of them writes."""
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(
                 "WITH held AS (SELECT count(*) AS n FROM notification_registry "
                 "WHERE user_id = $3), "
@@ -734,13 +742,13 @@ class PostgresStore(Store):
         return UnseenCount(presence.user_id, unseen or 0, version or 0), list(topics or ())
 
     async def remove_presence(self, socket_id: str) -> None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute("DELETE FROM notification_registry WHERE socket_id = $1", socket_id)
 
     async def presence(
         self, *, user_id: str | None = None, node_id: str | None = None
     ) -> list[Presence]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT socket_id, connection_id, user_id, session_id, node_id, connected_since "
                 "FROM notification_registry WHERE ($1::text IS NULL OR user_id = $1) "
@@ -757,7 +765,7 @@ class PostgresStore(Store):
     ) -> ServiceClient:
         now = utcnow()
         client = ServiceClient(client_id, name, frozenset(scopes), now, secret_hash)
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             try:
                 await conn.execute(
                     "INSERT INTO service_clients VALUES ($1, $2, $3, $4, $5)",
@@ -772,7 +780,7 @@ class PostgresStore(Store):
         return client
 
     async def get_client(self, client_id: str) -> ServiceClient | None:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT client_id, name, scopes, created_at, secret_hash "
                 "FROM service_clients WHERE client_id = $1",
@@ -781,7 +789,7 @@ class PostgresStore(Store):
         return _client(row) if row else None
 
     async def list_clients(self) -> list[ServiceClient]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 "SELECT client_id, name, scopes, created_at, secret_hash "
                 "FROM service_clients ORDER BY created_at, client_id"
@@ -789,7 +797,7 @@ class PostgresStore(Store):
         return [_client(row) for row in rows]
 
     async def delete_client(self, client_id: str) -> bool:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             status = await conn.execute(
                 "DELETE FROM service_clients WHERE client_id = $1", client_id
             )
@@ -798,7 +806,7 @@ class PostgresStore(Store):
     # Keys
 
     async def get_or_create_key(self, name: str, factory: Callable[[], str]) -> str:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             await conn.execute(
                 "INSERT INTO server_keys VALUES ($1, $2, now()) ON CONFLICT (name) DO NOTHING",
                 name,
