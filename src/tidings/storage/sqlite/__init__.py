@@ -1,0 +1,19 @@
+"""The SQLite store: one package, one module per facet over one engine (``engine.py``)."""
+
+from __future__ import annotations
+
+from tidings.storage.sqlite.cluster import SqliteCluster
+from tidings.storage.sqlite.credentials import SqliteCredentials
+from tidings.storage.sqlite.devices import SqliteDevices
+from tidings.storage.sqlite.engine import SqliteEngine
+from tidings.storage.sqlite.notifications import SqliteNotifications
+from tidings.storage.sqlite.topics import SqliteTopics
+
+
+class SqliteStore(
+    SqliteNotifications, SqliteDevices, SqliteTopics, SqliteCluster, SqliteCredentials
+):
+    """Store in one SQLite file (``sqlite:///path.db``; ``sqlite:///:memory:`` for tests)."""
+
+
+__all__ = ["SqliteEngine", "SqliteStore"]

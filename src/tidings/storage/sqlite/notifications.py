@@ -1,0 +1,190 @@
+"""The NotificationStore facet of the SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from tidings.core.ids import new_sorted_id
+from tidings.core.models import (
+    MarkSeenResult,
+    NewNotification,
+    Notification,
+    NotifyResult,
+    UnseenCount,
+    isoformat,
+    utcnow,
+)
+from tidings.errors import (
+    Conflict,
+)
+from tidings.storage._common import (
+    canonical_json,
+    prepare,
+    repeated,
+    with_counts,
+)
+from tidings.storage.counts import add_unseen_sql, mark_seen_sql
+from tidings.storage.sqlite.engine import SqliteEngine
+from tidings.storage.sqlite.rows import (
+    NOTE_COLUMNS,
+    UNSEEN_WITHIN,
+    _insert_rows,
+    _notification,
+    _owned,
+)
+
+
+class SqliteNotifications(SqliteEngine):
+    """The NotificationStore facet on SQLite."""
+
+    # Notifications and counts
+
+    async def create_notification(
+        self, user_id: str, data: Any, notification_id: str | None = None
+    ) -> NotifyResult:
+        encoded = orjson.dumps(data)
+        nid = notification_id or new_sorted_id()
+        now = utcnow()
+
+        def run(conn: sqlite3.Connection) -> NotifyResult:
+            row = conn.execute(
+                f"SELECT {NOTE_COLUMNS} FROM notifications WHERE notification_id = ?",
+                (nid,),
+            ).fetchone()
+            if row is not None:
+                existing = _notification(row)
+                if existing.user_id != user_id or canonical_json(existing.data) != canonical_json(
+                    data
+                ):
+                    raise Conflict(
+                        f"notification_id {nid!r} is already used by another notification"
+                    )
+                return NotifyResult(existing, created=False)
+            seq = conn.execute(
+                "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
+                "VALUES (?, ?, ?, ?)",
+                (nid, user_id, encoded.decode(), isoformat(now)),
+            ).lastrowid
+            _, unseen, version = conn.execute(
+                add_unseen_sql("sqlite", "VALUES (?, 1, 1)"), (user_id,)
+            ).fetchone()
+            return NotifyResult(
+                Notification(nid, user_id, data, now, seq=seq or 0),
+                created=True,
+                count=UnseenCount(user_id, unseen, version),
+            )
+
+        return await self.write(run)
+
+    async def create_notifications(
+        self, items: Sequence[NewNotification]
+    ) -> list[NotifyResult | Conflict]:
+        """One transaction for the whole batch: a lookup of the ids already used, one insert
+        per new notification, one count update per user."""
+        now = utcnow()
+        stamp = isoformat(now)
+        prepared = prepare(items)
+
+        # Only ids the callers chose can be known already; generated ones are new.
+        ids = [item.notification_id for item in items if item.notification_id]
+
+        def run(conn: sqlite3.Connection) -> list[NotifyResult | Conflict]:
+            known: dict[str, Notification] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for row in conn.execute(
+                    f"SELECT {NOTE_COLUMNS} "
+                    f"FROM notifications WHERE notification_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    known[row[0]] = _notification(row)
+            outcomes: list[Notification | NotifyResult | Conflict] = []
+            added: dict[str, int] = {}
+            rows: list[tuple[int, str, str, str, str]] = []
+            # Seqs are handed out here (one writer, inside BEGIN IMMEDIATE) so the inserts can
+            # run as one executemany; AUTOINCREMENT's counter follows the largest one.
+            last = conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence "
+                "WHERE name = 'notifications'), 0), "
+                "coalesce((SELECT max(seq) FROM notifications), 0))"
+            ).fetchone()[0]
+            for user_id, data, encoded, nid in prepared:
+                prior = known.get(nid)
+                if prior is not None:
+                    outcomes.append(repeated(prior, user_id, data))
+                    continue
+                last += 1
+                rows.append((last, nid, user_id, encoded, stamp))
+                note = Notification(nid, user_id, data, now, seq=last)
+                known[nid] = note
+                outcomes.append(note)
+                added[user_id] = added.get(user_id, 0) + 1
+            _insert_rows(conn, rows)
+            # Every user's count in one statement ("WHERE true" lets SQLite parse the upsert);
+            # the version rises by one per notification, as if they had come one by one.
+            final = {
+                user_id: (unseen, version)
+                for user_id, unseen, version in conn.execute(
+                    add_unseen_sql(
+                        "sqlite", "SELECT key, value, value FROM json_each(?) WHERE true"
+                    ),
+                    (orjson.dumps(added).decode(),),
+                )
+            }
+            return with_counts(outcomes, added, final)
+
+        return await self.write(run)
+
+    async def unseen(
+        self, user_id: str, limit: int, max_bytes: int | None = None
+    ) -> list[Notification]:
+        def run(conn: sqlite3.Connection) -> list[Notification]:
+            if max_bytes is None:
+                rows = conn.execute(
+                    f"SELECT {NOTE_COLUMNS} "
+                    "FROM notifications WHERE user_id = ? AND seen_date IS NULL "
+                    "ORDER BY seq LIMIT ?",
+                    (user_id, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(UNSEEN_WITHIN, (user_id, limit, max_bytes)).fetchall()
+            return [_notification(row) for row in rows]
+
+        return await self.read(run)
+
+    async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
+        ids = list(dict.fromkeys(notification_ids))
+        if not ids:
+            return MarkSeenResult()
+        now = isoformat(utcnow())
+
+        def run(conn: sqlite3.Connection) -> MarkSeenResult:
+            fresh = [row[0] for row in _owned(conn, user_id, ids) if row[2] is None]
+            if not fresh:
+                return MarkSeenResult()
+            marks = ",".join("?" * len(fresh))
+            conn.execute(
+                f"UPDATE notifications SET seen_date = ? "
+                f"WHERE user_id = ? AND seen_date IS NULL AND notification_id IN ({marks})",
+                (now, user_id, *fresh),
+            )
+            unseen, version = conn.execute(
+                mark_seen_sql("sqlite"),
+                (len(fresh), user_id),
+            ).fetchone()
+            return MarkSeenResult(fresh, UnseenCount(user_id, unseen, version))
+
+        return await self.write(run)
+
+    async def count(self, user_id: str) -> UnseenCount:
+        def run(conn: sqlite3.Connection) -> UnseenCount:
+            row = conn.execute(
+                "SELECT unseen, version FROM user_counts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            return UnseenCount(user_id, *(row or (0, 0)))
+
+        return await self.read(run)
