@@ -1,0 +1,203 @@
+"""The NotificationStore facet of the PostgreSQL store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tidings.core.models import (
+    MarkSeenResult,
+    NewNotification,
+    Notification,
+    NotifyResult,
+    UnseenCount,
+    utcnow,
+)
+from tidings.errors import (
+    Conflict,
+    StoreUnavailable,
+)
+from tidings.storage._common import (
+    Prepared,
+    prepare,
+    repeated,
+    with_counts,
+)
+from tidings.storage.counts import add_unseen_sql, mark_seen_sql
+from tidings.storage.postgres.engine import PostgresEngine
+from tidings.storage.postgres.rows import (
+    NOTIFICATION_COLUMNS,
+    UNSEEN_WITHIN,
+    _notification,
+    _owned,
+)
+
+
+class PostgresNotifications(PostgresEngine):
+    """The NotificationStore facet on PostgreSQL."""
+
+    # Notifications and counts
+
+    async def create_notification(
+        self, user_id: str, data: Any, notification_id: str | None = None
+    ) -> NotifyResult:
+        """Grouped with the notifications other callers create meanwhile into one transaction
+        (:meth:`create_notifications`): one commit for a burst of concurrent requests, as the
+        SQLite store's group commit does. Each caller still gets only its own result."""
+        # Encoded here, so data that cannot be JSON fails this caller, not the whole group.
+        item = prepare([NewNotification(user_id, data, notification_id)])[0]
+        result: NotifyResult = await self._notifies.submit(item)
+        return result  # raises the item's Conflict, or what failed its write
+
+    async def _notify_batch(self, batch: list[Prepared]) -> list[Any]:
+        try:
+            return list(await self._write_batch(batch))
+        except StoreUnavailable as exc:  # nothing of the batch was written
+            return [exc] * len(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+            # One item's value was refused and rolled the group back: write each alone, so
+            # the refusal reaches its own caller and no other.
+            return [await self._write_alone(item) for item in batch]
+
+    async def _write_alone(self, item: Prepared) -> Any:
+        try:
+            return (await self._write_batch([item]))[0]
+        except Exception as exc:
+            return exc
+
+    async def create_notifications(
+        self, items: Sequence[NewNotification]
+    ) -> list[NotifyResult | Conflict]:
+        """One transaction and four statements for the whole batch: the users' locks (in one
+        order, so concurrent batches cannot deadlock), the ids already used, a multi-row insert,
+        and every user's count."""
+        return await self._write_batch(prepare(items))
+
+    async def _write_batch(self, prepared: list[Prepared]) -> list[NotifyResult | Conflict]:
+        now = utcnow()
+        async with self.connection(transaction=True) as conn:
+            # The same per-user locks as create_notification (seq order per user), taken in
+            # the order of their keys.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(u, 7) "
+                "AS k FROM unnest($1::text[]) AS u ORDER BY k) AS locks",
+                [p[0] for p in prepared],
+            )
+            known = {
+                row[0]: _notification(row)
+                for row in await conn.fetch(
+                    f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                    "WHERE notification_id = ANY($1::text[])",
+                    [p[3] for p in prepared],
+                )
+            }
+            outcomes: list[Notification | NotifyResult | Conflict] = []
+            fresh: dict[str, tuple[str, Any, str]] = {}
+            for user_id, data, encoded, nid in prepared:
+                prior = known.get(nid)
+                if prior is None and nid in fresh:
+                    prior = Notification(nid, fresh[nid][0], fresh[nid][1], now)
+                if prior is not None:
+                    outcomes.append(repeated(prior, user_id, data))
+                    continue
+                fresh[nid] = (user_id, data, encoded)
+                outcomes.append(Notification(nid, user_id, data, now))
+            seqs: dict[str, int] = {}
+            if fresh:
+                ids = list(fresh)
+                rows = await conn.fetch(
+                    "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
+                    "SELECT i, u, d::json, $4 FROM unnest($1::text[], $2::text[], $3::text[]) "
+                    "AS t(i, u, d) ON CONFLICT (notification_id) DO NOTHING "
+                    "RETURNING notification_id, seq",
+                    ids,
+                    [fresh[i][0] for i in ids],
+                    [fresh[i][2] for i in ids],
+                    now,
+                )
+                seqs = {row[0]: row[1] for row in rows}
+            added: dict[str, int] = {}
+            for nid in seqs:
+                added[fresh[nid][0]] = added.get(fresh[nid][0], 0) + 1
+            final: dict[str, tuple[int, int]] = {}
+            if added:
+                users = list(added)
+                for user_id, unseen, version in await conn.fetch(
+                    add_unseen_sql(
+                        "postgres", "SELECT u, n, n FROM unnest($1::text[], $2::int[]) AS t(u, n)"
+                    ),
+                    users,
+                    [added[u] for u in users],
+                ):
+                    final[user_id] = (unseen, version)
+        settled: list[Notification | NotifyResult | Conflict] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Notification):
+                nid = outcome.notification_id
+                if nid in seqs:
+                    settled.append(
+                        Notification(nid, outcome.user_id, outcome.data, now, seq=seqs[nid])
+                    )
+                else:  # taken meanwhile by a transaction of another user
+                    settled.append(Conflict(f"notification_id {nid!r} is taken meanwhile"))
+            elif isinstance(outcome, NotifyResult) and outcome.notification.seq == 0:
+                # a repeat, inside this batch, of an item created by it
+                first = outcome.notification
+                seq = seqs.get(first.notification_id, 0)
+                again = Notification(first.notification_id, first.user_id, first.data, now, seq=seq)
+                settled.append(NotifyResult(again, created=False))
+            else:
+                settled.append(outcome)
+        return with_counts(settled, added, final)
+
+    async def unseen(
+        self, user_id: str, limit: int, max_bytes: int | None = None
+    ) -> list[Notification]:
+        async with self.connection() as conn:
+            if max_bytes is None:
+                rows = await conn.fetch(
+                    f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                    "WHERE user_id = $1 AND seen_date IS NULL ORDER BY seq LIMIT $2",
+                    user_id,
+                    limit,
+                )
+            else:
+                rows = await conn.fetch(UNSEEN_WITHIN, user_id, limit, max_bytes)
+        return [_notification(row) for row in rows]
+
+    async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
+        ids = list(dict.fromkeys(notification_ids))
+        if not ids:
+            return MarkSeenResult()
+        async with self.connection(transaction=True) as conn:
+            await _owned(conn, user_id, ids)
+            # Rows locked by a concurrent markSeen are re-checked after its commit, so each
+            # notification is counted down once.
+            marked = [
+                row[0]
+                for row in await conn.fetch(
+                    "UPDATE notifications SET seen_date = $3 WHERE user_id = $1 "
+                    "AND notification_id = ANY($2::text[]) AND seen_date IS NULL "
+                    "RETURNING notification_id",
+                    user_id,
+                    ids,
+                    utcnow(),
+                )
+            ]
+            if not marked:
+                return MarkSeenResult()
+            unseen, version = await conn.fetchrow(
+                mark_seen_sql("postgres"),
+                user_id,
+                len(marked),
+            )
+        return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+
+    async def count(self, user_id: str) -> UnseenCount:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT unseen, version FROM user_counts WHERE user_id = $1", user_id
+            )
+        return UnseenCount(user_id, row[0], row[1]) if row else UnseenCount(user_id, 0, 0)
