@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from tidings.api.app import FAST_ROUTES, create_api, fast_post
 from tidings.bus import create_bus
 from tidings.config import Settings
-from tidings.core.ids import new_sorted_id
 from tidings.errors import BusError, ConfigurationError, StoreUnavailable, TidingsError
-from tidings.logs import log_context, safe_url
+from tidings.logs import safe_url
+from tidings.node.app import BATCH_PATH as BATCH_PATH
+from tidings.node.app import WS_PATH as WS_PATH
+from tidings.node.app import RequestId as RequestId
+from tidings.node.app import TidingsApp as TidingsApp
 from tidings.node.tidings import Tidings
 from tidings.storage import create_store
 
@@ -29,136 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tidings")
 
-WS_PATH = "/ws"
-BATCH_PATH = "/notify/batch"
 
-
-class TidingsApp:
-    """ASGI app of a node: the raw WebSocket gateway at ``/ws``, FastAPI for the rest.
-
-    Request bodies larger than ``max_body`` are refused with 413 before they are read.
-    """
-
-    def __init__(self, tidings: Tidings, *, manage_lifespan: bool = True) -> None:
-        self.tidings = tidings
-        self.api = create_api(tidings, manage_lifespan=manage_lifespan)
-        self.max_body = tidings.settings.max_notification_size + 16 * 1024
-        self.max_batch_body = max(self.max_body, tidings.settings.max_batch_bytes)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        kind = scope["type"]
-        if kind in ("websocket", "http") and _local_path(scope) == WS_PATH:
-            await self.tidings.gateway(scope, receive, send)
-            return
-        if kind == "http":
-            log_context.set(RequestId(scope))
-            limit = self.max_batch_body if _local_path(scope) == BATCH_PATH else self.max_body
-            if self._declared_too_large(scope, limit):
-                await _too_large(send, limit)
-                return
-            body = await self._read_limited(receive, send, limit)
-            if body is None:
-                return
-            path = _local_path(scope)
-            if scope["method"] == "POST" and path in FAST_ROUTES:
-                await fast_post(self.tidings, path, scope, body, send)  # hot paths, no framework
-                return
-            await self._replay(scope, body, receive, send)
-            return
-        await self.api(scope, receive, send)
-
-    def _declared_too_large(self, scope: dict[str, Any], limit: int) -> bool:
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    return int(value) > limit
-                except ValueError:
-                    return True
-        return False
-
-    async def _read_limited(self, receive: Any, send: Any, limit: int) -> bytes | None:
-        """Read the body, counting bytes as they arrive (a chunked body declares no length):
-        past ``limit`` the request is answered 413 without reading the rest (None); else the
-        body (at most ``limit`` bytes are ever held). None too if the client went away."""
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None  # the client went away
-            body = message.get("body", b"")
-            received += len(body)
-            if received > limit:
-                await _too_large(send, limit)
-                return None
-            chunks.append(body)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    async def _replay(self, scope: dict[str, Any], body: bytes, receive: Any, send: Any) -> None:
-        """Hand the request, with the body already read, to the API."""
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            message: dict[str, Any] = await receive()
-            return message
-
-        await self.api(scope, replay, send)
-
-
-class RequestId:
-    """The caller's ``X-Request-Id`` (a proxy's), or a new one: it tags the request's logs.
-    Worked out only when a record is logged (most requests log nothing)."""
-
-    __slots__ = ("_scope", "_value")
-
-    def __init__(self, scope: dict[str, Any]) -> None:
-        self._scope: dict[str, Any] | None = scope
-        self._value = ""
-
-    def log_fields(self) -> dict[str, object]:
-        return {"request_id": str(self)}
-
-    def __str__(self) -> str:
-        if self._scope is not None:
-            scope, self._scope = self._scope, None
-            for name, value in scope.get("headers", ()):
-                if name == b"x-request-id" and 0 < len(value) <= 128:
-                    self._value = value.decode("latin-1")
-                    break
-            else:
-                self._value = new_sorted_id()
-        return self._value
-
-
-def _local_path(scope: dict[str, Any]) -> str:
-    """The path inside this app, also when it is mounted under a prefix."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
-async def _too_large(send: Any, limit: int) -> None:
-    body = b'{"error":"payload_too_large","message":"request body over %d bytes"}' % limit
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def create_app(settings: Settings | None = None, **overrides: Any) -> TidingsApp:
+def create_app(settings: Settings | None = None, **overrides: Any) -> TidingsApp[Tidings]:
     """A complete node as an ASGI app; it starts and closes itself with the ASGI lifespan."""
     return TidingsApp(Tidings(settings, **overrides))
 

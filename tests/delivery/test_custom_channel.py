@@ -10,15 +10,18 @@ import textwrap
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
 from tidings import Tidings
+from tidings.auth.oauth import create_client
 from tidings.config import load_settings
 from tidings.delivery.channels.base import Channel, Outgoing
 from tidings.delivery.models import Content, Message
 from tidings.delivery.planner import RateLimit
 from tidings.delivery.registry import ChannelRegistry
 from tidings.errors import ConfigurationError, InvalidAddress, InvalidArgument
+from tidings.node.app import TidingsApp
 
 
 class PigeonChannel(Channel):
@@ -230,3 +233,95 @@ async def test_instance_replaces_the_registered_channel_of_its_name(tmp_path: Pa
         assert done.deliveries is not None
         assert [d.state for d in done.deliveries] == ["sent"]
     assert [o.address for o in logged.sent] == ["cy@example.org"]
+
+
+async def test_http_api_addresses_the_applications_channel_by_name(tmp_path: Path) -> None:
+    """Over HTTP the application's channel is a channel like the built-ins: a message on it is
+    accepted, its switch and contact point are set and removed; an unknown name is refused
+    with 422 ``invalid_argument`` and writes nothing."""
+    pigeon = PigeonChannel()
+    async with Tidings(
+        store=f"sqlite:///{tmp_path}/h.db", channels=[pigeon], pipeline_poll_interval=0.05
+    ) as node:
+        client, secret = await create_client(node.store, "svc", ["messages"])
+        issued = await node.service_auth.issue(client.client_id, secret, "messages")
+        headers = {"Authorization": f"Bearer {issued.access_token}"}
+        app = TidingsApp(node, manage_lifespan=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            contact = await http.put(
+                "/users/ann/contacts/pigeon", json={"address": "loft:South"}, headers=headers
+            )
+            assert (contact.status_code, contact.json()) == (
+                200,
+                {"channel": "pigeon", "address": "loft:south"},
+            )
+            posted = await http.post(
+                "/messages",
+                json={
+                    "recipients": {"user_ids": ["ann"]},
+                    "channels": ["pigeon"],
+                    "content": {"text": "coo"},
+                },
+                headers=headers,
+            )
+            assert posted.status_code == 202, posted.text
+            done = await settled(node, posted.json()["message_id"])
+            assert [(d.channel, d.state) for d in done.deliveries or []] == [("pigeon", "sent")]
+            assert [sent.address for sent in pigeon.sent] == ["loft:south"]
+
+            switch = await http.put(
+                "/users/ann/channels/pigeon", json={"enabled": False}, headers=headers
+            )
+            assert (switch.status_code, switch.json()) == (
+                200,
+                {"channel": "pigeon", "enabled": False},
+            )
+            removed = await http.delete("/users/ann/contacts/pigeon", headers=headers)
+            assert (removed.status_code, removed.json()["address"]) == (200, None)
+            preferences = await node.pipeline.preferences("ann")
+            assert preferences.channels == {"pigeon": False}
+            assert "pigeon" not in preferences.contacts
+
+            before = await node.pipeline.store.list_messages(None, 50)
+            for method, path, body in (
+                (
+                    "POST",
+                    "/messages",
+                    {
+                        "recipients": {"user_ids": ["ann"]},
+                        "channels": ["pigeon", "owl"],
+                        "content": {"text": "hoo"},
+                    },
+                ),
+                ("PUT", "/users/ann/channels/owl", {"enabled": False}),
+                ("PUT", "/users/ann/contacts/owl", {"address": "tree:oak"}),
+                ("DELETE", "/users/ann/contacts/owl", None),
+            ):
+                refused = await http.request(method, path, json=body, headers=headers)
+                assert refused.status_code == 422, (path, refused.text)
+                assert refused.json()["error"] == "invalid_argument"
+                assert "unknown channel 'owl'" in refused.json()["message"]
+            too_long = await http.put(
+                "/users/ann/channels/" + "p" * 65, json={"enabled": True}, headers=headers
+            )
+            assert too_long.status_code == 422
+            assert await node.pipeline.store.list_messages(None, 50) == before
+            assert (await node.pipeline.preferences("ann")).channels == {"pigeon": False}
+
+
+@pytest.mark.parametrize("name", ["", "Pigeon", "1owl", "with space", "x" * 65, "a-b"])
+async def test_a_channel_name_that_cannot_be_a_url_or_label_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    """A channel's name appears in URLs, settings and metric labels: a node given a channel
+    whose name cannot be one does not start, and says why in one line."""
+
+    class Badly(PigeonChannel):
+        pass
+
+    badly = Badly()
+    badly.name = name  # type: ignore[misc]
+    with pytest.raises(ConfigurationError, match="a channel's name is lower-case letters"):
+        async with Tidings(store=f"sqlite:///{tmp_path}/n.db", channels=[badly]):
+            pass

@@ -134,7 +134,7 @@ def test_notification_data_respects_byte_budget() -> None:
 
 def test_mounted_path_is_seen_relative_to_root() -> None:
     """Mounted under a prefix, /prefix/ws is still the gateway's path."""
-    from tidings.server import _local_path
+    from tidings.node.app import _local_path
 
     assert _local_path({"path": "/push/ws", "root_path": "/push"}) == "/ws"
     assert _local_path({"path": "/ws", "root_path": ""}) == "/ws"

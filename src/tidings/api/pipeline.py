@@ -18,7 +18,12 @@ from tidings.api.common import RequireScope, authorize, check_identifier
 from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
-from tidings.core.limits import MAX_TOPIC_LENGTH, MAX_USER_ID_LENGTH
+from tidings.core.limits import (
+    MAX_CHANNEL_NAME_LENGTH,
+    MAX_CHANNELS_PER_MESSAGE,
+    MAX_TOPIC_LENGTH,
+    MAX_USER_ID_LENGTH,
+)
 from tidings.delivery.models import Content, NewMessage, message_data_problem
 from tidings.delivery.pipeline import body_hash
 from tidings.errors import (
@@ -34,9 +39,10 @@ from tidings.errors import (
 T = TypeVar("T")
 #: who a preferences call acts for: (user id, the device JWT's claims, or None for a service)
 Caller = tuple[str, dict[str, Any] | None]
-ChannelName = Literal["in_app", "email", "webhook", "web_push", "sms"]
+#: a channel's name: a built-in one or one the application registered (the pipeline checks it)
+ChannelName = Annotated[str, Field(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
+ChannelPath = Annotated[str, Path(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
 StateName = Literal["pending", "active", "sent", "failed", "stale", "deleted"]
-ContactChannel = Literal["email", "webhook", "web_push", "sms"]
 UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_LENGTH, pattern=r"^[^\x00]+$")]
 Topic = Annotated[str, Field(min_length=1, max_length=MAX_TOPIC_LENGTH, pattern=r"^[^\x00]+$")]
 TemplateId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
@@ -74,7 +80,11 @@ class MessageRequest(BaseModel):
     """A message to post (docs/pipeline.md)."""
 
     recipients: Recipients
-    channels: list[ChannelName] = Field(min_length=1, max_length=5)
+    channels: list[ChannelName] = Field(
+        min_length=1,
+        max_length=MAX_CHANNELS_PER_MESSAGE,
+        description="Channel names: in_app, email, webhook, web_push, sms or the application's.",
+    )
     template_id: str | None = Field(None, min_length=1, max_length=128)
     content: ContentIn | None = None
     data: dict[str, Any] = Field(default_factory=dict, description="Values for the template.")
@@ -393,12 +403,12 @@ def mount_preferences(
 
         @router.put(f"{prefix}/channels/{{channel}}", responses=errors, tags=["preferences"])
         async def set_channel(
-            channel: ChannelName,
+            channel: ChannelPath,
             body: Switch,
             caller: user,
         ) -> JSONResponse:
             """Turn a channel on or off for the user (every channel is on until turned off)."""
-            await tidings.pipeline.store.set_channel(caller[0], channel, body.enabled)
+            await _call(tidings.pipeline.set_channel(caller[0], channel, body.enabled))
             return JSONResponse({"channel": channel, "enabled": body.enabled})
 
         @router.put(f"{prefix}/topics/{{topic}}", responses=errors, tags=["preferences"])
@@ -415,7 +425,7 @@ def mount_preferences(
 
         @router.put(f"{prefix}/contacts/{{channel}}", responses=errors, tags=["preferences"])
         async def set_contact(
-            channel: ContactChannel,
+            channel: ChannelPath,
             body: ContactIn,
             caller: user,
         ) -> JSONResponse:
@@ -425,10 +435,11 @@ def mount_preferences(
 
         @router.delete(f"{prefix}/contacts/{{channel}}", responses=errors, tags=["preferences"])
         async def delete_contact(
-            channel: ContactChannel,
+            channel: ChannelPath,
             caller: user,
         ) -> JSONResponse:
-            await tidings.pipeline.store.set_contact(caller[0], channel, None)
+            """Remove the user's contact point on a channel."""
+            await _call(tidings.pipeline.set_contact(caller[0], channel, None))
             return JSONResponse({"channel": channel, "address": None})
 
     @router.get("/webpush/vapid-public-key", tags=["preferences"])

@@ -27,6 +27,10 @@ DEFAULT_UNSEEN_LIMIT = 100
 MAX_DATA_DEPTH = 64
 #: notifications in one ``POST /notify/batch``
 MAX_BATCH_ITEMS = 10_000
+#: characters in a channel's name (built-in or the application's)
+MAX_CHANNEL_NAME_LENGTH = 64
+#: channels one message is posted on
+MAX_CHANNELS_PER_MESSAGE = 32
 #: characters in a template id
 MAX_TEMPLATE_ID_LENGTH = 128
 #: bytes of a shared secret (device-token secret, service-token key)

@@ -19,7 +19,7 @@ import orjson
 
 from tidings.auth.topics import check_topic
 from tidings.core.lifecycle import Lifecycle
-from tidings.core.limits import MAX_TEMPLATE_ID_LENGTH
+from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH, MAX_TEMPLATE_ID_LENGTH
 from tidings.core.models import utcnow
 from tidings.delivery.channels.base import Channel
 from tidings.delivery.models import (
@@ -34,7 +34,7 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.planner import Recipient, counted_channels, parse_rate_limits, plan
 from tidings.delivery.ports import PipelineHost
-from tidings.delivery.registry import ChannelRegistry, ordered
+from tidings.delivery.registry import ChannelRegistry, ordered, valid_channel_name
 from tidings.delivery.retry import retry_at as retry_at
 from tidings.delivery.retry import retry_delay
 from tidings.delivery.store import PipelineStore
@@ -129,6 +129,11 @@ class Pipeline(Lifecycle):
         for given in self._given:
             if not isinstance(given, Channel) or not isinstance(getattr(given, "name", None), str):
                 raise ConfigurationError(f"{given!r} is not a Channel with a name")
+            if not valid_channel_name(given.name):
+                raise ConfigurationError(
+                    f"channel {given.name!r}: a channel's name is lower-case letters, digits "
+                    f"and _, starting with a letter, at most {MAX_CHANNEL_NAME_LENGTH} long"
+                )
         #: every name a message, a preference or a rate limit may use, in documented order
         self.names = ordered([*self.registry.names(), *(c.name for c in self._given)])
         try:
@@ -241,9 +246,10 @@ class Pipeline(Lifecycle):
         Raises:
             TemplateFailure: unknown template, or content that does not compile or render.
             Conflict: the idempotency key was used with another body.
-            InvalidArgument: a topic with too many subscribers.
+            InvalidArgument: an unknown channel name, or a topic with too many subscribers.
             StoreUnavailable: nothing was written.
         """
+        self.check_channels(message.channels)
         # Rendered once now, so that a broken template is refused before anything is written.
         await self.renderer.render(
             message.template_id, message.content, message.data, user_id="", channel=""

@@ -16,14 +16,18 @@ is, replaces a registered channel of the same name, or adds its name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 
+from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH
 from tidings.delivery.channels.base import CHANNEL_NAMES, Channel
 from tidings.errors import ConfigurationError
 
 #: the entry-point group channels register in
 GROUP = "tidings.channels"
+#: what a channel's name may be: it appears in URLs, settings and metric labels
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 
 #: tidings' own channels, in the order they are documented (registered like any other)
 BUILTIN_NAMES = CHANNEL_NAMES
@@ -34,6 +38,16 @@ def ordered(names: Iterable[str]) -> tuple[str, ...]:
     given = set(names)
     return tuple(n for n in BUILTIN_NAMES if n in given) + tuple(
         sorted(given.difference(BUILTIN_NAMES))
+    )
+
+
+def valid_channel_name(name: object) -> bool:
+    """Whether ``name`` can name a channel: lower-case letters, digits and ``_``, starting with
+    a letter, at most :data:`~tidings.core.limits.MAX_CHANNEL_NAME_LENGTH` characters."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_CHANNEL_NAME_LENGTH
+        and NAME_PATTERN.fullmatch(name) is not None
     )
 
 
@@ -74,6 +88,11 @@ class ChannelRegistry:
             ) from exc
         if not (isinstance(loaded, type) and issubclass(loaded, Channel)):
             raise ConfigurationError(f"channel {name!r} ({point.value}) is not a Channel class")
+        if not valid_channel_name(name):
+            raise ConfigurationError(
+                f"channel {name!r} ({point.value}): a channel's name is lower-case letters, "
+                f"digits and _, starting with a letter, at most {MAX_CHANNEL_NAME_LENGTH} long"
+            )
         if getattr(loaded, "name", None) != name:
             raise ConfigurationError(
                 f"channel {name!r} ({point.value}) declares the name "
