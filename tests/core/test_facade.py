@@ -65,8 +65,12 @@ async def test_count_events_reach_local_connections(tmp_path: Path) -> None:
     """A registered connection is pushed every change of its user's count, not others'."""
     async with make(tmp_path) as tidings:
         sink, other_sink = Sink(), Sink()
-        mine = Connection(sink, connection_id="c1", user_id="alice", session_id="s")
-        other = Connection(other_sink, connection_id="c2", user_id="bob", session_id="s")
+        mine = Connection(
+            sink, connection_id="c1", user_id="alice", session_id="s", counters=Counters()
+        )
+        other = Connection(
+            other_sink, connection_id="c2", user_id="bob", session_id="s", counters=Counters()
+        )
         await tidings.registry.add(mine)
         await tidings.registry.add(other)
         mine.open()
@@ -87,7 +91,7 @@ async def test_count_events_reach_local_connections(tmp_path: Path) -> None:
 async def test_stale_versions_are_not_pushed(tmp_path: Path) -> None:
     """A count older than what the device has is dropped."""
     sink = Sink()
-    conn = Connection(sink, connection_id="c", user_id="u", session_id="s")
+    conn = Connection(sink, connection_id="c", user_id="u", session_id="s", counters=Counters())
     conn.push_count(2, 5)
     conn.push_count(1, 4)
     conn.push_count(3, 6)
@@ -106,7 +110,7 @@ async def test_frames_queued_before_open_go_after_the_first_frame() -> None:
     bound) wait in its queue and go out after the frame given to open(), in order; with
     nothing queued that frame is written at once."""
     sink = Sink()
-    conn = Connection(sink, connection_id="", user_id="u", session_id="")
+    conn = Connection(sink, connection_id="", user_id="u", session_id="", counters=Counters())
     conn.push_count(1, 1)
     conn.push_count(2, 2)
     conn.open('{"type":"welcome"}')
@@ -117,7 +121,9 @@ async def test_frames_queued_before_open_go_after_the_first_frame() -> None:
         '{"type":"newNotificationCountChanged","count":2,"version":2}',
     ]
     quiet_sink = Sink()
-    quiet = Connection(quiet_sink, connection_id="c", user_id="u", session_id="s")
+    quiet = Connection(
+        quiet_sink, connection_id="c", user_id="u", session_id="s", counters=Counters()
+    )
     quiet.open('{"type":"welcome"}')
     assert quiet_sink.frames == ['{"type":"welcome"}'] and quiet.queued == 0
     for c in (conn, quiet):
@@ -130,7 +136,7 @@ async def test_a_connection_closed_by_the_node_sends_one_close_frame() -> None:
     flushing close), once; closed before it was opened, at the open; a client that left
     (abort) gets none."""
     sink = Sink()
-    conn = Connection(sink, connection_id="c", user_id="u", session_id="s")
+    conn = Connection(sink, connection_id="c", user_id="u", session_id="s", counters=Counters())
     conn.open()
     conn.push("a")
     conn.close(1013, "client too slow")
@@ -139,7 +145,7 @@ async def test_a_connection_closed_by_the_node_sends_one_close_frame() -> None:
     assert sink.frames == ["a"] and sink.closes == [(1013, "client too slow")]
 
     early = Sink()
-    conn = Connection(early, connection_id="c", user_id="u", session_id="s")
+    conn = Connection(early, connection_id="c", user_id="u", session_id="s", counters=Counters())
     conn.push("queued")
     conn.close(4429, "too many")
     assert early.closes == []
@@ -148,7 +154,7 @@ async def test_a_connection_closed_by_the_node_sends_one_close_frame() -> None:
     assert early.closes == [(4429, "too many")]
 
     gone = Sink()
-    conn = Connection(gone, connection_id="c", user_id="u", session_id="s")
+    conn = Connection(gone, connection_id="c", user_id="u", session_id="s", counters=Counters())
     conn.open()
     conn.abort()
     await asyncio.wait_for(conn.finished(), 2)
@@ -157,7 +163,9 @@ async def test_a_connection_closed_by_the_node_sends_one_close_frame() -> None:
 
 async def test_full_queue_closes_slow_connection() -> None:
     """A connection whose queue overflows is closed with 1013, not allowed to grow."""
-    conn = Connection(Sink(), connection_id="c", user_id="u", session_id="s", max_queue=3)
+    conn = Connection(
+        Sink(), connection_id="c", user_id="u", session_id="s", max_queue=3, counters=Counters()
+    )
     for i in range(4):
         conn.push(str(i))
     assert conn.closed and conn.close_code == 1013
@@ -205,7 +213,9 @@ async def test_cancelled_notify_still_publishes_its_count(tmp_path: Path) -> Non
     """A caller cancelled mid-notify does not leave devices with a stale count."""
     async with make(tmp_path) as tidings:
         sink = Sink()
-        conn = Connection(sink, connection_id="c1", user_id="alice", session_id="s")
+        conn = Connection(
+            sink, connection_id="c1", user_id="alice", session_id="s", counters=Counters()
+        )
         await tidings.registry.add(conn)
         conn.open()
         task = asyncio.create_task(tidings.notify("alice", "x"))
@@ -227,7 +237,9 @@ async def test_mark_seen_caps_ids(tmp_path: Path) -> None:
 async def test_reading_pauses_while_answers_pile_up() -> None:
     """wait_writable blocks once queued bytes pass pause_bytes, and resumes as they drain."""
     sink = Sink()
-    conn = Connection(sink, connection_id="c", user_id="u", session_id="s", pause_bytes=10)
+    conn = Connection(
+        sink, connection_id="c", user_id="u", session_id="s", pause_bytes=10, counters=Counters()
+    )
     conn.push("x" * 20)
     waiter = asyncio.create_task(conn.wait_writable())
     await asyncio.sleep(0.01)
@@ -254,7 +266,7 @@ class PausingSink:
 async def test_frames_keep_their_order_when_the_server_makes_sends_wait() -> None:
     """Sends done in push() directly, and those finished later in a task, stay in order."""
     sink = PausingSink()
-    conn = Connection(sink, connection_id="c", user_id="u", session_id="s")
+    conn = Connection(sink, connection_id="c", user_id="u", session_id="s", counters=Counters())
     conn.open()
     conn.push("1")  # completes at once
     sink.open.clear()
@@ -278,7 +290,7 @@ async def test_a_send_that_fails_closes_the_connection() -> None:
     async def broken(message: dict[str, object]) -> None:
         raise OSError("client disconnected")
 
-    conn = Connection(broken, connection_id="c", user_id="u", session_id="s")
+    conn = Connection(broken, connection_id="c", user_id="u", session_id="s", counters=Counters())
     conn.open()
     conn.push("x")
     assert conn.closed
@@ -327,7 +339,9 @@ async def test_counts_service_works_without_a_node(tmp_path: Path) -> None:
     await bus.start()
     try:
         sink = Sink()
-        conn = Connection(sink, connection_id="c", user_id="alice", session_id="s")
+        conn = Connection(
+            sink, connection_id="c", user_id="alice", session_id="s", counters=Counters()
+        )
         await registry.add(conn)
         conn.open()
         with pytest.raises(PayloadTooLarge):

@@ -10,6 +10,7 @@ import pytest
 
 from tidings import Tidings
 from tidings.bus.memory import MemoryBus
+from tidings.core.counters import Counters
 from tidings.errors import BusError
 from tidings.fanout.connection import Connection
 from tidings.services.republish import Republisher
@@ -55,7 +56,9 @@ async def test_refused_topic_message_and_count_reach_the_other_node(tmp_path: Pa
         Tidings(store=store, bus=hub, jwt_secret=SECRET, node_id="b") as b,
     ):
         sink = Sink()
-        conn = Connection(sink, connection_id="c1", user_id="alice", session_id="s1")
+        conn = Connection(
+            sink, connection_id="c1", user_id="alice", session_id="s1", counters=Counters()
+        )
         await b.registry.add(conn)
         await b.registry.join_topics(conn, ["pet"])
         conn.open()

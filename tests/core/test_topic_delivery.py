@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tidings.core.counters import Counters
 from tidings.fanout.connection import Connection
 
 
@@ -17,7 +18,9 @@ class Sink:
 
 
 def conn() -> Connection:
-    return Connection(Sink(), connection_id="c", user_id="u", session_id="s", max_queue=10)
+    return Connection(
+        Sink(), connection_id="c", user_id="u", session_id="s", max_queue=10, counters=Counters()
+    )
 
 
 def test_out_of_order_messages_are_all_delivered_once() -> None:
@@ -54,7 +57,9 @@ async def test_wait_room_paces_a_backlog() -> None:
     """wait_room blocks while the queue could not take another page, and resumes as it
     drains."""
     sink = Sink()
-    c = Connection(sink, connection_id="c", user_id="u", session_id="s", max_queue=10)
+    c = Connection(
+        sink, connection_id="c", user_id="u", session_id="s", max_queue=10, counters=Counters()
+    )
     for i in range(8):
         c.push(str(i))  # queued: the writer has not started yet
     waiter = asyncio.create_task(c.wait_room(5))

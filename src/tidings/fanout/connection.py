@@ -83,7 +83,7 @@ class Connection:
         connection_id: str,
         user_id: str,
         session_id: str,
-        counters: Counters | None = None,
+        counters: Counters,
         max_queue: int = 1024,
         pause_bytes: int = 4 * 1024 * 1024,
         deliver: bool = False,
@@ -91,7 +91,7 @@ class Connection:
     ) -> None:
         self._send = send
         #: what this connection counts: its node's (``frames_out``, ``slow_closed``)
-        self.counters = counters if counters is not None else _UNCOUNTED
+        self.counters = counters
         # tidings' own transport writes a text frame synchronously (False: buffer full)
         self._direct: Callable[[Text], bool] | None = getattr(
             getattr(send, "__self__", None), "write_text", None
@@ -402,8 +402,3 @@ class Connection:
                 self._writer = asyncio.ensure_future(self._write_loop())
             else:
                 self._settle()
-
-
-#: counts of connections made without a node's counters (tests; and callers not yet passing
-#: theirs, for one release): nothing reads them
-_UNCOUNTED = Counters()

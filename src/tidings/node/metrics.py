@@ -29,7 +29,6 @@ from tidings.errors import TidingsError
 from tidings.fanout.registry import Registry
 from tidings.version import __version__
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: deliver-mode devices whose queues a scrape reads (one store call)
 MAX_DEVICES = 10_000
 
