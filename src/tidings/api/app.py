@@ -51,6 +51,7 @@ from tidings.api.schemas import (
 from tidings.api.web import mount_web
 from tidings.errors import ApiError as ApiError
 from tidings.errors import InvalidArgument, StoreUnavailable
+from tidings.errors import UnparsableBody as UnparsableBody
 from tidings.version import __version__
 
 # Moved to tidings.api.fast, tidings.api.bodies and tidings.api.common; importable from here
@@ -59,6 +60,7 @@ __all__ = [
     "FAST_ROUTES",
     "UNAVAILABLE_BODY",
     "ApiError",
+    "UnparsableBody",
     "authorize",
     "batch_items",
     "create_api",

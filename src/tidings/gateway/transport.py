@@ -35,7 +35,7 @@ from typing import Any
 # CloseCode, valid_close_code, GUID, accept_key, close_payload and frame_header are importable
 # from here for one release (they moved to tidings.core.codes and tidings.gateway.frames).
 from tidings.core.codes import CloseCode, valid_close_code
-from tidings.errors import ProtocolFailure
+from tidings.errors import ProtocolFailure as ProtocolFailure
 from tidings.fanout.broadcast import Broadcast
 from tidings.gateway.flusher import FrameWriter
 from tidings.gateway.frames import GUID as GUID
