@@ -21,6 +21,8 @@ from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
     MAX_CHANNEL_NAME_LENGTH,
     MAX_CHANNELS_PER_MESSAGE,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_TEMPLATE_ID_LENGTH,
     MAX_TOPIC_LENGTH,
     MAX_USER_ID_LENGTH,
 )
@@ -45,7 +47,9 @@ ChannelPath = Annotated[str, Path(min_length=1, max_length=MAX_CHANNEL_NAME_LENG
 StateName = Literal["pending", "active", "sent", "failed", "stale", "deleted"]
 UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_LENGTH, pattern=r"^[^\x00]+$")]
 Topic = Annotated[str, Field(min_length=1, max_length=MAX_TOPIC_LENGTH, pattern=r"^[^\x00]+$")]
-TemplateId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+TemplateId = Annotated[
+    str, Path(min_length=1, max_length=MAX_TEMPLATE_ID_LENGTH, pattern=r"^[^\x00-\x1f]+$")
+]
 
 
 class Recipients(BaseModel):
@@ -85,10 +89,10 @@ class MessageRequest(BaseModel):
         max_length=MAX_CHANNELS_PER_MESSAGE,
         description="Channel names: in_app, email, webhook, web_push, sms or the application's.",
     )
-    template_id: str | None = Field(None, min_length=1, max_length=128)
+    template_id: str | None = Field(None, min_length=1, max_length=MAX_TEMPLATE_ID_LENGTH)
     content: ContentIn | None = None
     data: dict[str, Any] = Field(default_factory=dict, description="Values for the template.")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     critical: bool = Field(False, description="Bypass the rate limit (still counted).")
 
     @field_validator("data")
@@ -223,7 +227,9 @@ def mount_pipeline(
     async def post_message(
         body: MessageRequest,
         principal: Annotated[ServicePrincipal, Depends(require_scope("messages"))],
-        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+        idempotency_key: Annotated[
+            str | None, Header(max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+        ] = None,
     ) -> JSONResponse:
         """Post a message for users or a topic's subscribers on one or more channels.
 
@@ -383,7 +389,7 @@ def mount_preferences(
     """The same five routes under ``/me`` (device JWT) and ``/users/{user_id}`` (service)."""
 
     async def service_user(
-        user_id: Annotated[str, Path(min_length=1, max_length=256)],
+        user_id: Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_LENGTH)],
         _: Annotated[ServicePrincipal, Depends(require_scope("messages"))],
     ) -> Caller:
         await _call(_checked(user_id))

@@ -7,7 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.core.limits import MAX_BATCH_ITEMS, MAX_ID_LENGTH, MAX_USER_ID_LENGTH
+from tidings.core.limits import (
+    MAX_BATCH_ITEMS,
+    MAX_ID_LENGTH,
+    MAX_TOPIC_LENGTH,
+    MAX_USER_ID_LENGTH,
+)
 from tidings.core.models import Notification
 
 #: limits of the request models, also checked by the batch endpoint's own parser
@@ -106,12 +111,12 @@ class PublishRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    topic: str = Field(min_length=1, max_length=200, description="The topic.")
+    topic: str = Field(min_length=1, max_length=MAX_TOPIC_LENGTH, description="The topic.")
     data: Any = Field(description="Any JSON value.")
     origin_session_id: str | None = Field(
         None,
         min_length=1,
-        max_length=128,
+        max_length=MAX_ID_LENGTH,
         description="The session whose change caused this message: it does not receive it.",
     )
 

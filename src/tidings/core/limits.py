@@ -9,8 +9,10 @@ from __future__ import annotations
 
 #: characters in a user id (device tokens' ``sub``, HTTP bodies, the facade)
 MAX_USER_ID_LENGTH = 256
-#: characters in a notification id, an idempotency key or a frame's ``id``
+#: characters in a notification id, a session id or a frame's ``id``
 MAX_ID_LENGTH = 128
+#: characters in a pipeline message's idempotency key (body field or ``Idempotency-Key``)
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
 #: characters in a topic name
 MAX_TOPIC_LENGTH = 200
 #: characters in an access token presented on the socket
