@@ -13,7 +13,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -37,7 +37,8 @@ from tidings.delivery.ports import PipelineHost
 from tidings.delivery.registry import ChannelRegistry, ordered, valid_channel_name
 from tidings.delivery.retry import retry_at as retry_at
 from tidings.delivery.retry import retry_delay
-from tidings.delivery.store import PipelineStore
+from tidings.delivery.stores import for_store
+from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
 from tidings.delivery.worker import Worker
 from tidings.errors import (
@@ -50,11 +51,6 @@ from tidings.errors import (
     TopicRefused,
 )
 
-if TYPE_CHECKING:
-    # pipeline_store() below names what it is given by the node's old type: the node as the
-    # pipeline sees it.
-    Tidings = PipelineHost
-
 logger = logging.getLogger("tidings.delivery")
 
 #: bus channel of the pipeline's events: work queued, a template changed
@@ -64,21 +60,13 @@ TEMPLATE_CHANGED = "pipeline-template-changed"
 MAX_TEMPLATE_ID = MAX_TEMPLATE_ID_LENGTH
 
 
-def pipeline_store(tidings: Tidings) -> PipelineStore:
-    """The pipeline's tables on the node's store."""
-    from tidings.storage.sqlite import SqliteStore
+def pipeline_store(host: PipelineHost) -> PipelineStore:
+    """The pipeline's tables on the node's store, in its backend's dialect.
 
-    if isinstance(tidings.store, SqliteStore):
-        from tidings.delivery.sqlite import SqlitePipelineStore
-
-        return SqlitePipelineStore(tidings.store)
-    from tidings.storage.postgres import PostgresStore
-
-    if isinstance(tidings.store, PostgresStore):
-        from tidings.delivery.postgres import PostgresPipelineStore
-
-        return PostgresPipelineStore(tidings.store)
-    raise ConfigurationError(f"the pipeline has no tables for {type(tidings.store).__name__}")
+    Raises:
+        ConfigurationError: the pipeline has no tables for the store's backend.
+    """
+    return for_store(host.store)
 
 
 async def build_channels(

@@ -28,7 +28,7 @@ from tidings.delivery.channels.base import (
 from tidings.delivery.models import FAILED, PENDING, SENT, Claim, Outcome
 from tidings.delivery.ports import PipelineSettings
 from tidings.delivery.retry import retry_at, retry_delay
-from tidings.delivery.store import PipelineStore
+from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
 from tidings.errors import TemplateFailure, TidingsError
 

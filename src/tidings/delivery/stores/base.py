@@ -1,0 +1,187 @@
+"""The :class:`PipelineStore` interface: the pipeline's tables in the node's database.
+
+It is four facets, one abstract class per concern (:class:`TemplateStore`,
+:class:`PreferenceStore`, :class:`MessageStore`, :class:`ClaimStore`), as
+:mod:`tidings.storage.facets` splits the node's store; each backend writes them one module per
+facet. Each backend works on the connection machinery of its :class:`~tidings.storage.Store`
+(SQLite's writer thread, PostgreSQL's pool), so a message, its deliveries, their history and
+the outbox rows are written in one transaction. Every method raises
+:class:`~tidings.errors.StoreUnavailable` when the database cannot be reached, having written
+nothing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from tidings.delivery.models import (
+    Claim,
+    Content,
+    Message,
+    NewMessage,
+    Outcome,
+    PlannedDelivery,
+    Preferences,
+    Template,
+)
+from tidings.delivery.planner import Recipient
+
+#: deliveries of a message listed at once, unless asked otherwise
+DELIVERIES_PAGE = 1000
+#: seconds a delivery waits after its ``attempt``-th try went stale
+Backoff = Callable[[int], float]
+#: called inside the message's transaction with the recipients read there
+Planner = Callable[[list[Recipient]], list[PlannedDelivery]]
+
+
+def encode_json(value: object) -> str:
+    """A JSON column's text (both dialects store JSON given as text)."""
+    return orjson.dumps(value).decode()
+
+
+def decode_content(text: str | None) -> Content | None:
+    """A ``content`` column back to :class:`Content`."""
+    return None if text is None else Content(**orjson.loads(text))
+
+
+def message_values(message_id: str, message: NewMessage, at: object) -> tuple[object, ...]:
+    """A new message's row of ``pipeline_messages``, in column order, JSON columns encoded
+    (``at`` as each dialect stores time)."""
+    encode = encode_json
+    return (
+        message_id,
+        message.client_id,
+        message.idempotency_key,
+        message.body_hash,
+        encode(message.recipients()),
+        encode(list(message.channels)),
+        message.template_id,
+        encode(message.content.to_dict()) if message.content else None,
+        encode(message.data),
+        message.critical,
+        at,
+    )
+
+
+class TemplateStore(ABC):
+    """Templates, versioned by the store."""
+
+    @abstractmethod
+    async def put_template(self, template_id: str, content: Content) -> tuple[Template, bool]:
+        """Create or replace a template; (the template, whether it was created)."""
+
+    @abstractmethod
+    async def get_template(self, template_id: str) -> Template | None: ...
+
+    @abstractmethod
+    async def list_templates(self) -> list[Template]: ...
+
+    @abstractmethod
+    async def delete_template(self, template_id: str) -> bool: ...
+
+
+class PreferenceStore(ABC):
+    """Each user's channel switches, topic subscriptions and contact points."""
+
+    @abstractmethod
+    async def preferences(self, user_id: str) -> Preferences: ...
+
+    @abstractmethod
+    async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None: ...
+
+    @abstractmethod
+    async def set_topic(self, user_id: str, topic: str, subscribed: bool) -> None: ...
+
+    @abstractmethod
+    async def set_contact(self, user_id: str, channel: str, address: Any) -> None:
+        """Store a contact point (``None`` removes it)."""
+
+
+class MessageStore(ABC):
+    """Messages and their deliveries, as the API creates, reads, deletes and retries them."""
+
+    @abstractmethod
+    async def create_message(
+        self,
+        message: NewMessage,
+        counted: Sequence[str],
+        since: dict[str, datetime],
+        planner: Planner,
+        max_recipients: int,
+    ) -> tuple[Message, bool]:
+        """Write a message and its deliveries in one transaction.
+
+        Resolves a topic to its subscribers, reads each recipient's switches, contacts and,
+        for the ``counted`` channels, how many deliveries were counted since ``since[channel]``,
+        calls ``planner`` with them, and writes what it decided: the deliveries, their first
+        history entries and an outbox row per queued delivery. (the message, ``True``), or the
+        earlier message with the same idempotency key and body (``False``).
+
+        Raises:
+            Conflict: the idempotency key was used with another body.
+            InvalidArgument: a topic with more than ``max_recipients`` subscribers.
+        """
+
+    @abstractmethod
+    async def get_message(
+        self,
+        message_id: str,
+        client_id: str | None,
+        *,
+        deliveries: bool = True,
+        limit: int = DELIVERIES_PAGE,
+        offset: int = 0,
+    ) -> Message | None:
+        """The message (``client_id`` ``None``: whoever created it), with ``limit`` of its
+        deliveries from ``offset`` in creation order (its ``counts`` cover all of them)."""
+
+    @abstractmethod
+    async def list_messages(self, state: str | None, limit: int) -> list[Message]:
+        """Recent messages, newest first, optionally only those in ``state``."""
+
+    @abstractmethod
+    async def delete_message(self, message_id: str, client_id: str | None) -> Message | None:
+        """Move the message's ``pending`` and ``stale`` deliveries to ``deleted``."""
+
+    @abstractmethod
+    async def retry_message(self, message_id: str, client_id: str | None) -> Message | None:
+        """Queue the message's ``failed`` deliveries again, tries counted from zero."""
+
+
+class ClaimStore(ABC):
+    """The outbox, as workers claim, renew and complete its deliveries."""
+
+    @abstractmethod
+    async def claim(
+        self, channels: Sequence[str], owner: str, limit: int, lease: float
+    ) -> list[Claim]:
+        """Take up to ``limit`` queued deliveries that are due, oldest first, for ``lease``
+        seconds; each becomes ``active`` and its try counter rises. Two callers never get the
+        same delivery while its lease lasts."""
+
+    @abstractmethod
+    async def renew(self, owner: str, claims: Sequence[Claim], lease: float) -> set[str]:
+        """Extend the leases ``owner`` still holds; the delivery ids it still holds."""
+
+    @abstractmethod
+    async def complete(self, owner: str, claim: Claim, outcome: Outcome) -> bool:
+        """Record how a send ended. ``False`` (nothing written) when the claim is no longer
+        ``owner``'s: its lease expired and another worker may have it."""
+
+    @abstractmethod
+    async def requeue_stale(self, backoff: Backoff | None = None) -> int:
+        """Mark deliveries whose lease expired ``stale`` and queue them again, due after
+        ``backoff(attempt)`` seconds (at once without one); how many."""
+
+    @abstractmethod
+    async def depths(self) -> dict[str, dict[str, int]]:
+        """Deliveries per channel per state (for the admin console and metrics)."""
+
+
+class PipelineStore(TemplateStore, PreferenceStore, MessageStore, ClaimStore):
+    """Messages, deliveries, the outbox, templates, preferences and contact points."""

@@ -1,0 +1,74 @@
+"""The :class:`~tidings.delivery.stores.base.PreferenceStore` facet of the pipeline on
+PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidings.core.models import utcnow
+from tidings.delivery.models import Preferences
+from tidings.delivery.stores.base import PreferenceStore, encode_json
+from tidings.delivery.stores.postgres.common import PostgresTables, recipients
+
+
+class PostgresPreferences(PostgresTables, PreferenceStore):
+    """Channel switches, topic subscriptions and contact points on PostgreSQL."""
+
+    async def preferences(self, user_id: str) -> Preferences:
+        async with self.store.connection() as conn:
+            recipient = (await recipients(conn, [user_id], [], {}))[0]
+            topics = await conn.fetch(
+                "SELECT topic FROM pipeline_topic_subscriptions WHERE user_id = $1 ORDER BY topic",
+                user_id,
+            )
+        return Preferences(
+            user_id, dict(recipient.switches), [r[0] for r in topics], dict(recipient.contacts)
+        )
+
+    async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
+        async with self.store.connection() as conn:
+            await conn.execute(
+                "INSERT INTO pipeline_channel_prefs VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (user_id, channel) DO UPDATE SET enabled = excluded.enabled, "
+                "updated_at = excluded.updated_at",
+                user_id,
+                channel,
+                enabled,
+                utcnow(),
+            )
+
+    async def set_topic(self, user_id: str, topic: str, subscribed: bool) -> None:
+        async with self.store.connection() as conn:
+            if subscribed:
+                await conn.execute(
+                    "INSERT INTO pipeline_topic_subscriptions VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING",
+                    topic,
+                    user_id,
+                    utcnow(),
+                )
+            else:
+                await conn.execute(
+                    "DELETE FROM pipeline_topic_subscriptions WHERE topic = $1 AND user_id = $2",
+                    topic,
+                    user_id,
+                )
+
+    async def set_contact(self, user_id: str, channel: str, address: Any) -> None:
+        async with self.store.connection() as conn:
+            if address is None:
+                await conn.execute(
+                    "DELETE FROM pipeline_contacts WHERE user_id = $1 AND channel = $2",
+                    user_id,
+                    channel,
+                )
+            else:
+                await conn.execute(
+                    "INSERT INTO pipeline_contacts VALUES ($1, $2, $3::jsonb, $4) "
+                    "ON CONFLICT (user_id, channel) DO UPDATE SET address = excluded.address, "
+                    "updated_at = excluded.updated_at",
+                    user_id,
+                    channel,
+                    encode_json(address),
+                    utcnow(),
+                )

@@ -1,0 +1,173 @@
+"""The pipeline's rows in both dialects: column lists, decoders and what is built from them.
+
+The tables are the same in SQLite and PostgreSQL (the migrations ``005_pipeline.sql`` and
+``006_pipeline.sql``); the dialects differ in how a row comes back. SQLite gives time as ISO
+text and booleans as integers, PostgreSQL ``timestamptz`` and ``bool``; both give JSON as text
+(PostgreSQL's ``jsonb`` columns are read through :func:`json_as_text`). A decoder is given the
+dialect's :data:`Time` and ``bool`` any boolean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from tidings.delivery.models import (
+    Claim,
+    Content,
+    Delivery,
+    HistoryEntry,
+    Message,
+    NewMessage,
+    Template,
+)
+from tidings.delivery.planner import Recipient
+from tidings.delivery.stores.base import decode_content
+from tidings.errors import Conflict, InvalidArgument
+
+MESSAGE_COLUMNS = (
+    "message_id, client_id, channels, recipients, template_id, content, data, critical, "
+    "idempotency_key, created_at"
+)
+DELIVERY_COLUMNS = (
+    "delivery_id, message_id, user_id, channel, state, reason, attempts, last_error, "
+    "provider_id, created_at, updated_at, sent_at"
+)
+TEMPLATE_COLUMNS = "template_id, subject, text, html, version, created_at, updated_at"
+HISTORY_COLUMNS = "delivery_id, state, reason, detail, at"
+#: the columns holding JSON, in any of the tables above
+JSON_COLUMNS = frozenset({"channels", "recipients", "content", "data", "address"})
+
+#: a time column's value back to a datetime (SQLite: ISO text; PostgreSQL: as it comes)
+Time = Callable[[Any], datetime]
+#: a history entry to write: (delivery_id, state, reason, detail)
+HistoryRow = tuple[str, str, str, str | None]
+
+#: the detail of the history entry of a delivery whose lease lapsed
+LEASE_EXPIRED = "its worker stopped renewing the lease; queued again"
+
+
+def json_as_text(columns: str) -> str:
+    """``columns`` with each of :data:`JSON_COLUMNS` cast to text (PostgreSQL)."""
+    return ", ".join(
+        f"{name}::text" if name in JSON_COLUMNS else name for name in columns.split(", ")
+    )
+
+
+def native(value: datetime) -> datetime:
+    """A time column of a dialect that stores datetimes (PostgreSQL's ``timestamptz``)."""
+    return value
+
+
+def template_of(row: Any, time: Time) -> Template:
+    """A template from a row of :data:`TEMPLATE_COLUMNS`."""
+    content = Content(row[2], row[1], row[3])
+    return Template(row[0], content, row[4], time(row[5]), time(row[6]))
+
+
+def message_of(row: Any, counts: dict[str, int], time: Time) -> Message:
+    """A message, without its deliveries, from a row of :data:`MESSAGE_COLUMNS`."""
+    return Message(
+        row[0],
+        row[1],
+        orjson.loads(row[2]),
+        orjson.loads(row[3]),
+        row[4],
+        decode_content(row[5]),
+        orjson.loads(row[6]),
+        bool(row[7]),
+        row[8],
+        time(row[9]),
+        counts,
+    )
+
+
+def delivery_of(row: Any, time: Time) -> Delivery:
+    """A delivery, without its history, from a row of :data:`DELIVERY_COLUMNS`."""
+    r = row
+    sent = None if r[11] is None else time(r[11])
+    return Delivery(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], time(r[9]), time(r[10]), sent
+    )
+
+
+def with_deliveries(
+    message: Message, rows: Iterable[Any], history: Iterable[Any], time: Time
+) -> Message:
+    """``message`` with the deliveries of ``rows`` (of :data:`DELIVERY_COLUMNS`), each with
+    its entries among ``history`` (rows of :data:`HISTORY_COLUMNS`, in order)."""
+    entries: dict[str, list[HistoryEntry]] = {}
+    for delivery_id, state, reason, detail, at in history:
+        entries.setdefault(delivery_id, []).append(HistoryEntry(state, reason, detail, time(at)))
+    found = [delivery_of(row, time) for row in rows]
+    for delivery in found:
+        delivery.history.extend(entries.get(delivery.delivery_id, []))
+    return replace(message, deliveries=found)
+
+
+def claim_of(row: Any) -> Claim:
+    """A claim from a row of delivery_id, message_id, user_id, channel, address (JSON), the
+    outbox's attempt, and the message's template_id, content, data and critical."""
+    return Claim(
+        delivery_id=row[0],
+        message_id=row[1],
+        user_id=row[2],
+        channel=row[3],
+        address=orjson.loads(row[4]) if row[4] is not None else None,
+        attempt=row[5],
+        template_id=row[6],
+        content=decode_content(row[7]),
+        data=orjson.loads(row[8]),
+        critical=bool(row[9]),
+    )
+
+
+def recipients_of(
+    users: list[str],
+    switches: Iterable[Any],
+    contacts: Iterable[Any],
+    recent: Iterable[tuple[str, str, int]],
+) -> list[Recipient]:
+    """What the planner is told of ``users``: ``switches`` rows (user_id, channel, enabled),
+    ``contacts`` rows (user_id, channel, address as JSON) and ``recent`` (user_id, channel,
+    deliveries counted)."""
+    enabled: dict[str, dict[str, bool]] = {}
+    addresses: dict[str, dict[str, Any]] = {}
+    counted: dict[str, dict[str, int]] = {}
+    for user, channel, on in switches:
+        enabled.setdefault(user, {})[channel] = bool(on)
+    for user, channel, address in contacts:
+        addresses.setdefault(user, {})[channel] = orjson.loads(address)
+    for user, channel, n in recent:
+        counted.setdefault(user, {})[channel] = n
+    return [
+        Recipient(u, enabled.get(u, {}), addresses.get(u, {}), counted.get(u, {})) for u in users
+    ]
+
+
+def subscribers(message: NewMessage, users: list[str], max_recipients: int) -> list[str]:
+    """The subscribers read for ``message``'s topic (up to ``max_recipients + 1`` of them).
+
+    Raises:
+        InvalidArgument: there are more than ``max_recipients``.
+    """
+    if len(users) > max_recipients:
+        raise InvalidArgument(
+            f"topic {message.topic!r} has more than {max_recipients} subscribers "
+            "(TIDINGS_MAX_TOPIC_RECIPIENTS)"
+        )
+    return users
+
+
+def check_body(message: NewMessage, body_hash: str) -> None:
+    """The earlier message with ``message``'s idempotency key had ``body_hash``.
+
+    Raises:
+        Conflict: another body.
+    """
+    if body_hash != message.body_hash:
+        raise Conflict(f"idempotency_key {message.idempotency_key!r} was used with another body")

@@ -1,0 +1,160 @@
+"""The :class:`~tidings.delivery.stores.base.ClaimStore` facet of the pipeline on SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import timedelta
+
+from tidings.core.models import isoformat, utcnow
+from tidings.delivery.models import ACTIVE, PENDING, SENT, STALE, Claim, Outcome
+from tidings.delivery.stores.base import Backoff, ClaimStore
+from tidings.delivery.stores.rows import LEASE_EXPIRED, claim_of
+from tidings.delivery.stores.sqlite.common import SqliteTables, chunks, marks, write_history
+
+
+class SqliteClaims(SqliteTables, ClaimStore):
+    """The outbox on SQLite: a claim is one transaction on the only writing connection."""
+
+    async def claim(
+        self, channels: Sequence[str], owner: str, limit: int, lease: float
+    ) -> list[Claim]:
+        def run(conn: sqlite3.Connection) -> list[Claim]:
+            now = utcnow()
+            stamp, until = isoformat(now), isoformat(now + timedelta(seconds=lease))
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT delivery_id FROM pipeline_outbox WHERE channel IN "
+                    f"({marks(channels)}) AND available_at <= ? AND lease_owner IS NULL "
+                    "ORDER BY available_at LIMIT ?",
+                    (*channels, stamp, limit),
+                )
+            ]
+            if not ids:
+                return []
+            listed = marks(ids)
+            conn.execute(
+                f"UPDATE pipeline_outbox SET lease_owner = ?, lease_until = ?, "
+                f"attempt = attempt + 1 WHERE delivery_id IN ({listed})",
+                (owner, until, *ids),
+            )
+            conn.execute(
+                f"UPDATE pipeline_deliveries SET state = ?, reason = 'claimed', "
+                f"attempts = attempts + 1, updated_at = ? WHERE delivery_id IN ({listed})",
+                (ACTIVE, stamp, *ids),
+            )
+            rows = conn.execute(
+                "SELECT d.delivery_id, d.message_id, d.user_id, d.channel, d.address, "
+                "o.attempt, m.template_id, m.content, m.data, m.critical "
+                "FROM pipeline_outbox o JOIN pipeline_deliveries d USING (delivery_id) "
+                f"JOIN pipeline_messages m USING (message_id) WHERE o.delivery_id IN ({listed}) "
+                "ORDER BY o.available_at",
+                ids,
+            ).fetchall()
+            claims = [claim_of(row) for row in rows]
+            write_history(
+                conn,
+                [(c.delivery_id, ACTIVE, "claimed", f"try {c.attempt} by {owner}") for c in claims],
+                stamp,
+            )
+            return claims
+
+        return await self.store.write(run)
+
+    async def renew(self, owner: str, claims: Sequence[Claim], lease: float) -> set[str]:
+        def run(conn: sqlite3.Connection) -> set[str]:
+            until = isoformat(utcnow() + timedelta(seconds=lease))
+            held: set[str] = set()
+            for claim in claims:
+                row = conn.execute(
+                    "UPDATE pipeline_outbox SET lease_until = ? WHERE delivery_id = ? "
+                    "AND lease_owner = ? AND attempt = ? RETURNING delivery_id",
+                    (until, claim.delivery_id, owner, claim.attempt),
+                ).fetchone()
+                if row is not None:
+                    held.add(row[0])
+            return held
+
+        return await self.store.write(run)
+
+    async def complete(self, owner: str, claim: Claim, outcome: Outcome) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT lease_owner, attempt FROM pipeline_outbox WHERE delivery_id = ?",
+                (claim.delivery_id,),
+            ).fetchone()
+            if row is None or row[0] != owner or row[1] != claim.attempt:
+                return False
+            now = isoformat(utcnow())
+            if outcome.state == PENDING:
+                assert outcome.retry_at is not None  # the worker always sets it for a retry
+                conn.execute(
+                    "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
+                    "available_at = ? WHERE delivery_id = ?",
+                    (isoformat(outcome.retry_at), claim.delivery_id),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM pipeline_outbox WHERE delivery_id = ?", (claim.delivery_id,)
+                )
+            conn.execute(
+                "UPDATE pipeline_deliveries SET state = ?, reason = ?, "
+                "last_error = COALESCE(?, last_error), provider_id = COALESCE(?, provider_id), "
+                "updated_at = ?, sent_at = ? WHERE delivery_id = ?",
+                (
+                    outcome.state,
+                    outcome.reason,
+                    outcome.error,
+                    outcome.provider_id,
+                    now,
+                    now if outcome.state == SENT else None,
+                    claim.delivery_id,
+                ),
+            )
+            detail = outcome.error if outcome.state != SENT else outcome.provider_id
+            write_history(conn, [(claim.delivery_id, outcome.state, outcome.reason, detail)], now)
+            return True
+
+        return await self.store.write(run)
+
+    async def requeue_stale(self, backoff: Backoff | None = None) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            moment = utcnow()
+            now = isoformat(moment)
+            expired = conn.execute(
+                "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
+                "available_at = ? WHERE lease_until < ? RETURNING delivery_id, attempt",
+                (now, now),
+            ).fetchall()
+            ids = [row[0] for row in expired]
+            if backoff is not None:
+                conn.executemany(
+                    "UPDATE pipeline_outbox SET available_at = ? WHERE delivery_id = ?",
+                    [
+                        (isoformat(moment + timedelta(seconds=backoff(attempt))), delivery_id)
+                        for delivery_id, attempt in expired
+                    ],
+                )
+            for chunk in chunks(ids):
+                conn.execute(
+                    f"UPDATE pipeline_deliveries SET state = ?, reason = 'lease_expired', "
+                    f"updated_at = ? WHERE delivery_id IN ({marks(chunk)})",
+                    (STALE, now, *chunk),
+                )
+            write_history(conn, [(i, STALE, "lease_expired", LEASE_EXPIRED) for i in ids], now)
+            return len(ids)
+
+        return await self.store.write(run)
+
+    async def depths(self) -> dict[str, dict[str, int]]:
+        def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            found: dict[str, dict[str, int]] = {}
+            for channel, state, n in conn.execute(
+                "SELECT o.channel, d.state, COUNT(*) FROM pipeline_outbox o "
+                "JOIN pipeline_deliveries d USING (delivery_id) GROUP BY o.channel, d.state"
+            ):
+                found.setdefault(channel, {})[state] = n
+            return found
+
+        return await self.store.read(run)

@@ -1,0 +1,269 @@
+"""The :class:`~tidings.delivery.stores.base.MessageStore` facet of the pipeline on SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from tidings.core.ids import new_id, new_sorted_id
+from tidings.core.models import isoformat, parse_iso, utcnow
+from tidings.delivery.models import (
+    DELETED,
+    FAILED,
+    PENDING,
+    STALE,
+    Message,
+    NewMessage,
+    PlannedDelivery,
+)
+from tidings.delivery.stores.base import (
+    DELIVERIES_PAGE,
+    MessageStore,
+    Planner,
+    encode_json,
+    message_values,
+)
+from tidings.delivery.stores.rows import (
+    DELIVERY_COLUMNS,
+    HISTORY_COLUMNS,
+    MESSAGE_COLUMNS,
+    check_body,
+    message_of,
+    subscribers,
+    with_deliveries,
+)
+from tidings.delivery.stores.sqlite.common import (
+    SqliteTables,
+    chunks,
+    marks,
+    recipients,
+    write_history,
+)
+
+T = TypeVar("T")
+
+
+class SqliteMessages(SqliteTables, MessageStore):
+    """Messages and their deliveries on SQLite."""
+
+    async def create_message(
+        self,
+        message: NewMessage,
+        counted: Sequence[str],
+        since: dict[str, datetime],
+        planner: Planner,
+        max_recipients: int,
+    ) -> tuple[Message, bool]:
+        def run(conn: sqlite3.Connection) -> tuple[Message, bool]:
+            if message.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT message_id, body_hash FROM pipeline_messages "
+                    "WHERE client_id = ? AND idempotency_key = ?",
+                    (message.client_id, message.idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    check_body(message, row[1])
+                    earlier = _message(conn, row[0], None, deliveries=False)
+                    assert earlier is not None  # the row was just read in this transaction
+                    return earlier, False
+            users = _resolve(conn, message, max_recipients)
+            planned = planner(recipients(conn, users, counted, since))
+            return _insert(conn, message, planned), True
+
+        return await self.store.write(run)
+
+    async def get_message(
+        self,
+        message_id: str,
+        client_id: str | None,
+        *,
+        deliveries: bool = True,
+        limit: int = DELIVERIES_PAGE,
+        offset: int = 0,
+    ) -> Message | None:
+        return await self.store.read(
+            lambda conn: _snapshot(
+                conn,
+                lambda: _message(
+                    conn, message_id, client_id, deliveries=deliveries, page=(limit, offset)
+                ),
+            )
+        )
+
+    async def list_messages(self, state: str | None, limit: int) -> list[Message]:
+        def run(conn: sqlite3.Connection) -> list[Message]:
+            # The state is derived: filtering by it scans a bounded window of recent messages.
+            window = limit if state is None else max(limit * 10, 1000)
+            rows = conn.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM pipeline_messages "
+                "ORDER BY created_at DESC, message_id DESC LIMIT ?",
+                (window,),
+            ).fetchall()
+            counts = _snapshot(conn, lambda: _counts(conn, [row[0] for row in rows]))
+            found = [message_of(row, counts.get(row[0], {}), parse_iso) for row in rows]
+            return [m for m in found if state is None or m.state == state][:limit]
+
+        return await self.store.read(run)
+
+    async def delete_message(self, message_id: str, client_id: str | None) -> Message | None:
+        def run(conn: sqlite3.Connection) -> Message | None:
+            if _message(conn, message_id, client_id, deliveries=False) is None:
+                return None
+            now = isoformat(utcnow())
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "UPDATE pipeline_deliveries SET state = ?, reason = ?, updated_at = ? "
+                    "WHERE message_id = ? AND state IN (?, ?) RETURNING delivery_id",
+                    (DELETED, "deleted_by_request", now, message_id, PENDING, STALE),
+                )
+            ]
+            for chunk in chunks(ids):
+                conn.execute(
+                    f"DELETE FROM pipeline_outbox WHERE delivery_id IN ({marks(chunk)})", chunk
+                )
+            write_history(conn, [(i, DELETED, "deleted_by_request", None) for i in ids], now)
+            return _message(conn, message_id, client_id)
+
+        return await self.store.write(run)
+
+    async def retry_message(self, message_id: str, client_id: str | None) -> Message | None:
+        def run(conn: sqlite3.Connection) -> Message | None:
+            if _message(conn, message_id, client_id, deliveries=False) is None:
+                return None
+            now = isoformat(utcnow())
+            # The user may have given a contact point since (a delivery that failed with
+            # no_address): the retry takes the current one.
+            rows = conn.execute(
+                "UPDATE pipeline_deliveries AS d SET state = ?, reason = ?, attempts = 0, "
+                "updated_at = ?, address = COALESCE((SELECT c.address FROM pipeline_contacts c "
+                "WHERE c.user_id = d.user_id AND c.channel = d.channel), d.address) "
+                "WHERE message_id = ? AND state = ? RETURNING delivery_id, channel",
+                (PENDING, "retried_by_request", now, message_id, FAILED),
+            ).fetchall()
+            conn.executemany(
+                "INSERT OR REPLACE INTO pipeline_outbox VALUES (?, ?, ?, NULL, NULL, 0)",
+                [(delivery_id, channel, now) for delivery_id, channel in rows],
+            )
+            write_history(conn, [(r[0], PENDING, "retried_by_request", None) for r in rows], now)
+            return _message(conn, message_id, client_id)
+
+        return await self.store.write(run)
+
+
+def _snapshot(conn: sqlite3.Connection, read: Callable[[], T]) -> T:
+    """``read()``'s statements in one read transaction: they see one state of the database
+    (a delivery's row and its history agree), not each the latest commit."""
+    conn.execute("BEGIN")
+    try:
+        return read()
+    finally:
+        conn.execute("COMMIT")
+
+
+def _resolve(conn: sqlite3.Connection, message: NewMessage, max_recipients: int) -> list[str]:
+    """The message's recipients: its users, or its topic's subscribers."""
+    if message.user_ids is not None:
+        return list(message.user_ids)
+    users = [
+        row[0]
+        for row in conn.execute(
+            "SELECT user_id FROM pipeline_topic_subscriptions WHERE topic = ? "
+            "ORDER BY user_id LIMIT ?",
+            (message.topic, max_recipients + 1),
+        )
+    ]
+    return subscribers(message, users, max_recipients)
+
+
+def _insert(
+    conn: sqlite3.Connection, message: NewMessage, planned: list[PlannedDelivery]
+) -> Message:
+    """Write the message, its planned deliveries, their history and their outbox rows."""
+    now = utcnow()
+    stamp = isoformat(now)
+    message_id = new_sorted_id()
+    conn.execute(
+        "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        message_values(message_id, message, stamp),
+    )
+    ids = [new_id() for _ in planned]
+    conn.executemany(
+        "INSERT INTO pipeline_deliveries (delivery_id, message_id, user_id, channel, address, "
+        "state, reason, counted, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                i,
+                message_id,
+                p.user_id,
+                p.channel,
+                encode_json(p.address),
+                p.state,
+                p.reason,
+                p.queued,
+                stamp,
+                stamp,
+            )
+            for i, p in zip(ids, planned, strict=True)
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO pipeline_outbox VALUES (?, ?, ?, NULL, NULL, 0)",
+        [(i, p.channel, stamp) for i, p in zip(ids, planned, strict=True) if p.queued],
+    )
+    write_history(
+        conn,
+        [(i, p.state, p.reason, p.detail) for i, p in zip(ids, planned, strict=True)],
+        stamp,
+    )
+    return Message.created(message_id, message, now, planned)
+
+
+def _counts(conn: sqlite3.Connection, message_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Deliveries per state of each message."""
+    counts: dict[str, dict[str, int]] = {}
+    for chunk in chunks(message_ids):
+        for message_id, state, n in conn.execute(
+            "SELECT message_id, state, COUNT(*) FROM pipeline_deliveries "
+            f"WHERE message_id IN ({marks(chunk)}) GROUP BY message_id, state",
+            chunk,
+        ):
+            counts.setdefault(message_id, {})[state] = n
+    return counts
+
+
+def _message(
+    conn: sqlite3.Connection,
+    message_id: str,
+    client_id: str | None,
+    *,
+    deliveries: bool = True,
+    page: tuple[int, int] = (DELIVERIES_PAGE, 0),
+) -> Message | None:
+    """The message if ``client_id`` (or anyone: ``None``) created it, with a ``page``
+    (limit, offset) of its deliveries unless not ``deliveries``."""
+    row = conn.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM pipeline_messages WHERE message_id = ?", (message_id,)
+    ).fetchone()
+    if row is None or (client_id is not None and row[1] != client_id):
+        return None
+    message = message_of(row, _counts(conn, [message_id]).get(message_id, {}), parse_iso)
+    if not deliveries:
+        return message
+    rows = conn.execute(
+        f"SELECT {DELIVERY_COLUMNS} FROM pipeline_deliveries WHERE message_id = ? ORDER BY rowid "
+        "LIMIT ? OFFSET ?",
+        (message_id, *page),
+    ).fetchall()
+    history = [
+        entry
+        for chunk in chunks([r[0] for r in rows])
+        for entry in conn.execute(
+            f"SELECT {HISTORY_COLUMNS} FROM pipeline_history "
+            f"WHERE delivery_id IN ({marks(chunk)}) ORDER BY id",
+            chunk,
+        )
+    ]
+    return with_deliveries(message, rows, history, parse_iso)
