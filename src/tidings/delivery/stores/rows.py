@@ -3,8 +3,8 @@
 The tables are the same in SQLite and PostgreSQL (the migrations ``005_pipeline.sql`` and
 ``006_pipeline.sql``); the dialects differ in how a row comes back. SQLite gives time as ISO
 text and booleans as integers, PostgreSQL ``timestamptz`` and ``bool``; both give JSON as text
-(PostgreSQL's ``jsonb`` columns are read through :func:`json_as_text`). A decoder is given the
-dialect's :data:`Time` and ``bool`` any boolean.
+(PostgreSQL's ``jsonb`` columns are read through :func:`json_as_text`). So a decoder is given
+the dialect's :data:`Time`, and passes booleans through ``bool``.
 """
 
 from __future__ import annotations
@@ -86,9 +86,8 @@ def message_of(row: Any, counts: dict[str, int], time: Time) -> Message:
     )
 
 
-def delivery_of(row: Any, time: Time) -> Delivery:
+def delivery_of(r: Any, time: Time) -> Delivery:
     """A delivery, without its history, from a row of :data:`DELIVERY_COLUMNS`."""
-    r = row
     sent = None if r[11] is None else time(r[11])
     return Delivery(
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], time(r[9]), time(r[10]), sent

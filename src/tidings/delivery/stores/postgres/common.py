@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Any
 
 from tidings.delivery.planner import Recipient
-from tidings.delivery.stores import rows
-from tidings.delivery.stores.rows import HistoryRow, recipients_of
+from tidings.delivery.stores.rows import HISTORY_COLUMNS, HistoryRow, json_as_text, recipients_of
+from tidings.delivery.stores.rows import MESSAGE_COLUMNS as STORED_MESSAGE_COLUMNS
 from tidings.storage.postgres import PostgresStore
 
-MESSAGE_COLUMNS = rows.json_as_text(rows.MESSAGE_COLUMNS)
+#: :data:`~tidings.delivery.stores.rows.MESSAGE_COLUMNS` with its ``jsonb`` columns as text
+MESSAGE_COLUMNS = json_as_text(STORED_MESSAGE_COLUMNS)
 
 
 class PostgresTables:
@@ -28,7 +29,7 @@ async def write_history(conn: Any, entries: list[HistoryRow], at: datetime) -> N
     if not entries:
         return
     await conn.execute(
-        f"INSERT INTO pipeline_history ({rows.HISTORY_COLUMNS}) "
+        f"INSERT INTO pipeline_history ({HISTORY_COLUMNS}) "
         "SELECT i, s, r, d, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
         "AS t(i, s, r, d)",
         [e[0] for e in entries],
