@@ -29,19 +29,18 @@ def new_sorted_id() -> str:
     random bits, in a base64 alphabet in ASCII order (22 characters).
 
     Notification ids are inserted into unique B-tree indexes: random ids dirty a page per row
-    once the index outgrows the cache (measured: a commit of 500 notifications on SQLite cost
-    5 ms with random ids, 1 ms with these), ids in time order append. The random bits come
-    straight from ``os.urandom``: nothing kept between calls, so nothing to reset at a fork
-    (a buffer of them saved 0.18 µs an id, under 1% of the cost of a notify)."""
+    once the index outgrows the cache; ids in time order append (docs/benchmarks.md). The
+    random bits come straight from ``os.urandom``: nothing kept between calls, so nothing to
+    reset at a fork."""
     return _sorted_id(_stamp(), os.urandom(10))
 
 
 def new_sorted_ids(n: int) -> list[str]:
     """``n`` ids as :func:`new_sorted_id` makes them, for one batch: one clock reading and one
-    read of random bytes for all (0.4-0.5 µs an id instead of 0.9)."""
+    read of random bytes for all (``bench/values.py`` measures both)."""
     stamp = _stamp()
     random = os.urandom(10 * n)
-    encode = binascii.b2a_base64  # _sorted_id inlined: a call per id would cost 0.15 µs more
+    encode = binascii.b2a_base64  # _sorted_id inlined: no call per id
     return [
         encode(stamp + random[at : at + 10], newline=False)[:22].translate(_SORTED).decode()
         for at in range(0, 10 * n, 10)

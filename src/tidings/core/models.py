@@ -115,8 +115,8 @@ def utcnow() -> datetime:
 
 def isoformat(moment: datetime) -> str:
     """ISO 8601 in UTC with microseconds and a ``Z``: sorts as text, parses everywhere.
-    (``datetime.isoformat`` rather than ``strftime``: 1.8 µs instead of 2.9, and a four-digit
-    year also before 1000.)"""
+    (``datetime.isoformat`` rather than ``strftime``: faster, and a four-digit year also
+    before 1000.)"""
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
@@ -128,7 +128,7 @@ def parse_iso(text: str) -> datetime:
 
 # The hot value types (built per notification, several per item of a batch) are frozen,
 # slotted ``msgspec`` structs: equal and hashed by their fields like frozen dataclasses, and
-# built in C (a Notification in 0.06 µs; a frozen dataclass takes 0.7). ``gc=False``: they
+# built in C (``bench/values.py``; docs/benchmarks.md). ``gc=False``: they
 # hold decoded JSON and other values, never a cycle back to themselves. Change a field with
 # ``msgspec.structs.replace``; they are not dataclasses and orjson does not write them: write
 # their ``to_dict``/``to_frame`` or their fields.

@@ -185,8 +185,8 @@ class EmailChannel(Channel):
     def raw_message(self, outgoing: Outgoing) -> bytes:
         """The email of one delivery: plain text, and an HTML alternative when there is one.
 
-        Built with the standard library's MIME classes (``compat32``), not ``EmailMessage``:
-        its header registry cost 1.2 ms per email, a third of a send (measured; these 0.2 ms).
+        Built with the standard library's MIME classes (``compat32``), not ``EmailMessage``,
+        whose header registry costs several times more per email (docs/benchmarks.md).
         """
         rendered = outgoing.rendered
         if not str(outgoing.address).isascii():
