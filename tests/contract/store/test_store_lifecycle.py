@@ -1,0 +1,105 @@
+"""The store contract of the store as a whole (storage/base.py): start before use, and the calls
+that span facets at a connect (attach, open_socket: a device's binding, the socket's registry
+row, the count and the session's topics in one call). Every backend passes it (the ``store``
+fixture of :mod:`contract.store.backends` runs each test on each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contract.store.backends import store
+from tidings.core.models import Presence, utcnow
+from tidings.errors import StoreError, TooManyConnections
+from tidings.storage import Store, create_store
+
+__all__ = ["store"]  # the fixture
+
+
+async def test_unstarted_store_refuses(tmp_path: Path) -> None:
+    """Calls before start() raise a StoreError naming the mistake."""
+    store = create_store(f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(StoreError, match="not started"):
+        await store.count("u")
+
+
+async def test_attach_registers_the_socket_and_returns_count_and_topics(store: Store) -> None:
+    """attach() registers the socket (as add_presence), and returns the user's count and the
+    session's topics in order; another session's topics are not included."""
+    await store.create_notification("u1", {"n": 1})
+    await store.create_notification("u1", {"n": 2})
+    await store.subscribe_session("u1", "tab-1", ["pet", "news"])
+    await store.subscribe_session("u1", "tab-2", ["other"])
+    socket = Presence("sock-1", "dev-1", "u1", "tab-1", "node-a", utcnow())
+    count, topics = await store.attach(socket)
+    assert (count.count, count.version) == (2, 2)
+    assert topics == ["news", "pet"]
+    assert [p.socket_id for p in await store.presence(user_id="u1")] == ["sock-1"]
+    fresh = Presence("sock-2", "dev-2", "nobody", "s", "node-a", utcnow())
+    count, topics = await store.attach(fresh)
+    assert (count.count, count.version, topics) == (0, 0, [])
+
+
+async def test_open_socket_binds_the_device_and_registers_the_socket(store: Store) -> None:
+    """open_socket() binds the device as bind_device() would and registers the socket under
+    the bound id, in the session given or else the device's own; it returns the count and the
+    session's topics. A device id of another user is not taken over: a new one is bound."""
+    await store.create_notification("u1", {"n": 1})
+    await store.subscribe_session("u1", "tab-1", ["news"])
+    since = utcnow()
+    device, count, topics = await store.open_socket(
+        "u1",
+        "dev-one-1",
+        socket_id="sock-1",
+        session_id="tab-1",
+        node_id="n",
+        connected_since=since,
+    )
+    assert (device.connection_id, device.user_id) == ("dev-one-1", "u1")
+    assert device.cursor == 1  # the queue starts after the user's latest notification
+    assert ((count.count, count.version), topics) == ((1, 1), ["news"])
+    again, _, _ = await store.open_socket(
+        "u1", "dev-one-1", socket_id="sock-2", session_id=None, node_id="n", connected_since=since
+    )
+    assert again.connection_id == "dev-one-1" and again.created_at == device.created_at
+    sockets = {p.socket_id: p for p in await store.presence(user_id="u1")}
+    assert sockets["sock-1"].connection_id == "dev-one-1"
+    assert sockets["sock-2"].session_id == "dev-one-1"  # no session: the device's
+    foreign, count, topics = await store.open_socket(
+        "u2", "dev-one-1", socket_id="sock-3", session_id=None, node_id="n", connected_since=since
+    )
+    assert foreign.user_id == "u2" and foreign.connection_id != "dev-one-1"
+    assert ((count.count, count.version), topics) == ((0, 0), [])
+    (mine,) = await store.presence(user_id="u2")
+    assert (mine.socket_id, mine.connection_id) == ("sock-3", foreign.connection_id)
+    fresh, _, _ = await store.open_socket(
+        "u2", None, socket_id="sock-4", session_id=None, node_id="n", connected_since=since
+    )
+    assert fresh.connection_id not in ("dev-one-1", foreign.connection_id)
+
+
+async def test_open_socket_over_the_cap_binds_but_registers_nothing(store: Store) -> None:
+    """Over ``max_sockets`` open_socket() raises TooManyConnections carrying the device, which
+    stays bound; the socket is not registered."""
+    since = utcnow()
+    for n in range(2):
+        await store.open_socket(
+            "u1", None, socket_id=f"s{n}", session_id=None, node_id="n", connected_since=since
+        )
+    with pytest.raises(TooManyConnections) as refused:
+        await store.open_socket(
+            "u1",
+            "dev-late-1",
+            socket_id="s-late",
+            session_id=None,
+            node_id="n",
+            connected_since=since,
+            max_sockets=2,
+        )
+    assert refused.value.device is not None
+    assert refused.value.device.connection_id == "dev-late-1"
+    assert (
+        await store.bind_device("u1", "dev-late-1")
+    ).created_at == refused.value.device.created_at
+    assert sorted(p.socket_id for p in await store.presence(user_id="u1")) == ["s0", "s1"]
