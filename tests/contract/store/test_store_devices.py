@@ -30,7 +30,8 @@ async def test_bind_device_keeps_own_id_and_refuses_foreign(store: Store) -> Non
 
 
 async def test_new_device_queue_starts_after_existing_notifications(store: Store) -> None:
-    """A device registered now waits for what comes next, not for the user's history."""
+    """A device registered now waits for what comes next, not for the user's history. Setup
+    through the notifications facet (create_notification fills the queue)."""
     await store.create_notification("alice", "old")
     device = await store.bind_device("alice", None)
     assert await store.pending(device.connection_id, "alice", 0, 100) == []
@@ -41,7 +42,8 @@ async def test_new_device_queue_starts_after_existing_notifications(store: Store
 
 
 async def test_queue_keeps_order_and_empties_only_by_ack(store: Store) -> None:
-    """Pending notifications come in creation order and leave only when acknowledged."""
+    """Pending notifications come in creation order and leave only when acknowledged. Setup
+    through the notifications facet (create_notification fills the queue)."""
     device = await store.bind_device("alice", None)
     ids = [
         (await store.create_notification("alice", i)).notification.notification_id for i in range(5)
@@ -61,7 +63,8 @@ async def test_queue_keeps_order_and_empties_only_by_ack(store: Store) -> None:
 
 
 async def test_devices_of_one_user_have_independent_queues(store: Store) -> None:
-    """One device acknowledging does not empty another's queue."""
+    """One device acknowledging does not empty another's queue. Setup through the notifications
+    facet (create_notification fills the queue)."""
     phone = await store.bind_device("alice", None)
     laptop = await store.bind_device("alice", None)
     note = (await store.create_notification("alice", "x")).notification
@@ -71,7 +74,8 @@ async def test_devices_of_one_user_have_independent_queues(store: Store) -> None
 
 
 async def test_ack_refuses_foreign_ids_and_devices(store: Store) -> None:
-    """Another user's notifications or devices cannot be acknowledged."""
+    """Another user's notifications or devices cannot be acknowledged. Setup through the
+    notifications facet (create_notification fills the queue)."""
     mine = await store.bind_device("alice", None)
     theirs = await store.bind_device("bob", None)
     bob_note = (await store.create_notification("bob", "b")).notification
@@ -83,7 +87,8 @@ async def test_ack_refuses_foreign_ids_and_devices(store: Store) -> None:
 
 
 async def test_pending_after_seq_pages_through_the_queue(store: Store) -> None:
-    """after_seq skips what was already sent on this connection."""
+    """after_seq skips what was already sent on this connection. Setup through the notifications
+    facet (create_notification fills the queue)."""
     device = await store.bind_device("alice", None)
     notes = [(await store.create_notification("alice", i)).notification for i in range(6)]
     page = await store.pending(device.connection_id, "alice", 0, 4)
@@ -92,7 +97,8 @@ async def test_pending_after_seq_pages_through_the_queue(store: Store) -> None:
 
 
 async def test_trim_by_length_and_age_reports_the_gap(store: Store) -> None:
-    """Operator limits drop the oldest queued notifications and say how many."""
+    """Operator limits drop the oldest queued notifications and say how many. Setup through the
+    notifications facet (create_notification fills the queue)."""
     device = await store.bind_device("alice", None)
     cid = device.connection_id
     for i in range(10):
@@ -109,7 +115,8 @@ async def test_trim_by_length_and_age_reports_the_gap(store: Store) -> None:
 
 
 async def test_forgotten_device_loses_its_queue(store: Store) -> None:
-    """Forgetting a device deletes its queue; its id is then unknown."""
+    """Forgetting a device deletes its queue; its id is then unknown. Setup through the
+    notifications facet (create_notification fills the queue)."""
     device = await store.bind_device("alice", None)
     await store.create_notification("alice", 1)
     assert not await store.forget_device("bob", device.connection_id)
@@ -119,7 +126,10 @@ async def test_forgotten_device_loses_its_queue(store: Store) -> None:
 
 
 async def test_operator_views(store: Store) -> None:
-    """Recent notifications come newest first; queue depth counts what a device still owes."""
+    """Recent notifications come newest first; queue depth counts what a device still owes. Setup
+    through the notifications facet (create_notification), which it also checks:
+    recent_notifications is that facet's operator view, kept next to queue_depth as in the old
+    suite."""
     device = await store.bind_device("alice", None)
     notes = [(await store.create_notification("alice", i)).notification for i in range(4)]
     assert [n.data for n in await store.recent_notifications(2)] == [3, 2]
@@ -130,7 +140,8 @@ async def test_operator_views(store: Store) -> None:
 
 
 async def test_queue_depths_in_one_call(store: Store) -> None:
-    """Depths of many devices come back together; unknown or foreign devices are left out."""
+    """Depths of many devices come back together; unknown or foreign devices are left out. Setup
+    through the notifications facet (create_notification fills the queue)."""
     phone = await store.bind_device("alice", None)
     laptop = await store.bind_device("alice", None)
     bobs = await store.bind_device("bob", None)

@@ -26,7 +26,9 @@ async def test_unstarted_store_refuses(tmp_path: Path) -> None:
 
 async def test_attach_registers_the_socket_and_returns_count_and_topics(store: Store) -> None:
     """attach() registers the socket (as add_presence), and returns the user's count and the
-    session's topics in order; another session's topics are not included."""
+    session's topics in order; another session's topics are not included. Spans facets: setup
+    through notifications (create_notification) and topics (subscribe_session), checked through
+    cluster (presence)."""
     await store.create_notification("u1", {"n": 1})
     await store.create_notification("u1", {"n": 2})
     await store.subscribe_session("u1", "tab-1", ["pet", "news"])
@@ -44,7 +46,9 @@ async def test_attach_registers_the_socket_and_returns_count_and_topics(store: S
 async def test_open_socket_binds_the_device_and_registers_the_socket(store: Store) -> None:
     """open_socket() binds the device as bind_device() would and registers the socket under
     the bound id, in the session given or else the device's own; it returns the count and the
-    session's topics. A device id of another user is not taken over: a new one is bound."""
+    session's topics. A device id of another user is not taken over: a new one is bound.
+    Spans facets: setup through notifications (create_notification) and topics
+    (subscribe_session), checked through cluster (presence)."""
     await store.create_notification("u1", {"n": 1})
     await store.subscribe_session("u1", "tab-1", ["news"])
     since = utcnow()
@@ -81,7 +85,8 @@ async def test_open_socket_binds_the_device_and_registers_the_socket(store: Stor
 
 async def test_open_socket_over_the_cap_binds_but_registers_nothing(store: Store) -> None:
     """Over ``max_sockets`` open_socket() raises TooManyConnections carrying the device, which
-    stays bound; the socket is not registered."""
+    stays bound; the socket is not registered. Spans facets: checked through devices
+    (bind_device) and cluster (presence)."""
     since = utcnow()
     for n in range(2):
         await store.open_socket(
