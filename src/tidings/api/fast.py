@@ -1,6 +1,7 @@
 """The busiest service endpoints (``POST /notify``, ``/notify/batch``, ``/publish``): what
-they do, shared by the FastAPI routes, and :func:`fast_post`, which answers them in
-``tidings serve`` without the framework."""
+they do, shared by the FastAPI routes, and :func:`fast_post`, which answers them without the
+framework wherever :class:`~tidings.node.app.TidingsApp` serves (``tidings serve`` and
+``Tidings.asgi()``); the FastAPI routes answer them when the API is mounted on its own."""
 
 from __future__ import annotations
 

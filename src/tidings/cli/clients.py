@@ -164,13 +164,13 @@ def clients_delete(client_id: str, store: str | None) -> None:
 
 def device_signer(settings: Settings) -> tuple[JwtAuthenticator, str]:
     """The authenticator signing device tokens, and where its secret comes from."""
-    from tidings.node.tidings import DEVICE_KEY, _random_key
+    from tidings.node.auth import DEVICE_KEY, random_key
 
     secret = settings.jwt_secret
     source = "TIDINGS_JWT_SECRET"
     if secret is None:
         ref = StoreRef(settings).require(TO_THE_SERVERS_SECRET)
-        secret = ref.run(lambda s: s.get_or_create_key(DEVICE_KEY, _random_key))
+        secret = ref.run(lambda s: s.get_or_create_key(DEVICE_KEY, random_key))
         source = f"the secret of the store {ref.where}"
     signer = JwtAuthenticator(secret, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
     return signer, source

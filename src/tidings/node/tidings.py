@@ -34,7 +34,7 @@ from tidings.fanout import codec
 from tidings.fanout.connection import Connection
 from tidings.fanout.registry import Registry
 from tidings.logs import safe_url
-from tidings.node.auth import DEVICE_KEY, SERVICE_KEY, Credentials, random_key
+from tidings.node.auth import DEVICE_KEY, SERVICE_KEY, Credentials
 from tidings.node.metrics import Metrics
 from tidings.node.wiring import wire
 from tidings.services.checks import check_identifier
@@ -48,11 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["DEVICE_KEY", "SERVICE_KEY", "Tidings"]
 
 logger = logging.getLogger("tidings")
-
-# Re-exported for one release: their homes are tidings.node.auth and tidings.services.checks.
-_random_key = random_key
-_check_identifier = check_identifier
-
 
 class Tidings(Lifecycle):
     """A tidings node: store, bus, connected devices, and the operations on them.
