@@ -108,3 +108,12 @@ async def test_open_socket_over_the_cap_binds_but_registers_nothing(store: Store
         await store.bind_device("u1", "dev-late-1")
     ).created_at == refused.value.device.created_at
     assert sorted(p.socket_id for p in await store.presence(user_id="u1")) == ["s0", "s1"]
+
+
+async def test_ping_answers_while_started_and_refuses_after_close(store: Store) -> None:
+    """``ping`` returns while the store is started; once it is closed it raises a StoreError
+    (the node's readiness reads this)."""
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.ping()

@@ -101,3 +101,19 @@ async def test_without_max_sessions_nothing_is_dropped(store: Store) -> None:
         await store.subscribe_session("carol", f"s{i}", ["pet"])
     for i in range(4):
         assert await store.session_topics("carol", f"s{i}") == ["pet"]
+
+
+async def test_touched_sessions_outlive_idle_ones(store: Store) -> None:
+    """``touch_sessions`` marks sessions active: ``expire`` then drops the subscriptions of the
+    sessions idle for longer than ``session_idle`` only, another user's same-named session
+    included in neither. Setup and checks through this facet only."""
+    await store.subscribe_session("alice", "open", ["pet"])
+    await store.subscribe_session("alice", "closed", ["pet"])
+    await store.subscribe_session("bob", "open", ["zoo"])
+    await asyncio.sleep(0.3)
+    await store.touch_sessions([("alice", "open")])
+    await store.touch_sessions([])  # nothing to mark: harmless
+    await store.expire(session_idle=0.2)
+    assert await store.session_topics("alice", "open") == ["pet"]
+    assert await store.session_topics("alice", "closed") == []
+    assert await store.session_topics("bob", "open") == []
