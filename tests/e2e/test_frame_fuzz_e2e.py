@@ -508,7 +508,7 @@ async def send_msg(ws: ClientConnection, msg: Msg, ctx: Ctx) -> str | None:
 def allowed_close(msg: Msg, text: str | None, authed: bool) -> int | None:
     """The close code this message may cause (None: it must be answered)."""
     if msg.bad_utf8:
-        return 1007  # RFC 6455 section 8.1 (not listed in docs/protocol.md)
+        return 1007  # RFC 6455 section 8.1, as docs/protocol.md lists it
     if text is not None and len(text.encode()) > CUT_OFF:
         return 1009
     if not authed and frame_type(text) == "authenticate":

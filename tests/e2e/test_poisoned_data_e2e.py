@@ -18,7 +18,7 @@ import pytest
 from conftest import ServerProcess, device_token
 from tidings.client import DeviceClient
 
-#: tidings.core.models.MAX_DATA_DEPTH, as docs/protocol.md states it
+#: tidings.core.limits.MAX_DATA_DEPTH, as docs/protocol.md states it
 MAX_DATA_DEPTH = 64
 #: the marker that stands in for data the node cannot read or write
 UNREADABLE_DATA = "unreadable_data"
