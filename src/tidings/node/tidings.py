@@ -49,6 +49,7 @@ __all__ = ["DEVICE_KEY", "SERVICE_KEY", "Tidings"]
 
 logger = logging.getLogger("tidings")
 
+
 class Tidings(Lifecycle):
     """A tidings node: store, bus, connected devices, and the operations on them.
 
