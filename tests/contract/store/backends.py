@@ -3,21 +3,28 @@
 The node's store interface (:class:`tidings.storage.Store`) is split into facets, each an
 abstract class in ``src/tidings/storage/facets/``, and each has its suite here:
 
-==========================  ==============================================================
+============================  ============================================================
 ``test_store_notifications``  notifications, counts and versions, the notification log
 ``test_store_devices``        device ids and each device's durable queue
 ``test_store_topics``         topic messages, replay, session subscriptions
 ``test_store_cluster``        node heartbeats and the registry of open sockets
 ``test_store_credentials``    service clients and keys
-``test_store_lifecycle``      start, and the calls that span facets (``attach``,
-                              ``open_socket``)
-==========================  ==============================================================
+``test_store_lifecycle``      start, close and ping, and the calls that span facets
+                              (``attach``, ``open_socket``)
+============================  ============================================================
 
 A new backend is written facet by facet: give :func:`create_store` its URL scheme, add a
 parameter to the ``store`` fixture below that makes an empty one, and make one suite pass
 at a time::
 
     pytest tests/contract/store/test_store_devices.py -k mybackend
+    pytest tests/contract/store -k mybackend    # every facet, once each passes alone
+
+A suite's tests touch only its facet where they can; those that set up or check through
+another facet say which in their docstrings, so a suite may need that facet's basic calls
+too. The ``postgres`` parameter needs the server of ``TIDINGS_TEST_POSTGRES_URL`` (skipped
+without it, failed in CI); a backend on a service does the same through
+``conftest.require_service``.
 """
 
 from __future__ import annotations

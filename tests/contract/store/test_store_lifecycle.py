@@ -1,7 +1,8 @@
-"""The store contract of the store as a whole (storage/base.py): start before use, and the calls
-that span facets at a connect (attach, open_socket: a device's binding, the socket's registry
-row, the count and the session's topics in one call). Every backend passes it (the ``store``
-fixture of :mod:`contract.store.backends` runs each test on each)."""
+"""The store contract of the store as a whole (storage/base.py): start before use, ping while
+started and not after close, and the calls that span facets at a connect (attach, open_socket:
+a device's binding, the socket's registry row, the count and the session's topics in one call).
+Every backend passes it (the ``store`` fixture of :mod:`contract.store.backends` runs each test
+on each)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ __all__ = ["store"]  # the fixture
 
 
 async def test_unstarted_store_refuses(tmp_path: Path) -> None:
-    """Calls before start() raise a StoreError naming the mistake."""
+    """Calls before start() raise a StoreError naming the mistake. Probed through the
+    notifications facet (count)."""
     store = create_store(f"sqlite:///{tmp_path}/x.db")
     with pytest.raises(StoreError, match="not started"):
         await store.count("u")
