@@ -34,6 +34,7 @@ from tidings.api.fast import (
 from tidings.api.oauth import mount_oauth
 from tidings.api.pipeline import mount_pipeline
 from tidings.api.ports import ApiNode
+from tidings.api.push_tokens import mount_push_tokens
 from tidings.api.schemas import (
     ApiErrorBody,
     Health,
@@ -300,5 +301,6 @@ def create_api(tidings: ApiNode, *, manage_lifespan: bool = True) -> FastAPI:
         return Response(await tidings.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     mount_pipeline(app, tidings, require_scope)
+    mount_push_tokens(app, tidings, require_scope)
     mount_web(app, tidings, require_scope)
     return app

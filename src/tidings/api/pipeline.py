@@ -7,14 +7,15 @@ device JWT, which always acts on the token's own user.
 
 # No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
 # dependencies local to the functions that mount them.
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tidings.api.common import RequireScope, authorize, check_identifier
+from tidings.api.callers import Caller, device_caller, service_caller
+from tidings.api.common import RequireScope, authorize
 from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
@@ -30,7 +31,6 @@ from tidings.delivery.models import Content, NewMessage, message_data_problem
 from tidings.delivery.pipeline import body_hash
 from tidings.errors import (
     ApiError,
-    AuthError,
     Conflict,
     InvalidAddress,
     InvalidArgument,
@@ -39,8 +39,6 @@ from tidings.errors import (
 )
 
 T = TypeVar("T")
-#: who a preferences call acts for: (user id, the device JWT's claims, or None for a service)
-Caller = tuple[str, dict[str, Any] | None]
 #: a channel's name: a built-in one or one the application registered (the pipeline checks it)
 ChannelName = Annotated[str, Field(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
 ChannelPath = Annotated[str, Path(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
@@ -186,24 +184,6 @@ def mount_pipeline(
             await authorize(tidings, header, "admin")
             return None
 
-    async def device_user(request: Request) -> Caller:
-        """The user of the device JWT in ``Authorization``, and the token's claims."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a device JWT is required (Authorization: Bearer)",
-                {"WWW-Authenticate": 'Bearer realm="tidings"'},
-            )
-        try:
-            principal = await tidings.authenticator.authenticate(token.strip())
-        except AuthError as exc:
-            raise ApiError(
-                401, "invalid_token", str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            ) from None
-        return principal.user_id, principal.claims
-
     def found(message: Any, message_id: str) -> dict[str, Any]:
         if message is None:
             raise ApiError(404, "not_found", f"no message {message_id!r}")
@@ -325,7 +305,7 @@ def mount_pipeline(
         return JSONResponse(found(message, message_id))
 
     mount_templates(router, tidings, require_scope, errors, not_found)
-    mount_preferences(router, tidings, require_scope, device_user, errors)
+    mount_preferences(router, tidings, require_scope, errors)
     app.include_router(router)
 
 
@@ -383,22 +363,13 @@ def mount_preferences(
     router: APIRouter,
     tidings: ApiNode,
     require_scope: RequireScope,
-    device_user: Callable[[Request], Awaitable[Caller]],
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
     """The same five routes under ``/me`` (device JWT) and ``/users/{user_id}`` (service)."""
-
-    async def service_user(
-        user_id: Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_LENGTH)],
-        _: Annotated[ServicePrincipal, Depends(require_scope("messages"))],
-    ) -> Caller:
-        await _call(_checked(user_id))
-        return user_id, None  # a service: trusted with any topic
-
-    async def _checked(user_id: str) -> None:
-        check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
-
-    for prefix, who in (("/me", device_user), ("/users/{user_id}", service_user)):
+    for prefix, who in (
+        ("/me", device_caller(tidings)),
+        ("/users/{user_id}", service_caller(require_scope)),
+    ):
         user = Annotated[Caller, Depends(who)]
 
         @router.get(f"{prefix}/preferences", responses=errors, tags=["preferences"])

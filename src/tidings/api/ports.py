@@ -19,6 +19,7 @@ from tidings.core.models import (
     Notification,
     NotifyResult,
     Presence,
+    PushToken,
     Replay,
     TopicMessage,
 )
@@ -62,6 +63,11 @@ class ApiStore(Protocol):
     async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]: ...
     async def list_nodes(self) -> list[NodeInfo]: ...
     async def recent_notifications(self, limit: int) -> list[Notification]: ...
+    async def register_push_token(
+        self, user_id: str, platform: str, token: str, app_id: str | None, *, max_per_user: int
+    ) -> tuple[PushToken, bool]: ...
+    async def push_tokens(self, user_id: str, platform: str | None = None) -> list[PushToken]: ...
+    async def delete_push_token(self, user_id: str, token_id: str) -> bool: ...
 
 
 class Sockets(Protocol):

@@ -212,6 +212,34 @@ class ServiceClient:
     secret_hash: str = field(repr=False, default="")
 
 
+@dataclass(frozen=True, slots=True)
+class PushToken:
+    """A phone's (or an app's) address at a push provider, registered for one user."""
+
+    #: tidings' id of the registration (what ``DELETE …/push-tokens/{id}`` names)
+    token_id: str
+    user_id: str
+    #: the provider: ``apns``, ``fcm`` or ``expo`` (:data:`~tidings.core.limits.PUSH_PLATFORMS`)
+    platform: str
+    #: the provider's token for the device
+    token: str
+    #: the application it belongs to (an APNs bundle id, an FCM app), if the app says
+    app_id: str | None
+    created_at: datetime
+    #: when a send last used it (``None``: never yet)
+    last_used_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.token_id,
+            "platform": self.platform,
+            "token": self.token,
+            "app_id": self.app_id,
+            "created_at": isoformat(self.created_at),
+            "last_used_at": isoformat(self.last_used_at) if self.last_used_at else None,
+        }
+
+
 class Device(msgspec.Struct, frozen=True, gc=False):
     """A device: one ``connection_id`` bound to one user, with its queue's cursor."""
 

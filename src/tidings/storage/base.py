@@ -14,11 +14,20 @@ from tidings.storage.facets import (
     CredentialStore,
     DeviceStore,
     NotificationStore,
+    PushTokenStore,
     TopicStore,
 )
 
 
-class Store(Lifecycle, NotificationStore, DeviceStore, TopicStore, ClusterStore, CredentialStore):
+class Store(
+    Lifecycle,
+    NotificationStore,
+    DeviceStore,
+    TopicStore,
+    ClusterStore,
+    CredentialStore,
+    PushTokenStore,
+):
     """Durable state of tidings: every facet in one database.
 
     Counts are maintained in the transaction that changes them, so an event can carry the

@@ -9,6 +9,7 @@ abstract class in ``src/tidings/storage/facets/``, and each has its suite here:
 ``test_store_topics``         topic messages, replay, session subscriptions
 ``test_store_cluster``        node heartbeats and the registry of open sockets
 ``test_store_credentials``    service clients and keys
+``test_store_push_tokens``    each user's push tokens (APNs, FCM, Expo)
 ``test_store_lifecycle``      start, close and ping, and the calls that span facets
                               (``attach``, ``open_socket``)
 ============================  ============================================================

@@ -10,6 +10,14 @@ from tidings.storage.facets.cluster import ClusterStore
 from tidings.storage.facets.credentials import CredentialStore
 from tidings.storage.facets.devices import DeviceStore
 from tidings.storage.facets.notifications import NotificationStore
+from tidings.storage.facets.push_tokens import PushTokenStore
 from tidings.storage.facets.topics import TopicStore
 
-__all__ = ["ClusterStore", "CredentialStore", "DeviceStore", "NotificationStore", "TopicStore"]
+__all__ = [
+    "ClusterStore",
+    "CredentialStore",
+    "DeviceStore",
+    "NotificationStore",
+    "PushTokenStore",
+    "TopicStore",
+]

@@ -7,11 +7,17 @@ from tidings.storage.postgres.credentials import PostgresCredentials
 from tidings.storage.postgres.devices import PostgresDevices
 from tidings.storage.postgres.engine import PostgresEngine
 from tidings.storage.postgres.notifications import PostgresNotifications
+from tidings.storage.postgres.push_tokens import PostgresPushTokens
 from tidings.storage.postgres.topics import PostgresTopics
 
 
 class PostgresStore(
-    PostgresNotifications, PostgresDevices, PostgresTopics, PostgresCluster, PostgresCredentials
+    PostgresNotifications,
+    PostgresDevices,
+    PostgresTopics,
+    PostgresCluster,
+    PostgresCredentials,
+    PostgresPushTokens,
 ):
     """Store in PostgreSQL (version 12 or later)."""
 

@@ -7,11 +7,17 @@ from tidings.storage.sqlite.credentials import SqliteCredentials
 from tidings.storage.sqlite.devices import SqliteDevices
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.notifications import SqliteNotifications
+from tidings.storage.sqlite.push_tokens import SqlitePushTokens
 from tidings.storage.sqlite.topics import SqliteTopics
 
 
 class SqliteStore(
-    SqliteNotifications, SqliteDevices, SqliteTopics, SqliteCluster, SqliteCredentials
+    SqliteNotifications,
+    SqliteDevices,
+    SqliteTopics,
+    SqliteCluster,
+    SqliteCredentials,
+    SqlitePushTokens,
 ):
     """Store in one SQLite file (``sqlite:///path.db``; ``sqlite:///:memory:`` for tests)."""
 

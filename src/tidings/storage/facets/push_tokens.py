@@ -1,0 +1,52 @@
+"""The :class:`PushTokenStore` facet of :class:`~tidings.storage.base.Store`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from tidings.core.models import PushToken
+
+
+class PushTokenStore(ABC):
+    """Push tokens: each user's addresses at the push providers (APNs, FCM, Expo).
+
+    A ``(platform, token)`` pair belongs to one user at a time: registering it for another
+    user moves it (a phone signed into another account). Every method raises
+    :class:`~tidings.errors.StoreUnavailable` when the database cannot be reached, having
+    written nothing.
+    """
+
+    @abstractmethod
+    async def register_push_token(
+        self,
+        user_id: str,
+        platform: str,
+        token: str,
+        app_id: str | None,
+        *,
+        max_per_user: int,
+    ) -> tuple[PushToken, bool]:
+        """Register ``token`` for ``user_id``; ``(registration, created)``.
+
+        The user's own token again: the same registration (its ``app_id`` updated), not
+        created. Another user's: it moves, under a new id, created. Past ``max_per_user``
+        tokens the user's least recently used one is dropped."""
+
+    @abstractmethod
+    async def push_tokens(self, user_id: str, platform: str | None = None) -> list[PushToken]:
+        """The user's tokens (of ``platform`` only, if given), oldest first."""
+
+    @abstractmethod
+    async def delete_push_token(self, user_id: str, token_id: str) -> bool:
+        """Remove the user's registration ``token_id``; ``False`` if the user has none by
+        that id (another user's id included: nothing changes)."""
+
+    @abstractmethod
+    async def remove_push_token(self, platform: str, token: str) -> bool:
+        """Remove a token the provider said is gone, whoever holds it; ``True`` if it was
+        registered."""
+
+    @abstractmethod
+    async def touch_push_tokens(self, token_ids: Sequence[str]) -> None:
+        """Record that a send used these registrations now."""

@@ -1,0 +1,98 @@
+"""The PushTokenStore facet of the PostgreSQL store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tidings.core.ids import new_id
+from tidings.core.models import PushToken, utcnow
+from tidings.storage.postgres.engine import PostgresEngine
+
+COLUMNS = "token_id, user_id, platform, token, app_id, created_at, last_used_at"
+
+
+def push_token(row: Any) -> PushToken:
+    return PushToken(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+
+
+class PostgresPushTokens(PostgresEngine):
+    """The PushTokenStore facet on PostgreSQL."""
+
+    async def register_push_token(
+        self,
+        user_id: str,
+        platform: str,
+        token: str,
+        app_id: str | None,
+        *,
+        max_per_user: int,
+    ) -> tuple[PushToken, bool]:
+        async with self.connection(transaction=True) as conn:
+            # One registration of a (platform, token) at a time, across users and nodes.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{platform}:{token}"
+            )
+            row = await conn.fetchrow(
+                f"SELECT {COLUMNS} FROM push_tokens WHERE platform = $1 AND token = $2",
+                platform,
+                token,
+            )
+            if row is not None and row["user_id"] == user_id:
+                await conn.execute(
+                    "UPDATE push_tokens SET app_id = $1 WHERE token_id = $2", app_id, row[0]
+                )
+                return push_token((*tuple(row)[:4], app_id, *tuple(row)[5:])), False
+            if row is not None:  # another user's: it moves, under a new id
+                await conn.execute("DELETE FROM push_tokens WHERE token_id = $1", row[0])
+            await conn.execute(
+                "DELETE FROM push_tokens WHERE token_id IN (SELECT token_id FROM push_tokens "
+                "WHERE user_id = $1 ORDER BY coalesce(last_used_at, created_at) DESC, "
+                "created_at DESC OFFSET $2)",
+                user_id,
+                max(max_per_user - 1, 0),
+            )
+            made = PushToken(new_id(), user_id, platform, token, app_id, utcnow())
+            await conn.execute(
+                f"INSERT INTO push_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+                made.token_id,
+                user_id,
+                platform,
+                token,
+                app_id,
+                made.created_at,
+            )
+        return made, True
+
+    async def push_tokens(self, user_id: str, platform: str | None = None) -> list[PushToken]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {COLUMNS} FROM push_tokens WHERE user_id = $1 "
+                "AND ($2::text IS NULL OR platform = $2) ORDER BY created_at, token_id",
+                user_id,
+                platform,
+            )
+        return [push_token(row) for row in rows]
+
+    async def delete_push_token(self, user_id: str, token_id: str) -> bool:
+        async with self.connection() as conn:
+            status = await conn.execute(
+                "DELETE FROM push_tokens WHERE token_id = $1 AND user_id = $2", token_id, user_id
+            )
+        return bool(status != "DELETE 0")
+
+    async def remove_push_token(self, platform: str, token: str) -> bool:
+        async with self.connection() as conn:
+            status = await conn.execute(
+                "DELETE FROM push_tokens WHERE platform = $1 AND token = $2", platform, token
+            )
+        return bool(status != "DELETE 0")
+
+    async def touch_push_tokens(self, token_ids: Sequence[str]) -> None:
+        if not token_ids:
+            return
+        async with self.connection() as conn:
+            await conn.execute(
+                "UPDATE push_tokens SET last_used_at = now() WHERE token_id = ANY($1::text[])",
+                list(token_ids),
+            )

@@ -1,0 +1,110 @@
+"""The store contract of the push-tokens facet (storage/facets/push_tokens.py): each user's
+addresses at APNs, FCM and Expo, one user per (platform, token) at a time. Every backend passes
+it (the ``store`` fixture of :mod:`contract.store.backends` runs each test on each); setup and
+checks through this facet only."""
+
+from __future__ import annotations
+
+import asyncio
+
+from contract.store.backends import store
+from tidings.storage import Store
+
+__all__ = ["store"]  # the fixture
+
+CAP = 100
+
+
+async def test_register_list_and_register_again(store: Store) -> None:
+    """A new token is created with an id; the same token again is the same registration (its
+    app id updated), not created; the user's tokens list oldest first, by platform too."""
+    first, created = await store.register_push_token(
+        "ann", "apns", "a" * 64, "com.x", max_per_user=CAP
+    )
+    assert created and first.user_id == "ann" and first.last_used_at is None
+    await asyncio.sleep(0.002)
+    second, created = await store.register_push_token(
+        "ann", "fcm", "f-token", None, max_per_user=CAP
+    )
+    again, created_again = await store.register_push_token(
+        "ann", "apns", "a" * 64, "com.y", max_per_user=CAP
+    )
+    assert not created_again
+    assert (again.token_id, again.app_id, again.created_at) == (
+        first.token_id,
+        "com.y",
+        first.created_at,
+    )
+    listed = await store.push_tokens("ann")
+    assert [(t.token_id, t.platform, t.app_id) for t in listed] == [
+        (first.token_id, "apns", "com.y"),
+        (second.token_id, "fcm", None),
+    ]
+    assert [t.token for t in await store.push_tokens("ann", "fcm")] == ["f-token"]
+    assert await store.push_tokens("nobody") == []
+
+
+async def test_a_token_registered_by_another_user_moves(store: Store) -> None:
+    """One phone, two accounts: the token leaves the first user and is the second's under a
+    new id; the same token on another platform is another registration."""
+    ann, _ = await store.register_push_token("ann", "fcm", "shared", None, max_per_user=CAP)
+    await store.register_push_token("ann", "expo", "shared", None, max_per_user=CAP)
+    bob, created = await store.register_push_token("bob", "fcm", "shared", None, max_per_user=CAP)
+    assert created and bob.token_id != ann.token_id and bob.user_id == "bob"
+    assert [t.platform for t in await store.push_tokens("ann")] == ["expo"]
+    assert [t.token_id for t in await store.push_tokens("bob")] == [bob.token_id]
+
+
+async def test_delete_only_ones_own_registration(store: Store) -> None:
+    """A user deletes their own registration by id; another user's id or an unknown one
+    deletes nothing."""
+    ann, _ = await store.register_push_token("ann", "apns", "b" * 64, None, max_per_user=CAP)
+    assert not await store.delete_push_token("bob", ann.token_id)
+    assert not await store.delete_push_token("ann", "no-such-id")
+    assert len(await store.push_tokens("ann")) == 1
+    assert await store.delete_push_token("ann", ann.token_id)
+    assert await store.push_tokens("ann") == []
+    assert not await store.delete_push_token("ann", ann.token_id)
+
+
+async def test_provider_removal_and_last_use(store: Store) -> None:
+    """A token the provider says is gone is removed whoever holds it; a send's use is
+    recorded on the registrations it used."""
+    used, _ = await store.register_push_token("ann", "fcm", "used", None, max_per_user=CAP)
+    await store.register_push_token("ann", "fcm", "gone", None, max_per_user=CAP)
+    assert await store.remove_push_token("fcm", "gone")
+    assert not await store.remove_push_token("fcm", "gone")
+    assert not await store.remove_push_token("apns", "used")  # platform and token together
+    await store.touch_push_tokens([used.token_id, "unknown-id"])
+    await store.touch_push_tokens([])
+    [kept] = await store.push_tokens("ann")
+    assert kept.token_id == used.token_id and kept.last_used_at is not None
+    assert kept.last_used_at >= kept.created_at
+
+
+async def test_past_the_cap_the_least_recently_used_goes(store: Store) -> None:
+    """A user holds at most ``max_per_user`` tokens: a new one replaces the one used least
+    recently (never used counts from its registration), and other users keep theirs."""
+    tokens = []
+    for n in range(3):
+        made, _ = await store.register_push_token("ann", "fcm", f"t{n}", None, max_per_user=3)
+        tokens.append(made)
+        await asyncio.sleep(0.002)
+    await store.register_push_token("bob", "fcm", "b0", None, max_per_user=3)
+    await store.touch_push_tokens([tokens[0].token_id])  # t0 used just now; t1 is the oldest
+    await asyncio.sleep(0.002)
+    await store.register_push_token("ann", "fcm", "t3", None, max_per_user=3)
+    assert sorted(t.token for t in await store.push_tokens("ann")) == ["t0", "t2", "t3"]
+    assert [t.token for t in await store.push_tokens("bob")] == ["b0"]
+
+
+async def test_concurrent_registrations_of_one_token_leave_one_holder(store: Store) -> None:
+    """Two users registering the same token at once: exactly one holds it afterwards."""
+    await asyncio.gather(
+        *(
+            store.register_push_token(user, "apns", "c" * 64, None, max_per_user=CAP)
+            for user in ("ann", "bob", "cid", "dee")
+        )
+    )
+    holders = [u for u in ("ann", "bob", "cid", "dee") if await store.push_tokens(u)]
+    assert len(holders) == 1
