@@ -211,18 +211,27 @@ class DeliveryFailure(TidingsError):
     delivery (``provider_error``, ``rejected``, ``timeout``, ``unreachable``, ``gone`` …);
     the message is the provider's own words, recorded as the delivery's ``last_error``."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, notes: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        #: what happened at each of several addresses (a user's push tokens), as
+        #: ``(reason, detail)`` pairs: each becomes an entry of the delivery's history
+        self.notes = notes
 
 
 class TransientFailure(DeliveryFailure):
     """Worth another try: the delivery is retried with backoff. ``retry_after`` (seconds) is
     the provider's own hint, when it gave one (HTTP ``Retry-After``)."""
 
-    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(reason, message)
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        retry_after: float | None = None,
+        notes: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(reason, message, notes)
         self.retry_after = retry_after
 
 

@@ -170,7 +170,8 @@ async def test_unknown_channel_in_a_message_is_refused(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument) as refused:
             await node.pipeline.post(["in_app", "pigeon"], user_ids=["a"], content=Content("x"))
         assert str(refused.value) == (
-            "unknown channel 'pigeon'; channels must be among in_app, email, webhook, web_push, sms"
+            "unknown channel 'pigeon'; channels must be among "
+            "in_app, email, webhook, web_push, sms, apns"
         )
         with pytest.raises(InvalidArgument, match="pigeon"):
             await node.pipeline.set_channel("a", "pigeon", False)
@@ -208,8 +209,8 @@ def test_builtins_register_through_the_entry_point_group() -> None:
     """tidings' own five channels are entry points of ``tidings.channels``, in documented
     order, each a class declaring the name it is registered under."""
     registry = ChannelRegistry()
-    assert registry.names()[:5] == ("in_app", "email", "webhook", "web_push", "sms")
-    assert [registry.load(name).name for name in registry.names()[:5]] == list(registry.names()[:5])
+    assert registry.names()[:6] == ("in_app", "email", "webhook", "web_push", "sms", "apns")
+    assert [registry.load(name).name for name in registry.names()[:6]] == list(registry.names()[:6])
 
 
 async def test_instance_replaces_the_registered_channel_of_its_name(tmp_path: Path) -> None:

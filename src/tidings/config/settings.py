@@ -330,6 +330,20 @@ class Settings(BaseSettings):
     sms_url: str | None = Field(None, description="The SMS provider's HTTP endpoint.")
     sms_token: str | None = Field(None, description="Bearer token for the SMS provider.")
     sms_from: str | None = Field(None, description="Sender id or number for SMS.")
+    # Phones (APNs; docs/pipeline.md)
+    apns_key_file: str | None = Field(
+        None, description="APNs auth key (.p8) for provider tokens. Unset: no apns channel."
+    )
+    apns_key_id: str | None = Field(None, description="The APNs auth key's id (10 characters).")
+    apns_team_id: str | None = Field(None, description="The Apple developer team id.")
+    apns_topic: str | None = Field(None, description="The app's bundle id (`apns-topic`).")
+    apns_url: str = Field(
+        "https://api.push.apple.com",
+        description="APNs host; https://api.sandbox.push.apple.com for development builds.",
+    )
+    push_ca_file: str | None = Field(
+        None, description="Extra CA certificates (PEM) to trust for the push providers."
+    )
     provider_timeout: float = Field(10.0, gt=0, description="Seconds per send to a provider.")
     allow_private_addresses: bool = Field(
         False,

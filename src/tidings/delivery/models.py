@@ -289,3 +289,6 @@ class Outcome:
     error: str | None = None
     provider_id: str | None = None
     retry_at: datetime | None = None
+    #: ``(reason, detail)`` per address a send went to (a user's push tokens), written to the
+    #: delivery's history before the outcome's own entry
+    notes: tuple[tuple[str, str], ...] = ()

@@ -23,6 +23,7 @@ from tidings.delivery.channels.base import (
     Channel,
     Outgoing,
     PermanentFailure,
+    Sent,
     TransientFailure,
 )
 from tidings.delivery.models import FAILED, PENDING, SENT, Claim, Outcome
@@ -204,24 +205,31 @@ class Worker:
             claim.template_id,
         )
         try:
-            provider_id = await asyncio.wait_for(
-                channel.send(outgoing), settings.provider_timeout + 5
-            )
+            result = await asyncio.wait_for(channel.send(outgoing), settings.provider_timeout + 5)
         except TransientFailure as exc:
-            return self._retry(claim, exc.reason, exc.message, exc.retry_after)
+            return self._retry(claim, exc.reason, exc.message, exc.retry_after, exc.notes)
         except PermanentFailure as exc:
-            return Outcome(FAILED, exc.reason, exc.message)
+            return Outcome(FAILED, exc.reason, exc.message, notes=exc.notes)
         except TimeoutError:
             return self._retry(claim, "timeout", "the provider did not answer in time", None)
         except Exception as exc:  # a channel's bug must not kill the worker
             logger.exception("channel %s failed on delivery %s", claim.channel, claim.delivery_id)
             return self._retry(claim, "provider_error", f"{type(exc).__name__}: {exc}", None)
-        return Outcome(SENT, "sent", provider_id=provider_id)
+        if isinstance(result, Sent):
+            return Outcome(SENT, "sent", provider_id=result.provider_id, notes=result.notes)
+        return Outcome(SENT, "sent", provider_id=result)
 
-    def _retry(self, claim: Claim, reason: str, error: str, hint: float | None) -> Outcome:
+    def _retry(
+        self,
+        claim: Claim,
+        reason: str,
+        error: str,
+        hint: float | None,
+        notes: tuple[tuple[str, str], ...] = (),
+    ) -> Outcome:
         settings = self.pipeline.settings
         if claim.attempt >= settings.pipeline_max_attempts:
-            return Outcome(FAILED, "max_attempts", f"{reason}: {error}")
+            return Outcome(FAILED, "max_attempts", f"{reason}: {error}", notes=notes)
         delay = retry_delay(
             claim.attempt,
             settings.pipeline_retry_base,
@@ -229,4 +237,6 @@ class Worker:
             hint,
             random.random(),
         )
-        return Outcome(PENDING, "retry", f"{reason}: {error}", retry_at=retry_at(delay))
+        return Outcome(
+            PENDING, "retry", f"{reason}: {error}", retry_at=retry_at(delay), notes=notes
+        )

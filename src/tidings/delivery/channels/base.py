@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 #: tidings' own channels, in the order they are documented; every channel, these included, is
 #: known by the name it registers (:mod:`tidings.delivery.registry`)
-CHANNEL_NAMES = ("in_app", "email", "webhook", "web_push", "sms")
+CHANNEL_NAMES = ("in_app", "email", "webhook", "web_push", "sms", "apns")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,16 @@ class Outgoing:
     #: the message's template id, when it had one
     template_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What :meth:`Channel.send` may return instead of a bare provider id, when the send went
+    to several addresses: the provider's id(s) and, per address, ``(reason, detail)`` for the
+    delivery's history."""
+
+    provider_id: str | None
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 class Channel(Lifecycle, ABC):
@@ -109,8 +119,9 @@ class Channel(Lifecycle, ABC):
         return address
 
     @abstractmethod
-    async def send(self, outgoing: Outgoing) -> str | None:
-        """Send one delivery; the provider's message id when it gives one.
+    async def send(self, outgoing: Outgoing) -> str | Sent | None:
+        """Send one delivery; the provider's message id when it gives one (a :class:`Sent`
+        when the delivery went to several addresses, with a note for each).
 
         Must finish or raise within the channel's own timeout (well below the worker's lease).
 

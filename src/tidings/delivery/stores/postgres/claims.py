@@ -106,7 +106,12 @@ class PostgresClaims(PostgresTables, ClaimStore):
             )
             detail = outcome.error if outcome.state != SENT else outcome.provider_id
             await write_history(
-                conn, [(claim.delivery_id, outcome.state, outcome.reason, detail)], now
+                conn,
+                [
+                    *((claim.delivery_id, ACTIVE, note, text) for note, text in outcome.notes),
+                    (claim.delivery_id, outcome.state, outcome.reason, detail),
+                ],
+                now,
             )
         return True
 

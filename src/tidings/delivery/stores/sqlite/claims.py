@@ -113,7 +113,14 @@ class SqliteClaims(SqliteTables, ClaimStore):
                 ),
             )
             detail = outcome.error if outcome.state != SENT else outcome.provider_id
-            write_history(conn, [(claim.delivery_id, outcome.state, outcome.reason, detail)], now)
+            write_history(
+                conn,
+                [
+                    *((claim.delivery_id, ACTIVE, note, text) for note, text in outcome.notes),
+                    (claim.delivery_id, outcome.state, outcome.reason, detail),
+                ],
+                now,
+            )
             return True
 
         return await self.store.write(run)

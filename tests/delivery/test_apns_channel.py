@@ -1,0 +1,227 @@
+"""The ``apns`` channel end to end: ``POST /messages`` on a real node (SQLite, its own
+workers) to a fake APNs at the HTTP boundary (TLS, HTTP/2 only, provider tokens verified with
+the test auth key, support/fake_apns.py). Push tokens come from ``/me/push-tokens``; each
+token's outcome is in the delivery's history."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import JWT_SECRET, device_token
+from support.fake_apns import FakeApns, make_p8_key
+from tidings import Tidings
+from tidings.auth.oauth import create_client
+from tidings.delivery.models import Message
+from tidings.errors import ConfigurationError
+from tidings.node.app import TidingsApp
+
+BUNDLE_ID = "com.example.tidings"
+PHONE = "ab" * 32
+TABLET = "cd" * 32
+
+
+@pytest.fixture(scope="module")
+def apns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeApns, Path, str, str]]:
+    path, key_id, team_id = make_p8_key(tmp_path_factory.mktemp("apns-key"))
+    with FakeApns.running(path, team_id=team_id, key_id=key_id, bundle_id=BUNDLE_ID) as fake:
+        yield fake, path, key_id, team_id
+
+
+def apns_settings(apns: tuple[FakeApns, Path, str, str]) -> dict[str, Any]:
+    fake, path, key_id, team_id = apns
+    return {
+        "apns_key_file": str(path),
+        "apns_key_id": key_id,
+        "apns_team_id": team_id,
+        "apns_topic": BUNDLE_ID,
+        "apns_url": fake.url,
+        "push_ca_file": str(fake.ca_path),
+    }
+
+
+@pytest.fixture
+async def node(
+    tmp_path: Path, apns: tuple[FakeApns, Path, str, str]
+) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient, dict[str, str]]]:
+    apns[0].clear()
+    async with Tidings(
+        store=f"sqlite:///{tmp_path}/a.db",
+        jwt_secret=JWT_SECRET,
+        pipeline_poll_interval=0.05,
+        pipeline_retry_base=0.05,
+        pipeline_retry_max=2.0,  # a provider's Retry-After is honoured up to this
+        **apns_settings(apns),
+    ) as tidings:
+        client, secret = await create_client(tidings.store, "svc", ["messages"])
+        issued = await tidings.service_auth.issue(client.client_id, secret, "messages")
+        transport = httpx.ASGITransport(app=TidingsApp(tidings, manage_lifespan=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield tidings, http, {"Authorization": f"Bearer {issued.access_token}"}
+
+
+async def register(http: httpx.AsyncClient, user: str, token: str) -> None:
+    answer = await http.post(
+        "/me/push-tokens",
+        json={"platform": "apns", "token": token, "app_id": BUNDLE_ID},
+        headers={"Authorization": f"Bearer {device_token(user)}"},
+    )
+    assert answer.status_code == 201, answer.text
+
+
+async def post(http: httpx.AsyncClient, service: dict[str, str], user: str) -> str:
+    answer = await http.post(
+        "/messages",
+        json={
+            "recipients": {"user_ids": [user]},
+            "channels": ["apns"],
+            "content": {"subject": "Order {{ n }}", "text": "Order {{ n }} has shipped"},
+            "data": {"n": 42},
+        },
+        headers=service,
+    )
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["message_id"])
+
+
+async def settled(node: Tidings, message_id: str, timeout: float = 10.0) -> Message:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await node.pipeline.store.get_message(message_id, None)
+        assert found is not None
+        if found.deliveries and all(d.state in ("sent", "failed") for d in found.deliveries):
+            return found
+        assert time.monotonic() < deadline, f"not settled: {found}"
+        await asyncio.sleep(0.05)
+
+
+async def history(node: Tidings, message_id: str) -> list[tuple[str, str]]:
+    found = await node.pipeline.store.get_message(message_id, None)
+    assert found is not None and found.deliveries
+    return [(h.reason, h.detail or "") for h in found.deliveries[0].history]
+
+
+async def test_every_token_gets_the_push_with_the_users_badge(node: Any, apns: Any) -> None:
+    """Both phones get the alert with the rendered text, the badge the user's unseen count,
+    the topic and push type APNs needs, on one HTTP/2 connection; the delivery is sent and
+    its history has each token's outcome."""
+    tidings, http, service = node
+    fake: FakeApns = apns[0]
+    await register(http, "ann", PHONE)
+    await register(http, "ann", TABLET)
+    for n in range(3):
+        await tidings.notify("ann", {"n": n})
+    message_id = await post(http, service, "ann")
+    done = await settled(tidings, message_id)
+    assert [d.state for d in done.deliveries or []] == ["sent"]
+    for token in (PHONE, TABLET):
+        [request] = fake.accepted_for(token)
+        assert request.http_version == "2"
+        assert request.headers["apns-topic"] == BUNDLE_ID
+        assert request.headers["apns-push-type"] == "alert"
+        aps = request.payload["aps"]
+        assert aps["alert"] == {"title": "Order 42", "body": "Order 42 has shipped"}
+        assert aps["badge"] == 3
+        assert request.payload["tidings"]["data"] == {"n": 42}
+    assert len(fake.connections) == 1
+    notes = await history(tidings, message_id)
+    assert sorted(reason for reason, _ in notes if reason.startswith("token_")) == [
+        "token_sent",
+        "token_sent",
+    ]
+    assert all(t.last_used_at is not None for t in await tidings.store.push_tokens("ann"))
+
+
+async def test_a_token_apns_calls_unregistered_is_removed(node: Any, apns: Any) -> None:
+    """410 Unregistered on one token: the delivery is sent through the other, the gone token
+    leaves the registry, and the history says so; a user whose only token is gone gets a
+    failed delivery (``gone``)."""
+    tidings, http, service = node
+    fake: FakeApns = apns[0]
+    gone = "ef" * 32
+    fake.unregister(gone)
+    await register(http, "bob", PHONE)
+    await register(http, "bob", gone)
+    message_id = await post(http, service, "bob")
+    done = await settled(tidings, message_id)
+    assert [d.state for d in done.deliveries or []] == ["sent"]
+    assert [t.token for t in await tidings.store.push_tokens("bob")] == [PHONE]
+    notes = await history(tidings, message_id)
+    assert ("token_removed", f"…{gone[-8:]}: 410 Unregistered") in notes
+    bad = "0f" * 32
+    fake.script(bad, 400, "BadDeviceToken")
+    await register(http, "cyd", bad)
+    message_id = await post(http, service, "cyd")
+    done = await settled(tidings, message_id)
+    [delivery] = done.deliveries or []
+    assert (delivery.state, delivery.reason) == ("failed", "gone")
+    assert await tidings.store.push_tokens("cyd") == []
+
+
+async def test_429_is_retried_after_retry_after(node: Any, apns: Any) -> None:
+    """APNs 429 with ``retry-after: 1``: the delivery waits at least that long, then is
+    sent; the history shows the retry and the token's two outcomes."""
+    tidings, http, service = node
+    fake: FakeApns = apns[0]
+    busy = "12" * 32
+    fake.script(busy, 429, "TooManyRequests", retry_after=1, times=1)
+    await register(http, "dan", busy)
+    message_id = await post(http, service, "dan")
+    done = await settled(tidings, message_id)
+    assert [d.state for d in done.deliveries or []] == ["sent"]
+    tries = [r for r in fake.received if r.device_token == busy]
+    assert [r.status for r in tries] == [429, 200]
+    assert tries[1].received_at - tries[0].received_at >= 0.9
+    reasons = [reason for reason, _ in await history(tidings, message_id)]
+    assert reasons.index("token_retry") < reasons.index("retry") < reasons.index("token_sent")
+
+
+async def test_other_refusals_fail_with_apns_reason(node: Any, apns: Any) -> None:
+    """A 4xx that is not about the token fails the delivery with APNs' reason; a user
+    without a token gets ``no_address``; nothing is removed."""
+    tidings, http, service = node
+    fake: FakeApns = apns[0]
+    odd = "34" * 32
+    fake.script(odd, 400, "BadExpirationDate")
+    await register(http, "eve", odd)
+    message_id = await post(http, service, "eve")
+    [delivery] = (await settled(tidings, message_id)).deliveries or []
+    assert (delivery.state, delivery.reason) == ("failed", "rejected")
+    assert "BadExpirationDate" in (delivery.last_error or "")
+    assert len(await tidings.store.push_tokens("eve")) == 1
+    message_id = await post(http, service, "nobody")
+    [delivery] = (await settled(tidings, message_id)).deliveries or []
+    assert (delivery.state, delivery.reason) == ("failed", "no_address")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"apns_key_file": "/nonexistent/AuthKey.p8"}, "TIDINGS_APNS_KEY_FILE"),
+        ({"apns_key_id": None}, "TIDINGS_APNS_KEY_ID"),
+        ({"apns_topic": None}, "TIDINGS_APNS_TOPIC"),
+        ({"push_ca_file": "/nonexistent/ca.pem"}, "TIDINGS_PUSH_CA_FILE"),
+    ],
+)
+async def test_unusable_credentials_stop_the_node_naming_the_setting(
+    tmp_path: Path, apns: Any, change: dict[str, Any], named: str
+) -> None:
+    settings = {**apns_settings(apns), **change}
+    with pytest.raises(ConfigurationError, match=named):
+        async with Tidings(store=f"sqlite:///{tmp_path}/c.db", **settings):
+            pass
+
+
+async def test_a_file_that_is_not_an_auth_key_is_refused(tmp_path: Path, apns: Any) -> None:
+    bogus = tmp_path / "AuthKey.p8"
+    bogus.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    settings = {**apns_settings(apns), "apns_key_file": str(bogus)}
+    with pytest.raises(ConfigurationError, match="is not an APNs auth key"):
+        async with Tidings(store=f"sqlite:///{tmp_path}/c.db", **settings):
+            pass
