@@ -121,7 +121,7 @@ async def test_every_token_gets_the_push_with_the_users_badge(node: Any, apns: A
     done = await settled(tidings, message_id)
     assert [d.state for d in done.deliveries or []] == ["sent"]
     for token in (PHONE, TABLET):
-        [request] = fake.accepted_for(token)
+        [request] = [r for r in fake.accepted_for(token) if r.headers["apns-push-type"] == "alert"]
         assert request.http_version == "2"
         assert request.headers["apns-topic"] == BUNDLE_ID
         assert request.headers["apns-push-type"] == "alert"
@@ -225,3 +225,55 @@ async def test_a_file_that_is_not_an_auth_key_is_refused(tmp_path: Path, apns: A
     with pytest.raises(ConfigurationError, match="is not an APNs auth key"):
         async with Tidings(store=f"sqlite:///{tmp_path}/c.db", **settings):
             pass
+
+
+def badges(fake: FakeApns, token: str) -> list[int]:
+    """The badge counts of the silent updates ``token`` got, in order."""
+    return [
+        r.payload["aps"]["badge"]
+        for r in fake.accepted_for(token)
+        if r.headers.get("apns-push-type") == "background"
+    ]
+
+
+async def test_every_phone_badge_follows_the_count(tmp_path: Path, apns: Any) -> None:
+    """Two phones and the user's other devices: a notify sends both phones a silent badge
+    update with the new count; marking it seen elsewhere (``mark_seen``, what a browser's
+    ``markSeen`` frame calls) brings both to 0. Updates are background pushes (priority 5),
+    collapsed, and at most one per ``badge_sync_interval`` per user, the last one carrying
+    the latest count."""
+    fake: FakeApns = apns[0]
+    fake.clear()
+    async with Tidings(
+        store=f"sqlite:///{tmp_path}/b.db", badge_sync_interval=0.3, **apns_settings(apns)
+    ) as tidings:
+        for token in (PHONE, TABLET):
+            await tidings.store.register_push_token(
+                "fay", "apns", token, BUNDLE_ID, max_per_user=100
+            )
+        first = await tidings.notify("fay", {"n": 1})
+        await fake.wait_for_async(lambda f: badges(f, PHONE) and badges(f, TABLET))
+        assert badges(fake, PHONE) == badges(fake, TABLET) == [1]
+        await asyncio.sleep(0.4)  # past the interval: the next change goes at once
+        await tidings.mark_seen("fay", [first.notification.notification_id])
+        await fake.wait_for_async(
+            lambda f: len(badges(f, PHONE)) == 2 and len(badges(f, TABLET)) == 2
+        )
+        assert badges(fake, PHONE) == badges(fake, TABLET) == [1, 0]
+        [update] = [
+            r for r in fake.accepted_for(PHONE) if r.headers.get("apns-push-type") == "background"
+        ][-1:]
+        assert update.headers["apns-priority"] == "5"
+        assert update.headers["apns-collapse-id"] == "tidings-badge"
+        assert update.payload["aps"]["content-available"] == 1
+        await asyncio.sleep(0.4)
+        for n in range(5):  # a burst: one update now, one with the latest count at the end
+            await tidings.notify("fay", {"n": n})
+        for token in (PHONE, TABLET):
+            await fake.wait_for_async(lambda f, t=token: badges(f, t)[-1:] == [5])  # type: ignore[misc]
+            burst = badges(fake, token)[2:]
+            assert burst[0] == 1 and burst[-1] == 5
+            assert len(burst) < 5  # folded: fewer updates than changes
+        await tidings.notify("gus", {"n": 1})  # no phones: nothing is sent
+        await asyncio.sleep(0.1)
+        assert all(r.device_token in (PHONE, TABLET) for r in fake.received)

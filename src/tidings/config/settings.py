@@ -341,6 +341,11 @@ class Settings(BaseSettings):
         "https://api.push.apple.com",
         description="APNs host; https://api.sandbox.push.apple.com for development builds.",
     )
+    badge_sync_interval: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds between silent badge updates to one user's phones (0: none).",
+    )
     push_ca_file: str | None = Field(
         None, description="Extra CA certificates (PEM) to trust for the push providers."
     )

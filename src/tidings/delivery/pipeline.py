@@ -20,7 +20,8 @@ import orjson
 from tidings.auth.topics import check_topic
 from tidings.core.lifecycle import Lifecycle
 from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH, MAX_TEMPLATE_ID_LENGTH
-from tidings.core.models import utcnow
+from tidings.core.models import UnseenCount, utcnow
+from tidings.delivery.badges import BadgeChannel, BadgeSync
 from tidings.delivery.channels.base import Channel
 from tidings.delivery.models import (
     PENDING,
@@ -133,6 +134,8 @@ class Pipeline(Lifecycle):
         #: the channels that can send, by name (a name without one fails its deliveries)
         self.channels: dict[str, Channel] = {}
         self.workers: list[Worker] = []
+        #: silent badge updates to the users' phones (none until the channels are built)
+        self.badges = BadgeSync([], 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -143,6 +146,10 @@ class Pipeline(Lifecycle):
         for channel in chosen.values():
             await channel.start()
         self.channels = chosen
+        self.badges = BadgeSync(
+            [c for c in chosen.values() if isinstance(c, BadgeChannel)],
+            self.settings.badge_sync_interval,
+        )
         await self.host.bus.subscribe(BUS_CHANNEL)
         self._started = True
         if self.settings.workers:
@@ -151,6 +158,11 @@ class Pipeline(Lifecycle):
             ]
             self._tasks = [asyncio.create_task(w.run()) for w in self.workers]
             self._tasks.append(asyncio.create_task(self._control_loop()))
+
+    def badge_changed(self, count: UnseenCount) -> None:
+        """A count the node committed: every phone of the user gets it as its badge, at most
+        once per ``TIDINGS_BADGE_SYNC_INTERVAL`` (:mod:`tidings.delivery.badges`)."""
+        self.badges.changed(count)
 
     async def close(self) -> None:
         if not self._started:
@@ -162,6 +174,7 @@ class Pipeline(Lifecycle):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.badges.close()
         for channel in self.channels.values():
             await channel.close()
 

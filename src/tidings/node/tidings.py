@@ -194,6 +194,11 @@ class Tidings(Lifecycle):
         """Events the bus refused, waiting to be published again."""
         return len(self.republisher)
 
+    def count_committed(self, count: UnseenCount) -> None:
+        """A count this node committed: the user's phones get it as their badge."""
+        if self._pipeline is not None:
+            self._pipeline.badge_changed(count)
+
     @property
     def pipeline(self) -> Pipeline:
         """The multi-channel pipeline (``POST /messages``) of this node."""

@@ -11,6 +11,7 @@ from tidings.auth.topics import TopicPolicy
 from tidings.bus import Bus
 from tidings.config import Settings
 from tidings.core.counters import Counters
+from tidings.core.models import UnseenCount
 from tidings.fanout.registry import Registry
 from tidings.node.metrics import Metrics
 from tidings.services.cluster import Cluster
@@ -48,6 +49,9 @@ class Wired(Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
+
+    def count_committed(self, count: UnseenCount) -> None:
+        """A count this node committed (the pipeline sends it to the user's phones)."""
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
@@ -89,6 +93,7 @@ def wire(node: Wired, topic_policy: TopicPolicy) -> Services:
         max_unseen_page=settings.max_unseen_page,
         max_unseen_bytes=settings.max_unseen_bytes,
         observe_notify=node.metrics.notify_seconds.observe,
+        on_count=node.count_committed,
     )
     topics = Topics(
         store,

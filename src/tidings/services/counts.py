@@ -32,6 +32,10 @@ from tidings.services.stores import NotificationStore
 logger = logging.getLogger("tidings")
 
 
+def _ignore_count(count: UnseenCount) -> None:
+    pass
+
+
 def _ignore(seconds: float) -> None:
     pass
 
@@ -54,6 +58,7 @@ class Counts:
         max_unseen_page: int,
         max_unseen_bytes: int,
         observe_notify: Callable[[float], None] = _ignore,
+        on_count: Callable[[UnseenCount], None] = _ignore_count,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -68,6 +73,8 @@ class Counts:
         self.max_unseen_bytes = max_unseen_bytes
         #: told the seconds each notify took, from the call to its count event
         self.observe_notify = observe_notify
+        #: told every count this node committed (the phones' badges follow it)
+        self.on_count = on_count
 
     async def notify(
         self, user_id: str, data: Any, *, notification_id: str | None = None
@@ -155,6 +162,7 @@ class Counts:
 
     async def publish_count(self, count: UnseenCount, seq: int = 0) -> None:
         """Tell every node of a committed count (``seq``: the notification that made it)."""
+        self.on_count(count)
         payload = events.encode_count(count, self.node_id, seq)
         channel = user_channel(count.user_id)
         try:

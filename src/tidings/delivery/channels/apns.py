@@ -45,6 +45,8 @@ EXPIRATION_SECONDS = 24 * 3600
 GONE = frozenset({"Unregistered", "BadDeviceToken", "DeviceTokenNotForTopic"})
 #: reasons that mean the provider token must be made again (then the send is retried)
 STALE_PROVIDER_TOKEN = frozenset({"ExpiredProviderToken", "InvalidProviderToken"})
+#: silent badge updates replace each other on the phone
+BADGE_COLLAPSE_ID = "tidings-badge"
 _IDS = uuid.UUID("8f5f4b1e-6a0e-4c52-9d3b-7c1e0c2a9a11")
 
 
@@ -193,21 +195,45 @@ class ApnsChannel(Channel):
         results = await asyncio.gather(*(self._push(outgoing, token, payload) for token in tokens))
         return await self._settle(tokens, results)
 
+    async def send_badge(self, user_id: str, badge: int) -> None:
+        """A silent update of the badge on every phone of the user: a background push
+        (priority 5), collapsed with the previous ones; tokens APNs calls gone are removed."""
+        tokens = await self.store.push_tokens(user_id, self.name)
+        if not tokens:
+            return
+        payload = orjson.dumps({"aps": {"content-available": 1, "badge": badge}})
+        headers = {
+            "apns-push-type": "background",
+            "apns-priority": "5",
+            "apns-collapse-id": BADGE_COLLAPSE_ID,
+        }
+        await asyncio.gather(*(self._request(token, payload, headers) for token in tokens))
+
     async def _push(
         self, outgoing: Outgoing, token: PushToken, payload: bytes
     ) -> tuple[str, str, Any]:
-        """One token's send: ``(kind, detail, extra)``, kind one of sent, gone, retry, failed."""
+        """One token's alert for a delivery."""
+        headers = {
+            "apns-push-type": "alert",
+            "apns-priority": "10",
+            "apns-id": str(uuid.uuid5(_IDS, f"{outgoing.delivery_id}:{token.token_id}")),
+        }
+        return await self._request(token, payload, headers)
+
+    async def _request(
+        self, token: PushToken, payload: bytes, extra: dict[str, str]
+    ) -> tuple[str, str, Any]:
+        """One request to APNs for one token: ``(kind, detail, extra)``, kind one of sent,
+        gone (the token was removed), retry, failed."""
         if self._client is None:
             await self.start()
         assert self._client is not None
         headers = {
             "authorization": f"bearer {self.provider_token()}",
             "apns-topic": self.topic,
-            "apns-push-type": "alert",
-            "apns-priority": "10",
             "apns-expiration": str(int(time.time()) + EXPIRATION_SECONDS),
-            "apns-id": str(uuid.uuid5(_IDS, f"{outgoing.delivery_id}:{token.token_id}")),
             "content-type": "application/json",
+            **extra,
         }
         try:
             response = await self._client.post(
