@@ -13,10 +13,9 @@ unseen count when the delivery is sent.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 import orjson
@@ -27,8 +26,18 @@ from joserfc.jwk import ECKey
 
 from tidings.core.models import PushToken
 from tidings.delivery.channels._net import retry_after
-from tidings.delivery.channels.base import Channel, Outgoing, Sent
-from tidings.errors import ConfigurationError, PermanentFailure, TransientFailure
+from tidings.delivery.channels.base import Outgoing
+from tidings.delivery.channels.phones import (
+    FAILED,
+    RETRY,
+    SENT,
+    PhoneChannel,
+    Push,
+    json_field,
+    push_ssl_context,
+    short,
+)
+from tidings.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from tidings.delivery.ports import ChannelSettings, PipelineHost
@@ -48,21 +57,6 @@ STALE_PROVIDER_TOKEN = frozenset({"ExpiredProviderToken", "InvalidProviderToken"
 #: silent badge updates replace each other on the phone
 BADGE_COLLAPSE_ID = "tidings-badge"
 _IDS = uuid.UUID("8f5f4b1e-6a0e-4c52-9d3b-7c1e0c2a9a11")
-
-
-def push_ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """The system's trusted CAs, plus ``TIDINGS_PUSH_CA_FILE``'s when it is set.
-
-    Raises:
-        ConfigurationError: the CA file cannot be read.
-    """
-    context = ssl.create_default_context()
-    if ca_file:
-        try:
-            context.load_verify_locations(ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(f"TIDINGS_PUSH_CA_FILE={ca_file!r}: {exc}") from None
-    return context
 
 
 def load_auth_key(path: str) -> ECKey:
@@ -88,16 +82,11 @@ def load_auth_key(path: str) -> ECKey:
     return ECKey.import_key(pem)
 
 
-def short(token: str) -> str:
-    """A token as the history shows it: enough to tell the user's tokens apart."""
-    return f"…{token[-8:]}"
-
-
-class ApnsChannel(Channel):
+class ApnsChannel(PhoneChannel):
     """Sends a delivery to each of the user's ``apns`` push tokens."""
 
     name: ClassVar[str] = "apns"
-    needs_address: ClassVar[bool] = False
+    provider: ClassVar[str] = "APNs"
 
     def __init__(
         self,
@@ -111,7 +100,7 @@ class ApnsChannel(Channel):
         timeout: float = 10.0,
         ca_file: str | None = None,
     ) -> None:
-        self.store = store
+        super().__init__(store)
         self.key = key
         self.key_id = key_id
         self.team_id = team_id
@@ -165,11 +154,8 @@ class ApnsChannel(Channel):
             self._provider_token = (token, float(issued))
         return self._provider_token[0]
 
-    async def send(self, outgoing: Outgoing) -> Sent:
-        tokens = await self.store.push_tokens(outgoing.user_id, self.name)
-        if not tokens:
-            raise PermanentFailure("no_address", "the user has no apns push token")
-        count = await self.store.count(outgoing.user_id)
+    async def push(self, outgoing: Outgoing, token: PushToken, badge: int) -> Push:
+        """The delivery's alert to one token, with the user's unseen count as the badge."""
         payload = orjson.dumps(
             {
                 "aps": {
@@ -177,7 +163,7 @@ class ApnsChannel(Channel):
                         "title": outgoing.rendered.subject or "",
                         "body": outgoing.rendered.text,
                     },
-                    "badge": count.count,
+                    "badge": badge,
                     "sound": "default",
                 },
                 "tidings": {
@@ -188,12 +174,14 @@ class ApnsChannel(Channel):
             }
         )
         if len(payload) > MAX_PAYLOAD_BYTES:
-            raise PermanentFailure(
-                "payload_too_large",
-                f"the APNs payload is {len(payload)} bytes; APNs takes {MAX_PAYLOAD_BYTES}",
-            )
-        results = await asyncio.gather(*(self._push(outgoing, token, payload) for token in tokens))
-        return await self._settle(tokens, results)
+            detail = f"{len(payload)} bytes of payload; APNs takes {MAX_PAYLOAD_BYTES}"
+            return Push(FAILED, f"{short(token.token)}: {detail}", reason="payload_too_large")
+        headers = {
+            "apns-push-type": "alert",
+            "apns-priority": "10",
+            "apns-id": str(uuid.uuid5(_IDS, f"{outgoing.delivery_id}:{token.token_id}")),
+        }
+        return await self._request(token, payload, headers)
 
     async def send_badge(self, user_id: str, badge: int) -> None:
         """A silent update of the badge on every phone of the user: a background push
@@ -209,22 +197,8 @@ class ApnsChannel(Channel):
         }
         await asyncio.gather(*(self._request(token, payload, headers) for token in tokens))
 
-    async def _push(
-        self, outgoing: Outgoing, token: PushToken, payload: bytes
-    ) -> tuple[str, str, Any]:
-        """One token's alert for a delivery."""
-        headers = {
-            "apns-push-type": "alert",
-            "apns-priority": "10",
-            "apns-id": str(uuid.uuid5(_IDS, f"{outgoing.delivery_id}:{token.token_id}")),
-        }
-        return await self._request(token, payload, headers)
-
-    async def _request(
-        self, token: PushToken, payload: bytes, extra: dict[str, str]
-    ) -> tuple[str, str, Any]:
-        """One request to APNs for one token: ``(kind, detail, extra)``, kind one of sent,
-        gone (the token was removed), retry, failed."""
+    async def _request(self, token: PushToken, payload: bytes, extra: dict[str, str]) -> Push:
+        """One request to APNs for one token."""
         if self._client is None:
             await self.start()
         assert self._client is not None
@@ -240,57 +214,17 @@ class ApnsChannel(Channel):
                 f"{self.url}/3/device/{token.token}", content=payload, headers=headers
             )
         except httpx.HTTPError as exc:
-            return "retry", f"{short(token.token)}: {type(exc).__name__}: {exc}", None
+            return Push(RETRY, f"{short(token.token)}: {type(exc).__name__}: {exc}")
         if response.status_code == 200:
-            return (
-                "sent",
-                f"{short(token.token)}: apns-id {response.headers.get('apns-id')}",
-                response.headers.get("apns-id"),
-            )
-        try:
-            reason = str(orjson.loads(response.content).get("reason", ""))
-        except (orjson.JSONDecodeError, AttributeError):
-            reason = ""
+            apns_id = response.headers.get("apns-id")
+            return Push(SENT, f"{short(token.token)}: apns-id {apns_id}", provider_id=apns_id)
+        reason = str(json_field(response.content, "reason") or "")
         detail = f"{short(token.token)}: {response.status_code} {reason}".rstrip()
         if response.status_code == 410 or (response.status_code == 400 and reason in GONE):
-            await self.store.remove_push_token(self.name, token.token)
-            return "gone", detail, None
+            return await self.gone(token, detail)
         if response.status_code == 403 and reason in STALE_PROVIDER_TOKEN:
             self._provider_token = None  # made again for the next try
-            return "retry", detail, None
+            return Push(RETRY, detail)
         if response.status_code == 429 or response.status_code >= 500:
-            return "retry", detail, retry_after(response)
-        return "failed", detail, reason
-
-    async def _settle(self, tokens: list[PushToken], results: list[tuple[str, str, Any]]) -> Sent:
-        """The delivery's outcome from its tokens': sent if any token took it."""
-        notes = tuple(
-            (
-                {"sent": "token_sent", "gone": "token_removed", "retry": "token_retry"}.get(
-                    kind, "token_failed"
-                ),
-                detail,
-            )
-            for kind, detail, _ in results
-        )
-        sent = [
-            (t, extra)
-            for t, (kind, _, extra) in zip(tokens, results, strict=True)
-            if kind == "sent"
-        ]
-        if sent:
-            await self.store.touch_push_tokens([t.token_id for t, _ in sent])
-            return Sent(",".join(str(extra) for _, extra in sent), notes)
-        retries = [extra for kind, _, extra in results if kind == "retry"]
-        if retries:
-            hints = [hint for hint in retries if hint is not None]
-            raise TransientFailure(
-                "provider_error",
-                f"APNs did not take it for {len(retries)} of {len(tokens)} tokens",
-                max(hints) if hints else None,
-                notes,
-            )
-        if all(kind == "gone" for kind, _, _ in results):
-            raise PermanentFailure("gone", "every apns token of the user is gone (removed)", notes)
-        reasons = sorted({str(extra) for kind, _, extra in results if kind == "failed"})
-        raise PermanentFailure("rejected", f"APNs refused it: {', '.join(reasons)}", notes)
+            return Push(RETRY, detail, retry_after=retry_after(response))
+        return Push(FAILED, detail, reason=reason or str(response.status_code))
