@@ -341,6 +341,10 @@ class Settings(BaseSettings):
         "https://api.push.apple.com",
         description="APNs host; https://api.sandbox.push.apple.com for development builds.",
     )
+    fcm_credentials_file: str | None = Field(
+        None, description="A Firebase service-account key file (JSON). Unset: no fcm channel."
+    )
+    fcm_url: str = Field("https://fcm.googleapis.com", description="The FCM HTTP v1 host.")
     badge_sync_interval: float = Field(
         5.0,
         ge=0,
