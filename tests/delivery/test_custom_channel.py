@@ -171,7 +171,7 @@ async def test_unknown_channel_in_a_message_is_refused(tmp_path: Path) -> None:
             await node.pipeline.post(["in_app", "pigeon"], user_ids=["a"], content=Content("x"))
         assert str(refused.value) == (
             "unknown channel 'pigeon'; channels must be among "
-            "in_app, email, webhook, web_push, sms, apns, fcm"
+            "in_app, email, webhook, web_push, sms, apns, fcm, expo"
         )
         with pytest.raises(InvalidArgument, match="pigeon"):
             await node.pipeline.set_channel("a", "pigeon", False)
@@ -209,8 +209,8 @@ def test_builtins_register_through_the_entry_point_group() -> None:
     """tidings' own five channels are entry points of ``tidings.channels``, in documented
     order, each a class declaring the name it is registered under."""
     registry = ChannelRegistry()
-    builtins = ("in_app", "email", "webhook", "web_push", "sms", "apns", "fcm")
-    assert registry.names()[:7] == builtins
+    builtins = ("in_app", "email", "webhook", "web_push", "sms", "apns", "fcm", "expo")
+    assert registry.names()[:8] == builtins
     assert [registry.load(name).name for name in builtins] == list(builtins)
 
 

@@ -345,6 +345,13 @@ class Settings(BaseSettings):
         None, description="A Firebase service-account key file (JSON). Unset: no fcm channel."
     )
     fcm_url: str = Field("https://fcm.googleapis.com", description="The FCM HTTP v1 host.")
+    expo_url: str = Field("https://exp.host", description="The Expo push service.")
+    expo_access_token: str | None = Field(
+        None, description="Expo access token, when the project enforces push security."
+    )
+    expo_receipt_delay: float = Field(
+        900.0, gt=0, description="Seconds after an Expo send before its receipts are checked."
+    )
     badge_sync_interval: float = Field(
         5.0,
         ge=0,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 #: tidings' own channels, in the order they are documented; every channel, these included, is
 #: known by the name it registers (:mod:`tidings.delivery.registry`)
-CHANNEL_NAMES = ("in_app", "email", "webhook", "web_push", "sms", "apns", "fcm")
+CHANNEL_NAMES = ("in_app", "email", "webhook", "web_push", "sms", "apns", "fcm", "expo")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,225 @@
+"""The Expo channel: a delivery to every device of the user whose app is built with Expo,
+through the Expo push service (which forwards to APNs and FCM).
+
+All the user's ``expo`` tokens go in one request to ``/--/api/v2/push/send`` (at most 100, the
+registry's cap per user too). Expo answers a ticket per token at once; whether the phone's
+provider took the push is known later, from its receipt: the channel asks for receipts
+``TIDINGS_EXPO_RECEIPT_DELAY`` seconds after a send (Expo keeps them a day) and removes the
+tokens whose receipt says ``DeviceNotRegistered``. Receipts still to check are kept in the node's
+memory: a node that stops before checking them leaves those tokens until their next send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+import orjson
+
+from tidings.core.models import PushToken
+from tidings.delivery.channels._net import retry_after
+from tidings.delivery.channels.base import Outgoing, Sent
+from tidings.delivery.channels.phones import (
+    FAILED,
+    RETRY,
+    SENT,
+    PhoneChannel,
+    Push,
+    push_ssl_context,
+    short,
+)
+
+if TYPE_CHECKING:
+    from tidings.delivery.ports import ChannelSettings, PipelineHost
+    from tidings.storage import Store
+
+logger = logging.getLogger("tidings.pipeline")
+
+#: ticket and receipt errors that mean the token will never work again
+GONE = frozenset({"DeviceNotRegistered"})
+#: ticket errors worth another try
+TRANSIENT = frozenset({"MessageRateExceeded"})
+#: receipt ids one getReceipts request may ask for
+RECEIPTS_PER_REQUEST = 1000
+#: seconds Expo keeps a receipt
+RECEIPTS_KEPT = 24 * 3600
+
+
+class ExpoChannel(PhoneChannel):
+    """Sends a delivery to the user's ``expo`` push tokens, and checks their receipts later."""
+
+    name: ClassVar[str] = "expo"
+    provider: ClassVar[str] = "Expo"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        url: str = "https://exp.host",
+        access_token: str | None = None,
+        receipt_delay: float = 900.0,
+        timeout: float = 10.0,
+        ca_file: str | None = None,
+    ) -> None:
+        super().__init__(store)
+        self.url = url.rstrip("/")
+        self.access_token = access_token
+        self.receipt_delay = receipt_delay
+        self.timeout = timeout
+        self.ssl = push_ssl_context(ca_file)
+        self._client: httpx.AsyncClient | None = None
+        #: receipt id -> (token, when its receipt may be asked for)
+        self._receipts: dict[str, tuple[str, float]] = {}
+        self._checker: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def from_settings(cls, host: PipelineHost) -> ExpoChannel:
+        settings: ChannelSettings = host.settings
+        return cls(
+            host.store,
+            url=settings.expo_url,
+            access_token=settings.expo_access_token,
+            receipt_delay=settings.expo_receipt_delay,
+            timeout=settings.provider_timeout,
+            ca_file=settings.push_ca_file,
+        )
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(verify=self.ssl, timeout=self.timeout)
+            self._checker = asyncio.ensure_future(self._check_receipts())
+
+    async def close(self) -> None:
+        checker, self._checker = self._checker, None
+        if checker is not None:
+            checker.cancel()
+            await asyncio.gather(checker, return_exceptions=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.access_token:
+            headers["authorization"] = f"Bearer {self.access_token}"
+        return headers
+
+    async def send(self, outgoing: Outgoing) -> Sent:
+        tokens = await self.store.push_tokens(outgoing.user_id, self.name)
+        if not tokens:
+            return await super().send(outgoing)  # no_address
+        badge = (await self.store.count(outgoing.user_id)).count
+        rendered = outgoing.rendered
+        messages = [
+            {
+                "to": token.token,
+                "title": rendered.subject or "",
+                "body": rendered.text,
+                "data": {
+                    "message_id": outgoing.message_id,
+                    "delivery_id": outgoing.delivery_id,
+                    "data": rendered.data,
+                },
+                "badge": badge,
+                "sound": "default",
+            }
+            for token in tokens
+        ]
+        pushes = await self._send(tokens, messages)
+        return await self.settle(tokens, pushes)
+
+    async def send_badge(self, user_id: str, badge: int) -> None:
+        """A silent badge update to every Expo token of the user (no alert, no sound)."""
+        tokens = await self.store.push_tokens(user_id, self.name)
+        if tokens:
+            messages = [{"to": t.token, "badge": badge, "_contentAvailable": True} for t in tokens]
+            await self._send(tokens, messages)
+
+    async def _send(self, tokens: list[PushToken], messages: list[dict[str, Any]]) -> list[Push]:
+        """One request with every message; a :class:`Push` per token from its ticket."""
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        try:
+            response = await self._client.post(
+                f"{self.url}/--/api/v2/push/send",
+                content=orjson.dumps(messages),
+                headers=self._headers(),
+            )
+        except httpx.HTTPError as exc:
+            return [Push(RETRY, f"{short(t.token)}: {type(exc).__name__}: {exc}") for t in tokens]
+        if response.status_code != 200:
+            detail = f"{response.status_code} {response.text[:200]}"
+            if response.status_code == 429 or response.status_code >= 500:
+                hint = retry_after(response)
+                return [
+                    Push(RETRY, f"{short(t.token)}: {detail}", retry_after=hint) for t in tokens
+                ]
+            return [
+                Push(FAILED, f"{short(t.token)}: {detail}", reason=str(response.status_code))
+                for t in tokens
+            ]
+        tickets = orjson.loads(response.content).get("data", [])
+        if not isinstance(tickets, list) or len(tickets) != len(tokens):
+            return [Push(RETRY, f"{short(t.token)}: unexpected answer") for t in tokens]
+        return [await self._ticket(t, ticket) for t, ticket in zip(tokens, tickets, strict=True)]
+
+    async def _ticket(self, token: PushToken, ticket: Any) -> Push:
+        """One token's outcome from its push ticket."""
+        if not isinstance(ticket, dict):
+            return Push(RETRY, f"{short(token.token)}: unexpected ticket")
+        if ticket.get("status") == "ok":
+            receipt = str(ticket.get("id", ""))
+            if receipt:
+                self._receipts[receipt] = (token.token, time.time() + self.receipt_delay)
+            return Push(SENT, f"{short(token.token)}: ticket {receipt}", provider_id=receipt)
+        error = str((ticket.get("details") or {}).get("error", "")) or "error"
+        detail = f"{short(token.token)}: {error}: {ticket.get('message', '')}".rstrip(": ")
+        if error in GONE:
+            return await self.gone(token, detail)
+        if error in TRANSIENT:
+            return Push(RETRY, detail)
+        return Push(FAILED, detail, reason=error)
+
+    async def _check_receipts(self) -> None:
+        """Every so often, ask for the receipts that are due; remove the tokens they call
+        gone."""
+        period = max(min(self.receipt_delay / 2, 60.0), 0.05)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.check_receipts()
+            except Exception as exc:  # checked again next time
+                logger.warning("Expo receipts not checked: %s", exc)
+
+    async def check_receipts(self) -> int:
+        """Ask for the receipts that are due; returns how many tokens were removed."""
+        now = time.time()
+        due = [rid for rid, (_, at) in self._receipts.items() if at <= now]
+        removed = 0
+        for at in range(0, len(due), RECEIPTS_PER_REQUEST):
+            ids = due[at : at + RECEIPTS_PER_REQUEST]
+            assert self._client is not None
+            response = await self._client.post(
+                f"{self.url}/--/api/v2/push/getReceipts",
+                content=orjson.dumps({"ids": ids}),
+                headers=self._headers(),
+            )
+            if response.status_code != 200:
+                return removed  # asked again next time
+            receipts = orjson.loads(response.content).get("data", {})
+            for receipt_id in ids:
+                receipt = receipts.get(receipt_id) if isinstance(receipts, dict) else None
+                if receipt is None:  # not ready yet: asked again next time, for a day
+                    if now > self._receipts[receipt_id][1] + RECEIPTS_KEPT:
+                        self._receipts.pop(receipt_id)
+                    continue
+                token, _ = self._receipts.pop(receipt_id)
+                error = str((receipt.get("details") or {}).get("error", ""))
+                gone = receipt.get("status") == "error" and error in GONE
+                if gone and await self.store.remove_push_token(self.name, token):
+                    removed += 1
+        return removed
