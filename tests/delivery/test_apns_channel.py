@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -277,3 +277,35 @@ async def test_every_phone_badge_follows_the_count(tmp_path: Path, apns: Any) ->
         await tidings.notify("gus", {"n": 1})  # no phones: nothing is sent
         await asyncio.sleep(0.1)
         assert all(r.device_token in (PHONE, TABLET) for r in fake.received)
+
+
+def test_provider_tokens_are_renewed_as_apns_allows(
+    apns: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider token is kept for 50 minutes (APNs: at most 60), and after APNs refused it
+    a new one is made only once the last is 20 minutes old (APNs refuses more frequent
+    updates with TooManyProviderTokenUpdates)."""
+    from tidings.delivery.channels import apns as module
+
+    _, path, key_id, team_id = apns
+    channel = module.ApnsChannel(
+        cast(Any, None),
+        key=module.load_auth_key(str(path)),
+        key_id=key_id,
+        team_id=team_id,
+        topic=BUNDLE_ID,
+    )
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(module.time, "time", lambda: now[0])
+    first = channel.provider_token()
+    now[0] += 10 * 60
+    assert channel.provider_token() == first
+    channel._refused = True  # what a 403 ExpiredProviderToken/InvalidProviderToken sets
+    assert channel.provider_token() == first  # too soon for APNs
+    now[0] += 11 * 60
+    second = channel.provider_token()
+    assert second != first
+    now[0] += 49 * 60
+    assert channel.provider_token() == second
+    now[0] += 60
+    assert channel.provider_token() not in (first, second)

@@ -48,6 +48,8 @@ MAX_PAYLOAD_BYTES = 4096
 #: a provider token is made again after this many seconds (APNs: at most 60 minutes old, and
 #: changed at most once every 20)
 TOKEN_SECONDS = 50 * 60
+#: APNs refuses a new provider token sooner than this after the last (TooManyProviderTokenUpdates)
+MIN_TOKEN_SECONDS = 20 * 60
 #: how long APNs keeps a push for a device that is offline
 EXPIRATION_SECONDS = 24 * 3600
 #: APNs reasons that mean the token will never work again: it leaves the registry
@@ -110,6 +112,8 @@ class ApnsChannel(PhoneChannel):
         self.ssl = push_ssl_context(ca_file)
         self._client: httpx.AsyncClient | None = None
         self._provider_token: tuple[str, float] | None = None
+        #: APNs called the current token expired or invalid: make another once allowed
+        self._refused = False
 
     @classmethod
     async def from_settings(cls, host: PipelineHost) -> ApnsChannel | None:
@@ -142,17 +146,21 @@ class ApnsChannel(PhoneChannel):
             await client.aclose()
 
     def provider_token(self) -> str:
-        """The current provider token, made again once it is :data:`TOKEN_SECONDS` old."""
+        """The current provider token, made again once it is :data:`TOKEN_SECONDS` old, or
+        once APNs refused it and it is :data:`MIN_TOKEN_SECONDS` old (APNs allows no more)."""
         now = time.time()
-        if self._provider_token is None or now - self._provider_token[1] >= TOKEN_SECONDS:
+        current = self._provider_token
+        age = now - current[1] if current else TOKEN_SECONDS
+        if current is None or age >= TOKEN_SECONDS or (self._refused and age >= MIN_TOKEN_SECONDS):
+            self._refused = False
             issued = int(now)
             token = jwt.encode(
                 {"alg": "ES256", "kid": self.key_id},
                 {"iss": self.team_id, "iat": issued},
                 self.key,
             )
-            self._provider_token = (token, float(issued))
-        return self._provider_token[0]
+            current = self._provider_token = (token, float(issued))
+        return current[0]
 
     async def push(self, outgoing: Outgoing, token: PushToken, badge: int) -> Push:
         """The delivery's alert to one token, with the user's unseen count as the badge."""
@@ -223,7 +231,7 @@ class ApnsChannel(PhoneChannel):
         if response.status_code == 410 or (response.status_code == 400 and reason in GONE):
             return await self.gone(token, detail)
         if response.status_code == 403 and reason in STALE_PROVIDER_TOKEN:
-            self._provider_token = None  # made again for the next try
+            self._refused = True  # made again for a later try, as soon as APNs allows
             return Push(RETRY, detail)
         if response.status_code == 429 or response.status_code >= 500:
             return Push(RETRY, detail, retry_after=retry_after(response))
