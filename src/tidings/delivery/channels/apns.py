@@ -56,6 +56,9 @@ EXPIRATION_SECONDS = 24 * 3600
 GONE = frozenset({"Unregistered", "BadDeviceToken", "DeviceTokenNotForTopic"})
 #: reasons that mean the provider token must be made again (then the send is retried)
 STALE_PROVIDER_TOKEN = frozenset({"ExpiredProviderToken", "InvalidProviderToken"})
+#: errors of a request APNs never received (or refused on a closing connection, GOAWAY):
+#: sent again at once, on a new connection
+UNSENT = (httpx.ConnectError, httpx.WriteError, httpx.RemoteProtocolError)
 #: silent badge updates replace each other on the phone
 BADGE_COLLAPSE_ID = "tidings-badge"
 _IDS = uuid.UUID("8f5f4b1e-6a0e-4c52-9d3b-7c1e0c2a9a11")
@@ -217,10 +220,14 @@ class ApnsChannel(PhoneChannel):
             "content-type": "application/json",
             **extra,
         }
+        url = f"{self.url}/3/device/{token.token}"
         try:
-            response = await self._client.post(
-                f"{self.url}/3/device/{token.token}", content=payload, headers=headers
-            )
+            try:
+                response = await self._client.post(url, content=payload, headers=headers)
+            except UNSENT:
+                # The connection went away (APNs closes idle or old connections, sending
+                # GOAWAY) before this request was taken: once more, on a new connection.
+                response = await self._client.post(url, content=payload, headers=headers)
         except httpx.HTTPError as exc:
             return Push(RETRY, f"{short(token.token)}: {type(exc).__name__}: {exc}")
         if response.status_code == 200:
