@@ -39,8 +39,6 @@ MAX_TEMPLATE_ID_LENGTH = 128
 MIN_SECRET_LENGTH = 32
 #: count events and topic messages a node keeps to re-publish while the bus refuses them
 MAX_UNPUBLISHED = 10_000
-#: the push providers a push token may name
-PUSH_PLATFORMS = ("apns", "fcm", "expo")
 #: characters in a push token (APNs: 64 hex; FCM: ~160; Expo: ~45; room for growth)
 MAX_PUSH_TOKEN_LENGTH = 4096
 #: characters in a push token's ``app_id``

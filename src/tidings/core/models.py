@@ -219,7 +219,7 @@ class PushToken:
     #: tidings' id of the registration (what ``DELETE …/push-tokens/{id}`` names)
     token_id: str
     user_id: str
-    #: the provider: ``apns``, ``fcm`` or ``expo`` (:data:`~tidings.core.limits.PUSH_PLATFORMS`)
+    #: the provider, which is also the channel that sends to it: ``apns``, ``fcm`` or ``expo``
     platform: str
     #: the provider's token for the device
     token: str
