@@ -1,14 +1,14 @@
 """APNs throughput: pushes per second from ``POST /messages`` on the ``apns`` channel to a fake
 APNs (TLS, HTTP/2 only, every provider token's signature checked), one token per user.
 
-    python bench/push.py --users 10000
-    python bench/push.py --users 10000 --concurrency 256
+    python bench/push.py --users 10000                # the lean fake (bench/fast_apns.py)
+    python bench/push.py --users 10000 --fake suite   # the test suite's stricter fake
 
-A ``tidings serve`` process (its own workers) sends to the fake APNs of the test suite
-(``tests/support/fake_apns.py``), run in a process of its own; this process registers one
-``apns`` token per user through ``/users/{id}/push-tokens``, posts one message to all users
-(in messages of at most ``--per-message`` user ids), and times from the first post to the last
-push the fake accepted. Every delivery is checked to be ``sent`` at the end.
+A ``tidings serve`` process (its own workers) sends to a fake APNs in a process of its own
+(``bench/fast_apns.py``, or the test suite's ``tests/support/fake_apns.py``); this process
+registers one ``apns`` token per user through ``/users/{id}/push-tokens``, posts one message to
+all users (in messages of at most ``--per-message`` user ids), and times from the first post to
+the last push the fake accepted. Every delivery is checked to be ``sent`` at the end.
 """
 
 from __future__ import annotations
@@ -61,11 +61,16 @@ with FakeApns.running(path, team_id=team_id, key_id=key_id, bundle_id={BUNDLE_ID
 """
 
 
-def start_fake(tmp: Path, count_port: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_fake(
+    tmp: Path, count_port: int, kind: str
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """The fake APNs process, and what it printed: its URL, CA, key file and ids."""
-    fake = subprocess.Popen(
-        [sys.executable, "-c", FAKE, str(tmp), str(count_port)], stdout=subprocess.PIPE, text=True
+    command = (
+        [sys.executable, str(HERE / "fast_apns.py"), str(tmp), str(count_port), BUNDLE_ID]
+        if kind == "fast"
+        else [sys.executable, "-c", FAKE, str(tmp), str(count_port)]
     )
+    fake = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert fake.stdout is not None
     return fake, json.loads(fake.stdout.readline())
 
@@ -73,7 +78,7 @@ def start_fake(tmp: Path, count_port: int) -> tuple[subprocess.Popen[str], dict[
 async def run(args: argparse.Namespace) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="tidings-bench-push-"))
     count_port = free_port()
-    fake, apns = start_fake(tmp, count_port)
+    fake, apns = start_fake(tmp, count_port, args.fake)
     store = f"sqlite:///{tmp}/push.db"
     port = free_port()
     env = {
@@ -138,6 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     states[name] = states.get(name, 0) + n
         return {
             "scenario": "push_apns",
+            "fake": args.fake,
             "server": "tidings",
             "store": "sqlite",
             "tokens": args.users,
@@ -160,6 +166,12 @@ def main() -> None:
     parser.add_argument("--per-message", type=int, default=1000, help="user ids per message")
     parser.add_argument("--concurrency", type=int, default=128, help="TIDINGS_WORKER_CONCURRENCY")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--fake",
+        choices=["fast", "suite"],
+        default="fast",
+        help="fast: bench/fast_apns.py (h2 directly); suite: the tests' hypercorn fake",
+    )
     args = parser.parse_args()
     report("push_apns", asyncio.run(run(args)))
 
