@@ -6,21 +6,18 @@ token's outcome is in the delivery's history."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
+from phone_support import post, register, service_api, settled
 
-from conftest import JWT_SECRET, device_token
+from conftest import JWT_SECRET
 from support.fake_apns import FakeApns, make_p8_key
 from tidings import Tidings
-from tidings.auth.oauth import create_client
-from tidings.delivery.models import Message
 from tidings.errors import ConfigurationError
-from tidings.node.app import TidingsApp
 
 BUNDLE_ID = "com.example.tidings"
 PHONE = "ab" * 32
@@ -51,54 +48,18 @@ async def node(
     tmp_path: Path, apns: tuple[FakeApns, Path, str, str]
 ) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient, dict[str, str]]]:
     apns[0].clear()
-    async with Tidings(
-        store=f"sqlite:///{tmp_path}/a.db",
-        jwt_secret=JWT_SECRET,
-        pipeline_poll_interval=0.05,
-        pipeline_retry_base=0.05,
-        pipeline_retry_max=2.0,  # a provider's Retry-After is honoured up to this
-        **apns_settings(apns),
-    ) as tidings:
-        client, secret = await create_client(tidings.store, "svc", ["messages"])
-        issued = await tidings.service_auth.issue(client.client_id, secret, "messages")
-        transport = httpx.ASGITransport(app=TidingsApp(tidings, manage_lifespan=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield tidings, http, {"Authorization": f"Bearer {issued.access_token}"}
-
-
-async def register(http: httpx.AsyncClient, user: str, token: str) -> None:
-    answer = await http.post(
-        "/me/push-tokens",
-        json={"platform": "apns", "token": token, "app_id": BUNDLE_ID},
-        headers={"Authorization": f"Bearer {device_token(user)}"},
-    )
-    assert answer.status_code == 201, answer.text
-
-
-async def post(http: httpx.AsyncClient, service: dict[str, str], user: str) -> str:
-    answer = await http.post(
-        "/messages",
-        json={
-            "recipients": {"user_ids": [user]},
-            "channels": ["apns"],
-            "content": {"subject": "Order {{ n }}", "text": "Order {{ n }} has shipped"},
-            "data": {"n": 42},
-        },
-        headers=service,
-    )
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["message_id"])
-
-
-async def settled(node: Tidings, message_id: str, timeout: float = 10.0) -> Message:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await node.pipeline.store.get_message(message_id, None)
-        assert found is not None
-        if found.deliveries and all(d.state in ("sent", "failed") for d in found.deliveries):
-            return found
-        assert time.monotonic() < deadline, f"not settled: {found}"
-        await asyncio.sleep(0.05)
+    async with (
+        Tidings(
+            store=f"sqlite:///{tmp_path}/a.db",
+            jwt_secret=JWT_SECRET,
+            pipeline_poll_interval=0.05,
+            pipeline_retry_base=0.05,
+            pipeline_retry_max=2.0,  # a provider's Retry-After is honoured up to this
+            **apns_settings(apns),
+        ) as tidings,
+        service_api(tidings) as (http, service),
+    ):
+        yield tidings, http, service
 
 
 async def history(node: Tidings, message_id: str) -> list[tuple[str, str]]:
@@ -113,11 +74,11 @@ async def test_every_token_gets_the_push_with_the_users_badge(node: Any, apns: A
     its history has each token's outcome."""
     tidings, http, service = node
     fake: FakeApns = apns[0]
-    await register(http, "ann", PHONE)
-    await register(http, "ann", TABLET)
+    await register(http, "ann", "apns", PHONE, BUNDLE_ID)
+    await register(http, "ann", "apns", TABLET, BUNDLE_ID)
     for n in range(3):
         await tidings.notify("ann", {"n": n})
-    message_id = await post(http, service, "ann")
+    message_id = await post(http, service, "ann", "apns")
     done = await settled(tidings, message_id)
     assert [d.state for d in done.deliveries or []] == ["sent"]
     for token in (PHONE, TABLET):
@@ -146,9 +107,9 @@ async def test_a_token_apns_calls_unregistered_is_removed(node: Any, apns: Any) 
     fake: FakeApns = apns[0]
     gone = "ef" * 32
     fake.unregister(gone)
-    await register(http, "bob", PHONE)
-    await register(http, "bob", gone)
-    message_id = await post(http, service, "bob")
+    await register(http, "bob", "apns", PHONE, BUNDLE_ID)
+    await register(http, "bob", "apns", gone, BUNDLE_ID)
+    message_id = await post(http, service, "bob", "apns")
     done = await settled(tidings, message_id)
     assert [d.state for d in done.deliveries or []] == ["sent"]
     assert [t.token for t in await tidings.store.push_tokens("bob")] == [PHONE]
@@ -156,8 +117,8 @@ async def test_a_token_apns_calls_unregistered_is_removed(node: Any, apns: Any) 
     assert ("token_removed", f"…{gone[-8:]}: 410 Unregistered") in notes
     bad = "0f" * 32
     fake.script(bad, 400, "BadDeviceToken")
-    await register(http, "cyd", bad)
-    message_id = await post(http, service, "cyd")
+    await register(http, "cyd", "apns", bad, BUNDLE_ID)
+    message_id = await post(http, service, "cyd", "apns")
     done = await settled(tidings, message_id)
     [delivery] = done.deliveries or []
     assert (delivery.state, delivery.reason) == ("failed", "gone")
@@ -171,8 +132,8 @@ async def test_429_is_retried_after_retry_after(node: Any, apns: Any) -> None:
     fake: FakeApns = apns[0]
     busy = "12" * 32
     fake.script(busy, 429, "TooManyRequests", retry_after=1, times=1)
-    await register(http, "dan", busy)
-    message_id = await post(http, service, "dan")
+    await register(http, "dan", "apns", busy, BUNDLE_ID)
+    message_id = await post(http, service, "dan", "apns")
     done = await settled(tidings, message_id)
     assert [d.state for d in done.deliveries or []] == ["sent"]
     tries = [r for r in fake.received if r.device_token == busy]
@@ -189,13 +150,13 @@ async def test_other_refusals_fail_with_apns_reason(node: Any, apns: Any) -> Non
     fake: FakeApns = apns[0]
     odd = "34" * 32
     fake.script(odd, 400, "BadExpirationDate")
-    await register(http, "eve", odd)
-    message_id = await post(http, service, "eve")
+    await register(http, "eve", "apns", odd, BUNDLE_ID)
+    message_id = await post(http, service, "eve", "apns")
     [delivery] = (await settled(tidings, message_id)).deliveries or []
     assert (delivery.state, delivery.reason) == ("failed", "rejected")
     assert "BadExpirationDate" in (delivery.last_error or "")
     assert len(await tidings.store.push_tokens("eve")) == 1
-    message_id = await post(http, service, "nobody")
+    message_id = await post(http, service, "nobody", "apns")
     [delivery] = (await settled(tidings, message_id)).deliveries or []
     assert (delivery.state, delivery.reason) == ("failed", "no_address")
 

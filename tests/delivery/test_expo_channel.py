@@ -12,13 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from phone_support import post, register, service_api, settled
 
-from conftest import JWT_SECRET, device_token
+from conftest import JWT_SECRET
 from support.fake_expo import FakeExpo
 from tidings import Tidings
-from tidings.auth.oauth import create_client
-from tidings.delivery.models import Message
-from tidings.node.app import TidingsApp
 
 ACCESS = "expo-access-token-for-tests"
 
@@ -37,58 +35,22 @@ def expo() -> Iterator[FakeExpo]:
 async def node(
     tmp_path: Path, expo: FakeExpo
 ) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient, dict[str, str]]]:
-    async with Tidings(
-        store=f"sqlite:///{tmp_path}/e.db",
-        jwt_secret=JWT_SECRET,
-        pipeline_poll_interval=0.05,
-        pipeline_retry_base=0.05,
-        pipeline_retry_max=2.0,
-        badge_sync_interval=0,
-        expo_url=expo.url,
-        expo_access_token=ACCESS,
-        expo_receipt_delay=0.2,
-        push_ca_file=str(expo.ca_path),
-    ) as tidings:
-        client, secret = await create_client(tidings.store, "svc", ["messages"])
-        issued = await tidings.service_auth.issue(client.client_id, secret, "messages")
-        transport = httpx.ASGITransport(app=TidingsApp(tidings, manage_lifespan=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield tidings, http, {"Authorization": f"Bearer {issued.access_token}"}
-
-
-async def register(http: httpx.AsyncClient, user: str, token: str) -> None:
-    answer = await http.post(
-        "/me/push-tokens",
-        json={"platform": "expo", "token": token},
-        headers={"Authorization": f"Bearer {device_token(user)}"},
-    )
-    assert answer.status_code == 201, answer.text
-
-
-async def post(http: httpx.AsyncClient, service: dict[str, str], user: str) -> str:
-    answer = await http.post(
-        "/messages",
-        json={
-            "recipients": {"user_ids": [user]},
-            "channels": ["expo"],
-            "content": {"subject": "Order {{ n }}", "text": "Order {{ n }} has shipped"},
-            "data": {"n": 42},
-        },
-        headers=service,
-    )
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["message_id"])
-
-
-async def settled(node: Tidings, message_id: str, timeout: float = 10.0) -> Message:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await node.pipeline.store.get_message(message_id, None)
-        assert found is not None
-        if found.deliveries and all(d.state in ("sent", "failed") for d in found.deliveries):
-            return found
-        assert time.monotonic() < deadline, f"not settled: {found}"
-        await asyncio.sleep(0.05)
+    async with (
+        Tidings(
+            store=f"sqlite:///{tmp_path}/e.db",
+            jwt_secret=JWT_SECRET,
+            pipeline_poll_interval=0.05,
+            pipeline_retry_base=0.05,
+            pipeline_retry_max=2.0,
+            badge_sync_interval=0,
+            expo_url=expo.url,
+            expo_access_token=ACCESS,
+            expo_receipt_delay=0.2,
+            push_ca_file=str(expo.ca_path),
+        ) as tidings,
+        service_api(tidings) as (http, service),
+    ):
+        yield tidings, http, service
 
 
 async def test_one_request_reaches_every_token_with_the_badge(node: Any, expo: FakeExpo) -> None:
@@ -97,11 +59,11 @@ async def test_one_request_reaches_every_token_with_the_badge(node: Any, expo: F
     noted."""
     tidings, http, service = node
     phone, tablet = expo_token("ann-phone"), expo_token("ann-tablet")
-    await register(http, "ann", phone)
-    await register(http, "ann", tablet)
+    await register(http, "ann", "expo", phone)
+    await register(http, "ann", "expo", tablet)
     await tidings.notify("ann", {"n": 1})
     sends_before = len(expo.requests_to("send"))
-    done = await settled(tidings, await post(http, service, "ann"))
+    done = await settled(tidings, await post(http, service, "ann", "expo"))
     [delivery] = done.deliveries or []
     assert delivery.state == "sent"
     assert len(expo.requests_to("send")) == sends_before + 1
@@ -124,8 +86,8 @@ async def test_gone_tokens_leave_by_ticket_and_by_receipt(node: Any, expo: FakeE
     expo.ticket_error(at_once, "DeviceNotRegistered")
     expo.receipt_error(later, "DeviceNotRegistered")
     for token in (keep, at_once, later):
-        await register(http, "bob", token)
-    done = await settled(tidings, await post(http, service, "bob"))
+        await register(http, "bob", "expo", token)
+    done = await settled(tidings, await post(http, service, "bob", "expo"))
     assert [d.state for d in done.deliveries or []] == ["sent"]
     tokens = {t.token for t in await tidings.store.push_tokens("bob")}
     assert at_once not in tokens and keep in tokens
@@ -142,16 +104,16 @@ async def test_a_busy_service_is_retried_after_retry_after(node: Any, expo: Fake
     sent; a MessageRateExceeded ticket is retried too."""
     tidings, http, service = node
     token = expo_token("cyd-1")
-    await register(http, "cyd", token)
+    await register(http, "cyd", "expo", token)
     expo.fail_requests(429, times=1, retry_after=1, token=token)
-    done = await settled(tidings, await post(http, service, "cyd"))
+    done = await settled(tidings, await post(http, service, "cyd", "expo"))
     [delivery] = done.deliveries or []
     assert delivery.state == "sent"
     retried = next(h for h in delivery.history if h.reason == "token_retry")
     sent = next(h for h in delivery.history if h.reason == "token_sent")
     assert (sent.at - retried.at).total_seconds() >= 0.9
     expo.ticket_error(token, "MessageRateExceeded", times=1)
-    done = await settled(tidings, await post(http, service, "cyd"))
+    done = await settled(tidings, await post(http, service, "cyd", "expo"))
     assert [d.state for d in done.deliveries or []] == ["sent"]
 
 
@@ -161,11 +123,13 @@ async def test_other_ticket_errors_fail_and_no_token_is_no_address(
     tidings, http, service = node
     token = expo_token("dan-1")
     expo.ticket_error(token, "InvalidCredentials")
-    await register(http, "dan", token)
-    [delivery] = (await settled(tidings, await post(http, service, "dan"))).deliveries or []
+    await register(http, "dan", "expo", token)
+    [delivery] = (await settled(tidings, await post(http, service, "dan", "expo"))).deliveries or []
     assert (delivery.state, delivery.reason) == ("failed", "rejected")
     assert "InvalidCredentials" in (delivery.last_error or "")
-    [delivery] = (await settled(tidings, await post(http, service, "nobody"))).deliveries or []
+    [delivery] = (
+        await settled(tidings, await post(http, service, "nobody", "expo"))
+    ).deliveries or []
     assert (delivery.state, delivery.reason) == ("failed", "no_address")
 
 

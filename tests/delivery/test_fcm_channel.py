@@ -5,22 +5,18 @@ from ``/me/push-tokens``; each token's outcome is in the delivery's history."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from phone_support import post, register, service_api, settled
 
-from conftest import JWT_SECRET, device_token
+from conftest import JWT_SECRET
 from support.fake_fcm import FakeFcm
 from tidings import Tidings
-from tidings.auth.oauth import create_client
-from tidings.delivery.models import Message
 from tidings.errors import ConfigurationError
-from tidings.node.app import TidingsApp
 
 PHONE = "fcm-phone-token-1"
 TABLET = "fcm-tablet-token-2"
@@ -46,55 +42,19 @@ def fcm_settings(fcm: tuple[FakeFcm, Path]) -> dict[str, Any]:
 async def node(
     tmp_path: Path, fcm: tuple[FakeFcm, Path]
 ) -> AsyncIterator[tuple[Tidings, httpx.AsyncClient, dict[str, str]]]:
-    async with Tidings(
-        store=f"sqlite:///{tmp_path}/f.db",
-        jwt_secret=JWT_SECRET,
-        pipeline_poll_interval=0.05,
-        pipeline_retry_base=0.05,
-        pipeline_retry_max=2.0,
-        badge_sync_interval=0,
-        **fcm_settings(fcm),
-    ) as tidings:
-        client, secret = await create_client(tidings.store, "svc", ["messages"])
-        issued = await tidings.service_auth.issue(client.client_id, secret, "messages")
-        transport = httpx.ASGITransport(app=TidingsApp(tidings, manage_lifespan=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield tidings, http, {"Authorization": f"Bearer {issued.access_token}"}
-
-
-async def register(http: httpx.AsyncClient, user: str, token: str) -> None:
-    answer = await http.post(
-        "/me/push-tokens",
-        json={"platform": "fcm", "token": token},
-        headers={"Authorization": f"Bearer {device_token(user)}"},
-    )
-    assert answer.status_code == 201, answer.text
-
-
-async def post(http: httpx.AsyncClient, service: dict[str, str], user: str) -> str:
-    answer = await http.post(
-        "/messages",
-        json={
-            "recipients": {"user_ids": [user]},
-            "channels": ["fcm"],
-            "content": {"subject": "Order {{ n }}", "text": "Order {{ n }} has shipped"},
-            "data": {"n": 42},
-        },
-        headers=service,
-    )
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["message_id"])
-
-
-async def settled(node: Tidings, message_id: str, timeout: float = 10.0) -> Message:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await node.pipeline.store.get_message(message_id, None)
-        assert found is not None
-        if found.deliveries and all(d.state in ("sent", "failed") for d in found.deliveries):
-            return found
-        assert time.monotonic() < deadline, f"not settled: {found}"
-        await asyncio.sleep(0.05)
+    async with (
+        Tidings(
+            store=f"sqlite:///{tmp_path}/f.db",
+            jwt_secret=JWT_SECRET,
+            pipeline_poll_interval=0.05,
+            pipeline_retry_base=0.05,
+            pipeline_retry_max=2.0,
+            badge_sync_interval=0,
+            **fcm_settings(fcm),
+        ) as tidings,
+        service_api(tidings) as (http, service),
+    ):
+        yield tidings, http, service
 
 
 async def test_every_token_gets_the_message_with_the_users_badge(node: Any, fcm: Any) -> None:
@@ -103,12 +63,12 @@ async def test_every_token_gets_the_message_with_the_users_badge(node: Any, fcm:
     tidings, http, service = node
     fake: FakeFcm = fcm[0]
     issued_before = fake.tokens_issued
-    await register(http, "ann", PHONE)
-    await register(http, "ann", TABLET)
+    await register(http, "ann", "fcm", PHONE)
+    await register(http, "ann", "fcm", TABLET)
     for n in range(2):
         await tidings.notify("ann", {"n": n})
-    first = await post(http, service, "ann")
-    second = await post(http, service, "ann")
+    first = await post(http, service, "ann", "fcm")
+    second = await post(http, service, "ann", "fcm")
     for message_id in (first, second):
         done = await settled(tidings, message_id)
         assert [d.state for d in done.deliveries or []] == ["sent"]
@@ -136,13 +96,13 @@ async def test_unregistered_and_invalid_tokens_are_removed(node: Any, fcm: Any) 
     fake.unregister("fcm-gone-1")
     fake.fail("fcm-bad-2", "INVALID_ARGUMENT")
     for token in ("fcm-ok-0", "fcm-gone-1", "fcm-bad-2"):
-        await register(http, "bob", token)
-    done = await settled(tidings, await post(http, service, "bob"))
+        await register(http, "bob", "fcm", token)
+    done = await settled(tidings, await post(http, service, "bob", "fcm"))
     assert [d.state for d in done.deliveries or []] == ["sent"]
     assert [t.token for t in await tidings.store.push_tokens("bob")] == ["fcm-ok-0"]
     fake.unregister("fcm-gone-3")
-    await register(http, "cyd", "fcm-gone-3")
-    [delivery] = (await settled(tidings, await post(http, service, "cyd"))).deliveries or []
+    await register(http, "cyd", "fcm", "fcm-gone-3")
+    [delivery] = (await settled(tidings, await post(http, service, "cyd", "fcm"))).deliveries or []
     assert (delivery.state, delivery.reason) == ("failed", "gone")
 
 
@@ -152,8 +112,8 @@ async def test_quota_exceeded_is_retried_after_retry_after(node: Any, fcm: Any) 
     tidings, http, service = node
     fake: FakeFcm = fcm[0]
     fake.fail("fcm-busy-4", "QUOTA_EXCEEDED", times=1, retry_after=1)
-    await register(http, "dan", "fcm-busy-4")
-    message_id = await post(http, service, "dan")
+    await register(http, "dan", "fcm", "fcm-busy-4")
+    message_id = await post(http, service, "dan", "fcm")
     done = await settled(tidings, message_id)
     [delivery] = done.deliveries or []
     assert delivery.state == "sent"
@@ -163,8 +123,8 @@ async def test_quota_exceeded_is_retried_after_retry_after(node: Any, fcm: Any) 
     assert (sent.at - retried.at).total_seconds() >= 0.9
     assert [a.status for a in fake.attempts_to("fcm-busy-4")] == [429, 200]
     fake.fail("fcm-down-5", "UNAVAILABLE", times=1)
-    await register(http, "dan", "fcm-down-5")
-    done = await settled(tidings, await post(http, service, "dan"))
+    await register(http, "dan", "fcm", "fcm-down-5")
+    done = await settled(tidings, await post(http, service, "dan", "fcm"))
     assert [d.state for d in done.deliveries or []] == ["sent"]
 
 
@@ -173,11 +133,11 @@ async def test_a_revoked_access_token_is_fetched_again(node: Any, fcm: Any) -> N
     the retry is sent."""
     tidings, http, service = node
     fake: FakeFcm = fcm[0]
-    await register(http, "eve", "fcm-eve-6")
-    await settled(tidings, await post(http, service, "eve"))
+    await register(http, "eve", "fcm", "fcm-eve-6")
+    await settled(tidings, await post(http, service, "eve", "fcm"))
     fake.revoke_tokens()
     issued = fake.tokens_issued
-    done = await settled(tidings, await post(http, service, "eve"))
+    done = await settled(tidings, await post(http, service, "eve", "fcm"))
     assert [d.state for d in done.deliveries or []] == ["sent"]
     assert fake.tokens_issued == issued + 1
 
