@@ -10,12 +10,21 @@ from fastapi import Depends, Path, Request
 
 from tidings.api.common import RequireScope, check_identifier
 from tidings.api.ports import ApiNode
+from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import MAX_USER_ID_LENGTH
 from tidings.errors import ApiError, AuthError, InvalidArgument
 
 #: who a per-user route acts for: (user id, the device JWT's claims, or None for a service)
 Caller = tuple[str, dict[str, Any] | None]
+
+#: the refusals every authorized route documents in OpenAPI
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ApiErrorBody, "description": "Missing or invalid token"},
+    403: {"model": ApiErrorBody, "description": "Token lacks the scope"},
+    422: {"model": ApiErrorBody, "description": "Invalid request"},
+    503: {"model": ApiErrorBody, "description": "Storage unavailable; nothing written"},
+}
 
 
 def device_caller(node: ApiNode) -> Callable[[Request], Awaitable[Caller]]:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, R
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tidings.api.callers import Caller, device_caller, service_caller
+from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
 from tidings.api.common import RequireScope, authorize
 from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
@@ -163,12 +163,7 @@ def mount_pipeline(
 ) -> None:
     """Add the pipeline's routes to the service API."""
     router = APIRouter()
-    errors: dict[int | str, dict[str, Any]] = {
-        401: {"model": ApiErrorBody, "description": "Missing or invalid token"},
-        403: {"model": ApiErrorBody, "description": "Token lacks the scope"},
-        422: {"model": ApiErrorBody, "description": "Invalid request"},
-        503: {"model": ApiErrorBody, "description": "Storage unavailable; nothing written"},
-    }
+    errors = ERRORS
     not_found: dict[int | str, dict[str, Any]] = {
         404: {"model": ApiErrorBody, "description": "Unknown (or another's) id"}
     }

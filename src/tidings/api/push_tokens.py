@@ -4,13 +4,13 @@ its device JWT (``/me/push-tokens``), or a service does for any user
 
 # No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
 # dependencies local to the function that mounts them.
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.api.callers import Caller, device_caller, service_caller
+from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
 from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
@@ -58,12 +58,7 @@ class PushTokenOut(BaseModel):
 def mount_push_tokens(app: FastAPI, tidings: ApiNode, require_scope: RequireScope) -> None:
     """The push-token routes, under ``/me`` and ``/users/{user_id}``."""
     router = APIRouter()
-    errors: dict[int | str, dict[str, Any]] = {
-        401: {"model": ApiErrorBody, "description": "Missing or invalid token"},
-        403: {"model": ApiErrorBody, "description": "Token lacks the scope"},
-        422: {"model": ApiErrorBody, "description": "Invalid request"},
-        503: {"model": ApiErrorBody, "description": "Storage unavailable; nothing written"},
-    }
+    errors = ERRORS
     for prefix, who in (
         ("/me", device_caller(tidings)),
         ("/users/{user_id}", service_caller(require_scope)),

@@ -296,7 +296,6 @@ class Pipeline(Lifecycle):
             TemplateFailure: the template is unknown or does not render.
             Conflict: ``idempotency_key`` was used with other arguments.
         """
-        self.check_channels(channels)
         if (user_ids is None) == (topic is None):
             raise InvalidArgument("give exactly one of user_ids and topic")
         if (template_id is None) == (content is None):

@@ -21,13 +21,14 @@ import orjson
 
 from tidings.core.models import PushToken
 from tidings.delivery.channels._net import retry_after
-from tidings.delivery.channels.base import Outgoing, Sent
+from tidings.delivery.channels.base import Outgoing
 from tidings.delivery.channels.phones import (
     FAILED,
     RETRY,
     SENT,
     PhoneChannel,
     Push,
+    json_field,
     push_ssl_context,
     short,
 )
@@ -107,11 +108,8 @@ class ExpoChannel(PhoneChannel):
             headers["authorization"] = f"Bearer {self.access_token}"
         return headers
 
-    async def send(self, outgoing: Outgoing) -> Sent:
-        tokens = await self.store.push_tokens(outgoing.user_id, self.name)
-        if not tokens:
-            return await super().send(outgoing)  # no_address
-        badge = (await self.store.count(outgoing.user_id)).count
+    async def push_all(self, outgoing: Outgoing, tokens: list[PushToken], badge: int) -> list[Push]:
+        """Every token of the user in one request (Expo takes up to 100, the registry's cap)."""
         rendered = outgoing.rendered
         messages = [
             {
@@ -128,8 +126,7 @@ class ExpoChannel(PhoneChannel):
             }
             for token in tokens
         ]
-        pushes = await self._send(tokens, messages)
-        return await self.settle(tokens, pushes)
+        return await self._send(tokens, messages)
 
     async def send_badge(self, user_id: str, badge: int) -> None:
         """A silent badge update to every Expo token of the user (no alert, no sound)."""
@@ -162,7 +159,7 @@ class ExpoChannel(PhoneChannel):
                 Push(FAILED, f"{short(t.token)}: {detail}", reason=str(response.status_code))
                 for t in tokens
             ]
-        tickets = orjson.loads(response.content).get("data", [])
+        tickets = json_field(response.content, "data")
         if not isinstance(tickets, list) or len(tickets) != len(tokens):
             return [Push(RETRY, f"{short(t.token)}: unexpected answer") for t in tokens]
         return [await self._ticket(t, ticket) for t, ticket in zip(tokens, tickets, strict=True)]
@@ -210,7 +207,7 @@ class ExpoChannel(PhoneChannel):
             )
             if response.status_code != 200:
                 return removed  # asked again next time
-            receipts = orjson.loads(response.content).get("data", {})
+            receipts = json_field(response.content, "data")
             for receipt_id in ids:
                 receipt = receipts.get(receipt_id) if isinstance(receipts, dict) else None
                 if receipt is None:  # not ready yet: asked again next time, for a day

@@ -31,6 +31,7 @@ from tidings.delivery.channels.phones import (
     SENT,
     PhoneChannel,
     Push,
+    json_field,
     push_ssl_context,
     short,
 )
@@ -165,7 +166,10 @@ class FcmChannel(PhoneChannel):
                 self.account.token_uri,
                 data={"grant_type": GRANT_TYPE, "assertion": self.account.assertion(now)},
             )
-            body: Any = orjson.loads(response.content) if response.content else {}
+            try:
+                body: Any = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                raise httpx.DecodingError("the token endpoint answered no JSON") from None
             if response.status_code != 200 or not isinstance(body, dict):
                 raise PermissionError(f"the token endpoint answered {response.status_code}: {body}")
             expires = now + int(body.get("expires_in", 3600)) - TOKEN_MARGIN
@@ -224,7 +228,7 @@ class FcmChannel(PhoneChannel):
         except PermissionError as exc:
             return Push(FAILED, f"{short(token.token)}: {exc}", reason="unauthorized")
         if response.status_code == 200:
-            name = str(orjson.loads(response.content).get("name", ""))
+            name = str(json_field(response.content, "name") or "")
             return Push(SENT, f"{short(token.token)}: {name}", provider_id=name)
         code, status = error_code(response.content)
         detail = f"{short(token.token)}: {response.status_code} {code or status}".rstrip()

@@ -77,8 +77,12 @@ class PhoneChannel(Channel):
         if not tokens:
             raise PermanentFailure("no_address", f"the user has no {self.name} push token")
         badge = (await self.store.count(outgoing.user_id)).count
-        pushes = await asyncio.gather(*(self.push(outgoing, t, badge) for t in tokens))
-        return await self.settle(tokens, pushes)
+        return await self.settle(tokens, await self.push_all(outgoing, tokens, badge))
+
+    async def push_all(self, outgoing: Outgoing, tokens: list[PushToken], badge: int) -> list[Push]:
+        """The delivery to every token, a :class:`Push` each in order: one :meth:`push` per
+        token, concurrently (a provider that takes many tokens in one request overrides it)."""
+        return list(await asyncio.gather(*(self.push(outgoing, t, badge) for t in tokens)))
 
     async def gone(self, token: PushToken, detail: str) -> Push:
         """The provider says ``token`` will never work again: it leaves the registry."""
