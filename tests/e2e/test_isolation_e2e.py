@@ -385,6 +385,7 @@ SERVICE_CALLS = [
     ("GET", "/log/notifications", None),
     ("GET", "/topics/user:alice/messages", None),
     ("DELETE", "/users/alice/devices/abcdefgh1234", None),
+    ("DELETE", "/users/alice", None),
 ]
 
 
@@ -525,6 +526,8 @@ async def test_device_jwts_cannot_reach_users_routes(
                 ("PUT", f"/users/{alice}/channels/in_app", {"enabled": False}),
                 ("PUT", f"/users/{alice}/topics/news", None),
                 ("DELETE", f"/users/{alice}/devices/abcdefgh1234", None),
+                ("DELETE", f"/users/{alice}", None),
+                ("DELETE", f"/users/{bob}", None),
             ):
                 response = await client.request(method, path, json=body, headers=bearer(token))
                 assert response.status_code in (401, 403), (method, path, response.text)

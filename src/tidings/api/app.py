@@ -49,6 +49,7 @@ from tidings.api.schemas import (
     TopicLog,
     TopicMessageOut,
 )
+from tidings.api.users import mount_users
 from tidings.api.web import mount_web
 from tidings.errors import ApiError as ApiError
 from tidings.errors import InvalidArgument, StoreUnavailable
@@ -302,5 +303,6 @@ def create_api(tidings: ApiNode, *, manage_lifespan: bool = True) -> FastAPI:
 
     mount_pipeline(app, tidings, require_scope)
     mount_push_tokens(app, tidings, require_scope)
+    mount_users(app, tidings, require_scope)
     mount_web(app, tidings, require_scope)
     return app

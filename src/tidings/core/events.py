@@ -71,6 +71,14 @@ def encode_device_forgotten(user_id: str, connection_id: str, origin: str) -> by
     )
 
 
+#: A user was erased: every node closes the user's sockets.
+USER_ERASED = "user-erased"
+
+
+def encode_user_erased(user_id: str, origin: str) -> bytes:
+    return orjson.dumps({"type": USER_ERASED, "user_id": user_id, "node": origin})
+
+
 #: A message published to a topic.
 TOPIC_MESSAGE = "topic-message"
 

@@ -32,11 +32,14 @@ from tidings.delivery.retry import retry_at, retry_delay
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
 from tidings.errors import TemplateFailure, TidingsError
+from tidings.storage.batching import Batcher
 
 logger = logging.getLogger("tidings.delivery")
 
 #: a send is given up this long before its lease would lapse without a renewal
 SAFETY = 0.8
+#: at most this many outcomes recorded in one transaction
+RECORD_BATCH = 256
 
 
 class WorkSource(Protocol):
@@ -71,6 +74,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
+        #: outcomes recorded together: those that end while a recording runs go in the next
+        self._recorder: Batcher[tuple[Claim, Outcome]] = Batcher(
+            functools.partial(pipeline.store.complete_many, owner), max_batch=RECORD_BATCH
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -159,7 +166,7 @@ class Worker:
         self.pipeline.counters.sends[(claim.channel, outcome_name)] += 1
         for pause in (0.1, 0.5, 1.0, 2.0):
             try:
-                if not await self.pipeline.store.complete(self.owner, claim, outcome):
+                if not await self._recorder.submit((claim, outcome)):
                     logger.warning(
                         "delivery %s was claimed again meanwhile; this try's result (%s) "
                         "is dropped",

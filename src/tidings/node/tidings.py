@@ -454,6 +454,20 @@ class Tidings(Lifecycle):
             invalidate=delegate.invalidate if delegate is not None else None,
         )
 
+    async def erase_user(self, user_id: str) -> dict[str, int]:
+        """Erase everything tidings holds about a user: the pipeline's deliveries, contact
+        points and preferences, then notifications, devices and their queues, sessions and
+        push tokens; the user's sockets on every node are closed. How many rows went, by
+        kind. Idempotent: erasing again erases nothing."""
+        erased = await self.pipeline.store.erase_user(user_id)
+        delegate = self.delegate
+        erased.update(
+            await self.queues.erase_user(
+                user_id, invalidate=delegate.invalidate if delegate is not None else None
+            )
+        )
+        return erased
+
     # Cluster membership
 
     async def forget_presence(self, conn: Connection) -> None:

@@ -79,6 +79,10 @@ class BusEvents:
             user_id, connection_id = event.get("user_id"), event.get("connection_id")
             if isinstance(user_id, str) and isinstance(connection_id, str):
                 self.queues.close_device(user_id, connection_id)
+        elif kind == events.USER_ERASED:
+            user_id = event.get("user_id")
+            if isinstance(user_id, str):
+                self.queues.close_user(user_id)
 
     def on_reconnect(self) -> None:
         self.counters.bus_reconnects += 1

@@ -154,6 +154,32 @@ class Queues:
                 logger.warning("device-forgotten event not published: %s", exc)
         return forgotten
 
+    async def erase_user(
+        self, user_id: str, *, invalidate: Callable[[str], None] | None = None
+    ) -> dict[str, int]:
+        """Delete what the store holds about the user (notifications, devices and their
+        queues, sessions, push tokens); the user's sockets on every node are closed.
+
+        ``invalidate`` is called with the user id once the rows are gone.
+        """
+        erased = await self.store.erase_user(user_id)
+        if invalidate is not None:
+            invalidate(user_id)
+        self.close_user(user_id)
+        try:
+            await self.bus.publish(
+                user_channel(user_id), events.encode_user_erased(user_id, self.node_id)
+            )
+        except BusError as exc:
+            # Its sockets elsewhere find their device gone at their next queue read.
+            logger.warning("user-erased event not published: %s", exc)
+        return erased
+
+    def close_user(self, user_id: str) -> None:
+        """Close every socket of the user on this node (the user was erased)."""
+        for conn in list(self.registry.connections(user_id)):
+            conn.close(codec.CLOSE_NORMAL, "user erased", flush=False)
+
     def close_device(self, user_id: str, connection_id: str) -> None:
         """Close the device's sockets on this node (it was forgotten)."""
         for conn in list(self.registry.connections(user_id)):

@@ -16,6 +16,7 @@ from tidings.storage.facets import (
     NotificationStore,
     PushTokenStore,
     TopicStore,
+    UserStore,
 )
 
 
@@ -27,6 +28,7 @@ class Store(
     ClusterStore,
     CredentialStore,
     PushTokenStore,
+    UserStore,
 ):
     """Durable state of tidings: every facet in one database.
 

@@ -157,6 +157,40 @@ async def test_complete_sent_removes_from_queue(pstore: PipelineStore) -> None:
     assert await pstore.complete("w", claim, sent("again")) is False
 
 
+async def test_complete_many_records_each_outcome_in_one_call(pstore: PipelineStore) -> None:
+    """complete_many records a sent, a retried and a failed delivery with their notes, and
+    answers False, writing nothing, for a claim that is not the caller's."""
+    message, _, _ = await create(pstore, new_message(["u1", "u2", "u3", "u4"]))
+    claims = await pstore.claim(["in_app"], "w", 10, LONG)
+    by_user = {c.user_id: c for c in claims}
+    later = utcnow() + timedelta(seconds=60)
+    foreign = by_user["u4"]
+    before = (await deliveries(pstore, message.message_id))[foreign.delivery_id]
+    answers = await pstore.complete_many(
+        "w",
+        [
+            (by_user["u1"], Outcome(SENT, "sent", provider_id="p-1", notes=(("token_sent", "a"),))),
+            (by_user["u2"], Outcome(PENDING, "retry", "busy", retry_at=later)),
+            (by_user["u3"], Outcome(FAILED, "rejected", "no")),
+        ],
+    )
+    assert answers == [True, True, True]
+    assert await pstore.complete_many("other", [(foreign, sent())]) == [False]
+    found = await deliveries(pstore, message.message_id)
+    one, two, three = (found[by_user[u].delivery_id] for u in ("u1", "u2", "u3"))
+    assert (one.state, one.provider_id) == (SENT, "p-1") and one.sent_at is not None
+    assert [(h.state, h.reason, h.detail) for h in one.history[-2:]] == [
+        (ACTIVE, "token_sent", "a"),
+        (SENT, "sent", "p-1"),
+    ]
+    assert (two.state, two.last_error, two.sent_at) == (PENDING, "busy", None)
+    assert (three.state, three.reason, three.last_error) == (FAILED, "rejected", "no")
+    assert found[foreign.delivery_id] == before
+    # The retried one is due again only later; the others left the queue.
+    assert await pstore.claim(["in_app"], "w2", 10, LONG) == []
+    assert await pstore.complete_many("w", []) == []
+
+
 async def test_retry_outcome_waits_until_retry_at(pstore: PipelineStore) -> None:
     """A retry is pending and not claimable before retry_at, and claimable (attempt 2) after."""
     message, _, _ = await create(pstore, new_message())

@@ -34,6 +34,21 @@ async def test_create_bumps_count_and_version(store: Store) -> None:
     assert await store.count("u1") == second.count
 
 
+async def test_counts_of_many_users_in_one_read(store: Store) -> None:
+    """counts answers every user asked for: their count and version, 0 at 0 for one unknown."""
+    await store.create_notification("u1", {"n": 1})
+    await store.create_notification("u1", {"n": 2})
+    await store.create_notification("u2", {"n": 1})
+    found = await store.counts(["u1", "u2", "nobody"])
+    assert {u: (c.user_id, c.count, c.version) for u, c in found.items()} == {
+        "u1": ("u1", 2, 2),
+        "u2": ("u2", 1, 1),
+        "nobody": ("nobody", 0, 0),
+    }
+    many = [f"user-{n}" for n in range(1200)]
+    assert len(await store.counts(many)) == 1200
+
+
 async def test_create_is_idempotent_by_id(store: Store) -> None:
     """The same notification_id and content returns the first notification, writing nothing."""
     first = await store.create_notification("u1", {"a": 1, "b": 2}, "n-1")

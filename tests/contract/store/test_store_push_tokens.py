@@ -108,3 +108,21 @@ async def test_concurrent_registrations_of_one_token_leave_one_holder(store: Sto
     )
     holders = [u for u in ("ann", "bob", "cid", "dee") if await store.push_tokens(u)]
     assert len(holders) == 1
+
+
+async def test_tokens_of_many_users_in_one_read(store: Store) -> None:
+    """push_tokens_of answers every user asked for, with their tokens of that platform only,
+    oldest first; [] for a user with none."""
+    a1, _ = await store.register_push_token("ann", "apns", "a1", None, max_per_user=CAP)
+    await asyncio.sleep(0.002)
+    a2, _ = await store.register_push_token("ann", "apns", "a2", None, max_per_user=CAP)
+    await store.register_push_token("ann", "fcm", "f1", None, max_per_user=CAP)
+    b1, _ = await store.register_push_token("bob", "apns", "b1", None, max_per_user=CAP)
+    found = await store.push_tokens_of(["ann", "bob", "cid", "ann"], "apns")
+    assert {user: [t.token_id for t in tokens] for user, tokens in found.items()} == {
+        "ann": [a1.token_id, a2.token_id],
+        "bob": [b1.token_id],
+        "cid": [],
+    }
+    many = [f"user-{n}" for n in range(1200)]  # more than one statement's worth
+    assert set(await store.push_tokens_of([*many, "bob"], "apns")) == {*many, "bob"}

@@ -13,7 +13,7 @@ import math
 import socket
 import time
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -145,7 +145,12 @@ def encode_json(value: Any) -> bytes:
         raise PermanentFailure("invalid_payload", f"cannot encode as JSON: {exc}") from exc
 
 
-def retry_after(response: httpx.Response) -> float | None:
+class HasHeaders(Protocol):
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def retry_after(response: HasHeaders) -> float | None:
     """The ``Retry-After`` hint in seconds (a number of seconds or an HTTP date), if any."""
     value = response.headers.get("retry-after", "").strip()
     if not value:

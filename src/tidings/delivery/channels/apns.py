@@ -1,11 +1,11 @@
 """The APNs channel: a delivery to every iPhone and iPad of the user, through Apple's push
 notification service.
 
-One HTTP/2 connection to APNs (httpx with h2), multiplexed across every send of the node and
-reused; each request carries a provider token, an ES256 JWT signed with the team's auth key
-(.p8), made again after 50 minutes (APNs refuses one older than an hour, and one changed more
-often than every 20 minutes). The user's tokens come from the push-token registry
-(``/me/push-tokens``); a token APNs says is gone (410 ``Unregistered``, 400
+One HTTP/2 connection to APNs (:mod:`tidings.delivery.channels.http2`), multiplexed across
+every send of the node and reused; each request carries a provider token, an ES256 JWT signed
+with the team's auth key (.p8), made again after 50 minutes (APNs refuses one older than an
+hour, and one changed more often than every 20 minutes). The user's tokens come from the
+push-token registry (``/me/push-tokens``); a token APNs says is gone (410 ``Unregistered``, 400
 ``BadDeviceToken`` / ``DeviceTokenNotForTopic``) is removed from it. The badge is the user's
 unseen count when the delivery is sent.
 """
@@ -17,7 +17,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, ClassVar
 
-import httpx
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -27,6 +26,7 @@ from joserfc.jwk import ECKey
 from tidings.core.models import PushToken
 from tidings.delivery.channels._net import retry_after
 from tidings.delivery.channels.base import Outgoing
+from tidings.delivery.channels.http2 import Http2Client, Http2Error
 from tidings.delivery.channels.phones import (
     FAILED,
     RETRY,
@@ -56,11 +56,8 @@ EXPIRATION_SECONDS = 24 * 3600
 GONE = frozenset({"Unregistered", "BadDeviceToken", "DeviceTokenNotForTopic"})
 #: reasons that mean the provider token must be made again (then the send is retried)
 STALE_PROVIDER_TOKEN = frozenset({"ExpiredProviderToken", "InvalidProviderToken"})
-#: errors of a request APNs never received (or refused on a closing connection, GOAWAY):
-#: sent again at once, on a new connection
-UNSENT = (httpx.ConnectError, httpx.WriteError, httpx.RemoteProtocolError)
 #: silent badge updates replace each other on the phone
-BADGE_COLLAPSE_ID = "tidings-badge"
+BADGE_COLLAPSE_ID = b"tidings-badge"
 _IDS = uuid.UUID("8f5f4b1e-6a0e-4c52-9d3b-7c1e0c2a9a11")
 
 
@@ -113,7 +110,7 @@ class ApnsChannel(PhoneChannel):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.ssl = push_ssl_context(ca_file)
-        self._client: httpx.AsyncClient | None = None
+        self._client: Http2Client | None = None
         self._provider_token: tuple[str, float] | None = None
         #: APNs called the current token expired or invalid: make another once allowed
         self._refused = False
@@ -141,12 +138,16 @@ class ApnsChannel(PhoneChannel):
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(http2=True, verify=self.ssl, timeout=self.timeout)
+            try:
+                self._client = Http2Client(self.url, self.ssl, self.timeout)
+            except ValueError as exc:
+                raise ConfigurationError(f"TIDINGS_APNS_URL: {exc}") from None
 
     async def close(self) -> None:
+        await super().close()
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await client.close()
 
     def provider_token(self) -> str:
         """The current provider token, made again once it is :data:`TOKEN_SECONDS` old, or
@@ -187,11 +188,12 @@ class ApnsChannel(PhoneChannel):
         if len(payload) > MAX_PAYLOAD_BYTES:
             detail = f"{len(payload)} bytes of payload; APNs takes {MAX_PAYLOAD_BYTES}"
             return Push(FAILED, f"{short(token.token)}: {detail}", reason="payload_too_large")
-        headers = {
-            "apns-push-type": "alert",
-            "apns-priority": "10",
-            "apns-id": str(uuid.uuid5(_IDS, f"{outgoing.delivery_id}:{token.token_id}")),
-        }
+        apns_id = uuid.uuid5(_IDS, f"{outgoing.delivery_id}:{token.token_id}")
+        headers = [
+            (b"apns-push-type", b"alert"),
+            (b"apns-priority", b"10"),
+            (b"apns-id", str(apns_id).encode()),
+        ]
         return await self._request(token, payload, headers)
 
     async def send_badge(self, user_id: str, badge: int) -> None:
@@ -201,45 +203,43 @@ class ApnsChannel(PhoneChannel):
         if not tokens:
             return
         payload = orjson.dumps({"aps": {"content-available": 1, "badge": badge}})
-        headers = {
-            "apns-push-type": "background",
-            "apns-priority": "5",
-            "apns-collapse-id": BADGE_COLLAPSE_ID,
-        }
+        headers = [
+            (b"apns-push-type", b"background"),
+            (b"apns-priority", b"5"),
+            (b"apns-collapse-id", BADGE_COLLAPSE_ID),
+        ]
         await asyncio.gather(*(self._request(token, payload, headers) for token in tokens))
 
-    async def _request(self, token: PushToken, payload: bytes, extra: dict[str, str]) -> Push:
+    async def _request(
+        self, token: PushToken, payload: bytes, extra: list[tuple[bytes, bytes]]
+    ) -> Push:
         """One request to APNs for one token."""
         if self._client is None:
             await self.start()
         assert self._client is not None
-        headers = {
-            "authorization": f"bearer {self.provider_token()}",
-            "apns-topic": self.topic,
-            "apns-expiration": str(int(time.time()) + EXPIRATION_SECONDS),
-            "content-type": "application/json",
-            **extra,
-        }
-        url = f"{self.url}/3/device/{token.token}"
+        headers = [
+            (b"authorization", b"bearer " + self.provider_token().encode()),
+            (b"apns-topic", self.topic.encode()),
+            (b"apns-expiration", str(int(time.time()) + EXPIRATION_SECONDS).encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *extra,
+        ]
         try:
-            try:
-                response = await self._client.post(url, content=payload, headers=headers)
-            except UNSENT:
-                # The connection went away (APNs closes idle or old connections, sending
-                # GOAWAY) before this request was taken: once more, on a new connection.
-                response = await self._client.post(url, content=payload, headers=headers)
-        except httpx.HTTPError as exc:
+            # A request the closing connection never took is sent again by the client.
+            response = await self._client.post(f"/3/device/{token.token}", headers, payload)
+        except Http2Error as exc:
             return Push(RETRY, f"{short(token.token)}: {type(exc).__name__}: {exc}")
-        if response.status_code == 200:
+        if response.status == 200:
             apns_id = response.headers.get("apns-id")
             return Push(SENT, f"{short(token.token)}: apns-id {apns_id}", provider_id=apns_id)
-        reason = str(json_field(response.content, "reason") or "")
-        detail = f"{short(token.token)}: {response.status_code} {reason}".rstrip()
-        if response.status_code == 410 or (response.status_code == 400 and reason in GONE):
+        reason = str(json_field(response.body, "reason") or "")
+        detail = f"{short(token.token)}: {response.status} {reason}".rstrip()
+        if response.status == 410 or (response.status == 400 and reason in GONE):
             return await self.gone(token, detail)
-        if response.status_code == 403 and reason in STALE_PROVIDER_TOKEN:
+        if response.status == 403 and reason in STALE_PROVIDER_TOKEN:
             self._refused = True  # made again for a later try, as soon as APNs allows
             return Push(RETRY, detail)
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status == 429 or response.status >= 500:
             return Push(RETRY, detail, retry_after=retry_after(response))
-        return Push(FAILED, detail, reason=reason or str(response.status_code))
+        return Push(FAILED, detail, reason=reason or str(response.status))

@@ -94,6 +94,7 @@ class ExpoChannel(PhoneChannel):
             self._checker = asyncio.ensure_future(self._check_receipts())
 
     async def close(self) -> None:
+        await super().close()
         checker, self._checker = self._checker, None
         if checker is not None:
             checker.cancel()

@@ -144,6 +144,7 @@ class FcmChannel(PhoneChannel):
             self._fetching = asyncio.Lock()
 
     async def close(self) -> None:
+        await super().close()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

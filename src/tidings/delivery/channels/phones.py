@@ -8,6 +8,7 @@ A subclass sends to one token (:meth:`PhoneChannel.push`) and answers with a :cl
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,11 +18,16 @@ import orjson
 from tidings.core.models import PushToken
 from tidings.delivery.channels.base import Channel, Outgoing, Sent
 from tidings.errors import ConfigurationError, PermanentFailure, TransientFailure
+from tidings.storage.batching import Batcher
 
 if TYPE_CHECKING:
     from tidings.storage import Store
 
+logger = logging.getLogger("tidings.delivery")
+
 SENT, GONE, RETRY, FAILED = "sent", "gone", "retry", "failed"
+#: at most this many users' sends share one read (or one write of their tokens' last use)
+BATCH = 500
 #: the history's reason for each kind of token outcome
 NOTES = {SENT: "token_sent", GONE: "token_removed", RETRY: "token_retry", FAILED: "token_failed"}
 
@@ -67,22 +73,55 @@ class PhoneChannel(Channel):
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # The sends under way share their reads and writes: each batch of users' tokens and
+        # counts is one read, each batch of used tokens one write.
+        self._targets: Batcher[str] = Batcher(self._read_targets, max_batch=BATCH)
+        self._uses: Batcher[list[str]] = Batcher(self._write_uses, max_batch=BATCH)
+        self._using: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Wait for the last uses of tokens to be written."""
+        if self._using:
+            await asyncio.wait(list(self._using))
+
+    async def _read_targets(self, user_ids: list[str]) -> list[tuple[list[PushToken], int]]:
+        wanted = list(dict.fromkeys(user_ids))
+        tokens, counts = await asyncio.gather(
+            self.store.push_tokens_of(wanted, self.name), self.store.counts(wanted)
+        )
+        return [(tokens[user_id], counts[user_id].count) for user_id in user_ids]
+
+    async def _write_uses(self, batches: list[list[str]]) -> list[None]:
+        await self.store.touch_push_tokens([token_id for ids in batches for token_id in ids])
+        return [None] * len(batches)
 
     async def push(self, outgoing: Outgoing, token: PushToken, badge: int) -> Push:
         """Send the delivery to one token."""
         raise NotImplementedError
 
     async def send(self, outgoing: Outgoing) -> Sent:
-        tokens = await self.store.push_tokens(outgoing.user_id, self.name)
+        tokens, badge = await self._targets.submit(outgoing.user_id)
         if not tokens:
             raise PermanentFailure("no_address", f"the user has no {self.name} push token")
-        badge = (await self.store.count(outgoing.user_id)).count
         return await self.settle(tokens, await self.push_all(outgoing, tokens, badge))
 
     async def push_all(self, outgoing: Outgoing, tokens: list[PushToken], badge: int) -> list[Push]:
         """The delivery to every token, a :class:`Push` each in order: one :meth:`push` per
         token, concurrently (a provider that takes many tokens in one request overrides it)."""
         return list(await asyncio.gather(*(self.push(outgoing, t, badge) for t in tokens)))
+
+    def _record_use(self, token_ids: list[str]) -> None:
+        """Record the tokens' last use in the background: a send does not wait for it (it
+        goes with the next sends' in one write)."""
+        task = asyncio.create_task(self._uses.submit(token_ids))
+        self._using.add(task)
+        task.add_done_callback(self._used)
+
+    def _used(self, task: asyncio.Task[None]) -> None:
+        self._using.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:  # the pushes went all the same: only the last-use time is lost
+            logger.warning("recording the use of %s push tokens failed: %s", self.name, error)
 
     async def gone(self, token: PushToken, detail: str) -> Push:
         """The provider says ``token`` will never work again: it leaves the registry."""
@@ -101,7 +140,7 @@ class PhoneChannel(Channel):
         notes = tuple((NOTES[p.kind], p.detail) for p in pushes)
         sent = [(t, p) for t, p in zip(tokens, pushes, strict=True) if p.kind == SENT]
         if sent:
-            await self.store.touch_push_tokens([t.token_id for t, _ in sent])
+            self._record_use([t.token_id for t, _ in sent])
             return Sent(",".join(str(p.provider_id) for _, p in sent), notes)
         retries = [p for p in pushes if p.kind == RETRY]
         if retries:

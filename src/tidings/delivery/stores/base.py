@@ -168,10 +168,15 @@ class ClaimStore(ABC):
     async def renew(self, owner: str, claims: Sequence[Claim], lease: float) -> set[str]:
         """Extend the leases ``owner`` still holds; the delivery ids it still holds."""
 
-    @abstractmethod
     async def complete(self, owner: str, claim: Claim, outcome: Outcome) -> bool:
         """Record how a send ended. ``False`` (nothing written) when the claim is no longer
         ``owner``'s: its lease expired and another worker may have it."""
+        return (await self.complete_many(owner, [(claim, outcome)]))[0]
+
+    @abstractmethod
+    async def complete_many(self, owner: str, done: Sequence[tuple[Claim, Outcome]]) -> list[bool]:
+        """Record how several sends ended, in one transaction: per item, as
+        :meth:`complete` answers for it."""
 
     @abstractmethod
     async def requeue_stale(self, backoff: Backoff | None = None) -> int:
@@ -183,5 +188,17 @@ class ClaimStore(ABC):
         """Deliveries per channel per state (for the admin console and metrics)."""
 
 
-class PipelineStore(TemplateStore, PreferenceStore, MessageStore, ClaimStore):
+class ErasureStore(ABC):
+    """What the pipeline holds about a user, as a whole."""
+
+    @abstractmethod
+    async def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything the pipeline holds about ``user_id``, in one transaction: their
+        deliveries (with their history and outbox rows), contact points, channel
+        preferences, topic subscriptions and rate-limit rows, and their id from the
+        recipients of the messages that named them. How many rows of each went, by kind
+        (``deliveries``, ``contacts``, ``preferences``)."""
+
+
+class PipelineStore(TemplateStore, PreferenceStore, MessageStore, ClaimStore, ErasureStore):
     """Messages, deliveries, the outbox, templates, preferences and contact points."""

@@ -17,12 +17,15 @@ from typing import Any
 import orjson
 
 from tidings.delivery.models import (
+    ACTIVE,
+    SENT,
     Claim,
     Content,
     Delivery,
     HistoryEntry,
     Message,
     NewMessage,
+    Outcome,
     Template,
 )
 from tidings.delivery.planner import Recipient
@@ -123,6 +126,30 @@ def claim_of(row: Any) -> Claim:
         data=orjson.loads(row[8]),
         critical=bool(row[9]),
     )
+
+
+def history_of(claim: Claim, outcome: Outcome) -> list[HistoryRow]:
+    """The history entries that record how a try ended: its notes (each still ``active``),
+    then the outcome itself (the provider's id when sent, else the error)."""
+    detail = outcome.error if outcome.state != SENT else outcome.provider_id
+    return [
+        *((claim.delivery_id, ACTIVE, note, text) for note, text in outcome.notes),
+        (claim.delivery_id, outcome.state, outcome.reason, detail),
+    ]
+
+
+def without_user(recipients: Any, user_id: str) -> Any | None:
+    """A message's recipients (decoded) with ``user_id`` left out, or ``None`` when it was
+    not among them."""
+    if not isinstance(recipients, dict) or user_id not in recipients.get("user_ids", ()):
+        return None
+    return {**recipients, "user_ids": [u for u in recipients["user_ids"] if u != user_id]}
+
+
+def retry_at(outcome: Outcome) -> datetime:
+    """When a retried delivery is due again (the worker always sets it for a retry)."""
+    assert outcome.retry_at is not None
+    return outcome.retry_at
 
 
 def recipients_of(

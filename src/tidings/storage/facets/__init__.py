@@ -12,6 +12,7 @@ from tidings.storage.facets.devices import DeviceStore
 from tidings.storage.facets.notifications import NotificationStore
 from tidings.storage.facets.push_tokens import PushTokenStore
 from tidings.storage.facets.topics import TopicStore
+from tidings.storage.facets.users import UserStore
 
 __all__ = [
     "ClusterStore",
@@ -20,4 +21,5 @@ __all__ = [
     "NotificationStore",
     "PushTokenStore",
     "TopicStore",
+    "UserStore",
 ]

@@ -87,6 +87,11 @@ class NotificationStore(ABC):
         """The user's current unseen count and version (``0, 0`` for an unknown user)."""
 
     @abstractmethod
+    async def counts(self, user_ids: Sequence[str]) -> dict[str, UnseenCount]:
+        """Each user's unseen count and version, in one read (every user of ``user_ids`` is
+        a key)."""
+
+    @abstractmethod
     async def notification_log(self, after: str, limit: int) -> tuple[list[Notification], str]:
         """Every user's notifications after the opaque log position ``after`` (``""`` for
         the start), and the position to continue from: a consumer with its own cursor follows

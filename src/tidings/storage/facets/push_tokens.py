@@ -38,6 +38,13 @@ class PushTokenStore(ABC):
         """The user's tokens (of ``platform`` only, if given), oldest first."""
 
     @abstractmethod
+    async def push_tokens_of(
+        self, user_ids: Sequence[str], platform: str
+    ) -> dict[str, list[PushToken]]:
+        """Each user's tokens of ``platform``, oldest first, in one read (every user of
+        ``user_ids`` is a key; ``[]`` for one with none)."""
+
+    @abstractmethod
     async def delete_push_token(self, user_id: str, token_id: str) -> bool:
         """Remove the user's registration ``token_id``; ``False`` if the user has none by
         that id (another user's id included: nothing changes)."""

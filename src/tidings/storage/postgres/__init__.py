@@ -9,6 +9,7 @@ from tidings.storage.postgres.engine import PostgresEngine
 from tidings.storage.postgres.notifications import PostgresNotifications
 from tidings.storage.postgres.push_tokens import PostgresPushTokens
 from tidings.storage.postgres.topics import PostgresTopics
+from tidings.storage.postgres.users import PostgresUsers
 
 
 class PostgresStore(
@@ -18,6 +19,7 @@ class PostgresStore(
     PostgresCluster,
     PostgresCredentials,
     PostgresPushTokens,
+    PostgresUsers,
 ):
     """Store in PostgreSQL (version 12 or later)."""
 

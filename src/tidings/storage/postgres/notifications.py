@@ -201,3 +201,14 @@ class PostgresNotifications(PostgresEngine):
                 "SELECT unseen, version FROM user_counts WHERE user_id = $1", user_id
             )
         return UnseenCount(user_id, row[0], row[1]) if row else UnseenCount(user_id, 0, 0)
+
+    async def counts(self, user_ids: Sequence[str]) -> dict[str, UnseenCount]:
+        found = {user_id: UnseenCount(user_id, 0, 0) for user_id in user_ids}
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT user_id, unseen, version FROM user_counts WHERE user_id = ANY($1::text[])",
+                list(found),
+            )
+        for user_id, unseen, version in rows:
+            found[user_id] = UnseenCount(user_id, unseen, version)
+        return found

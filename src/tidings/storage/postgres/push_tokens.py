@@ -74,6 +74,21 @@ class PostgresPushTokens(PostgresEngine):
             )
         return [push_token(row) for row in rows]
 
+    async def push_tokens_of(
+        self, user_ids: Sequence[str], platform: str
+    ) -> dict[str, list[PushToken]]:
+        found: dict[str, list[PushToken]] = {user_id: [] for user_id in user_ids}
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {COLUMNS} FROM push_tokens WHERE platform = $1 "
+                "AND user_id = ANY($2::text[]) ORDER BY created_at, token_id",
+                platform,
+                list(found),
+            )
+        for row in rows:
+            found[row[1]].append(push_token(row))
+        return found
+
     async def delete_push_token(self, user_id: str, token_id: str) -> bool:
         async with self.connection() as conn:
             status = await conn.execute(

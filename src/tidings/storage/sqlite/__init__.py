@@ -9,6 +9,7 @@ from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.notifications import SqliteNotifications
 from tidings.storage.sqlite.push_tokens import SqlitePushTokens
 from tidings.storage.sqlite.topics import SqliteTopics
+from tidings.storage.sqlite.users import SqliteUsers
 
 
 class SqliteStore(
@@ -18,6 +19,7 @@ class SqliteStore(
     SqliteCluster,
     SqliteCredentials,
     SqlitePushTokens,
+    SqliteUsers,
 ):
     """Store in one SQLite file (``sqlite:///path.db``; ``sqlite:///:memory:`` for tests)."""
 

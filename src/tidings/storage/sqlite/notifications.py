@@ -35,6 +35,8 @@ from tidings.storage.sqlite.rows import (
     _insert_rows,
     _notification,
     _owned,
+    chunked,
+    marks,
 )
 
 
@@ -94,11 +96,10 @@ class SqliteNotifications(SqliteEngine):
 
         def run(conn: sqlite3.Connection) -> list[NotifyResult | Conflict]:
             known: dict[str, Notification] = {}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for chunk in chunked(ids):
                 for row in conn.execute(
-                    f"SELECT {NOTE_COLUMNS} "
-                    f"FROM notifications WHERE notification_id IN ({','.join('?' * len(chunk))})",
+                    f"SELECT {NOTE_COLUMNS} FROM notifications WHERE notification_id IN "
+                    f"({marks(chunk)})",
                     chunk,
                 ):
                     known[row[0]] = _notification(row)
@@ -166,10 +167,10 @@ class SqliteNotifications(SqliteEngine):
             fresh = [row[0] for row in _owned(conn, user_id, ids) if row[2] is None]
             if not fresh:
                 return MarkSeenResult()
-            marks = ",".join("?" * len(fresh))
+            listed = marks(fresh)
             conn.execute(
                 f"UPDATE notifications SET seen_date = ? "
-                f"WHERE user_id = ? AND seen_date IS NULL AND notification_id IN ({marks})",
+                f"WHERE user_id = ? AND seen_date IS NULL AND notification_id IN ({listed})",
                 (now, user_id, *fresh),
             )
             unseen, version = conn.execute(
@@ -186,5 +187,19 @@ class SqliteNotifications(SqliteEngine):
                 "SELECT unseen, version FROM user_counts WHERE user_id = ?", (user_id,)
             ).fetchone()
             return UnseenCount(user_id, *(row or (0, 0)))
+
+        return await self.read(run)
+
+    async def counts(self, user_ids: Sequence[str]) -> dict[str, UnseenCount]:
+        def run(conn: sqlite3.Connection) -> dict[str, UnseenCount]:
+            found = {user_id: UnseenCount(user_id, 0, 0) for user_id in user_ids}
+            for chunk in chunked(list(found)):
+                for user_id, unseen, version in conn.execute(
+                    f"SELECT user_id, unseen, version FROM user_counts WHERE user_id IN "
+                    f"({marks(chunk)})",
+                    chunk,
+                ):
+                    found[user_id] = UnseenCount(user_id, unseen, version)
+            return found
 
         return await self.read(run)

@@ -9,6 +9,7 @@ from typing import Any
 from tidings.core.ids import new_id
 from tidings.core.models import PushToken, isoformat, parse_iso, utcnow
 from tidings.storage.sqlite.engine import SqliteEngine
+from tidings.storage.sqlite.rows import chunked, marks
 
 COLUMNS = "token_id, user_id, platform, token, app_id, created_at, last_used_at"
 
@@ -67,6 +68,22 @@ class SqlitePushTokens(SqliteEngine):
                 (user_id, platform, platform),
             ).fetchall()
             return [push_token(row) for row in rows]
+
+        return await self.read(run)
+
+    async def push_tokens_of(
+        self, user_ids: Sequence[str], platform: str
+    ) -> dict[str, list[PushToken]]:
+        def run(conn: sqlite3.Connection) -> dict[str, list[PushToken]]:
+            found: dict[str, list[PushToken]] = {user_id: [] for user_id in user_ids}
+            for chunk in chunked(list(found)):
+                for row in conn.execute(
+                    f"SELECT {COLUMNS} FROM push_tokens WHERE platform = ? AND user_id IN "
+                    f"({marks(chunk)}) ORDER BY created_at, token_id",
+                    (platform, *chunk),
+                ):
+                    found[row[1]].append(push_token(row))
+            return found
 
         return await self.read(run)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 from tidings.core.ids import CONNECTION_ID, new_id
@@ -23,6 +23,19 @@ from tidings.storage._common import (
 )
 
 INSERT_CHUNK = 500
+
+
+def chunked(items: list[str]) -> Iterator[list[str]]:
+    """``items`` in lists short enough for one statement's ``IN (?, …)``."""
+    for at in range(0, len(items), INSERT_CHUNK):
+        yield items[at : at + INSERT_CHUNK]
+
+
+def marks(items: Sized) -> str:
+    """The ``?, ?, …`` placeholders of an ``IN`` list of ``items``."""
+    return ", ".join("?" * len(items))
+
+
 _INSERT = "INSERT INTO notifications (seq, notification_id, user_id, data, creation_date) VALUES "
 
 
@@ -155,10 +168,9 @@ def _owned(conn: sqlite3.Connection, user_id: str, ids: Sequence[str]) -> list[t
     Raises:
         NotFound: some ids are unknown or another user's.
     """
-    marks = ",".join("?" * len(ids))
     rows = conn.execute(
         f"SELECT notification_id, seq, seen_date FROM notifications "
-        f"WHERE user_id = ? AND notification_id IN ({marks})",
+        f"WHERE user_id = ? AND notification_id IN ({marks(ids)})",
         (user_id, *ids),
     ).fetchall()
     found = {row[0] for row in rows}

@@ -19,6 +19,8 @@ from tidings.core.models import (
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import (
     _topic_data,
+    chunked,
+    marks,
 )
 
 
@@ -53,12 +55,11 @@ class SqliteTopics(SqliteEngine):
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             found: dict[str, int] = dict.fromkeys(wanted, 0)
-            for at in range(0, len(wanted), 500):
-                chunk = wanted[at : at + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk in chunked(wanted):
                 found.update(
                     conn.execute(
-                        f"SELECT topic, last_seq FROM topics WHERE topic IN ({marks})", chunk
+                        f"SELECT topic, last_seq FROM topics WHERE topic IN ({marks(chunk)})",
+                        chunk,
                     ).fetchall()
                 )
             return found

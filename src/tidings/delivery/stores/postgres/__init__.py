@@ -12,10 +12,16 @@ from tidings.delivery.stores.postgres.claims import PostgresClaims
 from tidings.delivery.stores.postgres.messages import PostgresMessages
 from tidings.delivery.stores.postgres.preferences import PostgresPreferences
 from tidings.delivery.stores.postgres.templates import PostgresTemplates
+from tidings.delivery.stores.postgres.users import PostgresErasure
 
 
 class PostgresPipelineStore(
-    PostgresTemplates, PostgresPreferences, PostgresMessages, PostgresClaims, PipelineStore
+    PostgresTemplates,
+    PostgresPreferences,
+    PostgresMessages,
+    PostgresClaims,
+    PostgresErasure,
+    PipelineStore,
 ):
     """The pipeline's tables in the database of a
     :class:`~tidings.storage.postgres.PostgresStore`."""

@@ -13,7 +13,7 @@ from tidings.core.models import utcnow
 from tidings.delivery.models import ACTIVE, PENDING, SENT, STALE, Claim, Outcome
 from tidings.delivery.stores.base import Backoff, ClaimStore
 from tidings.delivery.stores.postgres.common import PostgresTables, write_history
-from tidings.delivery.stores.rows import LEASE_EXPIRED, claim_of
+from tidings.delivery.stores.rows import LEASE_EXPIRED, claim_of, history_of, retry_at
 
 
 class PostgresClaims(PostgresTables, ClaimStore):
@@ -71,49 +71,54 @@ class PostgresClaims(PostgresTables, ClaimStore):
             )
         return {row[0] for row in rows}
 
-    async def complete(self, owner: str, claim: Claim, outcome: Outcome) -> bool:
+    async def complete_many(self, owner: str, done: Sequence[tuple[Claim, Outcome]]) -> list[bool]:
         async with self.store.connection(transaction=True) as conn:
-            row = await conn.fetchrow(
-                "SELECT lease_owner, attempt FROM pipeline_outbox WHERE delivery_id = $1 "
-                "FOR UPDATE",
-                claim.delivery_id,
-            )
-            if row is None or row[0] != owner or row[1] != claim.attempt:
-                return False
-            now = utcnow()
-            if outcome.state == PENDING:
-                await conn.execute(
-                    "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
-                    "available_at = $2 WHERE delivery_id = $1",
-                    claim.delivery_id,
-                    outcome.retry_at,
+            # Rows locked in one order, so two completing workers never deadlock.
+            held = {
+                row[0]: (row[1], row[2])
+                for row in await conn.fetch(
+                    "SELECT delivery_id, lease_owner, attempt FROM pipeline_outbox "
+                    "WHERE delivery_id = ANY($1::text[]) ORDER BY delivery_id FOR UPDATE",
+                    [claim.delivery_id for claim, _ in done],
                 )
-            else:
+            }
+            mine = [
+                (claim, outcome)
+                for claim, outcome in done
+                if held.get(claim.delivery_id) == (owner, claim.attempt)
+            ]
+            now = utcnow()
+            retried = [(c.delivery_id, retry_at(o)) for c, o in mine if o.state == PENDING]
+            if retried:
                 await conn.execute(
-                    "DELETE FROM pipeline_outbox WHERE delivery_id = $1", claim.delivery_id
+                    "UPDATE pipeline_outbox o SET lease_owner = NULL, lease_until = NULL, "
+                    "available_at = t.a FROM unnest($1::text[], $2::timestamptz[]) AS t(i, a) "
+                    "WHERE o.delivery_id = t.i",
+                    [i for i, _ in retried],
+                    [a for _, a in retried],
                 )
             await conn.execute(
-                "UPDATE pipeline_deliveries SET state = $2, reason = $3, "
-                "last_error = COALESCE($4, last_error), provider_id = COALESCE($5, provider_id), "
-                "updated_at = $6, sent_at = $7 WHERE delivery_id = $1",
-                claim.delivery_id,
-                outcome.state,
-                outcome.reason,
-                outcome.error,
-                outcome.provider_id,
-                now,
-                now if outcome.state == SENT else None,
+                "DELETE FROM pipeline_outbox WHERE delivery_id = ANY($1::text[])",
+                [c.delivery_id for c, o in mine if o.state != PENDING],
             )
-            detail = outcome.error if outcome.state != SENT else outcome.provider_id
-            await write_history(
-                conn,
-                [
-                    *((claim.delivery_id, ACTIVE, note, text) for note, text in outcome.notes),
-                    (claim.delivery_id, outcome.state, outcome.reason, detail),
-                ],
+            await conn.execute(
+                "UPDATE pipeline_deliveries d SET state = t.s, reason = t.r, "
+                "last_error = COALESCE(t.e, d.last_error), "
+                "provider_id = COALESCE(t.p, d.provider_id), updated_at = $6::timestamptz, "
+                "sent_at = CASE WHEN t.s = $7::text THEN $6::timestamptz END "
+                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) "
+                "AS t(i, s, r, e, p) WHERE d.delivery_id = t.i",
+                [c.delivery_id for c, _ in mine],
+                [o.state for _, o in mine],
+                [o.reason for _, o in mine],
+                [o.error for _, o in mine],
+                [o.provider_id for _, o in mine],
                 now,
+                SENT,
             )
-        return True
+            await write_history(conn, [e for c, o in mine for e in history_of(c, o)], now)
+        recorded = {claim.delivery_id for claim, _ in mine}
+        return [claim.delivery_id in recorded for claim, _ in done]
 
     async def requeue_stale(self, backoff: Backoff | None = None) -> int:
         now = utcnow()

@@ -13,10 +13,11 @@ from tidings.delivery.stores.sqlite.claims import SqliteClaims
 from tidings.delivery.stores.sqlite.messages import SqliteMessages
 from tidings.delivery.stores.sqlite.preferences import SqlitePreferences
 from tidings.delivery.stores.sqlite.templates import SqliteTemplates
+from tidings.delivery.stores.sqlite.users import SqliteErasure
 
 
 class SqlitePipelineStore(
-    SqliteTemplates, SqlitePreferences, SqliteMessages, SqliteClaims, PipelineStore
+    SqliteTemplates, SqlitePreferences, SqliteMessages, SqliteClaims, SqliteErasure, PipelineStore
 ):
     """The pipeline's tables in the file of a :class:`~tidings.storage.sqlite.SqliteStore`."""
 

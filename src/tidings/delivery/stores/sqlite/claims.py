@@ -9,7 +9,7 @@ from datetime import timedelta
 from tidings.core.models import isoformat, utcnow
 from tidings.delivery.models import ACTIVE, PENDING, SENT, STALE, Claim, Outcome
 from tidings.delivery.stores.base import Backoff, ClaimStore
-from tidings.delivery.stores.rows import LEASE_EXPIRED, claim_of
+from tidings.delivery.stores.rows import LEASE_EXPIRED, claim_of, history_of, retry_at
 from tidings.delivery.stores.sqlite.common import SqliteTables, chunks, marks, write_history
 
 
@@ -78,50 +78,56 @@ class SqliteClaims(SqliteTables, ClaimStore):
 
         return await self.store.write(run)
 
-    async def complete(self, owner: str, claim: Claim, outcome: Outcome) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT lease_owner, attempt FROM pipeline_outbox WHERE delivery_id = ?",
-                (claim.delivery_id,),
-            ).fetchone()
-            if row is None or row[0] != owner or row[1] != claim.attempt:
-                return False
+    async def complete_many(self, owner: str, done: Sequence[tuple[Claim, Outcome]]) -> list[bool]:
+        def run(conn: sqlite3.Connection) -> list[bool]:
+            held = {
+                delivery_id: (lease_owner, attempt)
+                for chunk in chunks([claim.delivery_id for claim, _ in done])
+                for delivery_id, lease_owner, attempt in conn.execute(
+                    "SELECT delivery_id, lease_owner, attempt FROM pipeline_outbox "
+                    f"WHERE delivery_id IN ({marks(chunk)})",
+                    chunk,
+                )
+            }
+            mine = [
+                (claim, outcome)
+                for claim, outcome in done
+                if held.get(claim.delivery_id) == (owner, claim.attempt)
+            ]
             now = isoformat(utcnow())
-            if outcome.state == PENDING:
-                assert outcome.retry_at is not None  # the worker always sets it for a retry
-                conn.execute(
-                    "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
-                    "available_at = ? WHERE delivery_id = ?",
-                    (isoformat(outcome.retry_at), claim.delivery_id),
-                )
-            else:
-                conn.execute(
-                    "DELETE FROM pipeline_outbox WHERE delivery_id = ?", (claim.delivery_id,)
-                )
-            conn.execute(
+            conn.executemany(
+                "UPDATE pipeline_outbox SET lease_owner = NULL, lease_until = NULL, "
+                "available_at = ? WHERE delivery_id = ?",
+                [
+                    (isoformat(retry_at(outcome)), claim.delivery_id)
+                    for claim, outcome in mine
+                    if outcome.state == PENDING
+                ],
+            )
+            conn.executemany(
+                "DELETE FROM pipeline_outbox WHERE delivery_id = ?",
+                [(claim.delivery_id,) for claim, outcome in mine if outcome.state != PENDING],
+            )
+            conn.executemany(
                 "UPDATE pipeline_deliveries SET state = ?, reason = ?, "
                 "last_error = COALESCE(?, last_error), provider_id = COALESCE(?, provider_id), "
                 "updated_at = ?, sent_at = ? WHERE delivery_id = ?",
-                (
-                    outcome.state,
-                    outcome.reason,
-                    outcome.error,
-                    outcome.provider_id,
-                    now,
-                    now if outcome.state == SENT else None,
-                    claim.delivery_id,
-                ),
-            )
-            detail = outcome.error if outcome.state != SENT else outcome.provider_id
-            write_history(
-                conn,
                 [
-                    *((claim.delivery_id, ACTIVE, note, text) for note, text in outcome.notes),
-                    (claim.delivery_id, outcome.state, outcome.reason, detail),
+                    (
+                        outcome.state,
+                        outcome.reason,
+                        outcome.error,
+                        outcome.provider_id,
+                        now,
+                        now if outcome.state == SENT else None,
+                        claim.delivery_id,
+                    )
+                    for claim, outcome in mine
                 ],
-                now,
             )
-            return True
+            write_history(conn, [e for c, o in mine for e in history_of(c, o)], now)
+            recorded = {claim.delivery_id for claim, _ in mine}
+            return [claim.delivery_id in recorded for claim, _ in done]
 
         return await self.store.write(run)
 

@@ -1,0 +1,34 @@
+"""The UserStore facet of the PostgreSQL store."""
+
+from __future__ import annotations
+
+from tidings.storage.postgres.engine import PostgresEngine
+
+
+class PostgresUsers(PostgresEngine):
+    """The UserStore facet on PostgreSQL."""
+
+    async def erase_user(self, user_id: str) -> dict[str, int]:
+        async with self.connection(transaction=True) as conn:
+            # The count's row first: concurrent changes of the user's count wait for this
+            # transaction, as they wait for one another.
+            await conn.execute(
+                "UPDATE user_counts SET unseen = 0, version = version + 1 WHERE user_id = $1",
+                user_id,
+            )
+            await conn.execute(
+                "DELETE FROM device_acks WHERE connection_id IN "
+                "(SELECT connection_id FROM devices WHERE user_id = $1)",
+                user_id,
+            )
+            erased = {}
+            for kind, table in (
+                ("notifications", "notifications"),
+                ("devices", "devices"),
+                ("sockets", "notification_registry"),
+                ("sessions", "session_topics"),
+                ("push_tokens", "push_tokens"),
+            ):
+                status = await conn.execute(f"DELETE FROM {table} WHERE user_id = $1", user_id)
+                erased[kind] = int(status.split()[-1])
+        return erased
