@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from hpack import NeverIndexedHeaderTuple
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
@@ -192,7 +193,7 @@ class ApnsChannel(PhoneChannel):
         headers = [
             (b"apns-push-type", b"alert"),
             (b"apns-priority", b"10"),
-            (b"apns-id", str(apns_id).encode()),
+            NeverIndexedHeaderTuple(b"apns-id", str(apns_id).encode()),  # one per request
         ]
         return await self._request(token, payload, headers)
 
