@@ -119,6 +119,11 @@ async def test_a_service_manages_any_users_tokens(api: Any) -> None:
         {"platform": "apns", "token": ""},
         {"platform": "apns", "token": "x" * 4097},
         {"platform": "apns", "token": "with space"},
+        {"platform": "apns", "token": "not-hexadecimal-" * 4},
+        {"platform": "apns", "token": "ab" * 31},
+        {"platform": "fcm", "token": "a/b"},
+        {"platform": "expo", "token": "fcm-looking-token"},
+        {"platform": "expo", "token": "ExponentPushToken[]"},
         {"platform": "apns"},
         {"token": "t"},
         {"platform": "fcm", "token": "t", "app_id": ""},
@@ -152,3 +157,15 @@ async def test_no_user_sees_or_deletes_anothers_tokens(api: Any) -> None:
     assert (
         await http.get("/users/" + "u" * 257 + "/push-tokens", headers=service)
     ).status_code == 422
+
+
+async def test_a_token_of_another_platforms_shape_says_what_was_expected(api: Any) -> None:
+    http, node, _ = api
+    refused = await http.post(
+        "/me/push-tokens",
+        json={"platform": "apns", "token": "ExponentPushToken[abc]"},
+        headers=device("ann"),
+    )
+    assert refused.status_code == 422
+    assert "apns token is the device token in hexadecimal" in refused.text
+    assert await node.store.push_tokens("ann") == []

@@ -4,11 +4,12 @@ its device JWT (``/me/push-tokens``), or a service does for any user
 
 # No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
 # dependencies local to the function that mounts them.
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
 from tidings.api.common import RequireScope
@@ -22,6 +23,23 @@ from tidings.core.limits import (
 from tidings.errors import ApiError
 
 Platform = Literal["apns", "fcm", "expo"]
+
+#: what each provider's tokens look like: a token of another shape would only be refused by
+#: the provider at the first send, so it is refused at registration, saying what was expected
+TOKEN_SHAPES = {
+    "apns": (
+        re.compile(r"(?:[0-9a-fA-F]{2}){32,100}"),
+        "an apns token is the device token in hexadecimal (64 to 200 digits)",
+    ),
+    "fcm": (
+        re.compile(r"[A-Za-z0-9_:\-]+"),
+        "an fcm token is a registration token (letters, digits, '_', ':' and '-')",
+    ),
+    "expo": (
+        re.compile(r"(?:Exponent|Expo)PushToken\[[\x21-\x5c\x5e-\x7e]+\]"),
+        "an expo token is ExponentPushToken[…] (or ExpoPushToken[…])",
+    ),
+}
 
 
 class PushTokenIn(BaseModel):
@@ -42,6 +60,13 @@ class PushTokenIn(BaseModel):
         max_length=MAX_APP_ID_LENGTH,
         description="The app it belongs to (an iOS bundle id, an Android package), if any.",
     )
+
+    @model_validator(mode="after")
+    def shaped_for_its_platform(self) -> "PushTokenIn":
+        shape, expected = TOKEN_SHAPES[self.platform]
+        if not shape.fullmatch(self.token):
+            raise ValueError(expected)
+        return self
 
 
 class PushTokenOut(BaseModel):
