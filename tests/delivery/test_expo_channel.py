@@ -152,3 +152,39 @@ async def test_a_count_change_sets_the_badge_silently(tmp_path: Path, expo: Fake
             await asyncio.sleep(0.05)
         [update] = expo.messages_to(token)
         assert update["badge"] == 1 and "title" not in update and "body" not in update
+
+
+async def test_receipts_to_check_survive_a_restart(tmp_path: Path, expo: FakeExpo) -> None:
+    """A node that stops before its receipts are due leaves them in the store: the next node
+    on the same store asks for them and removes the token a receipt calls gone."""
+
+    def node(delay: float) -> Tidings:
+        return Tidings(
+            store=f"sqlite:///{tmp_path}/r.db",
+            jwt_secret=JWT_SECRET,
+            pipeline_poll_interval=0.05,
+            badge_sync_interval=0,
+            expo_url=expo.url,
+            expo_access_token=ACCESS,
+            expo_receipt_delay=delay,
+            push_ca_file=str(expo.ca_path),
+        )
+
+    gone = expo_token("cid-gone")
+    expo.receipt_error(gone, "DeviceNotRegistered")
+    asked_before = len(expo.requests_to("receipts"))
+    async with node(3.0) as first, service_api(first) as (http, service):
+        await register(http, "cid", "expo", gone)
+        done = await settled(first, await post(http, service, "cid", "expo"))
+        assert [d.state for d in done.deliveries or []] == ["sent"]
+    # The first node stopped before its receipt was due (3 s after the send): nobody asked.
+    assert len(expo.requests_to("receipts")) == asked_before
+    async with node(3.0) as second:
+        assert [t.token for t in await second.store.push_tokens("cid")] == [gone]
+        deadline = time.monotonic() + 15
+        while await second.store.push_tokens("cid"):
+            assert time.monotonic() < deadline, "the kept receipt was not checked"
+            await asyncio.sleep(0.1)
+        assert len(expo.requests_to("receipts")) > asked_before
+        await asyncio.sleep(0.2)
+        assert await second.store.due_push_receipts("expo", 10, 0.0) == []

@@ -240,6 +240,18 @@ class PushToken:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PushReceipt:
+    """A provider's receipt still to check (Expo): whether the push sent to ``token`` reached
+    the phone's provider is told later, under ``receipt_id``."""
+
+    receipt_id: str
+    user_id: str
+    token: str
+    #: asked for until then; a receipt the provider never answers is given up after it
+    keep_until: datetime
+
+
 class Device(msgspec.Struct, frozen=True, gc=False):
     """A device: one ``connection_id`` bound to one user, with its queue's cursor."""
 

@@ -6,8 +6,10 @@ checks through this facet only."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from contract.store.backends import store
+from tidings.core.models import PushReceipt, utcnow
 from tidings.storage import Store
 
 __all__ = ["store"]  # the fixture
@@ -126,3 +128,38 @@ async def test_tokens_of_many_users_in_one_read(store: Store) -> None:
     }
     many = [f"user-{n}" for n in range(1200)]  # more than one statement's worth
     assert set(await store.push_tokens_of([*many, "bob"], "apns")) == {*many, "bob"}
+
+
+async def test_push_receipts_wait_until_due_and_are_leased_to_one_checker(store: Store) -> None:
+    """Receipts come out once due, oldest first, per platform; a leased one is not handed to
+    another checker until its lease ends; dropped ones are gone; adding one again is
+    harmless."""
+    now = utcnow()
+    kept = now + timedelta(days=1)
+    old = [PushReceipt(f"r{n}", "ann", f"ExponentPushToken[{n}]", kept) for n in range(3)]
+    await store.add_push_receipts("expo", old[:2], now - timedelta(seconds=2))
+    await store.add_push_receipts("expo", old[2:], now - timedelta(seconds=1))
+    await store.add_push_receipts(
+        "expo", [PushReceipt("later", "ann", "t", kept)], now + timedelta(hours=1)
+    )
+    await store.add_push_receipts(
+        "other", [PushReceipt("elsewhere", "ann", "t", kept)], now - timedelta(seconds=1)
+    )
+    await store.add_push_receipts("expo", old[:1], now - timedelta(seconds=5))  # again
+    first = await store.due_push_receipts("expo", 2, 60.0)
+    assert {r.receipt_id for r in first} == {"r0", "r1"}
+    assert all(r.user_id == "ann" and r.keep_until is not None for r in first)
+    assert [r.receipt_id for r in await store.due_push_receipts("expo", 10, 60.0)] == ["r2"]
+    assert await store.due_push_receipts("expo", 10, 60.0) == []  # all leased or not due
+    await store.drop_push_receipts(["r0", "r1", "r2"])
+    assert [r.receipt_id for r in await store.due_push_receipts("other", 10, 0.05)] == ["elsewhere"]
+    await asyncio.sleep(0.1)  # its lease ended: due again
+    assert [r.receipt_id for r in await store.due_push_receipts("other", 10, 60.0)] == ["elsewhere"]
+
+
+async def test_erasing_a_user_drops_their_receipts(store: Store) -> None:
+    now = utcnow()
+    receipt = PushReceipt("r-ann", "ann", "ExponentPushToken[a]", now + timedelta(days=1))
+    await store.add_push_receipts("expo", [receipt], now - timedelta(seconds=1))
+    await store.erase_user("ann")
+    assert await store.due_push_receipts("expo", 10, 60.0) == []

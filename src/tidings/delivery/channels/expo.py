@@ -5,21 +5,22 @@ All the user's ``expo`` tokens go in one request to ``/--/api/v2/push/send`` (at
 registry's cap per user too). Expo answers a ticket per token at once; whether the phone's
 provider took the push is known later, from its receipt: the channel asks for receipts
 ``TIDINGS_EXPO_RECEIPT_DELAY`` seconds after a send (Expo keeps them a day) and removes the
-tokens whose receipt says ``DeviceNotRegistered``. Receipts still to check are kept in the node's
-memory: a node that stops before checking them leaves those tokens until their next send.
+tokens whose receipt says ``DeviceNotRegistered``. Receipts still to check are kept in the store
+(``push_receipts``): a restart loses none, and any node with the channel checks them, each
+receipt leased to one node while it asks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 import orjson
 
-from tidings.core.models import PushToken
+from tidings.core.models import PushReceipt, PushToken, utcnow
 from tidings.delivery.channels._net import retry_after
 from tidings.delivery.channels.base import Outgoing
 from tidings.delivery.channels.phones import (
@@ -32,6 +33,7 @@ from tidings.delivery.channels.phones import (
     push_ssl_context,
     short,
 )
+from tidings.errors import TidingsError
 
 if TYPE_CHECKING:
     from tidings.delivery.ports import ChannelSettings, PipelineHost
@@ -47,6 +49,8 @@ TRANSIENT = frozenset({"MessageRateExceeded"})
 RECEIPTS_PER_REQUEST = 1000
 #: seconds Expo keeps a receipt
 RECEIPTS_KEPT = 24 * 3600
+#: seconds a node holds the receipts it asks for; one not ready yet is asked again after it
+RECEIPT_LEASE = 60.0
 
 
 class ExpoChannel(PhoneChannel):
@@ -72,8 +76,6 @@ class ExpoChannel(PhoneChannel):
         self.timeout = timeout
         self.ssl = push_ssl_context(ca_file)
         self._client: httpx.AsyncClient | None = None
-        #: receipt id -> (token, when its receipt may be asked for)
-        self._receipts: dict[str, tuple[str, float]] = {}
         self._checker: asyncio.Task[None] | None = None
 
     @classmethod
@@ -163,7 +165,25 @@ class ExpoChannel(PhoneChannel):
         tickets = json_field(response.content, "data")
         if not isinstance(tickets, list) or len(tickets) != len(tokens):
             return [Push(RETRY, f"{short(t.token)}: unexpected answer") for t in tokens]
-        return [await self._ticket(t, ticket) for t, ticket in zip(tokens, tickets, strict=True)]
+        pushes = [await self._ticket(t, ticket) for t, ticket in zip(tokens, tickets, strict=True)]
+        await self._keep_receipts(tokens, pushes)
+        return pushes
+
+    async def _keep_receipts(self, tokens: list[PushToken], pushes: list[Push]) -> None:
+        """Keep the tickets' receipt ids, to ask for after ``receipt_delay``."""
+        now = utcnow()
+        kept = now + timedelta(seconds=RECEIPTS_KEPT)
+        receipts = [
+            PushReceipt(push.provider_id, token.user_id, token.token, kept)
+            for token, push in zip(tokens, pushes, strict=True)
+            if push.kind == SENT and push.provider_id
+        ]
+        try:
+            await self.store.add_push_receipts(
+                self.name, receipts, now + timedelta(seconds=self.receipt_delay)
+            )
+        except TidingsError as exc:  # the pushes went; only the later check of these is lost
+            logger.warning("Expo receipts not kept: %s", exc)
 
     async def _ticket(self, token: PushToken, ticket: Any) -> Push:
         """One token's outcome from its push ticket."""
@@ -171,9 +191,9 @@ class ExpoChannel(PhoneChannel):
             return Push(RETRY, f"{short(token.token)}: unexpected ticket")
         if ticket.get("status") == "ok":
             receipt = str(ticket.get("id", ""))
-            if receipt:
-                self._receipts[receipt] = (token.token, time.time() + self.receipt_delay)
-            return Push(SENT, f"{short(token.token)}: ticket {receipt}", provider_id=receipt)
+            return Push(
+                SENT, f"{short(token.token)}: ticket {receipt}", provider_id=receipt or None
+            )
         error = str((ticket.get("details") or {}).get("error", "")) or "error"
         detail = f"{short(token.token)}: {error}: {ticket.get('message', '')}".rstrip(": ")
         if error in GONE:
@@ -195,29 +215,33 @@ class ExpoChannel(PhoneChannel):
 
     async def check_receipts(self) -> int:
         """Ask for the receipts that are due; returns how many tokens were removed."""
-        now = time.time()
-        due = [rid for rid, (_, at) in self._receipts.items() if at <= now]
         removed = 0
-        for at in range(0, len(due), RECEIPTS_PER_REQUEST):
-            ids = due[at : at + RECEIPTS_PER_REQUEST]
+        while True:
+            due = await self.store.due_push_receipts(self.name, RECEIPTS_PER_REQUEST, RECEIPT_LEASE)
+            if not due:
+                return removed
             assert self._client is not None
             response = await self._client.post(
                 f"{self.url}/--/api/v2/push/getReceipts",
-                content=orjson.dumps({"ids": ids}),
+                content=orjson.dumps({"ids": [r.receipt_id for r in due]}),
                 headers=self._headers(),
             )
             if response.status_code != 200:
-                return removed  # asked again next time
-            receipts = json_field(response.content, "data")
-            for receipt_id in ids:
-                receipt = receipts.get(receipt_id) if isinstance(receipts, dict) else None
-                if receipt is None:  # not ready yet: asked again next time, for a day
-                    if now > self._receipts[receipt_id][1] + RECEIPTS_KEPT:
-                        self._receipts.pop(receipt_id)
+                return removed  # asked again once their lease ends
+            answered = json_field(response.content, "data")
+            now = utcnow()
+            done: list[str] = []
+            for kept in due:
+                receipt = answered.get(kept.receipt_id) if isinstance(answered, dict) else None
+                if receipt is None:  # not ready yet: asked again after the lease, for a day
+                    if now > kept.keep_until:
+                        done.append(kept.receipt_id)
                     continue
-                token, _ = self._receipts.pop(receipt_id)
+                done.append(kept.receipt_id)
                 error = str((receipt.get("details") or {}).get("error", ""))
                 gone = receipt.get("status") == "error" and error in GONE
-                if gone and await self.store.remove_push_token(self.name, token):
+                if gone and await self.store.remove_push_token(self.name, kept.token):
                     removed += 1
-        return removed
+            await self.store.drop_push_receipts(done)
+            if len(due) < RECEIPTS_PER_REQUEST:
+                return removed

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import datetime
 
-from tidings.core.models import PushToken
+from tidings.core.models import PushReceipt, PushToken
 
 
 class PushTokenStore(ABC):
@@ -57,3 +58,20 @@ class PushTokenStore(ABC):
     @abstractmethod
     async def touch_push_tokens(self, token_ids: Sequence[str]) -> None:
         """Record that a send used these registrations now."""
+
+    @abstractmethod
+    async def add_push_receipts(
+        self, platform: str, receipts: Sequence[PushReceipt], due_at: datetime
+    ) -> None:
+        """Keep receipts to ask the provider for from ``due_at`` (a receipt id already kept
+        is left as it is)."""
+
+    @abstractmethod
+    async def due_push_receipts(self, platform: str, limit: int, lease: float) -> list[PushReceipt]:
+        """Up to ``limit`` receipts of ``platform`` that are due and that no node is checking,
+        oldest first; each is the caller's for ``lease`` seconds (then due again, if still
+        kept)."""
+
+    @abstractmethod
+    async def drop_push_receipts(self, receipt_ids: Sequence[str]) -> None:
+        """Forget receipts: answered, or given up."""

@@ -12,7 +12,7 @@ class UserStore(ABC):
     async def erase_user(self, user_id: str) -> dict[str, int]:
         """Delete everything the store holds about ``user_id``, in one transaction: their
         notifications and count, devices and the devices' queues, the registry rows of their
-        sockets, their topic sessions and push tokens. How many rows of each went, by kind
+        sockets, their topic sessions, push tokens and push receipts still to check. How many rows of each went, by kind
         (``notifications``, ``devices``, ``sockets``, ``sessions``, ``push_tokens``); all
         zero for a user the store does not know.
 

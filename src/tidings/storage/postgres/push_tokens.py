@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from tidings.core.ids import new_id
-from tidings.core.models import PushToken, utcnow
+from tidings.core.models import PushReceipt, PushToken, utcnow
 from tidings.storage.postgres.engine import PostgresEngine
 
 COLUMNS = "token_id, user_id, platform, token, app_id, created_at, last_used_at"
@@ -110,4 +111,48 @@ class PostgresPushTokens(PostgresEngine):
             await conn.execute(
                 "UPDATE push_tokens SET last_used_at = now() WHERE token_id = ANY($1::text[])",
                 list(token_ids),
+            )
+
+    async def add_push_receipts(
+        self, platform: str, receipts: Sequence[PushReceipt], due_at: datetime
+    ) -> None:
+        if not receipts:
+            return
+        async with self.connection() as conn:
+            await conn.execute(
+                "INSERT INTO push_receipts (receipt_id, platform, user_id, token, due_at, "
+                "keep_until) SELECT r, $1, u, t, $2, k FROM unnest($3::text[], $4::text[], "
+                "$5::text[], $6::timestamptz[]) AS x(r, u, t, k) "
+                "ON CONFLICT (receipt_id) DO NOTHING",
+                platform,
+                due_at,
+                [r.receipt_id for r in receipts],
+                [r.user_id for r in receipts],
+                [r.token for r in receipts],
+                [r.keep_until for r in receipts],
+            )
+
+    async def due_push_receipts(self, platform: str, limit: int, lease: float) -> list[PushReceipt]:
+        now = utcnow()
+        async with self.connection() as conn:
+            # Rows another node is taking are skipped, not waited for.
+            rows = await conn.fetch(
+                "UPDATE push_receipts SET lease_until = $4 WHERE receipt_id IN ("
+                "SELECT receipt_id FROM push_receipts WHERE platform = $1 AND due_at <= $2 "
+                "AND (lease_until IS NULL OR lease_until < $2) ORDER BY due_at LIMIT $3 "
+                "FOR UPDATE SKIP LOCKED) RETURNING receipt_id, user_id, token, keep_until, due_at",
+                platform,
+                now,
+                limit,
+                now + timedelta(seconds=lease),
+            )
+        rows = sorted(rows, key=lambda row: row[4])
+        return [PushReceipt(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def drop_push_receipts(self, receipt_ids: Sequence[str]) -> None:
+        if not receipt_ids:
+            return
+        async with self.connection() as conn:
+            await conn.execute(
+                "DELETE FROM push_receipts WHERE receipt_id = ANY($1::text[])", list(receipt_ids)
             )

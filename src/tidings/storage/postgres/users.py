@@ -21,6 +21,7 @@ class PostgresUsers(PostgresEngine):
                 "(SELECT connection_id FROM devices WHERE user_id = $1)",
                 user_id,
             )
+            await conn.execute("DELETE FROM push_receipts WHERE user_id = $1", user_id)
             erased = {}
             for kind, table in (
                 ("notifications", "notifications"),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from tidings.core.ids import new_id
-from tidings.core.models import PushToken, isoformat, parse_iso, utcnow
+from tidings.core.models import PushReceipt, PushToken, isoformat, parse_iso, utcnow
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import chunked, marks
 
@@ -114,6 +115,54 @@ class SqlitePushTokens(SqliteEngine):
             conn.executemany(
                 "UPDATE push_tokens SET last_used_at = ? WHERE token_id = ?",
                 [(now, token_id) for token_id in token_ids],
+            )
+
+        await self.write(run)
+
+    async def add_push_receipts(
+        self, platform: str, receipts: Sequence[PushReceipt], due_at: datetime
+    ) -> None:
+        if not receipts:
+            return
+        due = isoformat(due_at)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO push_receipts (receipt_id, platform, user_id, token, due_at, "
+                "keep_until) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (receipt_id) DO NOTHING",
+                [
+                    (r.receipt_id, platform, r.user_id, r.token, due, isoformat(r.keep_until))
+                    for r in receipts
+                ],
+            )
+
+        await self.write(run)
+
+    async def due_push_receipts(self, platform: str, limit: int, lease: float) -> list[PushReceipt]:
+        def run(conn: sqlite3.Connection) -> list[PushReceipt]:
+            now = utcnow()
+            stamp = isoformat(now)
+            rows = conn.execute(
+                "SELECT receipt_id, user_id, token, keep_until FROM push_receipts "
+                "WHERE platform = ? AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?) "
+                "ORDER BY due_at LIMIT ?",
+                (platform, stamp, stamp, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE push_receipts SET lease_until = ? WHERE receipt_id = ?",
+                [(isoformat(now + timedelta(seconds=lease)), row[0]) for row in rows],
+            )
+            return [PushReceipt(row[0], row[1], row[2], parse_iso(row[3])) for row in rows]
+
+        return await self.write(run)
+
+    async def drop_push_receipts(self, receipt_ids: Sequence[str]) -> None:
+        if not receipt_ids:
+            return
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "DELETE FROM push_receipts WHERE receipt_id = ?", [(i,) for i in receipt_ids]
             )
 
         await self.write(run)

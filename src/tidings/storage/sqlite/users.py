@@ -26,6 +26,7 @@ class SqliteUsers(SqliteEngine):
                 "sessions": delete("DELETE FROM session_topics WHERE user_id = ?"),
                 "push_tokens": delete("DELETE FROM push_tokens WHERE user_id = ?"),
             }
+            delete("DELETE FROM push_receipts WHERE user_id = ?")
             delete("UPDATE user_counts SET unseen = 0, version = version + 1 WHERE user_id = ?")
             return erased
 
