@@ -12,9 +12,9 @@ class UserStore(ABC):
     async def erase_user(self, user_id: str) -> dict[str, int]:
         """Delete everything the store holds about ``user_id``, in one transaction: their
         notifications and count, devices and the devices' queues, the registry rows of their
-        sockets, their topic sessions, push tokens and push receipts still to check. How many rows of each went, by kind
-        (``notifications``, ``devices``, ``sockets``, ``sessions``, ``push_tokens``); all
-        zero for a user the store does not know.
+        sockets, their topic sessions, push tokens and push receipts still to check. How many
+        rows of each went, by kind (``notifications``, ``devices``, ``sockets``, ``sessions``,
+        ``push_tokens``); all zero for a user the store does not know.
 
         The count's row stays, at 0 and one version higher: devices that sign in again
         must never take a later count for an older one (clients keep the highest version
