@@ -75,7 +75,8 @@ def test_too_many_ids_are_refused() -> None:
 
 
 def test_server_frames_have_contract_shapes() -> None:
-    """Server frames carry exactly the fields of wire contract v1."""
+    """Server frames carry exactly the fields of wire contract v1 (a notification with v1.1's
+    inbox fields)."""
     welcome = orjson.loads(
         protocol.welcome(connection_id="c", session_id="s", user_id="u", node="n")
     )
@@ -103,6 +104,9 @@ def test_server_frames_have_contract_shapes() -> None:
                 "data": {"k": 1},
                 "creation_date": "2026-01-02T03:04:05.000006Z",
                 "seen_date": None,
+                "category": None,
+                "read_date": None,
+                "archived_date": None,
             }
         ],
     }

@@ -31,6 +31,7 @@ from tidings.api.fast import (
     notify_one,
     publish_one,
 )
+from tidings.api.inbox import mount_inbox
 from tidings.api.oauth import mount_oauth
 from tidings.api.pipeline import mount_pipeline
 from tidings.api.ports import ApiNode
@@ -304,5 +305,6 @@ def create_api(tidings: ApiNode, *, manage_lifespan: bool = True) -> FastAPI:
     mount_pipeline(app, tidings, require_scope)
     mount_push_tokens(app, tidings, require_scope)
     mount_users(app, tidings, require_scope)
+    mount_inbox(app, tidings, require_scope)
     mount_web(app, tidings, require_scope)
     return app

@@ -51,13 +51,15 @@ def device_caller(node: ApiNode) -> Callable[[Request], Awaitable[Caller]]:
     return device_user
 
 
-def service_caller(require_scope: RequireScope) -> Callable[..., Awaitable[Caller]]:
+def service_caller(
+    require_scope: RequireScope, scope: str = "messages"
+) -> Callable[..., Awaitable[Caller]]:
     """The dependency of the ``/users/{user_id}/…`` routes: the user the path names, for a
-    service token with scope ``messages`` (trusted with any user and topic)."""
+    service token with ``scope`` (trusted with any user and topic)."""
 
     async def service_user(
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_LENGTH)],
-        _: Annotated[ServicePrincipal, Depends(require_scope("messages"))],
+        _: Annotated[ServicePrincipal, Depends(require_scope(scope))],
     ) -> Caller:
         try:
             check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)

@@ -130,3 +130,12 @@ class ApiNode(Protocol):
         self, user_id: str, connection_id: str, *, before_close: str | None = None
     ) -> bool: ...
     async def erase_user(self, user_id: str) -> dict[str, int]: ...
+    async def notifications(
+        self,
+        user_id: str,
+        *,
+        state: str = "all",
+        category: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Notification], str | None]: ...

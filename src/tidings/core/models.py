@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -134,6 +134,11 @@ def parse_iso(text: str) -> datetime:
 # their ``to_dict``/``to_frame`` or their fields.
 
 
+#: which of a user's notifications a page of history lists
+HistoryState = Literal["all", "unseen", "unread", "archived"]
+HISTORY_STATES: tuple[HistoryState, ...] = ("all", "unseen", "unread", "archived")
+
+
 class Notification(msgspec.Struct, frozen=True, gc=False):
     """One notification addressed to one user."""
 
@@ -144,15 +149,23 @@ class Notification(msgspec.Struct, frozen=True, gc=False):
     seen_date: datetime | None = None
     #: position in the store's log (creation order); not part of the wire form
     seq: int = 0
+    #: the inbox's fields (wire contract v1.1): a category the sender gave, if any, and when
+    #: the user read and archived it
+    category: str | None = None
+    read_date: datetime | None = None
+    archived_date: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form of the notification (wire contract v1)."""
+        """The wire form of the notification (wire contract v1, with v1.1's inbox fields)."""
         return {
             "notification_id": self.notification_id,
             "user_id": self.user_id,
             "data": self.data,
             "creation_date": isoformat(self.creation_date),
             "seen_date": isoformat(self.seen_date) if self.seen_date else None,
+            "category": self.category,
+            "read_date": isoformat(self.read_date) if self.read_date else None,
+            "archived_date": isoformat(self.archived_date) if self.archived_date else None,
         }
 
     def unreadable(self, reason: str) -> Notification:
@@ -164,6 +177,9 @@ class Notification(msgspec.Struct, frozen=True, gc=False):
             self.creation_date,
             self.seen_date,
             self.seq,
+            self.category,
+            self.read_date,
+            self.archived_date,
         )
 
 

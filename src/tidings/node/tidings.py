@@ -38,6 +38,7 @@ from tidings.node.auth import DEVICE_KEY, SERVICE_KEY, Credentials
 from tidings.node.metrics import Metrics
 from tidings.node.wiring import wire
 from tidings.services.checks import check_identifier
+from tidings.services.history import History
 from tidings.storage import Store, create_store
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class Tidings(Lifecycle):
         self.topics = services.topics
         self.cluster = services.cluster
         self.events = services.events
+        self.history = History(self.store)
 
     # Lifecycle
 
@@ -453,6 +455,24 @@ class Tidings(Lifecycle):
             before_close=before_close,
             invalidate=delegate.invalidate if delegate is not None else None,
         )
+
+    async def notifications(
+        self,
+        user_id: str,
+        *,
+        state: str = "all",
+        category: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Notification], str | None]:
+        """A page of the user's history, newest first (``state``: all, unseen, unread or
+        archived; ``category``), and the cursor of the next page (``None`` at the end).
+
+        Raises:
+            InvalidArgument: an unknown state, a bad limit, or a cursor that is not this
+                user's for these filters.
+        """
+        return await self.history.page(user_id, state, category, cursor, limit)
 
     async def erase_user(self, user_id: str) -> dict[str, int]:
         """Erase everything tidings holds about a user: the pipeline's deliveries, contact

@@ -129,3 +129,12 @@ def answerable(data: Any, text: str | bytes, what: str) -> Any:
         logger.warning("%s: stored data cannot be answered (%s); read as %r", what, exc, "marker")
         return unreadable_data(f"the stored data cannot be written in an answer: {exc}")
     return data
+
+
+#: each history state's condition on a notification's row (the same in both dialects)
+HISTORY_WHERE = {
+    "all": "archived_date IS NULL",
+    "unseen": "seen_date IS NULL AND archived_date IS NULL",
+    "unread": "read_date IS NULL AND archived_date IS NULL",
+    "archived": "archived_date IS NOT NULL",
+}

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidings.core.models import (
+    HistoryState,
     MarkSeenResult,
     NewNotification,
     Notification,
@@ -81,6 +82,20 @@ class NotificationStore(ABC):
         Raises:
             NotFound: an id is unknown or belongs to another user; nothing was changed.
         """
+
+    @abstractmethod
+    async def history(
+        self,
+        user_id: str,
+        state: HistoryState,
+        category: str | None,
+        before: int | None,
+        limit: int,
+    ) -> list[Notification]:
+        """The user's notifications newest first, up to ``limit``, with their inbox fields:
+        those of ``state`` (``all``: not archived; ``unseen`` and ``unread``: not archived
+        either; ``archived``), of ``category`` if given, created before the log position
+        ``before`` if given (the ``seq`` of the last one of the page before)."""
 
     @abstractmethod
     async def count(self, user_id: str) -> UnseenCount:

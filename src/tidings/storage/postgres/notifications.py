@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidings.core.models import (
+    HistoryState,
     MarkSeenResult,
     NewNotification,
     Notification,
@@ -18,6 +19,7 @@ from tidings.errors import (
     StoreUnavailable,
 )
 from tidings.storage._common import (
+    HISTORY_WHERE,
     Prepared,
     prepare,
     repeated,
@@ -26,8 +28,10 @@ from tidings.storage._common import (
 from tidings.storage.counts import add_unseen_sql, mark_seen_sql
 from tidings.storage.postgres.engine import PostgresEngine
 from tidings.storage.postgres.rows import (
+    HISTORY_COLUMNS,
     NOTIFICATION_COLUMNS,
     UNSEEN_WITHIN,
+    _history_notification,
     _notification,
     _owned,
 )
@@ -194,6 +198,26 @@ class PostgresNotifications(PostgresEngine):
                 len(marked),
             )
         return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+
+    async def history(
+        self,
+        user_id: str,
+        state: HistoryState,
+        category: str | None,
+        before: int | None,
+        limit: int,
+    ) -> list[Notification]:
+        sql = (
+            f"SELECT {HISTORY_COLUMNS} FROM notifications WHERE user_id = $1 AND seq < $2 "
+            f"AND {HISTORY_WHERE[state]}"
+            + (" AND category = $4" if category is not None else "")
+            + " ORDER BY seq DESC LIMIT $3"
+        )
+        bound = before if before is not None else 2**63 - 1
+        params = [user_id, bound, limit, *([category] if category is not None else [])]
+        async with self.connection() as conn:
+            rows = await conn.fetch(sql, *params)
+        return [_history_notification(row) for row in rows]
 
     async def count(self, user_id: str) -> UnseenCount:
         async with self.connection() as conn:

@@ -6,6 +6,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from tidings.core.models import (
     Notification,
     ServiceClient,
@@ -31,6 +33,19 @@ UNSEEN_WITHIN = (
     "FROM sized JOIN notifications n ON n.seq = sized.seq "
     "WHERE sized.upto <= $3 OR sized.upto = sized.size ORDER BY n.seq"
 )
+
+
+HISTORY_COLUMNS = f"{NOTIFICATION_COLUMNS}, category, read_date, archived_date"
+
+
+def _history_notification(row: Any) -> Notification:
+    """A row of ``HISTORY_COLUMNS``: a notification with its inbox fields."""
+    return msgspec.structs.replace(
+        _notification(row, answered=True),
+        category=row[6],
+        read_date=row[7],
+        archived_date=row[8],
+    )
 
 
 async def _no_reset(connection: Any) -> None:

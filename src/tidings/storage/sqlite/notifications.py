@@ -10,6 +10,7 @@ import orjson
 
 from tidings.core.ids import new_sorted_id
 from tidings.core.models import (
+    HistoryState,
     MarkSeenResult,
     NewNotification,
     Notification,
@@ -22,6 +23,7 @@ from tidings.errors import (
     Conflict,
 )
 from tidings.storage._common import (
+    HISTORY_WHERE,
     canonical_json,
     prepare,
     repeated,
@@ -30,8 +32,10 @@ from tidings.storage._common import (
 from tidings.storage.counts import add_unseen_sql, mark_seen_sql
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import (
+    HISTORY_COLUMNS,
     NOTE_COLUMNS,
     UNSEEN_WITHIN,
+    _history_notification,
     _insert_rows,
     _notification,
     _owned,
@@ -180,6 +184,28 @@ class SqliteNotifications(SqliteEngine):
             return MarkSeenResult(fresh, UnseenCount(user_id, unseen, version))
 
         return await self.write(run)
+
+    async def history(
+        self,
+        user_id: str,
+        state: HistoryState,
+        category: str | None,
+        before: int | None,
+        limit: int,
+    ) -> list[Notification]:
+        sql = (
+            f"SELECT {HISTORY_COLUMNS} FROM notifications WHERE user_id = ? AND seq < ? "
+            f"AND {HISTORY_WHERE[state]}"
+            + (" AND category = ?" if category is not None else "")
+            + " ORDER BY seq DESC LIMIT ?"
+        )
+        bound = before if before is not None else 2**63 - 1
+        params = (user_id, bound, *([category] if category is not None else []), limit)
+
+        def run(conn: sqlite3.Connection) -> list[Notification]:
+            return [_history_notification(row) for row in conn.execute(sql, params)]
+
+        return await self.read(run)
 
     async def count(self, user_id: str) -> UnseenCount:
         def run(conn: sqlite3.Connection) -> UnseenCount:

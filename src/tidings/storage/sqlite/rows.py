@@ -6,6 +6,8 @@ import sqlite3
 from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
+import msgspec
+
 from tidings.core.ids import CONNECTION_ID, new_id
 from tidings.core.models import (
     Device,
@@ -82,6 +84,20 @@ def _notification(row: tuple[Any, ...], *, answered: bool = False) -> Notificati
         creation_date=parse_iso(row[3]),
         seen_date=parse_iso(row[4]) if row[4] else None,
         seq=row[5] if len(row) > 5 else 0,
+    )
+
+
+HISTORY_COLUMNS = f"{NOTE_COLUMNS}, category, read_date, archived_date"
+
+
+def _history_notification(row: tuple[Any, ...]) -> Notification:
+    """A row of ``HISTORY_COLUMNS``: a notification with its inbox fields."""
+    note = _notification(row, answered=True)
+    return msgspec.structs.replace(
+        note,
+        category=row[6],
+        read_date=parse_iso(row[7]) if row[7] else None,
+        archived_date=parse_iso(row[8]) if row[8] else None,
     )
 
 

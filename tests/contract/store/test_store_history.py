@@ -1,0 +1,52 @@
+"""The store contract of a user's history (NotificationStore.history): newest first, pages that
+continue before a log position, filters by state and category, and never another user's
+notifications. Every backend passes it (the ``store`` fixture of :mod:`contract.store.backends`
+runs each test on each)."""
+
+from __future__ import annotations
+
+from contract.store.backends import store
+from tidings.storage import Store
+
+__all__ = ["store"]  # the fixture
+
+
+async def test_pages_go_newest_first_and_continue_before_the_last_one(store: Store) -> None:
+    made = [(await store.create_notification("ann", {"n": n})).notification for n in range(7)]
+    await store.create_notification("bob", {"n": "bob's"})
+    first = await store.history("ann", "all", None, None, 3)
+    assert [n.data["n"] for n in first] == [6, 5, 4]
+    second = await store.history("ann", "all", None, first[-1].seq, 3)
+    third = await store.history("ann", "all", None, second[-1].seq, 3)
+    assert [n.data["n"] for n in second + third] == [3, 2, 1, 0]
+    assert await store.history("ann", "all", None, third[-1].seq, 3) == []
+    assert {n.user_id for n in first + second + third} == {"ann"}
+    newest = first[0]
+    assert (newest.notification_id, newest.category, newest.read_date) == (
+        made[-1].notification_id,
+        None,
+        None,
+    )
+    assert newest.archived_date is None and newest.seq == made[-1].seq
+
+
+async def test_a_new_notification_does_not_move_a_page_already_begun(store: Store) -> None:
+    for n in range(4):
+        await store.create_notification("ann", {"n": n})
+    first = await store.history("ann", "all", None, None, 2)
+    await store.create_notification("ann", {"n": "new"})
+    rest = await store.history("ann", "all", None, first[-1].seq, 10)
+    assert [n.data["n"] for n in first + rest] == [3, 2, 1, 0]
+
+
+async def test_filters_by_state_and_category(store: Store) -> None:
+    notes = [(await store.create_notification("ann", {"n": n})).notification for n in range(3)]
+    await store.mark_seen("ann", [notes[1].notification_id])
+    unseen = await store.history("ann", "unseen", None, None, 10)
+    assert [n.data["n"] for n in unseen] == [2, 0]
+    seen = (await store.history("ann", "all", None, None, 10))[1]
+    assert seen.seen_date is not None
+    assert [n.data["n"] for n in await store.history("ann", "unread", None, None, 10)] == [2, 1, 0]
+    assert await store.history("ann", "archived", None, None, 10) == []
+    assert await store.history("ann", "all", "orders", None, 10) == []
+    assert await store.history("nobody", "all", None, None, 10) == []

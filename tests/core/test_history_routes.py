@@ -1,0 +1,110 @@
+"""A user's history over HTTP, on a real node (SQLite): pages newest first with cursors that
+stay right while new notifications arrive, filters, a service reading any user's with scope
+``notify``; a cursor that is forged, another user's or for other filters, an unknown state and
+a limit out of bounds get 422; no user reads another's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import JWT_SECRET, device_token
+from tidings import Tidings
+from tidings.auth.oauth import create_client
+from tidings.node.app import TidingsApp
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Tidings, dict[str, str]]]:
+    """A client of a node's app, the node, and the headers of a service with ``notify``."""
+    async with Tidings(store=f"sqlite:///{tmp_path}/h.db", jwt_secret=JWT_SECRET) as node:
+        client, secret = await create_client(node.store, "svc", ["notify"])
+        issued = await node.service_auth.issue(client.client_id, secret, "notify")
+        service = {"Authorization": f"Bearer {issued.access_token}"}
+        transport = httpx.ASGITransport(app=TidingsApp(node, manage_lifespan=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            yield http, node, service
+
+
+def device(user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {device_token(user_id)}"}
+
+
+async def test_pages_with_cursors_stay_right_while_new_ones_arrive(api: Any) -> None:
+    http, node, service = api
+    for n in range(5):
+        await node.notify("ann", {"n": n})
+    first = (await http.get("/me/notifications?limit=2", headers=device("ann"))).json()
+    assert [n["data"]["n"] for n in first["notifications"]] == [4, 3]
+    assert set(first["notifications"][0]) >= {"category", "seen_date", "read_date", "archived_date"}
+    await node.notify("ann", {"n": "new"})
+    second = (
+        await http.get(
+            "/me/notifications",
+            params={"limit": 2, "cursor": first["next_cursor"]},
+            headers=device("ann"),
+        )
+    ).json()
+    third = (
+        await http.get(
+            "/me/notifications",
+            params={"limit": 2, "cursor": second["next_cursor"]},
+            headers=device("ann"),
+        )
+    ).json()
+    assert [n["data"]["n"] for n in second["notifications"] + third["notifications"]] == [2, 1, 0]
+    assert third["next_cursor"] is None
+    # A service reads any user's, with scope notify.
+    page = (await http.get("/users/ann/notifications?limit=1", headers=service)).json()
+    assert [n["data"]["n"] for n in page["notifications"]] == ["new"]
+
+
+async def test_filters(api: Any) -> None:
+    http, node, _ = api
+    one = await node.notify("ann", {"n": 1})
+    await node.notify("ann", {"n": 2})
+    await node.mark_seen("ann", [one.notification.notification_id])
+    unseen = (await http.get("/me/notifications?state=unseen", headers=device("ann"))).json()
+    assert [n["data"]["n"] for n in unseen["notifications"]] == [2]
+    archived = (await http.get("/me/notifications?state=archived", headers=device("ann"))).json()
+    assert archived == {"notifications": [], "next_cursor": None}
+    orders = (await http.get("/me/notifications?category=orders", headers=device("ann"))).json()
+    assert orders["notifications"] == []
+
+
+async def test_bad_cursors_states_and_limits_are_refused(api: Any) -> None:
+    http, node, _ = api
+    for n in range(3):
+        await node.notify("ann", {"n": n})
+        await node.notify("bob", {"n": n})
+    anns = (await http.get("/me/notifications?limit=1", headers=device("ann"))).json()
+    cursor = anns["next_cursor"]
+    forged = cursor[:-2] + ("AA" if not cursor.endswith("AA") else "BB")
+    for params, headers, expected in (
+        ({"cursor": cursor}, device("bob"), "not one of this user's pages"),
+        ({"cursor": forged}, device("ann"), "not one of this user's pages"),
+        ({"cursor": "garbage!"}, device("ann"), "cursor"),
+        ({"cursor": cursor, "state": "unseen"}, device("ann"), "other filters"),
+        ({"state": "deleted"}, device("ann"), "state must be one of"),
+        ({"limit": 101}, device("ann"), "limit"),
+        ({"limit": 0}, device("ann"), "limit"),
+    ):
+        refused = await http.get("/me/notifications", params=params, headers=headers)
+        assert refused.status_code == 422, (params, refused.text)
+        assert expected in refused.text, (params, refused.text)
+
+
+async def test_no_user_reads_anothers(api: Any) -> None:
+    http, node, service = api
+    await node.notify("ann", {"secret": "ann's"})
+    bobs = (await http.get("/me/notifications", headers=device("bob"))).json()
+    assert bobs == {"notifications": [], "next_cursor": None}
+    for headers in (device("bob"), device("ann")):
+        refused = await http.get("/users/ann/notifications", headers=headers)
+        assert refused.status_code == 401
+    assert (await http.get("/me/notifications")).status_code == 401
+    assert (await http.get("/users/ann/notifications", headers=service)).status_code == 200
