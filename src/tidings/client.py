@@ -410,6 +410,24 @@ class DeviceClient:
         answer = await self.request({"type": "getUnseen", "limit": limit})
         return list(answer["notifications"])
 
+    async def get_notifications(
+        self,
+        *,
+        state: str = "all",
+        category: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the user's history, newest first, and the cursor of the next page
+        (``None`` at the end)."""
+        frame: dict[str, Any] = {"type": "getNotifications", "state": state, "limit": limit}
+        if category is not None:
+            frame["category"] = category
+        if cursor is not None:
+            frame["cursor"] = cursor
+        answer = await self.request(frame)
+        return list(answer["notifications"]), answer.get("next_cursor")
+
     async def mark_seen(self, notification_ids: Sequence[str]) -> int:
         """Mark notifications seen; returns how many changed."""
         answer = await self.request(

@@ -45,3 +45,10 @@ MAX_PUSH_TOKEN_LENGTH = 4096
 MAX_APP_ID_LENGTH = 256
 #: push tokens one user may hold (a new one past this replaces the least recently used)
 MAX_PUSH_TOKENS_PER_USER = 100
+
+#: a page of a user's history holds at most this many notifications
+MAX_HISTORY_PAGE = 100
+#: a notification's category is at most this long
+MAX_CATEGORY_LENGTH = 64
+#: a history cursor is at most this long (the service's own are about 100 characters)
+MAX_CURSOR_LENGTH = 512

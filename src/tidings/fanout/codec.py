@@ -20,6 +20,7 @@ from tidings.core.codes import CloseCode
 from tidings.core.limits import (
     DEFAULT_UNSEEN_LIMIT as DEFAULT_UNSEEN_LIMIT,
 )
+from tidings.core.limits import MAX_CATEGORY_LENGTH, MAX_CURSOR_LENGTH, MAX_HISTORY_PAGE
 from tidings.core.limits import (
     MAX_ID_LENGTH as MAX_ID_LENGTH,
 )
@@ -120,6 +121,15 @@ class ReadNotifications:
     since: int
 
 
+@dataclass(frozen=True, slots=True)
+class GetNotifications:
+    id: str | int | None
+    state: str
+    category: str | None
+    cursor: str | None
+    limit: int
+
+
 ClientFrame = (
     Authenticate
     | GetUnseen
@@ -129,6 +139,7 @@ ClientFrame = (
     | Subscribe
     | Unsubscribe
     | ReadNotifications
+    | GetNotifications
 )
 
 
@@ -272,6 +283,33 @@ def _parse_read_notifications(raw: dict[str, Any], frame_id: Any, _: int) -> Rea
     return ReadNotifications(frame_id, topic, since)
 
 
+def _parse_get_notifications(raw: dict[str, Any], frame_id: Any, _: int) -> GetNotifications:
+    state = raw.get("state", "all")
+    if not isinstance(state, str) or len(state) > 16:
+        raise ProtocolError(
+            INVALID_FRAME, "'state' must be all, unseen, unread or archived", frame_id
+        )
+    category = _bounded(raw, "category", MAX_CATEGORY_LENGTH, frame_id)
+    cursor = _bounded(raw, "cursor", MAX_CURSOR_LENGTH, frame_id)
+    limit = raw.get("limit", 50)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_HISTORY_PAGE:
+        raise ProtocolError(
+            INVALID_FRAME, f"'limit' must be an integer from 1 to {MAX_HISTORY_PAGE}", frame_id
+        )
+    return GetNotifications(frame_id, state, category, cursor, limit)
+
+
+def _bounded(raw: dict[str, Any], key: str, max_length: int, frame_id: Any) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= max_length or "\x00" in value:
+        raise ProtocolError(
+            INVALID_FRAME, f"'{key}' must be a string of 1 to {max_length} chars", frame_id
+        )
+    return value
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], Any, int], ClientFrame]] = {
     "authenticate": _parse_authenticate,
     "getUnseen": _parse_get_unseen,
@@ -281,6 +319,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Any, int], ClientFrame]] = {
     "subscribe": _parse_subscribe,
     "unsubscribe": _parse_unsubscribe,
     "readNotifications": _parse_read_notifications,
+    "getNotifications": _parse_get_notifications,
 }
 
 

@@ -134,6 +134,15 @@ class GatewayNode(Protocol):
     # Frames
     async def unseen(self, user_id: str, limit: int = ...) -> list[Notification]: ...
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult: ...
+    async def notifications(
+        self,
+        user_id: str,
+        *,
+        state: str = "all",
+        category: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Notification], str | None]: ...
     async def ack(
         self, user_id: str, connection_id: str, notification_ids: Sequence[str]
     ) -> AckResult: ...

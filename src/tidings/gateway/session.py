@@ -352,6 +352,19 @@ async def _answer(node: GatewayNode, conn: Connection, frame: protocol.ClientFra
                 last_seq=outcome.last_seq,
             )
         )
+    elif isinstance(frame, protocol.GetNotifications):
+        notes, next_cursor = await node.notifications(
+            conn.user_id,
+            state=frame.state,
+            category=frame.category,
+            cursor=frame.cursor,
+            limit=frame.limit,
+        )
+        conn.push(
+            protocol.reply(
+                frame.id, notifications=[n.to_dict() for n in notes], next_cursor=next_cursor
+            )
+        )
     elif isinstance(frame, protocol.ForgetDevice):
         await node.forget_device(
             conn.user_id,

@@ -19,15 +19,13 @@ from typing import Protocol
 
 import orjson
 
+from tidings.core.limits import MAX_CATEGORY_LENGTH, MAX_CURSOR_LENGTH
+from tidings.core.limits import MAX_HISTORY_PAGE as MAX_PAGE
 from tidings.core.models import HISTORY_STATES, HistoryState, Notification
 from tidings.errors import InvalidArgument
 
 #: the store's name for the key cursors are signed with
 CURSOR_KEY = "history-cursor-key"
-#: a page holds at most this many notifications
-MAX_PAGE = 100
-#: a category is at most this long
-MAX_CATEGORY_LENGTH = 64
 _VERSION = 1
 
 
@@ -125,7 +123,7 @@ def read_cursor(
     Raises:
         InvalidArgument: it is malformed, forged, another user's, or for other filters.
     """
-    if len(cursor) > 512:
+    if len(cursor) > MAX_CURSOR_LENGTH:
         raise InvalidArgument("cursor is not a cursor of this service")
     try:
         encoded, _, signature = cursor.partition(".")

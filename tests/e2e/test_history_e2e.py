@@ -1,0 +1,61 @@
+"""getNotifications on a real server process: a user's history page by page over the socket,
+the same pages as over HTTP; bad filters and cursors (another user's, forged) are an error
+frame, and the connection stays up."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from conftest import ServerProcess, device_token
+from tidings.client import DeviceClient
+from tidings.errors import ClientError
+
+
+async def test_pages_over_the_socket_and_bad_input(
+    server: ServerProcess, notify_token: str
+) -> None:
+    ann, bob = f"ann-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        for user in (ann, bob):
+            for n in range(5):
+                answer = await http.post(
+                    "/notify",
+                    json={"user_id": user, "data": {"n": n}},
+                    headers={"Authorization": f"Bearer {notify_token}"},
+                )
+                assert answer.status_code == 201
+        over_http = (
+            await http.get(
+                "/me/notifications?limit=2",
+                headers={"Authorization": f"Bearer {device_token(ann)}"},
+            )
+        ).json()
+    async with (
+        DeviceClient(server.ws_url, token=device_token(ann)) as device,
+        DeviceClient(server.ws_url, token=device_token(bob)) as other,
+    ):
+        page, cursor = await device.get_notifications(limit=2)
+        assert [n["data"]["n"] for n in page] == [4, 3]
+        assert page == over_http["notifications"]
+        assert {n["user_id"] for n in page} == {ann}
+        rest, end = await device.get_notifications(limit=10, cursor=cursor)
+        assert [n["data"]["n"] for n in rest] == [2, 1, 0] and end is None
+        assert cursor is not None
+        for frame, expected in (
+            ({"cursor": cursor}, "not one of this user's pages"),  # ann's cursor, bob's socket
+            ({"cursor": cursor[:-3] + "xyz"}, "not one of this user's pages"),
+            ({"state": "deleted"}, "state must be one of"),
+            ({"state": 5}, "'state'"),
+            ({"limit": 101}, "'limit'"),
+            ({"category": ""}, "'category'"),
+        ):
+            with pytest.raises(ClientError) as info:
+                await other.request({"type": "getNotifications", **frame})
+            assert info.value.code == "invalid_frame", frame
+            assert expected in str(info.value), (frame, str(info.value))
+        # The connection is still up and answers.
+        mine, _ = await other.get_notifications(limit=1)
+        assert [n["user_id"] for n in mine] == [bob]
