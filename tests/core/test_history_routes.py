@@ -108,3 +108,33 @@ async def test_no_user_reads_anothers(api: Any) -> None:
         assert refused.status_code == 401
     assert (await http.get("/me/notifications")).status_code == 401
     assert (await http.get("/users/ann/notifications", headers=service)).status_code == 200
+
+
+async def test_notify_with_a_category_and_the_category_filter(api: Any) -> None:
+    http, _, service = api
+    for body in (
+        {"user_id": "ann", "data": {"n": 1}, "category": "orders"},
+        {"user_id": "ann", "data": {"n": 2}},
+    ):
+        answer = await http.post("/notify", json=body, headers=service)
+        assert answer.status_code == 201, answer.text
+    batch = await http.post(
+        "/notify/batch",
+        json={"notifications": [{"user_id": "ann", "data": {"n": 3}, "category": "orders"}]},
+        headers=service,
+    )
+    assert batch.status_code == 200, batch.text
+    orders = (await http.get("/me/notifications?category=orders", headers=device("ann"))).json()
+    assert [(n["data"]["n"], n["category"]) for n in orders["notifications"]] == [
+        (3, "orders"),
+        (1, "orders"),
+    ]
+    for bad in ("", "x" * 65):
+        refused = await http.post(
+            "/notify", json={"user_id": "ann", "data": {}, "category": bad}, headers=service
+        )
+        assert refused.status_code == 422, refused.text
+    assert (
+        len((await http.get("/me/notifications", headers=device("ann"))).json()["notifications"])
+        == 3
+    )

@@ -20,7 +20,13 @@ from msgspec import Meta
 from pydantic import BaseModel, ValidationError
 
 from tidings.api.schemas import NotifyBatchRequest, NotifyRequest, PublishRequest
-from tidings.core.limits import MAX_BATCH_ITEMS, MAX_ID_LENGTH, MAX_TOPIC_LENGTH, MAX_USER_ID_LENGTH
+from tidings.core.limits import (
+    MAX_BATCH_ITEMS,
+    MAX_CATEGORY_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_TOPIC_LENGTH,
+    MAX_USER_ID_LENGTH,
+)
 from tidings.core.models import NewNotification
 from tidings.errors import UnparsableBody
 
@@ -29,6 +35,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 UserId = Annotated[str, Meta(min_length=1, max_length=MAX_USER_ID_LENGTH)]
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 Topic = Annotated[str, Meta(min_length=1, max_length=MAX_TOPIC_LENGTH)]
+Category = Annotated[str, Meta(min_length=1, max_length=MAX_CATEGORY_LENGTH)]
 
 
 class NotifyBody(msgspec.Struct):
@@ -37,6 +44,7 @@ class NotifyBody(msgspec.Struct):
     user_id: UserId
     data: Any
     notification_id: Id | None = None
+    category: Category | None = None
 
 
 class NotifyBatchBody(msgspec.Struct):
@@ -88,7 +96,10 @@ def batch_items(body: bytes) -> list[NewNotification] | None:
         batch = _batch.decode(body)
     except _DECLINED:
         return None
-    return [NewNotification(i.user_id, i.data, i.notification_id) for i in batch.notifications]
+    return [
+        NewNotification(i.user_id, i.data, i.notification_id, i.category)
+        for i in batch.notifications
+    ]
 
 
 def notify_batch_items(body: bytes) -> list[NewNotification]:
@@ -101,7 +112,7 @@ def notify_batch_items(body: bytes) -> list[NewNotification]:
     if items is None:
         request = NotifyBatchRequest.model_validate_json(body)
         items = [
-            NewNotification(item.user_id, item.data, item.notification_id)
+            NewNotification(item.user_id, item.data, item.notification_id, item.category)
             for item in request.notifications
         ]
     return items

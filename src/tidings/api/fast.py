@@ -51,7 +51,9 @@ async def notify_one(
         StoreUnavailable: nothing was written.
     """
     try:
-        result = await node.notify(body.user_id, body.data, notification_id=body.notification_id)
+        result = await node.notify(
+            body.user_id, body.data, notification_id=body.notification_id, category=body.category
+        )
     except PayloadTooLarge as exc:
         raise ApiError(413, "payload_too_large", str(exc)) from None
     except InvalidArgument as exc:

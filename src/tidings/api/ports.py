@@ -114,7 +114,12 @@ class ApiNode(Protocol):
 
     # Notifications and topics
     async def notify(
-        self, user_id: str, data: Any, *, notification_id: str | None = None
+        self,
+        user_id: str,
+        data: Any,
+        *,
+        notification_id: str | None = None,
+        category: str | None = None,
     ) -> NotifyResult: ...
     async def notify_many(
         self, items: Sequence[NewNotification]

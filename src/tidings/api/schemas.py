@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.core.limits import (
     MAX_BATCH_ITEMS,
+    MAX_CATEGORY_LENGTH,
     MAX_ID_LENGTH,
     MAX_TOPIC_LENGTH,
     MAX_USER_ID_LENGTH,
@@ -32,6 +33,12 @@ class NotifyRequest(BaseModel):
         min_length=1,
         max_length=MAX_NOTIFICATION_ID_CHARS,
         description="Idempotency key: sending the same id again returns the first notification.",
+    )
+    category: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CATEGORY_LENGTH,
+        description="The inbox's category (filters and per-category counts), if any.",
     )
 
 

@@ -197,6 +197,8 @@ class NewNotification(msgspec.Struct, frozen=True, gc=False):
     user_id: str
     data: Any
     notification_id: str | None = None
+    #: the inbox's category, if the sender gives one
+    category: str | None = None
 
 
 class NotifyResult(msgspec.Struct, frozen=True, gc=False):

@@ -305,9 +305,15 @@ class Tidings(Lifecycle):
     # Notifications and counts
 
     async def notify(
-        self, user_id: str, data: Any, *, notification_id: str | None = None
+        self,
+        user_id: str,
+        data: Any,
+        *,
+        notification_id: str | None = None,
+        category: str | None = None,
     ) -> NotifyResult:
-        """Persist a notification for ``user_id`` and push the new count to every device.
+        """Persist a notification for ``user_id`` (in ``category``, for the inbox's filters)
+        and push the new count to every device.
 
         Returns once the notification is committed. Calling again with the same
         ``notification_id`` returns the existing notification (``created=False``).
@@ -318,7 +324,9 @@ class Tidings(Lifecycle):
             Conflict: ``notification_id`` is taken by a different notification.
             StoreUnavailable: the database is unreachable; nothing was written.
         """
-        return await self.counts.notify(user_id, data, notification_id=notification_id)
+        return await self.counts.notify(
+            user_id, data, notification_id=notification_id, category=category
+        )
 
     async def notify_many(
         self, items: Sequence[NewNotification]
@@ -465,13 +473,8 @@ class Tidings(Lifecycle):
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[Notification], str | None]:
-        """A page of the user's history, newest first (``state``: all, unseen, unread or
-        archived; ``category``), and the cursor of the next page (``None`` at the end).
-
-        Raises:
-            InvalidArgument: an unknown state, a bad limit, or a cursor that is not this
-                user's for these filters.
-        """
+        """A page of the user's history, newest first, and the next page's cursor (``None``
+        at the end); raises :class:`InvalidArgument` as :meth:`History.page` says."""
         return await self.history.page(user_id, state, category, cursor, limit)
 
     async def erase_user(self, user_id: str) -> dict[str, int]:

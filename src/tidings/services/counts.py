@@ -13,7 +13,12 @@ from typing import Any
 from tidings.bus import Bus
 from tidings.core import events
 from tidings.core.counters import Counters
-from tidings.core.limits import DEFAULT_UNSEEN_LIMIT, MAX_ID_LENGTH, MAX_USER_ID_LENGTH
+from tidings.core.limits import (
+    DEFAULT_UNSEEN_LIMIT,
+    MAX_CATEGORY_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_USER_ID_LENGTH,
+)
 from tidings.core.models import (
     MarkSeenResult,
     NewNotification,
@@ -77,21 +82,30 @@ class Counts:
         self.on_count = on_count
 
     async def notify(
-        self, user_id: str, data: Any, *, notification_id: str | None = None
+        self,
+        user_id: str,
+        data: Any,
+        *,
+        notification_id: str | None = None,
+        category: str | None = None,
     ) -> NotifyResult:
         """Persist a notification for ``user_id`` and push the new count to every device
         (see :meth:`tidings.Tidings.notify`)."""
         check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
         if notification_id is not None:
             check_identifier("notification_id", notification_id, MAX_ID_LENGTH)
+        if category is not None:
+            check_identifier("category", category, MAX_CATEGORY_LENGTH)
         check_data(data, self.max_data_size)
         # Shielded: once the write is under way, its count is published even if the caller is
         # cancelled (a timeout, a closed connection), so devices never miss a committed change.
-        return await asyncio.shield(self._notify(user_id, data, notification_id))
+        return await asyncio.shield(self._notify(user_id, data, notification_id, category))
 
-    async def _notify(self, user_id: str, data: Any, notification_id: str | None) -> NotifyResult:
+    async def _notify(
+        self, user_id: str, data: Any, notification_id: str | None, category: str | None
+    ) -> NotifyResult:
         started = time.perf_counter()
-        result = await self.store.create_notification(user_id, data, notification_id)
+        result = await self.store.create_notification(user_id, data, notification_id, category)
         if result.count is not None:
             await self.publish_count(result.count, result.notification.seq)
         self.observe_notify(time.perf_counter() - started)
@@ -111,6 +125,8 @@ class Counts:
                 check_identifier("user_id", item.user_id, MAX_USER_ID_LENGTH)
                 if item.notification_id is not None:
                     check_identifier("notification_id", item.notification_id, MAX_ID_LENGTH)
+                if item.category is not None:
+                    check_identifier("category", item.category, MAX_CATEGORY_LENGTH)
                 check_data(item.data, self.max_data_size)
             except TidingsError as exc:
                 results.append(exc)

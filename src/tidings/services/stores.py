@@ -32,7 +32,11 @@ class NotificationStore(Protocol):
     ) -> list[NotifyResult | Conflict]: ...
 
     async def create_notification(
-        self, user_id: str, data: Any, notification_id: str | None = None
+        self,
+        user_id: str,
+        data: Any,
+        notification_id: str | None = None,
+        category: str | None = None,
     ) -> NotifyResult: ...
 
     async def unseen(

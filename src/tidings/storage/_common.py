@@ -72,13 +72,13 @@ def repeated(prior: Any, user_id: str, data: Any) -> Any:
     return NotifyResult(prior, created=False)
 
 
-#: a batch item ready to write: (user_id, data, data as JSON text, notification_id)
-Prepared = tuple[str, Any, str, str]
+#: a batch item ready to write: (user_id, data, data as JSON text, notification_id, category)
+Prepared = tuple[str, Any, str, str, str | None]
 
 
 def prepare(items: Iterable[Any]) -> list[Prepared]:
-    """A batch's items as ``(user_id, data, data as JSON text, notification_id)``, with an id
-    generated where the caller gave none."""
+    """A batch's items as ``(user_id, data, data as JSON text, notification_id, category)``,
+    with an id generated where the caller gave none."""
     items = list(items)
     fresh = iter(new_sorted_ids(sum(1 for item in items if not item.notification_id)))
     return [
@@ -87,6 +87,7 @@ def prepare(items: Iterable[Any]) -> list[Prepared]:
             item.data,
             orjson.dumps(item.data).decode(),
             item.notification_id or next(fresh),
+            item.category,
         )
         for item in items
     ]

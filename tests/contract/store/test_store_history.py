@@ -6,6 +6,7 @@ runs each test on each)."""
 from __future__ import annotations
 
 from contract.store.backends import store
+from tidings.core.models import NewNotification
 from tidings.storage import Store
 
 __all__ = ["store"]  # the fixture
@@ -50,3 +51,22 @@ async def test_filters_by_state_and_category(store: Store) -> None:
     assert await store.history("ann", "archived", None, None, 10) == []
     assert await store.history("ann", "all", "orders", None, 10) == []
     assert await store.history("nobody", "all", None, None, 10) == []
+
+
+async def test_a_category_given_at_creation_is_kept_and_filters(store: Store) -> None:
+    """create_notification and create_notifications keep a category; the history lists a
+    category's notifications only, each with its category."""
+    one = await store.create_notification("ann", {"n": 1}, None, "orders")
+    assert one.notification.category == "orders"
+    batch = await store.create_notifications(
+        [
+            NewNotification("ann", {"n": 2}, None, "social"),
+            NewNotification("ann", {"n": 3}, None, "orders"),
+            NewNotification("ann", {"n": 4}),
+        ]
+    )
+    assert [r.notification.category for r in batch] == ["social", "orders", None]
+    orders = await store.history("ann", "all", "orders", None, 10)
+    assert [(n.data["n"], n.category) for n in orders] == [(3, "orders"), (1, "orders")]
+    everything = await store.history("ann", "all", None, None, 10)
+    assert [n.category for n in everything] == [None, "orders", "social", "orders"]

@@ -44,7 +44,9 @@ class NotificationStore(ABC):
         for item in items:
             try:
                 results.append(
-                    await self.create_notification(item.user_id, item.data, item.notification_id)
+                    await self.create_notification(
+                        item.user_id, item.data, item.notification_id, item.category
+                    )
                 )
             except Conflict as exc:
                 results.append(exc)
@@ -52,9 +54,14 @@ class NotificationStore(ABC):
 
     @abstractmethod
     async def create_notification(
-        self, user_id: str, data: Any, notification_id: str | None = None
+        self,
+        user_id: str,
+        data: Any,
+        notification_id: str | None = None,
+        category: str | None = None,
     ) -> NotifyResult:
-        """Insert a notification and bump the user's unseen count, in one transaction.
+        """Insert a notification (in ``category``, if given) and bump the user's unseen count,
+        in one transaction.
 
         ``data`` is any JSON-serialisable value. When ``notification_id`` already exists for
         the same user with equal data, nothing is written and the existing notification is

@@ -43,13 +43,17 @@ class PostgresNotifications(PostgresEngine):
     # Notifications and counts
 
     async def create_notification(
-        self, user_id: str, data: Any, notification_id: str | None = None
+        self,
+        user_id: str,
+        data: Any,
+        notification_id: str | None = None,
+        category: str | None = None,
     ) -> NotifyResult:
         """Grouped with the notifications other callers create meanwhile into one transaction
         (:meth:`create_notifications`): one commit for a burst of concurrent requests, as the
         SQLite store's group commit does. Each caller still gets only its own result."""
         # Encoded here, so data that cannot be JSON fails this caller, not the whole group.
-        item = prepare([NewNotification(user_id, data, notification_id)])[0]
+        item = prepare([NewNotification(user_id, data, notification_id, category)])[0]
         result: NotifyResult = await self._notifies.submit(item)
         return result  # raises the item's Conflict, or what failed its write
 
@@ -98,28 +102,29 @@ class PostgresNotifications(PostgresEngine):
                 )
             }
             outcomes: list[Notification | NotifyResult | Conflict] = []
-            fresh: dict[str, tuple[str, Any, str]] = {}
-            for user_id, data, encoded, nid in prepared:
+            fresh: dict[str, tuple[str, Any, str, str | None]] = {}
+            for user_id, data, encoded, nid, category in prepared:
                 prior = known.get(nid)
                 if prior is None and nid in fresh:
                     prior = Notification(nid, fresh[nid][0], fresh[nid][1], now)
                 if prior is not None:
                     outcomes.append(repeated(prior, user_id, data))
                     continue
-                fresh[nid] = (user_id, data, encoded)
-                outcomes.append(Notification(nid, user_id, data, now))
+                fresh[nid] = (user_id, data, encoded, category)
+                outcomes.append(Notification(nid, user_id, data, now, category=category))
             seqs: dict[str, int] = {}
             if fresh:
                 ids = list(fresh)
                 rows = await conn.fetch(
-                    "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
-                    "SELECT i, u, d::json, $4 FROM unnest($1::text[], $2::text[], $3::text[]) "
-                    "AS t(i, u, d) ON CONFLICT (notification_id) DO NOTHING "
-                    "RETURNING notification_id, seq",
+                    "INSERT INTO notifications (notification_id, user_id, data, creation_date, "
+                    "category) SELECT i, u, d::json, $4, c FROM unnest($1::text[], $2::text[], "
+                    "$3::text[], $5::text[]) AS t(i, u, d, c) "
+                    "ON CONFLICT (notification_id) DO NOTHING RETURNING notification_id, seq",
                     ids,
                     [fresh[i][0] for i in ids],
                     [fresh[i][2] for i in ids],
                     now,
+                    [fresh[i][3] for i in ids],
                 )
                 seqs = {row[0]: row[1] for row in rows}
             added: dict[str, int] = {}
@@ -142,7 +147,14 @@ class PostgresNotifications(PostgresEngine):
                 nid = outcome.notification_id
                 if nid in seqs:
                     settled.append(
-                        Notification(nid, outcome.user_id, outcome.data, now, seq=seqs[nid])
+                        Notification(
+                            nid,
+                            outcome.user_id,
+                            outcome.data,
+                            now,
+                            seq=seqs[nid],
+                            category=outcome.category,
+                        )
                     )
                 else:  # taken meanwhile by a transaction of another user
                     settled.append(Conflict(f"notification_id {nid!r} is taken meanwhile"))

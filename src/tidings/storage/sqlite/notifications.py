@@ -50,7 +50,11 @@ class SqliteNotifications(SqliteEngine):
     # Notifications and counts
 
     async def create_notification(
-        self, user_id: str, data: Any, notification_id: str | None = None
+        self,
+        user_id: str,
+        data: Any,
+        notification_id: str | None = None,
+        category: str | None = None,
     ) -> NotifyResult:
         encoded = orjson.dumps(data)
         nid = notification_id or new_sorted_id()
@@ -71,15 +75,15 @@ class SqliteNotifications(SqliteEngine):
                     )
                 return NotifyResult(existing, created=False)
             seq = conn.execute(
-                "INSERT INTO notifications (notification_id, user_id, data, creation_date) "
-                "VALUES (?, ?, ?, ?)",
-                (nid, user_id, encoded.decode(), isoformat(now)),
+                "INSERT INTO notifications (notification_id, user_id, data, creation_date, "
+                "category) VALUES (?, ?, ?, ?, ?)",
+                (nid, user_id, encoded.decode(), isoformat(now), category),
             ).lastrowid
             _, unseen, version = conn.execute(
                 add_unseen_sql("sqlite", "VALUES (?, 1, 1)"), (user_id,)
             ).fetchone()
             return NotifyResult(
-                Notification(nid, user_id, data, now, seq=seq or 0),
+                Notification(nid, user_id, data, now, seq=seq or 0, category=category),
                 created=True,
                 count=UnseenCount(user_id, unseen, version),
             )
@@ -109,7 +113,7 @@ class SqliteNotifications(SqliteEngine):
                     known[row[0]] = _notification(row)
             outcomes: list[Notification | NotifyResult | Conflict] = []
             added: dict[str, int] = {}
-            rows: list[tuple[int, str, str, str, str]] = []
+            rows: list[tuple[int, str, str, str, str, str | None]] = []
             # Seqs are handed out here (one writer, inside BEGIN IMMEDIATE) so the inserts can
             # run as one executemany; AUTOINCREMENT's counter follows the largest one.
             last = conn.execute(
@@ -117,14 +121,14 @@ class SqliteNotifications(SqliteEngine):
                 "WHERE name = 'notifications'), 0), "
                 "coalesce((SELECT max(seq) FROM notifications), 0))"
             ).fetchone()[0]
-            for user_id, data, encoded, nid in prepared:
+            for user_id, data, encoded, nid, category in prepared:
                 prior = known.get(nid)
                 if prior is not None:
                     outcomes.append(repeated(prior, user_id, data))
                     continue
                 last += 1
-                rows.append((last, nid, user_id, encoded, stamp))
-                note = Notification(nid, user_id, data, now, seq=last)
+                rows.append((last, nid, user_id, encoded, stamp, category))
+                note = Notification(nid, user_id, data, now, seq=last, category=category)
                 known[nid] = note
                 outcomes.append(note)
                 added[user_id] = added.get(user_id, 0) + 1
