@@ -59,3 +59,52 @@ async def test_pages_over_the_socket_and_bad_input(
         # The connection is still up and answers.
         mine, _ = await other.get_notifications(limit=1)
         assert [n["user_id"] for n in mine] == [bob]
+
+
+async def test_mark_all_seen_over_the_socket_and_http_reaches_every_device(
+    server: ServerProcess, notify_token: str
+) -> None:
+    ann = f"ann-{uuid.uuid4().hex[:6]}"
+    service = {"Authorization": f"Bearer {notify_token}"}
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        DeviceClient(server.ws_url, token=device_token(ann)) as phone,
+        DeviceClient(server.ws_url, token=device_token(ann)) as laptop,
+    ):
+        for n in range(4):
+            await http.post("/notify", json={"user_id": ann, "data": {"n": n}}, headers=service)
+        await laptop.wait_for_count(lambda count: count == 4)
+        version = laptop.version
+        answer = await phone.request({"type": "markAllSeen"})
+        assert answer["marked"] == 4
+        await laptop.wait_for_count(lambda count: count == 0)
+        assert laptop.version == version + 1  # one change, however many
+        # Over HTTP: a service marks listed ids, then everything.
+        ids = []
+        for n in range(3):
+            made = await http.post(
+                "/notify", json={"user_id": ann, "data": {"n": n}}, headers=service
+            )
+            ids.append(made.json()["notification_id"])
+        await laptop.wait_for_count(lambda count: count == 3)
+        marked = await http.post(
+            f"/users/{ann}/notifications/seen", json={"notification_ids": ids[:1]}, headers=service
+        )
+        assert marked.json() == {"marked": 1}
+        await laptop.wait_for_count(lambda count: count == 2)
+        device = {"Authorization": f"Bearer {device_token(ann)}"}
+        everything = await http.post("/me/notifications/seen", json={"all": True}, headers=device)
+        assert everything.json() == {"marked": 2}
+        await laptop.wait_for_count(lambda count: count == 0)
+        # Bad input: another user's id marks nothing; neither or both of ids and all.
+        other = await http.post(
+            "/notify", json={"user_id": "someone-else", "data": {}}, headers=service
+        )
+        foreign = other.json()["notification_id"]
+        refused = await http.post(
+            "/me/notifications/seen", json={"notification_ids": [foreign]}, headers=device
+        )
+        assert refused.status_code == 404 and foreign in refused.text
+        for body in ({}, {"all": True, "notification_ids": ids}, {"all": False}):
+            bad = await http.post("/me/notifications/seen", json=body, headers=device)
+            assert bad.status_code == 422, (body, bad.text)

@@ -6,12 +6,35 @@ device JWT; ``GET /users/{user_id}/notifications`` for a service with scope ``no
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
 from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
-from tidings.errors import ApiError, InvalidArgument
+from tidings.api.schemas import ApiErrorBody
+from tidings.core.limits import MAX_ID_LENGTH, MAX_IDS_PER_FRAME
+from tidings.errors import ApiError, InvalidArgument, NotFound
+
+
+class SeenIn(BaseModel):
+    """Which notifications to mark seen: ``notification_ids``, or ``all``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notification_ids: list[Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]] | None = (
+        Field(None, min_length=1, max_length=MAX_IDS_PER_FRAME)
+    )
+    all: bool = Field(False, description="Every notification unseen at the moment of the request.")
+
+    @model_validator(mode="after")
+    def one_of_them(self) -> "SeenIn":
+        if (self.notification_ids is None) == (not self.all):
+            raise ValueError('give either notification_ids or "all": true')
+        return self
+
+
+class Marked(BaseModel):
+    marked: int = Field(description="How many were unseen and are seen now.")
 
 
 class HistoryPage(BaseModel):
@@ -55,5 +78,27 @@ def mount_inbox(app: FastAPI, tidings: ApiNode, require_scope: RequireScope) -> 
             except InvalidArgument as exc:
                 raise ApiError(422, "invalid_argument", str(exc)) from None
             return HistoryPage(notifications=[n.to_dict() for n in notes], next_cursor=next_cursor)
+
+        @router.post(
+            f"{prefix}/notifications/seen",
+            response_model=Marked,
+            responses={404: {"model": ApiErrorBody, "description": "Unknown ids"}, **ERRORS},
+            tags=["inbox"],
+        )
+        async def mark_seen(body: SeenIn, caller: user) -> Marked:
+            """Mark notifications seen: the listed ones (1 to 1000 of the user's own; an
+            unknown or another user's id marks nothing and answers 404 listing the ids), or
+            with ``{"all": true}`` every one unseen now, in one change of the count. Every
+            device of the user gets the new count."""
+            try:
+                if body.all:
+                    result = await tidings.mark_all_seen(caller[0])
+                else:
+                    assert body.notification_ids is not None
+                    result = await tidings.mark_seen(caller[0], body.notification_ids)
+            except NotFound as exc:
+                listed = ", ".join(exc.ids[:20]) + (" …" if len(exc.ids) > 20 else "")
+                raise ApiError(404, "not_found", f"{exc}: {listed}") from None
+            return Marked(marked=len(result.marked))
 
     app.include_router(router)

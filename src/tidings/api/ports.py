@@ -14,6 +14,7 @@ from tidings.auth.base import Principal, ServicePrincipal
 from tidings.auth.oauth import IssuedToken
 from tidings.core.counters import Counters
 from tidings.core.models import (
+    MarkSeenResult,
     NewNotification,
     NodeInfo,
     Notification,
@@ -135,6 +136,8 @@ class ApiNode(Protocol):
         self, user_id: str, connection_id: str, *, before_close: str | None = None
     ) -> bool: ...
     async def erase_user(self, user_id: str) -> dict[str, int]: ...
+    async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult: ...
+    async def mark_all_seen(self, user_id: str) -> MarkSeenResult: ...
     async def notifications(
         self,
         user_id: str,

@@ -92,6 +92,11 @@ class MarkSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class MarkAllSeen:
+    id: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     id: str | int | None
     notification_ids: list[str]
@@ -134,6 +139,7 @@ ClientFrame = (
     Authenticate
     | GetUnseen
     | MarkSeen
+    | MarkAllSeen
     | Ack
     | ForgetDevice
     | Subscribe
@@ -232,6 +238,10 @@ def _parse_mark_seen(raw: dict[str, Any], frame_id: Any, _: int) -> MarkSeen:
     return MarkSeen(frame_id, _notification_ids(raw, frame_id))
 
 
+def _parse_mark_all_seen(raw: dict[str, Any], frame_id: Any, _: int) -> MarkAllSeen:
+    return MarkAllSeen(frame_id)
+
+
 def _parse_ack(raw: dict[str, Any], frame_id: Any, _: int) -> Ack:
     return Ack(frame_id, _notification_ids(raw, frame_id))
 
@@ -314,6 +324,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Any, int], ClientFrame]] = {
     "authenticate": _parse_authenticate,
     "getUnseen": _parse_get_unseen,
     "markSeen": _parse_mark_seen,
+    "markAllSeen": _parse_mark_all_seen,
     "ack": _parse_ack,
     "forgetDevice": _parse_forget_device,
     "subscribe": _parse_subscribe,

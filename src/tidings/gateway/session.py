@@ -324,6 +324,9 @@ async def _answer(node: GatewayNode, conn: Connection, frame: protocol.ClientFra
     elif isinstance(frame, protocol.MarkSeen):
         result = await node.mark_seen(conn.user_id, frame.notification_ids)
         conn.push(protocol.reply(frame.id, marked=len(result.marked)))
+    elif isinstance(frame, protocol.MarkAllSeen):
+        result = await node.mark_all_seen(conn.user_id)
+        conn.push(protocol.reply(frame.id, marked=len(result.marked)))
     elif isinstance(frame, protocol.Ack):
         if not conn.deliver:
             conn.push(

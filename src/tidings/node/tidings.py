@@ -355,6 +355,10 @@ class Tidings(Lifecycle):
         """
         return await self.counts.mark_seen(user_id, notification_ids)
 
+    async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
+        """Mark everything unseen of the user seen, as one change of the count."""
+        return await self.counts.mark_all_seen(user_id)
+
     async def count(self, user_id: str) -> UnseenCount:
         """The user's unseen count and its version."""
         return await self.counts.count(user_id)
@@ -478,10 +482,8 @@ class Tidings(Lifecycle):
         return await self.history.page(user_id, state, category, cursor, limit)
 
     async def erase_user(self, user_id: str) -> dict[str, int]:
-        """Erase everything tidings holds about a user: the pipeline's deliveries, contact
-        points and preferences, then notifications, devices and their queues, sessions and
-        push tokens; the user's sockets on every node are closed. How many rows went, by
-        kind. Idempotent: erasing again erases nothing."""
+        """Erase everything tidings holds about a user (see ``DELETE /users/{user_id}``) and
+        close their sockets on every node; how many rows went, by kind."""
         erased = await self.pipeline.store.erase_user(user_id)
         delegate = self.delegate
         erased.update(

@@ -172,6 +172,18 @@ class Counts:
             await self.publish_count(result.count)
         return result
 
+    async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
+        """Mark everything unseen of ``user_id`` seen (one change); every device of the user
+        gets the new count."""
+        check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
+        return await asyncio.shield(self._mark_all_seen(user_id))
+
+    async def _mark_all_seen(self, user_id: str) -> MarkSeenResult:
+        result = await self.store.mark_all_seen(user_id)
+        if result.count is not None:
+            await self.publish_count(result.count)
+        return result
+
     async def count(self, user_id: str) -> UnseenCount:
         """The user's unseen count and its version."""
         return await self.store.count(user_id)

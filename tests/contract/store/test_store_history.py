@@ -70,3 +70,22 @@ async def test_a_category_given_at_creation_is_kept_and_filters(store: Store) ->
     assert [(n.data["n"], n.category) for n in orders] == [(3, "orders"), (1, "orders")]
     everything = await store.history("ann", "all", None, None, 10)
     assert [n.category for n in everything] == [None, "orders", "social", "orders"]
+
+
+async def test_mark_all_seen_is_one_change_however_many(store: Store) -> None:
+    """mark_all_seen marks every unseen notification of the user, in one change of the count
+    (the version rises once); another user's stay unseen; again, it changes nothing."""
+    notes = [(await store.create_notification("ann", {"n": n})).notification for n in range(5)]
+    await store.create_notification("bob", {"n": "bob's"})
+    await store.mark_seen("ann", [notes[0].notification_id])
+    before = await store.count("ann")
+    result = await store.mark_all_seen("ann")
+    assert sorted(result.marked) == sorted(n.notification_id for n in notes[1:])
+    assert result.count is not None
+    assert (result.count.count, result.count.version) == (0, before.version + 1)
+    assert await store.count("ann") == result.count
+    assert await store.unseen("ann", 10) == []
+    assert (await store.count("bob")).count == 1
+    again = await store.mark_all_seen("ann")
+    assert again.marked == [] and again.count is None
+    assert (await store.mark_all_seen("nobody")).count is None

@@ -105,6 +105,12 @@ class NotificationStore(ABC):
         ``before`` if given (the ``seq`` of the last one of the page before)."""
 
     @abstractmethod
+    async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
+        """Mark every notification of the user that is unseen now seen, in one transaction
+        and one change of the count (the version rises once), however many they are;
+        notifications created meanwhile by other transactions stay unseen."""
+
+    @abstractmethod
     async def count(self, user_id: str) -> UnseenCount:
         """The user's current unseen count and version (``0, 0`` for an unknown user)."""
 

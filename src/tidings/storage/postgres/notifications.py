@@ -231,6 +231,24 @@ class PostgresNotifications(PostgresEngine):
             rows = await conn.fetch(sql, *params)
         return [_history_notification(row) for row in rows]
 
+    async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
+        async with self.connection(transaction=True) as conn:
+            # Rows a concurrent markSeen holds are re-checked after its commit: each
+            # notification is counted down once.
+            marked = [
+                row[0]
+                for row in await conn.fetch(
+                    "UPDATE notifications SET seen_date = $2 WHERE user_id = $1 "
+                    "AND seen_date IS NULL RETURNING notification_id",
+                    user_id,
+                    utcnow(),
+                )
+            ]
+            if not marked:
+                return MarkSeenResult()
+            unseen, version = await conn.fetchrow(mark_seen_sql("postgres"), user_id, len(marked))
+        return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+
     async def count(self, user_id: str) -> UnseenCount:
         async with self.connection() as conn:
             row = await conn.fetchrow(

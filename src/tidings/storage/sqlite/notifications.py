@@ -211,6 +211,27 @@ class SqliteNotifications(SqliteEngine):
 
         return await self.read(run)
 
+    async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
+        now = isoformat(utcnow())
+
+        def run(conn: sqlite3.Connection) -> MarkSeenResult:
+            marked = [
+                row[0]
+                for row in conn.execute(
+                    "UPDATE notifications SET seen_date = ? WHERE user_id = ? "
+                    "AND seen_date IS NULL RETURNING notification_id",
+                    (now, user_id),
+                )
+            ]
+            if not marked:
+                return MarkSeenResult()
+            unseen, version = conn.execute(
+                mark_seen_sql("sqlite"), (len(marked), user_id)
+            ).fetchone()
+            return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+
+        return await self.write(run)
+
     async def count(self, user_id: str) -> UnseenCount:
         def run(conn: sqlite3.Connection) -> UnseenCount:
             row = conn.execute(
