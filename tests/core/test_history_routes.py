@@ -11,27 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
+from api_support import device, node_api
 
-from conftest import JWT_SECRET, device_token
 from tidings import Tidings
-from tidings.auth.oauth import create_client
-from tidings.node.app import TidingsApp
 
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Tidings, dict[str, str]]]:
     """A client of a node's app, the node, and the headers of a service with ``notify``."""
-    async with Tidings(store=f"sqlite:///{tmp_path}/h.db", jwt_secret=JWT_SECRET) as node:
-        client, secret = await create_client(node.store, "svc", ["notify"])
-        issued = await node.service_auth.issue(client.client_id, secret, "notify")
-        service = {"Authorization": f"Bearer {issued.access_token}"}
-        transport = httpx.ASGITransport(app=TidingsApp(node, manage_lifespan=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield http, node, service
-
-
-def device(user_id: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {device_token(user_id)}"}
+    async with node_api(tmp_path / "h.db", "notify") as api:
+        yield api
 
 
 async def test_pages_with_cursors_stay_right_while_new_ones_arrive(api: Any) -> None:

@@ -11,11 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from api_support import device, node_api
 
-from conftest import JWT_SECRET, device_token
+from conftest import device_token
 from tidings import Tidings
-from tidings.auth.oauth import create_client
-from tidings.node.app import TidingsApp
 
 APNS = "a1" * 32
 
@@ -23,17 +22,8 @@ APNS = "a1" * 32
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Tidings, dict[str, str]]]:
     """A client of a node's app, the node, and the headers of a service with ``messages``."""
-    async with Tidings(store=f"sqlite:///{tmp_path}/t.db", jwt_secret=JWT_SECRET) as node:
-        client, secret = await create_client(node.store, "svc", ["messages"])
-        issued = await node.service_auth.issue(client.client_id, secret, "messages")
-        service = {"Authorization": f"Bearer {issued.access_token}"}
-        transport = httpx.ASGITransport(app=TidingsApp(node, manage_lifespan=False))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            yield http, node, service
-
-
-def device(user_id: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {device_token(user_id)}"}
+    async with node_api(tmp_path / "t.db", "messages") as api:
+        yield api
 
 
 async def test_a_device_registers_lists_and_deletes_its_tokens(api: Any) -> None:

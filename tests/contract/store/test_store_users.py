@@ -38,19 +38,24 @@ async def fill(store: Store, user_id: str) -> str:
     return device.connection_id
 
 
+async def everything_of(store: Store, user_id: str, device: str) -> tuple[object, ...]:
+    """What the store holds of a user that :func:`fill` made."""
+    return (
+        await store.count(user_id),
+        await store.unseen(user_id, 100),
+        await store.pending(device, user_id, 0, 100),
+        await store.presence(user_id=user_id),
+        await store.session_topics(user_id, f"session-{user_id}"),
+        await store.push_tokens(user_id),
+    )
+
+
 async def test_erase_removes_everything_of_the_user_and_nothing_else(store: Store) -> None:
     """After erase_user the user has no notifications, devices, sockets, sessions or push
     tokens, and a count of 0 at a higher version; another user keeps all of theirs."""
     ann_device = await fill(store, "ann")
     bob_device = await fill(store, "bob")
-    bob_before = (
-        await store.count("bob"),
-        await store.unseen("bob", 100),
-        await store.pending(bob_device, "bob", 0, 100),
-        await store.presence(user_id="bob"),
-        await store.session_topics("bob", "session-bob"),
-        await store.push_tokens("bob"),
-    )
+    bob_before = await everything_of(store, "bob", bob_device)
     before = await store.count("ann")
 
     erased = await store.erase_user("ann")
@@ -70,14 +75,7 @@ async def test_erase_removes_everything_of_the_user_and_nothing_else(store: Stor
         await store.pending(ann_device, "ann", 0, 100)
     after = await store.count("ann")
     assert (after.count, after.version) == (0, before.version + 1)
-    assert bob_before == (
-        await store.count("bob"),
-        await store.unseen("bob", 100),
-        await store.pending(bob_device, "bob", 0, 100),
-        await store.presence(user_id="bob"),
-        await store.session_topics("bob", "session-bob"),
-        await store.push_tokens("bob"),
-    )
+    assert await everything_of(store, "bob", bob_device) == bob_before
     # The user's next notification counts from 0, above every version seen before.
     again = await store.create_notification("ann", {"n": 4})
     assert again.count is not None
