@@ -104,7 +104,7 @@ async def test_mark_all_seen_over_the_socket_and_http_reaches_every_device(
         refused = await http.post(
             "/me/notifications/seen", json={"notification_ids": [foreign]}, headers=device
         )
-        assert refused.status_code == 404 and foreign in refused.text
+        assert refused.status_code == 404 and foreign in refused.text, refused.text
         for body in ({}, {"all": True, "notification_ids": ids}, {"all": False}):
             bad = await http.post("/me/notifications/seen", json=body, headers=device)
             assert bad.status_code == 422, (body, bad.text)

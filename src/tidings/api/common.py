@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 
+import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from tidings.api.ports import ApiNode
@@ -78,7 +82,12 @@ def scope_checker(node: ApiNode) -> RequireScope:
 
 def install_error_handlers(app: FastAPI, node: ApiNode) -> None:
     """Answer :class:`ApiError` with its status and body, :class:`StoreUnavailable` with 503
-    (counted as a ``store_unavailable`` error of ``node``)."""
+    (counted as a ``store_unavailable`` error of ``node``), and a body pydantic refused with
+    FastAPI's 422, written so that any input it repeats can be (see :func:`validation_body`)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return Response(validation_body(exc), 422, media_type="application/json")
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -92,6 +101,17 @@ def install_error_handlers(app: FastAPI, node: ApiNode) -> None:
         return Response(
             UNAVAILABLE_BODY, 503, headers={"Retry-After": "1"}, media_type="application/json"
         )
+
+
+def validation_body(exc: RequestValidationError) -> bytes:
+    """``{"detail": errors}`` as FastAPI answers a refused body. The errors repeat the input,
+    which may hold a lone surrogate (pydantic reads ``"\\udb9a"`` in JSON into one) that UTF-8
+    cannot write: then the JSON is written in ASCII, escaping it."""
+    content = {"detail": jsonable_encoder(exc.errors())}
+    try:
+        return orjson.dumps(content, default=str)
+    except TypeError:
+        return json.dumps(content, default=str, ensure_ascii=True).encode()
 
 
 def check_identifier(name: str, value: str, max_length: int) -> None:

@@ -97,8 +97,12 @@ def mount_inbox(app: FastAPI, tidings: ApiNode, require_scope: RequireScope) -> 
                     assert body.notification_ids is not None
                     result = await tidings.mark_seen(caller[0], body.notification_ids)
             except NotFound as exc:
-                listed = ", ".join(exc.ids[:20]) + (" …" if len(exc.ids) > 20 else "")
+                # ascii(): an id may hold what UTF-8 cannot (a lone surrogate pydantic read)
+                listed = ", ".join(ascii(i) for i in exc.ids[:20])
+                listed += " …" if len(exc.ids) > 20 else ""
                 raise ApiError(404, "not_found", f"{exc}: {listed}") from None
+            except InvalidArgument as exc:  # an id the store cannot hold (NUL)
+                raise ApiError(422, "invalid_argument", str(exc)) from None
             return Marked(marked=len(result.marked))
 
     app.include_router(router)
