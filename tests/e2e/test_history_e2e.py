@@ -108,3 +108,65 @@ async def test_mark_all_seen_over_the_socket_and_http_reaches_every_device(
         for body in ({}, {"all": True, "notification_ids": ids}, {"all": False}):
             bad = await http.post("/me/notifications/seen", json=body, headers=device)
             assert bad.status_code == 422, (body, bad.text)
+
+
+async def test_read_archive_and_unarchive_over_the_socket_and_http(
+    server: ServerProcess, notify_token: str
+) -> None:
+    ann, bob = f"ann-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    service = {"Authorization": f"Bearer {notify_token}"}
+    device = {"Authorization": f"Bearer {device_token(ann)}"}
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        DeviceClient(server.ws_url, token=device_token(ann)) as phone,
+        DeviceClient(server.ws_url, token=device_token(ann)) as laptop,
+    ):
+        ids = []
+        for n in range(4):
+            made = await http.post(
+                "/notify", json={"user_id": ann, "data": {"n": n}}, headers=service
+            )
+            ids.append(made.json()["notification_id"])
+        bobs = await http.post("/notify", json={"user_id": bob, "data": {}}, headers=service)
+        await laptop.wait_for_count(lambda count: count == 4)
+        version = laptop.version
+
+        read = await phone.request({"type": "markRead", "notification_ids": ids[:1]})
+        assert read["marked"] == 1
+        await laptop.wait_for_count(lambda count: count == 3)  # reading is seeing
+        assert laptop.version == version + 1
+        unread, _ = await phone.get_notifications(state="unread")
+        assert [n["data"]["n"] for n in unread] == [3, 2, 1]
+
+        archived = await phone.request({"type": "archive", "notification_ids": ids[1:3]})
+        assert archived["marked"] == 2
+        await laptop.wait_for_count(lambda count: count == 1)
+        inbox, _ = await phone.get_notifications()
+        assert [n["data"]["n"] for n in inbox] == [3, 0]
+        shelf, _ = await phone.get_notifications(state="archived")
+        assert [n["data"]["n"] for n in shelf] == [2, 1]
+        assert all(n["archived_date"] and n["read_date"] for n in shelf)
+        back = await phone.request({"type": "unarchive", "notification_ids": ids[1:2]})
+        assert back["marked"] == 1
+        inbox, _ = await phone.get_notifications()
+        assert [n["data"]["n"] for n in inbox] == [3, 1, 0]
+
+        everything = await phone.request({"type": "markAllRead"})
+        assert everything["marked"] == 1  # only n=3 was unread: archiving read n=1 and n=2
+        await laptop.wait_for_count(lambda count: count == 0)
+
+        # Another user's id: nothing changes, the connection stays up; HTTP says 404.
+        foreign = bobs.json()["notification_id"]
+        with pytest.raises(ClientError) as info:
+            await phone.request({"type": "archive", "notification_ids": [ids[3], foreign]})
+        assert info.value.code == "not_found"
+        inbox, _ = await phone.get_notifications()
+        assert ids[3] in [n["notification_id"] for n in inbox]
+        refused = await http.post(
+            "/me/notifications/archive", json={"notification_ids": [foreign]}, headers=device
+        )
+        assert refused.status_code == 404
+        # Everything archived over HTTP, then the inbox is empty.
+        shelved = await http.post("/me/notifications/archive", json={"all": True}, headers=device)
+        assert shelved.json()["marked"] == 3
+        assert (await phone.get_notifications())[0] == []

@@ -3,6 +3,7 @@ device JWT; ``GET /users/{user_id}/notifications`` for a service with scope ``no
 
 # No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
 # dependencies local to the function that mounts them.
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
@@ -13,6 +14,7 @@ from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
 from tidings.core.limits import MAX_ID_LENGTH, MAX_IDS_PER_FRAME
+from tidings.core.models import StateChange
 from tidings.errors import ApiError, InvalidArgument, NotFound
 
 
@@ -79,30 +81,67 @@ def mount_inbox(app: FastAPI, tidings: ApiNode, require_scope: RequireScope) -> 
                 raise ApiError(422, "invalid_argument", str(exc)) from None
             return HistoryPage(notifications=[n.to_dict() for n in notes], next_cursor=next_cursor)
 
-        @router.post(
-            f"{prefix}/notifications/seen",
-            response_model=Marked,
-            responses={404: {"model": ApiErrorBody, "description": "Unknown ids"}, **ERRORS},
-            tags=["inbox"],
-        )
-        async def mark_seen(body: SeenIn, caller: user) -> Marked:
-            """Mark notifications seen: the listed ones (1 to 1000 of the user's own; an
-            unknown or another user's id marks nothing and answers 404 listing the ids), or
-            with ``{"all": true}`` every one unseen now, in one change of the count. Every
-            device of the user gets the new count."""
-            try:
-                if body.all:
-                    result = await tidings.mark_all_seen(caller[0])
-                else:
-                    assert body.notification_ids is not None
-                    result = await tidings.mark_seen(caller[0], body.notification_ids)
-            except NotFound as exc:
-                # ascii(): an id may hold what UTF-8 cannot (a lone surrogate pydantic read)
-                listed = ", ".join(ascii(i) for i in exc.ids[:20])
-                listed += " …" if len(exc.ids) > 20 else ""
-                raise ApiError(404, "not_found", f"{exc}: {listed}") from None
-            except InvalidArgument as exc:  # an id the store cannot hold (NUL)
-                raise ApiError(422, "invalid_argument", str(exc)) from None
-            return Marked(marked=len(result.marked))
+        for action, change in MARKS:
+            router.add_api_route(
+                f"{prefix}/notifications/{action}",
+                mark_route(tidings, user, action, change),
+                methods=["POST"],
+                response_model=Marked,
+                responses={404: {"model": ApiErrorBody, "description": "Unknown ids"}, **ERRORS},
+                tags=["inbox"],
+                name=f"{prefix.strip('/').split('/')[0]}_mark_{action}",
+            )
 
     app.include_router(router)
+
+
+def mark_route(
+    tidings: ApiNode, user: Any, action: str, change: StateChange | None
+) -> Callable[..., Awaitable[Marked]]:
+    """The route that marks notifications ``action`` (seen, read, archive, unarchive)."""
+
+    async def mark(body: SeenIn, caller: user) -> Marked:
+        try:
+            if change is None:
+                result = await (
+                    tidings.mark_all_seen(caller[0])
+                    if body.all
+                    else tidings.mark_seen(caller[0], body.notification_ids or [])
+                )
+            else:
+                result = await tidings.change_state(
+                    caller[0], change, None if body.all else body.notification_ids
+                )
+        except NotFound as exc:
+            # ascii(): an id may hold what UTF-8 cannot (a lone surrogate pydantic read)
+            listed = ", ".join(ascii(i) for i in exc.ids[:20])
+            listed += " …" if len(exc.ids) > 20 else ""
+            raise ApiError(404, "not_found", f"{exc}: {listed}") from None
+        except InvalidArgument as exc:  # an id the store cannot hold (NUL)
+            raise ApiError(422, "invalid_argument", str(exc)) from None
+        return Marked(marked=len(result.marked))
+
+    mark.__doc__ = MARK_DOCS[action]
+    return mark
+
+
+#: the marking routes: ``/notifications/<action>`` and the change of state it makes
+MARKS: tuple[tuple[str, StateChange | None], ...] = (
+    ("seen", None),
+    ("read", "read"),
+    ("archive", "archive"),
+    ("unarchive", "unarchive"),
+)
+
+MARK_DOCS = {
+    "seen": """Mark notifications seen: the listed ones (1 to 1000 of the user's own; an
+    unknown or another user's id marks nothing and answers 404 naming it), or with
+    ``{"all": true}`` every one unseen now, in one change of the count. Every device of the
+    user gets the new count.""",
+    "read": """Mark notifications read (and seen): listed, or ``{"all": true}``; as
+    ``/seen`` for unknown ids and the count.""",
+    "archive": """Archive notifications (they leave the inbox's ``all``, and are seen and
+    read): listed, or ``{"all": true}``; as ``/seen`` for unknown ids and the count.""",
+    "unarchive": """Bring archived notifications back to the inbox (still read): listed, or
+    ``{"all": true}``; as ``/seen`` for unknown ids.""",
+}

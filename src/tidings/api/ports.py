@@ -22,6 +22,7 @@ from tidings.core.models import (
     Presence,
     PushToken,
     Replay,
+    StateChange,
     TopicMessage,
 )
 from tidings.delivery.pipeline import Pipeline
@@ -138,6 +139,9 @@ class ApiNode(Protocol):
     async def erase_user(self, user_id: str) -> dict[str, int]: ...
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult: ...
     async def mark_all_seen(self, user_id: str) -> MarkSeenResult: ...
+    async def change_state(
+        self, user_id: str, change: StateChange, ids: Sequence[str] | None
+    ) -> MarkSeenResult: ...
     async def notifications(
         self,
         user_id: str,

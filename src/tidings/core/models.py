@@ -137,6 +137,9 @@ def parse_iso(text: str) -> datetime:
 #: which of a user's notifications a page of history lists
 HistoryState = Literal["all", "unseen", "unread", "archived"]
 HISTORY_STATES: tuple[HistoryState, ...] = ("all", "unseen", "unread", "archived")
+#: what a user may do to notifications beside seeing them: read implies seen; archive implies
+#: seen and read; unarchive brings an archived one back to the inbox (still read)
+StateChange = Literal["read", "archive", "unarchive"]
 
 
 class Notification(msgspec.Struct, frozen=True, gc=False):

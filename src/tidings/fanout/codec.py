@@ -97,6 +97,15 @@ class MarkAllSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeState:
+    """``markRead``, ``archive``, ``unarchive`` (listed ids) and ``markAllRead`` (ids None)."""
+
+    id: str | int | None
+    change: str
+    notification_ids: list[str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     id: str | int | None
     notification_ids: list[str]
@@ -140,6 +149,7 @@ ClientFrame = (
     | GetUnseen
     | MarkSeen
     | MarkAllSeen
+    | ChangeState
     | Ack
     | ForgetDevice
     | Subscribe
@@ -242,6 +252,17 @@ def _parse_mark_all_seen(raw: dict[str, Any], frame_id: Any, _: int) -> MarkAllS
     return MarkAllSeen(frame_id)
 
 
+def _state_change(change: str) -> Callable[[dict[str, Any], Any, int], ChangeState]:
+    def parse(raw: dict[str, Any], frame_id: Any, _: int) -> ChangeState:
+        return ChangeState(frame_id, change, _notification_ids(raw, frame_id))
+
+    return parse
+
+
+def _parse_mark_all_read(raw: dict[str, Any], frame_id: Any, _: int) -> ChangeState:
+    return ChangeState(frame_id, "read", None)
+
+
 def _parse_ack(raw: dict[str, Any], frame_id: Any, _: int) -> Ack:
     return Ack(frame_id, _notification_ids(raw, frame_id))
 
@@ -325,6 +346,10 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Any, int], ClientFrame]] = {
     "getUnseen": _parse_get_unseen,
     "markSeen": _parse_mark_seen,
     "markAllSeen": _parse_mark_all_seen,
+    "markRead": _state_change("read"),
+    "archive": _state_change("archive"),
+    "unarchive": _state_change("unarchive"),
+    "markAllRead": _parse_mark_all_read,
     "ack": _parse_ack,
     "forgetDevice": _parse_forget_device,
     "subscribe": _parse_subscribe,

@@ -20,6 +20,7 @@ from tidings.core.models import (
     Notification,
     QueueGap,
     Replay,
+    StateChange,
     UnseenCount,
 )
 from tidings.fanout.connection import Connection
@@ -135,6 +136,9 @@ class GatewayNode(Protocol):
     async def unseen(self, user_id: str, limit: int = ...) -> list[Notification]: ...
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult: ...
     async def mark_all_seen(self, user_id: str) -> MarkSeenResult: ...
+    async def change_state(
+        self, user_id: str, change: StateChange, ids: Sequence[str] | None
+    ) -> MarkSeenResult: ...
     async def notifications(
         self,
         user_id: str,

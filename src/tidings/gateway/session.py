@@ -9,13 +9,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from starlette.websockets import WebSocketDisconnect
 
 from tidings.auth.base import Principal
 from tidings.core.codes import CloseCode
-from tidings.core.models import UnseenCount
+from tidings.core.models import StateChange, UnseenCount
 from tidings.errors import (
     InvalidArgument,
     InvalidToken,
@@ -326,6 +326,10 @@ async def _answer(node: GatewayNode, conn: Connection, frame: protocol.ClientFra
         conn.push(protocol.reply(frame.id, marked=len(result.marked)))
     elif isinstance(frame, protocol.MarkAllSeen):
         result = await node.mark_all_seen(conn.user_id)
+        conn.push(protocol.reply(frame.id, marked=len(result.marked)))
+    elif isinstance(frame, protocol.ChangeState):
+        change = cast(StateChange, frame.change)
+        result = await node.change_state(conn.user_id, change, frame.notification_ids)
         conn.push(protocol.reply(frame.id, marked=len(result.marked)))
     elif isinstance(frame, protocol.Ack):
         if not conn.deliver:

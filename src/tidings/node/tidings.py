@@ -35,6 +35,7 @@ from tidings.fanout.connection import Connection
 from tidings.fanout.registry import Registry
 from tidings.logs import safe_url
 from tidings.node.auth import DEVICE_KEY, SERVICE_KEY, Credentials
+from tidings.node.inbox import Inbox
 from tidings.node.metrics import Metrics
 from tidings.node.wiring import wire
 from tidings.services.checks import check_identifier
@@ -51,7 +52,7 @@ __all__ = ["DEVICE_KEY", "SERVICE_KEY", "Tidings"]
 logger = logging.getLogger("tidings")
 
 
-class Tidings(Lifecycle):
+class Tidings(Inbox, Lifecycle):
     """A tidings node: store, bus, connected devices, and the operations on them.
 
     Use it as an async context manager (or call :meth:`start` and :meth:`close`)::
@@ -348,16 +349,9 @@ class Tidings(Lifecycle):
         return await self.counts.unseen(user_id, limit)
 
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult:
-        """Mark notifications of ``user_id`` seen; every device of the user gets the new count.
-
-        Raises:
-            NotFound: an id is unknown or another user's; nothing was changed.
-        """
+        """Mark notifications of ``user_id`` seen (:class:`NotFound` for an unknown or another
+        user's id, changing nothing); every device of the user gets the new count."""
         return await self.counts.mark_seen(user_id, notification_ids)
-
-    async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
-        """Mark everything unseen of the user seen, as one change of the count."""
-        return await self.counts.mark_all_seen(user_id)
 
     async def count(self, user_id: str) -> UnseenCount:
         """The user's unseen count and its version."""
@@ -467,19 +461,6 @@ class Tidings(Lifecycle):
             before_close=before_close,
             invalidate=delegate.invalidate if delegate is not None else None,
         )
-
-    async def notifications(
-        self,
-        user_id: str,
-        *,
-        state: str = "all",
-        category: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-    ) -> tuple[list[Notification], str | None]:
-        """A page of the user's history, newest first, and the next page's cursor (``None``
-        at the end); raises :class:`InvalidArgument` as :meth:`History.page` says."""
-        return await self.history.page(user_id, state, category, cursor, limit)
 
     async def erase_user(self, user_id: str) -> dict[str, int]:
         """Erase everything tidings holds about a user (see ``DELETE /users/{user_id}``) and

@@ -24,6 +24,7 @@ from tidings.core.models import (
     NewNotification,
     Notification,
     NotifyResult,
+    StateChange,
     UnseenCount,
 )
 from tidings.errors import BusError, Conflict, InvalidArgument, TidingsError
@@ -180,6 +181,29 @@ class Counts:
 
     async def _mark_all_seen(self, user_id: str) -> MarkSeenResult:
         result = await self.store.mark_all_seen(user_id)
+        if result.count is not None:
+            await self.publish_count(result.count)
+        return result
+
+    async def change_state(
+        self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
+    ) -> MarkSeenResult:
+        """Read, archive or unarchive notifications of ``user_id`` (``None``: all of them);
+        when the unseen count changes, every device of the user gets it.
+
+        Raises:
+            NotFound: an id is unknown or another user's; nothing was changed.
+        """
+        if notification_ids is None:
+            check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
+        else:
+            check_ids(user_id, notification_ids)
+        return await asyncio.shield(self._change_state(user_id, change, notification_ids))
+
+    async def _change_state(
+        self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
+    ) -> MarkSeenResult:
+        result = await self.store.change_state(user_id, change, notification_ids)
         if result.count is not None:
             await self.publish_count(result.count)
         return result

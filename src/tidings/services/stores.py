@@ -18,6 +18,7 @@ from tidings.core.models import (
     Presence,
     QueueGap,
     Replay,
+    StateChange,
     TopicMessage,
     UnseenCount,
 )
@@ -44,6 +45,10 @@ class NotificationStore(Protocol):
     ) -> list[Notification]: ...
 
     async def mark_all_seen(self, user_id: str) -> MarkSeenResult: ...
+
+    async def change_state(
+        self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
+    ) -> MarkSeenResult: ...
 
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult: ...
 

@@ -132,6 +132,23 @@ def answerable(data: Any, text: str | bytes, what: str) -> Any:
     return data
 
 
+#: the columns a state change sets where still NULL, in order (``None``: cleared where set); the
+#: rows the last one changes are the ones the change marked, and those ``seen_date`` changes
+#: are counted down from the unseen count
+STATE_CHANGES: dict[str, tuple[tuple[str, bool], ...]] = {
+    "read": (("seen_date", True), ("read_date", True)),
+    "archive": (("seen_date", True), ("read_date", True), ("archived_date", True)),
+    "unarchive": (("archived_date", False),),
+}
+
+
+def state_update(column: str, setting: bool, placeholder: str) -> str:
+    """The ``SET … WHERE`` part of one column of a state change (``placeholder``: the time)."""
+    if setting:
+        return f"SET {column} = {placeholder} WHERE {column} IS NULL"
+    return f"SET {column} = NULL WHERE {column} IS NOT NULL"
+
+
 #: each history state's condition on a notification's row (the same in both dialects)
 HISTORY_WHERE = {
     "all": "archived_date IS NULL",

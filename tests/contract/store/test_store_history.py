@@ -5,8 +5,11 @@ runs each test on each)."""
 
 from __future__ import annotations
 
+import pytest
+
 from contract.store.backends import store
 from tidings.core.models import NewNotification
+from tidings.errors import NotFound
 from tidings.storage import Store
 
 __all__ = ["store"]  # the fixture
@@ -89,3 +92,39 @@ async def test_mark_all_seen_is_one_change_however_many(store: Store) -> None:
     again = await store.mark_all_seen("ann")
     assert again.marked == [] and again.count is None
     assert (await store.mark_all_seen("nobody")).count is None
+
+
+async def test_reading_archiving_and_unarchiving(store: Store) -> None:
+    """Reading marks seen too (the unseen count falls, one version step); archiving marks seen
+    and read and leaves the inbox; unarchiving brings it back, read; the filters follow. An
+    unknown or another user's id changes nothing; again, nothing changes."""
+    notes = [(await store.create_notification("ann", {"n": n})).notification for n in range(4)]
+    bobs = (await store.create_notification("bob", {"n": "bob's"})).notification
+    ids = [n.notification_id for n in notes]
+    before = await store.count("ann")
+    read = await store.change_state("ann", "read", ids[:2])
+    assert sorted(read.marked) == sorted(ids[:2])
+    assert read.count is not None
+    assert (read.count.count, read.count.version) == (2, before.version + 1)
+    unread = await store.history("ann", "unread", None, None, 10)
+    assert [n.data["n"] for n in unread] == [3, 2]
+    again = await store.change_state("ann", "read", ids[:2])
+    assert again.marked == [] and again.count is None
+    archived = await store.change_state("ann", "archive", ids[1:3])
+    assert sorted(archived.marked) == sorted(ids[1:3])
+    assert archived.count is not None and archived.count.count == 1  # n=2 was unseen
+    assert [n.data["n"] for n in await store.history("ann", "archived", None, None, 10)] == [2, 1]
+    assert [n.data["n"] for n in await store.history("ann", "all", None, None, 10)] == [3, 0]
+    back = await store.change_state("ann", "unarchive", [ids[2]])
+    assert back.marked == [ids[2]] and back.count is None
+    restored = (await store.history("ann", "all", None, None, 10))[1]
+    assert restored.data["n"] == 2 and restored.read_date is not None
+    assert restored.archived_date is None and restored.seen_date is not None
+    for foreign in ([bobs.notification_id], [ids[3], "nope"]):
+        with pytest.raises(NotFound):
+            await store.change_state("ann", "read", foreign)
+    assert (await store.count("ann")).count == 1
+    everything = await store.change_state("ann", "read", None)
+    assert everything.marked == [ids[3]] and everything.count is not None
+    assert everything.count.count == 0
+    assert (await store.count("bob")).count == 1

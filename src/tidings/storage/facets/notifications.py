@@ -12,6 +12,7 @@ from tidings.core.models import (
     NewNotification,
     Notification,
     NotifyResult,
+    StateChange,
     UnseenCount,
 )
 from tidings.errors import Conflict
@@ -109,6 +110,19 @@ class NotificationStore(ABC):
         """Mark every notification of the user that is unseen now seen, in one transaction
         and one change of the count (the version rises once), however many they are;
         notifications created meanwhile by other transactions stay unseen."""
+
+    @abstractmethod
+    async def change_state(
+        self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
+    ) -> MarkSeenResult:
+        """Read, archive or unarchive the listed notifications of the user (``None``: every
+        one of the user at this moment), in one transaction: ``marked`` lists those whose
+        state changed; ``count`` is the new count when the unseen count changed (reading and
+        archiving see what was unseen; the version rises once), else ``None``.
+
+        Raises:
+            NotFound: a listed id is unknown or another user's; nothing was changed.
+        """
 
     @abstractmethod
     async def count(self, user_id: str) -> UnseenCount:

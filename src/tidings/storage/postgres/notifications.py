@@ -11,6 +11,7 @@ from tidings.core.models import (
     NewNotification,
     Notification,
     NotifyResult,
+    StateChange,
     UnseenCount,
     utcnow,
 )
@@ -20,9 +21,11 @@ from tidings.errors import (
 )
 from tidings.storage._common import (
     HISTORY_WHERE,
+    STATE_CHANGES,
     Prepared,
     prepare,
     repeated,
+    state_update,
     with_counts,
 )
 from tidings.storage.counts import add_unseen_sql, mark_seen_sql
@@ -247,6 +250,36 @@ class PostgresNotifications(PostgresEngine):
             if not marked:
                 return MarkSeenResult()
             unseen, version = await conn.fetchrow(mark_seen_sql("postgres"), user_id, len(marked))
+        return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+
+    async def change_state(
+        self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
+    ) -> MarkSeenResult:
+        ids = None if notification_ids is None else list(dict.fromkeys(notification_ids))
+        if ids == []:
+            return MarkSeenResult()
+        now = utcnow()
+        async with self.connection(transaction=True) as conn:
+            if ids is not None:
+                await _owned(conn, user_id, ids)  # raises NotFound, nothing changed
+            seen, marked = 0, []
+            for column, setting in STATE_CHANGES[change]:
+                # Rows a concurrent change holds are re-checked after its commit: each is
+                # counted once.
+                where = " AND notification_id = ANY($2::text[])" if ids is not None else ""
+                args: list[Any] = [user_id, *([ids] if ids is not None else [])]
+                sql = (
+                    f"UPDATE notifications {state_update(column, setting, f'${len(args) + 1}')} "
+                    f"AND user_id = $1{where} RETURNING notification_id"
+                )
+                marked = [
+                    row[0] for row in await conn.fetch(sql, *args, *([now] if setting else []))
+                ]
+                if column == "seen_date":
+                    seen = len(marked)
+            if not seen:
+                return MarkSeenResult(marked)
+            unseen, version = await conn.fetchrow(mark_seen_sql("postgres"), user_id, seen)
         return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
 
     async def count(self, user_id: str) -> UnseenCount:

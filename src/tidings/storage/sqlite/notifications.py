@@ -15,6 +15,7 @@ from tidings.core.models import (
     NewNotification,
     Notification,
     NotifyResult,
+    StateChange,
     UnseenCount,
     isoformat,
     utcnow,
@@ -24,9 +25,11 @@ from tidings.errors import (
 )
 from tidings.storage._common import (
     HISTORY_WHERE,
+    STATE_CHANGES,
     canonical_json,
     prepare,
     repeated,
+    state_update,
     with_counts,
 )
 from tidings.storage.counts import add_unseen_sql, mark_seen_sql
@@ -228,6 +231,37 @@ class SqliteNotifications(SqliteEngine):
             unseen, version = conn.execute(
                 mark_seen_sql("sqlite"), (len(marked), user_id)
             ).fetchone()
+            return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+
+        return await self.write(run)
+
+    async def change_state(
+        self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
+    ) -> MarkSeenResult:
+        ids = None if notification_ids is None else list(dict.fromkeys(notification_ids))
+        if ids == []:
+            return MarkSeenResult()
+        now = isoformat(utcnow())
+        target = "" if ids is None else f" AND notification_id IN ({marks(ids)})"
+
+        def run(conn: sqlite3.Connection) -> MarkSeenResult:
+            if ids is not None:
+                _owned(conn, user_id, ids)  # raises NotFound, nothing changed
+            seen, marked = 0, []
+            for column, setting in STATE_CHANGES[change]:
+                marked = [
+                    row[0]
+                    for row in conn.execute(
+                        f"UPDATE notifications {state_update(column, setting, '?')} "
+                        f"AND user_id = ?{target} RETURNING notification_id",
+                        (*([now] if setting else []), user_id, *(ids or [])),
+                    )
+                ]
+                if column == "seen_date":
+                    seen = len(marked)
+            if not seen:
+                return MarkSeenResult(marked)
+            unseen, version = conn.execute(mark_seen_sql("sqlite"), (seen, user_id)).fetchone()
             return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
 
         return await self.write(run)
