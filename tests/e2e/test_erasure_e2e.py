@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import REDIS_URL, ServerProcess, device_token, require_service
+from conftest import REDIS_URL, BrokerProcess, ServerProcess, device_token, require_service
 from tidings.client import DeviceClient
 
 
@@ -102,3 +102,30 @@ async def test_erasing_a_user_on_two_nodes(nodes: list[ServerProcess]) -> None:
         again = await http.delete(f"/users/{ann}", headers=admin)
         assert again.status_code == 200
         assert {k: n for k, n in again.json()["erased"].items() if n} == {"devices": 1}
+
+
+@pytest.mark.timeout(60)
+async def test_erasing_with_the_broker_dead_still_erases_and_closes_local_sockets(
+    start_server: Callable[..., ServerProcess],
+    private_broker: Callable[[str], BrokerProcess],
+) -> None:
+    """The bus is down: the erasure still happens and the node's own sockets of the user
+    close; only the event to other nodes is lost (they find the device gone at their next
+    queue read)."""
+    broker = private_broker("redis")
+    node = start_server(TIDINGS_BUS=broker.url)
+    admin = {"Authorization": f"Bearer {node.service_token('admin')}"}
+    service = {"Authorization": f"Bearer {node.service_token('notify')}"}
+    ann = f"ann-{uuid.uuid4().hex[:6]}"
+    async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+        answer = await http.post("/notify", json={"user_id": ann, "data": {}}, headers=service)
+        assert answer.status_code == 201
+        device = DeviceClient(node.ws_url, token=device_token(ann))
+        await device.connect()
+        broker.kill()
+        erased = await http.delete(f"/users/{ann}", headers=admin)
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["erased"]["notifications"] == 1
+        assert await closed(device) == 1000
+        page = await http.get(f"/users/{ann}/notifications", headers=service)
+        assert page.json()["notifications"] == []

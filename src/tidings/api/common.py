@@ -10,7 +10,6 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
 from tidings.api.ports import ApiNode
 from tidings.auth.base import ServicePrincipal
@@ -90,10 +89,9 @@ def install_error_handlers(app: FastAPI, node: ApiNode) -> None:
         return Response(validation_body(exc), 422, media_type="application/json")
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            {"error": exc.code, "message": exc.message}, exc.status, headers=exc.headers
-        )
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        body = json_body({"error": exc.code, "message": exc.message})
+        return Response(body, exc.status, headers=exc.headers, media_type="application/json")
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(_: Request, exc: StoreUnavailable) -> Response:
@@ -104,10 +102,15 @@ def install_error_handlers(app: FastAPI, node: ApiNode) -> None:
 
 
 def validation_body(exc: RequestValidationError) -> bytes:
-    """``{"detail": errors}`` as FastAPI answers a refused body. The errors repeat the input,
-    which may hold a lone surrogate (pydantic reads ``"\\udb9a"`` in JSON into one) that UTF-8
-    cannot write: then the JSON is written in ASCII, escaping it."""
-    content = {"detail": jsonable_encoder(exc.errors())}
+    """``{"detail": errors}`` as FastAPI answers a refused body (the errors repeat the input:
+    see :func:`json_body`)."""
+    return json_body({"detail": jsonable_encoder(exc.errors())})
+
+
+def json_body(content: object) -> bytes:
+    """An error answer's JSON. What it repeats of the request may hold a lone surrogate
+    (pydantic reads ``"\\udb9a"`` in JSON into one), which UTF-8 cannot write: then it is
+    written in ASCII, escaped."""
     try:
         return orjson.dumps(content, default=str)
     except TypeError:

@@ -113,8 +113,7 @@ def mark_route(
                     caller[0], change, None if body.all else body.notification_ids
                 )
         except NotFound as exc:
-            # ascii(): an id may hold what UTF-8 cannot (a lone surrogate pydantic read)
-            listed = ", ".join(ascii(i) for i in exc.ids[:20])
+            listed = ", ".join(exc.ids[:20])
             listed += " …" if len(exc.ids) > 20 else ""
             raise ApiError(404, "not_found", f"{exc}: {listed}") from None
         except InvalidArgument as exc:  # an id the store cannot hold (NUL)

@@ -88,10 +88,9 @@ class History:
 
 
 def check_state(state: str) -> HistoryState:
-    for known in HISTORY_STATES:
-        if state == known:
-            return known
-    raise InvalidArgument(f"state must be one of {', '.join(HISTORY_STATES)}, not {state!r}")
+    if state not in HISTORY_STATES:
+        raise InvalidArgument(f"state must be one of {', '.join(HISTORY_STATES)}, not {state!r}")
+    return state
 
 
 def _mac(key: bytes, user_id: str, payload: bytes) -> bytes:

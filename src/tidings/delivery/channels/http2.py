@@ -164,6 +164,18 @@ class _Connection(asyncio.Protocol):
             except h2.exceptions.ProtocolError:
                 pass  # the stream had ended already
 
+    def shut(self) -> None:
+        """Say goodbye (GOAWAY) and close; requests under way fail as on a lost connection."""
+        self.closing = True
+        if self.transport is None:
+            return
+        try:
+            self.h2.close_connection()
+            self._flush()
+        except h2.exceptions.ProtocolError:
+            pass
+        self.transport.close()
+
     # the server's side
 
     def _handle(self, event: h2.events.Event) -> None:
@@ -294,11 +306,5 @@ class Http2Client:
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None and connection.transport is not None:
-            connection.closing = True
-            try:
-                connection.h2.close_connection()
-                connection._flush()
-            except h2.exceptions.ProtocolError:
-                pass
-            connection.transport.close()
+        if connection is not None:
+            connection.shut()
