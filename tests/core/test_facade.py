@@ -82,8 +82,8 @@ async def test_count_events_reach_local_connections(tmp_path: Path) -> None:
         other.close()
         await asyncio.wait_for(asyncio.gather(mine.finished(), other.finished()), 2)
         assert sink.frames == [
-            '{"type":"newNotificationCountChanged","count":1,"version":1}',
-            '{"type":"newNotificationCountChanged","count":0,"version":2}',
+            '{"type":"newNotificationCountChanged","count":1,"version":1,"unread":1}',
+            '{"type":"newNotificationCountChanged","count":0,"version":2,"unread":1}',
         ]
         assert other_sink.frames == []
 
@@ -100,8 +100,8 @@ async def test_stale_versions_are_not_pushed(tmp_path: Path) -> None:
     conn.close()
     await asyncio.wait_for(conn.finished(), 2)
     assert sink.frames == [
-        '{"type":"newNotificationCountChanged","count":2,"version":5}',
-        '{"type":"newNotificationCountChanged","count":3,"version":6}',
+        '{"type":"newNotificationCountChanged","count":2,"version":5,"unread":0}',
+        '{"type":"newNotificationCountChanged","count":3,"version":6,"unread":0}',
     ]
 
 
@@ -117,8 +117,8 @@ async def test_frames_queued_before_open_go_after_the_first_frame() -> None:
     await eventually(lambda: len(sink.frames) >= 3)
     assert sink.frames == [
         '{"type":"welcome"}',
-        '{"type":"newNotificationCountChanged","count":1,"version":1}',
-        '{"type":"newNotificationCountChanged","count":2,"version":2}',
+        '{"type":"newNotificationCountChanged","count":1,"version":1,"unread":0}',
+        '{"type":"newNotificationCountChanged","count":2,"version":2,"unread":0}',
     ]
     quiet_sink = Sink()
     quiet = Connection(
@@ -349,7 +349,7 @@ async def test_counts_service_works_without_a_node(tmp_path: Path) -> None:
         result = await counts.notify("alice", "hi")
         assert result.count is not None and result.count.count == 1
         await eventually(lambda: len(sink.frames) == 1)
-        assert sink.frames == ['{"type":"newNotificationCountChanged","count":1,"version":1}']
+        assert sink.frames == ['{"type":"newNotificationCountChanged","count":1,"version":1,"unread":1}']
         conn.close()
         await asyncio.wait_for(conn.finished(), 2)
     finally:

@@ -91,6 +91,14 @@ def test_server_frames_have_contract_shapes() -> None:
         "type": "newNotificationCountChanged",
         "count": 3,
         "version": 9,
+        "unread": 0,
+    }
+    assert orjson.loads(protocol.count_changed(3, 9, 5, {"orders": 2})) == {
+        "type": "newNotificationCountChanged",
+        "count": 3,
+        "version": 9,
+        "unread": 5,
+        "categories": {"orders": 2},
     }
     note = Notification("n1", "u", {"k": 1}, datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
     data = orjson.loads(protocol.notification_data(4, [note]))

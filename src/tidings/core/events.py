@@ -25,6 +25,8 @@ def encode_count(count: UnseenCount, origin: str, seq: int = 0) -> bytes:
             "user_id": count.user_id,
             "count": count.count,
             "version": count.version,
+            "unread": count.unread,
+            "categories": count.categories,
             "seq": seq,
             "node": origin,
             # when it was sent, for the receivers' lag metric (nodes' clocks must agree)
@@ -45,15 +47,25 @@ def decode(payload: bytes) -> dict[str, Any] | None:
 def decode_count(event: dict[str, Any]) -> tuple[UnseenCount, int] | None:
     """``(count, seq)`` of a count event, or ``None`` if malformed."""
     user_id, count, version = event.get("user_id"), event.get("count"), event.get("version")
-    seq = event.get("seq", 0)
+    seq, unread = event.get("seq", 0), event.get("unread", 0)
+    categories = event.get("categories") or None
     if (
         isinstance(user_id, str)
         and isinstance(count, int)
         and isinstance(version, int)
         and isinstance(seq, int)
+        and isinstance(unread, int)
+        and (categories is None or _category_counts(categories))
     ):
-        return UnseenCount(user_id, count, version), seq
+        return UnseenCount(user_id, count, version, unread, categories), seq
     return None
+
+
+def _category_counts(value: Any) -> bool:
+    """Whether ``value`` is ``{category: count}``."""
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(n, int) for k, n in value.items()
+    )
 
 
 #: A device was logged out: every node closes its sockets.

@@ -187,11 +187,15 @@ class Notification(msgspec.Struct, frozen=True, gc=False):
 
 
 class UnseenCount(msgspec.Struct, frozen=True, gc=False):
-    """A user's unseen count; ``version`` strictly increases with every change."""
+    """A user's counts: ``count`` unseen, ``unread``, and the unseen count of each category
+    that has any; ``version`` strictly increases with every change of any of them."""
 
     user_id: str
     count: int
     version: int
+    unread: int = 0
+    #: ``{category: unseen}``, without zero entries; None when no category has any
+    categories: dict[str, int] | None = None
 
 
 class NewNotification(msgspec.Struct, frozen=True, gc=False):

@@ -39,7 +39,7 @@ from tidings.core.limits import (
 from tidings.core.limits import (
     MAX_TOPICS_PER_FRAME as MAX_TOPICS_PER_FRAME,
 )
-from tidings.core.models import UNREADABLE_DATA, Notification
+from tidings.core.models import UNREADABLE_DATA, Notification, UnseenCount
 from tidings.errors import ProtocolError
 
 logger = logging.getLogger("tidings")
@@ -378,8 +378,24 @@ def welcome(*, connection_id: str, session_id: str, user_id: str, node: str) -> 
     )
 
 
-def count_changed(count: int, version: int) -> str:
-    return _encode({"type": "newNotificationCountChanged", "count": count, "version": version})
+def count_changed(
+    count: int, version: int, unread: int = 0, categories: dict[str, int] | None = None
+) -> str:
+    """The counts frame; ``categories`` only when some category has unseen notifications."""
+    frame: dict[str, Any] = {
+        "type": "newNotificationCountChanged",
+        "count": count,
+        "version": version,
+        "unread": unread,
+    }
+    if categories:
+        frame["categories"] = categories
+    return _encode(frame)
+
+
+def counts_frame(count: UnseenCount) -> str:
+    """The counts frame of ``count``."""
+    return count_changed(count.count, count.version, count.unread, count.categories)
 
 
 def notification_data(

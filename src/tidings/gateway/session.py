@@ -202,7 +202,7 @@ async def run_session(
         if count is None:
             conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS.message)
             return
-        conn.push_count(count.count, count.version)
+        conn.push_count(count.count, count.version, protocol.counts_frame(count))
         del count
         await node.reactivate_session(conn, topics)
         del topics

@@ -230,7 +230,7 @@ class Counts:
     def deliver(self, count: UnseenCount, seq: int = 0) -> None:
         """Push a count to the user's sockets here; a new notification (``seq``) also wakes
         the queues of the user's devices in deliver mode."""
-        text = codec.count_changed(count.count, count.version)
+        text = codec.counts_frame(count)
         self.registry.deliver_count(count.user_id, count.count, count.version, text)
         if seq:
             for conn in self.registry.connections(count.user_id):

@@ -37,26 +37,23 @@ def split_sql(script: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
-def with_counts(
-    outcomes: list[Any], added: dict[str, int], final: dict[str, tuple[int, int]]
-) -> list[Any]:
+def with_counts(outcomes: list[Any], final: dict[str, Any]) -> list[Any]:
     """Results of a batch: each created notification (a ``Notification`` among ``outcomes``)
-    gets the count its user had right after it, as if the batch had been written one by one
-    (``final`` is each user's count after the batch, ``added`` how many the batch created)."""
-    from tidings.core.models import Notification, NotifyResult, UnseenCount
+    gets the counts its user had right after it, as if the batch had been written one by one
+    (``final``: each user's ``UnseenCount`` after the batch)."""
+    from tidings.core.models import Notification, NotifyResult
+    from tidings.storage.counts import earlier
 
-    seen: dict[str, int] = {}
     results: list[Any] = []
-    for outcome in outcomes:
+    after = dict(final)
+    for outcome in reversed(outcomes):  # from the last, stepping each user's counts back
         if not isinstance(outcome, Notification):
             results.append(outcome)
             continue
-        user = outcome.user_id
-        k = seen[user] = seen.get(user, 0) + 1
-        unseen, version = final[user]
-        behind = added[user] - k
-        count = UnseenCount(user, unseen - behind, version - behind)
+        count = after[outcome.user_id]
         results.append(NotifyResult(outcome, created=True, count=count))
+        after[outcome.user_id] = earlier(count, outcome.category)
+    results.reverse()
     return results
 
 

@@ -1,40 +1,129 @@
-"""How unseen counts are versioned, in one place: the version rises by one per change.
+"""A user's counts and how they are versioned, in one place.
 
-A created notification is one change (a batch of ``n`` for a user raises its version by
-``n``, as if they had come one by one); marking notifications seen is one change, however
-many were marked. Both backends build their ``user_counts`` statements here, so the rule is
-written once for every dialect.
+Each user has one ``user_counts`` row: ``unseen``, ``unread``, ``categories`` (the unseen count
+of each category, a JSON object without zero entries, NULL when empty) and ``version``, which
+rises by one per change of any of them. A created notification is one change (a batch of ``n``
+for a user raises its version by ``n``, as if they had come one by one); marking, reading or
+archiving notifications is one change, however many were touched. Every statement that changes
+the row returns all of it, so a change and the counts it publishes come from one statement in
+one transaction, and no node ever recounts. Both backends build their statements here, so the
+rule is written once for every dialect.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import orjson
+
+from tidings.core.models import UnseenCount
 
 Dialect = Literal["sqlite", "postgres"]
 
+#: what every statement of this module returns, in this order (after ``user_id`` for batches)
+COUNT_COLUMNS = "unseen, unread, version, categories"
 
-def add_unseen_sql(dialect: Dialect, rows: str) -> str:
-    """An upsert adding ``n`` unseen notifications per user, and ``n`` to the version.
 
-    ``rows`` yields ``(user_id, n, n)`` (a ``VALUES`` or ``SELECT`` in the dialect); the
-    statement returns ``user_id, unseen, version`` after the change.
-    """
-    table, q = ("user_counts AS c", "c.") if dialect == "postgres" else ("user_counts", "")
+def _merged(dialect: Dialect, current: str, delta: str) -> str:
+    """An expression adding the category counts of JSON object ``delta`` to ``current``,
+    leaving out categories that fall to zero (NULL when none is left)."""
+    if dialect == "postgres":
+        return (
+            f"(SELECT jsonb_object_agg(key, t) FROM (SELECT key, sum(value::int) AS t FROM "
+            f"(SELECT key, value FROM jsonb_each_text(coalesce({current}, '{{}}'::jsonb)) "
+            f"UNION ALL SELECT key, value FROM jsonb_each_text({delta})) AS e GROUP BY key) AS s "
+            f"WHERE t > 0)"
+        )
     return (
-        f"INSERT INTO {table} (user_id, unseen, version) {rows} "
-        f"ON CONFLICT (user_id) DO UPDATE SET unseen = {q}unseen + excluded.unseen, "
-        f"version = {q}version + excluded.version RETURNING user_id, unseen, version"
+        f"(SELECT nullif(json_group_object(key, t), '{{}}') FROM (SELECT key, sum(value) AS t "
+        f"FROM (SELECT key, value FROM json_each(coalesce({current}, '{{}}')) UNION ALL "
+        f"SELECT key, value FROM json_each({delta})) GROUP BY key) WHERE t > 0)"
     )
 
 
-def mark_seen_sql(dialect: Dialect) -> str:
-    """An update removing ``n`` from a user's unseen count, as one change (version + 1).
+def add_unseen_sql(dialect: Dialect, rows: str) -> str:
+    """An upsert adding ``n`` unseen (and unread) notifications per user, ``n`` to the version
+    and each category's share to its count.
 
-    Parameters: ``(n, user_id)`` on SQLite, ``($1 user_id, $2 n)`` on PostgreSQL; returns
-    ``unseen, version`` after the change.
+    ``rows`` yields ``(user_id, n, n, n, categories)`` in the dialect (a ``VALUES`` or
+    ``SELECT``; ``categories`` a JSON object of the batch's categories, NULL when none); the
+    statement returns ``user_id`` and :data:`COUNT_COLUMNS` after the change.
     """
-    n, user = ("$2", "$1") if dialect == "postgres" else ("?", "?")
+    table, q = ("user_counts AS c", "c.") if dialect == "postgres" else ("user_counts", "")
+    current = "c.categories" if dialect == "postgres" else "user_counts.categories"
     return (
-        f"UPDATE user_counts SET unseen = unseen - {n}, version = version + 1 "
-        f"WHERE user_id = {user} RETURNING unseen, version"
+        f"INSERT INTO {table} (user_id, unseen, unread, version, categories) {rows} "
+        f"ON CONFLICT (user_id) DO UPDATE SET unseen = {q}unseen + excluded.unseen, "
+        f"unread = {q}unread + excluded.unread, version = {q}version + excluded.version, "
+        f"categories = CASE WHEN excluded.categories IS NULL THEN {q}categories "
+        f"ELSE {_merged(dialect, current, 'excluded.categories')} END "
+        f"RETURNING user_id, {COUNT_COLUMNS}"
+    )
+
+
+def lower_counts_sql(dialect: Dialect) -> str:
+    """An update taking notifications out of a user's unseen and unread counts (and their
+    categories') as one change: the version rises by one.
+
+    Parameters: ``(unseen, unread, categories, user_id)`` on SQLite, ``($1 user_id,
+    $2 unseen, $3 unread, $4 categories)`` on PostgreSQL, where ``categories`` is
+    :func:`lowered`'s JSON (or NULL); returns :data:`COUNT_COLUMNS` after the change.
+    """
+    if dialect == "postgres":
+        user, unseen, unread, delta = "$1", "$2", "$3", "$4::jsonb"
+    else:
+        user, unseen, unread, delta = "?4", "?1", "?2", "?3"
+    return (
+        f"UPDATE user_counts SET unseen = unseen - {unseen}, unread = unread - {unread}, "
+        f"version = version + 1, categories = CASE WHEN {delta} IS NULL THEN categories "
+        f"ELSE {_merged(dialect, 'categories', delta)} END "
+        f"WHERE user_id = {user} RETURNING {COUNT_COLUMNS}"
+    )
+
+
+def erase_counts_sql(dialect: Dialect) -> str:
+    """Every count of a user to zero, as one change (a re-signed-in device never takes an older
+    version for a newer one)."""
+    user = "$1" if dialect == "postgres" else "?"
+    return (
+        "UPDATE user_counts SET unseen = 0, unread = 0, categories = NULL, "
+        f"version = version + 1 WHERE user_id = {user}"
+    )
+
+
+def categories_json(categories: Iterable[str | None], sign: int = 1) -> str | None:
+    """The JSON object counting ``categories`` (``sign``: +1 added, -1 taken away), or None
+    when none of them is a category."""
+    counted = Counter(c for c in categories if c is not None)
+    return orjson.dumps({c: sign * n for c, n in counted.items()}).decode() if counted else None
+
+
+def lowered(categories: Iterable[str | None]) -> str | None:
+    """The JSON that takes the seen notifications of ``categories`` out of their counts."""
+    return categories_json(categories, -1)
+
+
+def counted(user_id: str, row: Any) -> UnseenCount:
+    """The count from ``(unseen, unread, version, categories)`` as read from the store (a
+    missing row: nothing yet)."""
+    if row is None:
+        return UnseenCount(user_id, 0, 0)
+    unseen, unread, version, categories = row
+    found = orjson.loads(categories) if categories else None
+    return UnseenCount(user_id, unseen, version, unread, found or None)
+
+
+def earlier(count: UnseenCount, category: str | None) -> UnseenCount:
+    """The counts just before ``count``'s latest notification (of ``category``) was created."""
+    categories = count.categories
+    if category is not None and categories:
+        categories = dict(categories)
+        if categories.get(category, 0) <= 1:
+            categories.pop(category, None)
+        else:
+            categories[category] -= 1
+    return UnseenCount(
+        count.user_id, count.count - 1, count.version - 1, count.unread - 1, categories or None
     )

@@ -13,6 +13,7 @@ from tidings.core.models import (
 from tidings.errors import (
     TooManyConnections,
 )
+from tidings.storage.counts import counted
 from tidings.storage.postgres.engine import PostgresEngine
 
 
@@ -88,9 +89,9 @@ class PostgresCluster(PostgresEngine):
                 "touched AS (UPDATE session_topics SET active_at = now() "
                 "WHERE user_id = $3 AND session_id = $4 "
                 "AND ($7::int IS NULL OR (SELECT n FROM held) < $7) RETURNING topic) "
-                "SELECT (SELECT unseen FROM user_counts WHERE user_id = $3), "
-                "(SELECT version FROM user_counts WHERE user_id = $3), "
-                "(SELECT array_agg(topic ORDER BY topic) FROM touched), (SELECT n FROM held)",
+                "SELECT (SELECT array_agg(topic ORDER BY topic) FROM touched), "
+                "(SELECT n FROM held), c.unseen, c.unread, c.version, c.categories "
+                "FROM (SELECT 1) AS one LEFT JOIN user_counts AS c ON c.user_id = $3",
                 presence.socket_id,
                 presence.connection_id,
                 presence.user_id,
@@ -99,10 +100,11 @@ class PostgresCluster(PostgresEngine):
                 presence.connected_since,
                 max_sockets,
             )
-        unseen, version, topics, held = row
+        topics, held = row[0], row[1]
         if max_sockets is not None and held >= max_sockets:
             raise TooManyConnections(f"{presence.user_id} holds {held} sockets")
-        return UnseenCount(presence.user_id, unseen or 0, version or 0), list(topics or ())
+        count = counted(presence.user_id, row[2:] if row[4] is not None else None)
+        return count, list(topics or ())
 
     async def remove_presence(self, socket_id: str) -> None:
         async with self.connection() as conn:

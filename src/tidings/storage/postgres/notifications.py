@@ -28,7 +28,14 @@ from tidings.storage._common import (
     state_update,
     with_counts,
 )
-from tidings.storage.counts import add_unseen_sql, mark_seen_sql
+from tidings.storage.counts import (
+    COUNT_COLUMNS,
+    add_unseen_sql,
+    categories_json,
+    counted,
+    lower_counts_sql,
+    lowered,
+)
 from tidings.storage.postgres.engine import PostgresEngine
 from tidings.storage.postgres.rows import (
     HISTORY_COLUMNS,
@@ -130,20 +137,19 @@ class PostgresNotifications(PostgresEngine):
                     [fresh[i][3] for i in ids],
                 )
                 seqs = {row[0]: row[1] for row in rows}
-            added: dict[str, int] = {}
+            added: dict[str, list[str | None]] = {}
             for nid in seqs:
-                added[fresh[nid][0]] = added.get(fresh[nid][0], 0) + 1
-            final: dict[str, tuple[int, int]] = {}
+                added.setdefault(fresh[nid][0], []).append(fresh[nid][3])
+            final: dict[str, UnseenCount] = {}
             if added:
                 users = list(added)
-                for user_id, unseen, version in await conn.fetch(
-                    add_unseen_sql(
-                        "postgres", "SELECT u, n, n FROM unnest($1::text[], $2::int[]) AS t(u, n)"
-                    ),
+                for row in await conn.fetch(
+                    add_unseen_sql("postgres", ADDED_ROWS),
                     users,
-                    [added[u] for u in users],
+                    [len(added[u]) for u in users],
+                    [categories_json(added[u]) for u in users],
                 ):
-                    final[user_id] = (unseen, version)
+                    final[row[0]] = counted(row[0], row[1:])
         settled: list[Notification | NotifyResult | Conflict] = []
         for outcome in outcomes:
             if isinstance(outcome, Notification):
@@ -165,11 +171,18 @@ class PostgresNotifications(PostgresEngine):
                 # a repeat, inside this batch, of an item created by it
                 first = outcome.notification
                 seq = seqs.get(first.notification_id, 0)
-                again = Notification(first.notification_id, first.user_id, first.data, now, seq=seq)
+                again = Notification(
+                    first.notification_id,
+                    first.user_id,
+                    first.data,
+                    now,
+                    seq=seq,
+                    category=first.category,
+                )
                 settled.append(NotifyResult(again, created=False))
             else:
                 settled.append(outcome)
-        return with_counts(settled, added, final)
+        return with_counts(settled, final)
 
     async def unseen(
         self, user_id: str, limit: int, max_bytes: int | None = None
@@ -194,25 +207,18 @@ class PostgresNotifications(PostgresEngine):
             await _owned(conn, user_id, ids)
             # Rows locked by a concurrent markSeen are re-checked after its commit, so each
             # notification is counted down once.
-            marked = [
-                row[0]
-                for row in await conn.fetch(
-                    "UPDATE notifications SET seen_date = $3 WHERE user_id = $1 "
-                    "AND notification_id = ANY($2::text[]) AND seen_date IS NULL "
-                    "RETURNING notification_id",
-                    user_id,
-                    ids,
-                    utcnow(),
-                )
-            ]
-            if not marked:
-                return MarkSeenResult()
-            unseen, version = await conn.fetchrow(
-                mark_seen_sql("postgres"),
+            seen = await conn.fetch(
+                "UPDATE notifications SET seen_date = $3 WHERE user_id = $1 "
+                "AND notification_id = ANY($2::text[]) AND seen_date IS NULL "
+                "RETURNING notification_id, category",
                 user_id,
-                len(marked),
+                ids,
+                utcnow(),
             )
-        return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+            if not seen:
+                return MarkSeenResult()
+            count = await _lower(conn, user_id, seen, 0)
+        return MarkSeenResult([row[0] for row in seen], count)
 
     async def history(
         self,
@@ -238,19 +244,16 @@ class PostgresNotifications(PostgresEngine):
         async with self.connection(transaction=True) as conn:
             # Rows a concurrent markSeen holds are re-checked after its commit: each
             # notification is counted down once.
-            marked = [
-                row[0]
-                for row in await conn.fetch(
-                    "UPDATE notifications SET seen_date = $2 WHERE user_id = $1 "
-                    "AND seen_date IS NULL RETURNING notification_id",
-                    user_id,
-                    utcnow(),
-                )
-            ]
-            if not marked:
+            seen = await conn.fetch(
+                "UPDATE notifications SET seen_date = $2 WHERE user_id = $1 "
+                "AND seen_date IS NULL RETURNING notification_id, category",
+                user_id,
+                utcnow(),
+            )
+            if not seen:
                 return MarkSeenResult()
-            unseen, version = await conn.fetchrow(mark_seen_sql("postgres"), user_id, len(marked))
-        return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+            count = await _lower(conn, user_id, seen, 0)
+        return MarkSeenResult([row[0] for row in seen], count)
 
     async def change_state(
         self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
@@ -262,7 +265,7 @@ class PostgresNotifications(PostgresEngine):
         async with self.connection(transaction=True) as conn:
             if ids is not None:
                 await _owned(conn, user_id, ids)  # raises NotFound, nothing changed
-            seen, marked = 0, []
+            changed: dict[str, list[Any]] = {}
             for column, setting in STATE_CHANGES[change]:
                 # Rows a concurrent change holds are re-checked after its commit: each is
                 # counted once.
@@ -270,32 +273,45 @@ class PostgresNotifications(PostgresEngine):
                 args: list[Any] = [user_id, *([ids] if ids is not None else [])]
                 sql = (
                     f"UPDATE notifications {state_update(column, setting, f'${len(args) + 1}')} "
-                    f"AND user_id = $1{where} RETURNING notification_id"
+                    f"AND user_id = $1{where} RETURNING notification_id, category"
                 )
-                marked = [
-                    row[0] for row in await conn.fetch(sql, *args, *([now] if setting else []))
-                ]
-                if column == "seen_date":
-                    seen = len(marked)
-            if not seen:
+                changed[column] = await conn.fetch(sql, *args, *([now] if setting else []))
+            marked = [row[0] for row in changed[column]]
+            seen, read = changed.get("seen_date", []), len(changed.get("read_date", []))
+            if not seen and not read:
                 return MarkSeenResult(marked)
-            unseen, version = await conn.fetchrow(mark_seen_sql("postgres"), user_id, seen)
-        return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+            count = await _lower(conn, user_id, seen, read)
+        return MarkSeenResult(marked, count)
 
     async def count(self, user_id: str) -> UnseenCount:
         async with self.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT unseen, version FROM user_counts WHERE user_id = $1", user_id
+                f"SELECT {COUNT_COLUMNS} FROM user_counts WHERE user_id = $1", user_id
             )
-        return UnseenCount(user_id, row[0], row[1]) if row else UnseenCount(user_id, 0, 0)
+        return counted(user_id, row)
 
     async def counts(self, user_ids: Sequence[str]) -> dict[str, UnseenCount]:
         found = {user_id: UnseenCount(user_id, 0, 0) for user_id in user_ids}
         async with self.connection() as conn:
             rows = await conn.fetch(
-                "SELECT user_id, unseen, version FROM user_counts WHERE user_id = ANY($1::text[])",
+                f"SELECT user_id, {COUNT_COLUMNS} FROM user_counts WHERE user_id = ANY($1::text[])",
                 list(found),
             )
-        for user_id, unseen, version in rows:
-            found[user_id] = UnseenCount(user_id, unseen, version)
+        for row in rows:
+            found[row[0]] = counted(row[0], row[1:])
         return found
+
+
+#: the batch's counts per user: ``$1`` users, ``$2`` how many each, ``$3`` their categories
+ADDED_ROWS = (
+    "SELECT u, n, n, n, k::jsonb FROM unnest($1::text[], $2::int[], $3::text[]) AS t(u, n, k)"
+)
+
+
+async def _lower(conn: Any, user_id: str, seen: Sequence[Any], read: int) -> UnseenCount:
+    """The user's counts after ``seen`` (rows ``(notification_id, category)``) were seen and
+    ``read`` notifications read: one change."""
+    row = await conn.fetchrow(
+        lower_counts_sql("postgres"), user_id, len(seen), read, lowered(r[1] for r in seen)
+    )
+    return counted(user_id, row)

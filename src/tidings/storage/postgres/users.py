@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidings.storage.counts import erase_counts_sql
 from tidings.storage.postgres.engine import PostgresEngine
 
 
@@ -12,10 +13,7 @@ class PostgresUsers(PostgresEngine):
         async with self.connection(transaction=True) as conn:
             # The count's row first: concurrent changes of the user's count wait for this
             # transaction, as they wait for one another.
-            await conn.execute(
-                "UPDATE user_counts SET unseen = 0, version = version + 1 WHERE user_id = $1",
-                user_id,
-            )
+            await conn.execute(erase_counts_sql("postgres"), user_id)
             await conn.execute(
                 "DELETE FROM device_acks WHERE connection_id IN "
                 "(SELECT connection_id FROM devices WHERE user_id = $1)",

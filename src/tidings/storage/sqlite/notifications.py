@@ -32,7 +32,14 @@ from tidings.storage._common import (
     state_update,
     with_counts,
 )
-from tidings.storage.counts import add_unseen_sql, mark_seen_sql
+from tidings.storage.counts import (
+    COUNT_COLUMNS,
+    add_unseen_sql,
+    categories_json,
+    counted,
+    lower_counts_sql,
+    lowered,
+)
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import (
     HISTORY_COLUMNS,
@@ -82,13 +89,14 @@ class SqliteNotifications(SqliteEngine):
                 "category) VALUES (?, ?, ?, ?, ?)",
                 (nid, user_id, encoded.decode(), isoformat(now), category),
             ).lastrowid
-            _, unseen, version = conn.execute(
-                add_unseen_sql("sqlite", "VALUES (?, 1, 1)"), (user_id,)
+            row = conn.execute(
+                add_unseen_sql("sqlite", "VALUES (?, 1, 1, 1, ?)"),
+                (user_id, categories_json([category])),
             ).fetchone()
             return NotifyResult(
                 Notification(nid, user_id, data, now, seq=seq or 0, category=category),
                 created=True,
-                count=UnseenCount(user_id, unseen, version),
+                count=counted(user_id, row[1:]),
             )
 
         return await self.write(run)
@@ -115,7 +123,7 @@ class SqliteNotifications(SqliteEngine):
                 ):
                     known[row[0]] = _notification(row)
             outcomes: list[Notification | NotifyResult | Conflict] = []
-            added: dict[str, int] = {}
+            added: dict[str, list[str | None]] = {}
             rows: list[tuple[int, str, str, str, str, str | None]] = []
             # Seqs are handed out here (one writer, inside BEGIN IMMEDIATE) so the inserts can
             # run as one executemany; AUTOINCREMENT's counter follows the largest one.
@@ -134,20 +142,18 @@ class SqliteNotifications(SqliteEngine):
                 note = Notification(nid, user_id, data, now, seq=last, category=category)
                 known[nid] = note
                 outcomes.append(note)
-                added[user_id] = added.get(user_id, 0) + 1
+                added.setdefault(user_id, []).append(category)
             _insert_rows(conn, rows)
-            # Every user's count in one statement ("WHERE true" lets SQLite parse the upsert);
+            # Every user's counts in one statement ("WHERE true" lets SQLite parse the upsert);
             # the version rises by one per notification, as if they had come one by one.
+            each = {u: [len(cats), categories_json(cats)] for u, cats in added.items()}
             final = {
-                user_id: (unseen, version)
-                for user_id, unseen, version in conn.execute(
-                    add_unseen_sql(
-                        "sqlite", "SELECT key, value, value FROM json_each(?) WHERE true"
-                    ),
-                    (orjson.dumps(added).decode(),),
+                row[0]: counted(row[0], row[1:])
+                for row in conn.execute(
+                    add_unseen_sql("sqlite", ADDED_ROWS), (orjson.dumps(each).decode(),)
                 )
             }
-            return with_counts(outcomes, added, final)
+            return with_counts(outcomes, final)
 
         return await self.write(run)
 
@@ -178,17 +184,12 @@ class SqliteNotifications(SqliteEngine):
             fresh = [row[0] for row in _owned(conn, user_id, ids) if row[2] is None]
             if not fresh:
                 return MarkSeenResult()
-            listed = marks(fresh)
-            conn.execute(
-                f"UPDATE notifications SET seen_date = ? "
-                f"WHERE user_id = ? AND seen_date IS NULL AND notification_id IN ({listed})",
+            seen = conn.execute(
+                f"UPDATE notifications SET seen_date = ? WHERE user_id = ? AND seen_date IS NULL "
+                f"AND notification_id IN ({marks(fresh)}) RETURNING notification_id, category",
                 (now, user_id, *fresh),
-            )
-            unseen, version = conn.execute(
-                mark_seen_sql("sqlite"),
-                (len(fresh), user_id),
-            ).fetchone()
-            return MarkSeenResult(fresh, UnseenCount(user_id, unseen, version))
+            ).fetchall()
+            return MarkSeenResult([r[0] for r in seen], _lower(conn, user_id, seen, 0))
 
         return await self.write(run)
 
@@ -218,20 +219,14 @@ class SqliteNotifications(SqliteEngine):
         now = isoformat(utcnow())
 
         def run(conn: sqlite3.Connection) -> MarkSeenResult:
-            marked = [
-                row[0]
-                for row in conn.execute(
-                    "UPDATE notifications SET seen_date = ? WHERE user_id = ? "
-                    "AND seen_date IS NULL RETURNING notification_id",
-                    (now, user_id),
-                )
-            ]
-            if not marked:
+            seen = conn.execute(
+                "UPDATE notifications SET seen_date = ? WHERE user_id = ? "
+                "AND seen_date IS NULL RETURNING notification_id, category",
+                (now, user_id),
+            ).fetchall()
+            if not seen:
                 return MarkSeenResult()
-            unseen, version = conn.execute(
-                mark_seen_sql("sqlite"), (len(marked), user_id)
-            ).fetchone()
-            return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+            return MarkSeenResult([r[0] for r in seen], _lower(conn, user_id, seen, 0))
 
         return await self.write(run)
 
@@ -247,31 +242,27 @@ class SqliteNotifications(SqliteEngine):
         def run(conn: sqlite3.Connection) -> MarkSeenResult:
             if ids is not None:
                 _owned(conn, user_id, ids)  # raises NotFound, nothing changed
-            seen, marked = 0, []
+            changed: dict[str, list[Any]] = {}
             for column, setting in STATE_CHANGES[change]:
-                marked = [
-                    row[0]
-                    for row in conn.execute(
-                        f"UPDATE notifications {state_update(column, setting, '?')} "
-                        f"AND user_id = ?{target} RETURNING notification_id",
-                        (*([now] if setting else []), user_id, *(ids or [])),
-                    )
-                ]
-                if column == "seen_date":
-                    seen = len(marked)
-            if not seen:
+                changed[column] = conn.execute(
+                    f"UPDATE notifications {state_update(column, setting, '?')} "
+                    f"AND user_id = ?{target} RETURNING notification_id, category",
+                    (*([now] if setting else []), user_id, *(ids or [])),
+                ).fetchall()
+            marked = [row[0] for row in changed[column]]
+            seen, read = changed.get("seen_date", []), len(changed.get("read_date", []))
+            if not seen and not read:
                 return MarkSeenResult(marked)
-            unseen, version = conn.execute(mark_seen_sql("sqlite"), (seen, user_id)).fetchone()
-            return MarkSeenResult(marked, UnseenCount(user_id, unseen, version))
+            return MarkSeenResult(marked, _lower(conn, user_id, seen, read))
 
         return await self.write(run)
 
     async def count(self, user_id: str) -> UnseenCount:
         def run(conn: sqlite3.Connection) -> UnseenCount:
             row = conn.execute(
-                "SELECT unseen, version FROM user_counts WHERE user_id = ?", (user_id,)
+                f"SELECT {COUNT_COLUMNS} FROM user_counts WHERE user_id = ?", (user_id,)
             ).fetchone()
-            return UnseenCount(user_id, *(row or (0, 0)))
+            return counted(user_id, row)
 
         return await self.read(run)
 
@@ -279,12 +270,27 @@ class SqliteNotifications(SqliteEngine):
         def run(conn: sqlite3.Connection) -> dict[str, UnseenCount]:
             found = {user_id: UnseenCount(user_id, 0, 0) for user_id in user_ids}
             for chunk in chunked(list(found)):
-                for user_id, unseen, version in conn.execute(
-                    f"SELECT user_id, unseen, version FROM user_counts WHERE user_id IN "
+                for row in conn.execute(
+                    f"SELECT user_id, {COUNT_COLUMNS} FROM user_counts WHERE user_id IN "
                     f"({marks(chunk)})",
                     chunk,
                 ):
-                    found[user_id] = UnseenCount(user_id, unseen, version)
+                    found[row[0]] = counted(row[0], row[1:])
             return found
 
         return await self.read(run)
+
+
+#: the batch's counts per user, from ``{user_id: [n, categories JSON or null]}``
+ADDED_ROWS = (
+    "SELECT key, value ->> 0, value ->> 0, value ->> 0, value ->> 1 FROM json_each(?) WHERE true"
+)
+
+
+def _lower(conn: sqlite3.Connection, user_id: str, seen: Sequence[Any], read: int) -> UnseenCount:
+    """The user's counts after ``seen`` (rows ``(notification_id, category)``) were seen and
+    ``read`` notifications read: one change."""
+    row = conn.execute(
+        lower_counts_sql("sqlite"), (len(seen), read, lowered(r[1] for r in seen), user_id)
+    ).fetchone()
+    return counted(user_id, row)

@@ -23,6 +23,7 @@ from tidings.storage._common import (
     answerable,
     load_data,
 )
+from tidings.storage.counts import COUNT_COLUMNS, counted
 
 INSERT_CHUNK = 500
 
@@ -156,15 +157,15 @@ def _attach(
         if held >= max_sockets:
             return None
     conn.execute("INSERT OR REPLACE INTO notification_registry VALUES (?, ?, ?, ?, ?, ?)", row)
-    counted = conn.execute(
-        "SELECT unseen, version FROM user_counts WHERE user_id = ?", (user,)
+    counts = conn.execute(
+        f"SELECT {COUNT_COLUMNS} FROM user_counts WHERE user_id = ?", (user,)
     ).fetchone()
     topics = conn.execute(
         "UPDATE session_topics SET active_at = ? WHERE user_id = ? AND session_id = ? "
         "RETURNING topic",
         (now, user, session),
     ).fetchall()
-    return UnseenCount(user, *(counted or (0, 0))), sorted(t[0] for t in topics)
+    return counted(user, counts), sorted(t[0] for t in topics)
 
 
 # A device's queue: its user's notifications after the cursor that it has not acknowledged.

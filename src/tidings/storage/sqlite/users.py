@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from tidings.storage.counts import erase_counts_sql
 from tidings.storage.sqlite.engine import SqliteEngine
 
 
@@ -27,7 +28,7 @@ class SqliteUsers(SqliteEngine):
                 "push_tokens": delete("DELETE FROM push_tokens WHERE user_id = ?"),
             }
             delete("DELETE FROM push_receipts WHERE user_id = ?")
-            delete("UPDATE user_counts SET unseen = 0, version = version + 1 WHERE user_id = ?")
+            delete(erase_counts_sql("sqlite"))
             return erased
 
         return await self.write(run)
