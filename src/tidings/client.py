@@ -181,6 +181,9 @@ class DeviceClient:
         self.user_id: str | None = None
         self.node: str | None = None
         self.count: int | None = None
+        #: the unread count and the unseen count per category, with ``count`` (protocol 1.1)
+        self.unread = 0
+        self.categories: dict[str, int] = {}
         self.version = -1
         self.welcome: dict[str, Any] | None = None
         self._ws: ClientConnection | None = None
@@ -315,6 +318,8 @@ class DeviceClient:
             if version > self.version:
                 self.version = version
                 self.count = int(frame["count"])
+                self.unread = int(frame.get("unread", 0))
+                self.categories = dict(frame.get("categories") or {})
                 async with self._count_changed:
                     self._count_changed.notify_all()
         if kind == "topicMessage":
@@ -428,11 +433,27 @@ class DeviceClient:
         answer = await self.request(frame)
         return list(answer["notifications"]), answer.get("next_cursor")
 
-    async def mark_seen(self, notification_ids: Sequence[str]) -> int:
-        """Mark notifications seen; returns how many changed."""
-        answer = await self.request(
-            {"type": "markSeen", "notification_ids": list(notification_ids)}
-        )
+    async def mark_seen(self, notification_ids: Sequence[str] | None = None) -> int:
+        """Mark notifications seen (``None``: all the user's unseen ones); how many changed."""
+        return await self._mark("markSeen", "markAllSeen", notification_ids)
+
+    async def mark_read(self, notification_ids: Sequence[str] | None = None) -> int:
+        """Read notifications (``None``: all the user's); how many changed."""
+        return await self._mark("markRead", "markAllRead", notification_ids)
+
+    async def archive(self, notification_ids: Sequence[str]) -> int:
+        """Archive notifications (they are seen and read too); how many changed."""
+        return await self._mark("archive", "", notification_ids)
+
+    async def unarchive(self, notification_ids: Sequence[str]) -> int:
+        """Bring archived notifications back to the inbox; how many changed."""
+        return await self._mark("unarchive", "", notification_ids)
+
+    async def _mark(self, kind: str, every: str, notification_ids: Sequence[str] | None) -> int:
+        if notification_ids is None:
+            answer = await self.request({"type": every})
+        else:
+            answer = await self.request({"type": kind, "notification_ids": list(notification_ids)})
         return int(answer.get("marked", 0))
 
     async def wait_for_count(

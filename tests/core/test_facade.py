@@ -349,7 +349,9 @@ async def test_counts_service_works_without_a_node(tmp_path: Path) -> None:
         result = await counts.notify("alice", "hi")
         assert result.count is not None and result.count.count == 1
         await eventually(lambda: len(sink.frames) == 1)
-        assert sink.frames == ['{"type":"newNotificationCountChanged","count":1,"version":1,"unread":1}']
+        assert sink.frames == [
+            '{"type":"newNotificationCountChanged","count":1,"version":1,"unread":1}'
+        ]
         conn.close()
         await asyncio.wait_for(conn.finished(), 2)
     finally:

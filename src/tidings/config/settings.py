@@ -11,7 +11,15 @@ import os
 import socket
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -59,6 +67,22 @@ StrList = Annotated[list[str], NoDecode, BeforeValidator(_list_value)]
 OptionalStrList = Annotated[list[str] | None, NoDecode, BeforeValidator(_list_value)]
 FloatMapping = Annotated[dict[str, float], NoDecode, BeforeValidator(_mapping_value)]
 StrMapping = Annotated[dict[str, str], NoDecode, BeforeValidator(_mapping_value)]
+
+
+class CategoryRetention(BaseModel):
+    """One category's own retention (``TIDINGS_HISTORY_CATEGORIES``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max: int | None = Field(None, gt=0)
+    max_age: float | None = Field(None, gt=0)
+
+
+RetentionMapping = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], CategoryRetention],
+    NoDecode,
+    BeforeValidator(_mapping_value),
+]
 
 
 class Settings(BaseSettings):
@@ -125,6 +149,21 @@ class Settings(BaseSettings):
     )
     device_queue_max_age: float | None = Field(
         None, gt=0, description="Drop pending notifications older than this many seconds."
+    )
+
+    # The inbox's history (retention)
+    history_max: int | None = Field(
+        None,
+        gt=0,
+        description="Keep at most this many notifications per user; older ones go, read or not.",
+    )
+    history_max_age: float | None = Field(
+        None, gt=0, description="Remove notifications older than this many seconds."
+    )
+    history_categories: RetentionMapping = Field(
+        default_factory=dict,
+        description='Retention of categories that differ, JSON: {"marketing": {"max": 50, '
+        '"max_age": 604800}}; a category listed follows only its own limits.',
     )
 
     # Topics

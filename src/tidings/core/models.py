@@ -352,3 +352,23 @@ class Replay:
     messages: list[TopicMessage]
     recovered: bool
     last_seq: int
+
+
+class RetentionScope(msgspec.Struct, frozen=True):
+    """Which notifications a retention rule covers: those of ``categories`` if given, else
+    every one whose category is not in ``excluded`` (those follow rules of their own)."""
+
+    categories: tuple[str, ...] | None = None
+    excluded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """What a retention step removed."""
+
+    #: how many notifications went
+    removed: int = 0
+    #: the new counts of the users whose unseen or unread count fell (one change each)
+    counts: list[UnseenCount] = field(default_factory=list)
+    #: the highest log position among those removed (0: none)
+    last: int = 0

@@ -19,6 +19,7 @@ from tidings.services.counts import Counts
 from tidings.services.events import BusEvents
 from tidings.services.queues import Queues
 from tidings.services.republish import Republisher
+from tidings.services.retention import Retention, rules_from
 from tidings.services.topics import Topics
 from tidings.storage import Store
 
@@ -117,6 +118,7 @@ def wire(node: Wired, topic_policy: TopicPolicy) -> Services:
         heartbeat_interval=settings.heartbeat_interval,
         node_timeout=settings.node_timeout,
         session_ttl=settings.session_ttl,
+        retention=retention(store, counts, settings),
     )
     events = BusEvents(
         registry,
@@ -129,3 +131,9 @@ def wire(node: Wired, topic_policy: TopicPolicy) -> Services:
         observe_age=node.metrics.observe_event_age,
     )
     return Services(republisher, queues, counts, topics, cluster, events)
+
+
+def retention(store: Store, counts: Counts, settings: Settings) -> Retention | None:
+    """The retention of history the settings ask for, if any."""
+    rules = rules_from(settings.history_max, settings.history_max_age, settings.history_categories)
+    return Retention(store, counts.publish_count, rules) if rules else None

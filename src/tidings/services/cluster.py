@@ -9,11 +9,12 @@ import logging
 from tidings.errors import TidingsError
 from tidings.fanout.connection import Connection
 from tidings.fanout.registry import Registry
+from tidings.services.retention import Retention
 from tidings.services.stores import ClusterStore
 
 logger = logging.getLogger("tidings")
 
-#: seconds between two sweeps of expired topic messages and idle sessions
+#: seconds between two sweeps of expired topic messages, idle sessions and old history
 EXPIRY_INTERVAL = 60.0
 
 
@@ -30,6 +31,7 @@ class Cluster:
         heartbeat_interval: float,
         node_timeout: float,
         session_ttl: float,
+        retention: Retention | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -38,6 +40,7 @@ class Cluster:
         self.heartbeat_interval = heartbeat_interval
         self.node_timeout = node_timeout
         self.session_ttl = session_ttl
+        self.retention = retention
 
     async def join(self) -> None:
         """Register the node (raises :class:`~tidings.errors.StoreUnavailable`)."""
@@ -77,6 +80,11 @@ class Cluster:
         expired = await self.store.expire(self.session_ttl)
         if expired:
             logger.info("deleted %d expired topic messages", expired)
+        if self.retention is not None:
+            try:
+                await self.retention.sweep()
+            except Exception:  # a conflict with a concurrent change: the next sweep goes on
+                logger.exception("retention sweep failed")
 
     async def _beat(self) -> None:
         if not await self.store.heartbeat(self.node_id, self.node_uri):

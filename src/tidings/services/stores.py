@@ -7,6 +7,7 @@ it may touch is written next to it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from tidings.core.models import (
@@ -17,7 +18,9 @@ from tidings.core.models import (
     NotifyResult,
     Presence,
     QueueGap,
+    Removed,
     Replay,
+    RetentionScope,
     StateChange,
     TopicMessage,
     UnseenCount,
@@ -53,6 +56,22 @@ class NotificationStore(Protocol):
     async def mark_seen(self, user_id: str, notification_ids: Sequence[str]) -> MarkSeenResult: ...
 
     async def count(self, user_id: str) -> UnseenCount: ...
+
+
+class RetentionStore(Protocol):
+    """Removing old history (see :class:`tidings.storage.facets.RetentionStore`)."""
+
+    async def log_position_before(self, when: datetime) -> int: ...
+
+    async def remove_in_range(
+        self, scope: RetentionScope, after: int, upto: int, limit: int
+    ) -> Removed: ...
+
+    async def users_notified_after(self, position: int, limit: int) -> tuple[list[str], int]: ...
+
+    async def remove_beyond(
+        self, user_id: str, scope: RetentionScope, keep: int, limit: int
+    ) -> Removed: ...
 
 
 class QueueStore(Protocol):

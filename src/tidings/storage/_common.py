@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from importlib import resources
 from typing import Any
 
@@ -153,3 +153,40 @@ HISTORY_WHERE = {
     "unread": "read_date IS NULL AND archived_date IS NULL",
     "archived": "archived_date IS NOT NULL",
 }
+
+
+def scope_where(scope: Any, placeholder: str, dialect: str) -> tuple[str, list[Any]]:
+    """The condition of a :class:`~tidings.core.models.RetentionScope` on a notification's
+    row, with at most one parameter (a list, at ``placeholder``)."""
+    listed = scope.categories if scope.categories is not None else scope.excluded
+    if scope.categories is None and not listed:
+        return "TRUE", []
+    if dialect == "postgres":
+        inside = f"category = ANY({placeholder}::text[])"
+        value: Any = list(listed)
+    else:
+        inside = f"category IN (SELECT value FROM json_each({placeholder}))"
+        value = orjson.dumps(list(listed)).decode()
+    if scope.categories is not None:
+        return inside, [value]
+    return f"(category IS NULL OR NOT {inside})", [value]
+
+
+#: what a removal returns of each notification: enough to lower its user's counts
+REMOVED_COLUMNS = "user_id, category, seen_date IS NULL, read_date IS NULL, seq"
+
+
+def bisect_log(top: int) -> Generator[int, tuple[int, bool] | None, int]:
+    """The search for the highest log position older than a mark, as a generator the caller
+    drives with its own queries: it yields a position to probe and is sent back
+    ``(position, older)`` of the first notification at that position or after (None past the
+    end); it returns the answer (0: none). ``top`` is the highest position there is."""
+    low, high = 0, top + 1  # every position up to low is older; none from high on is
+    while high - low > 1:
+        middle = (low + high) // 2
+        found = yield middle
+        if found is None or found[0] >= high or not found[1]:
+            high = middle
+        else:
+            low = found[0]
+    return low

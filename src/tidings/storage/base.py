@@ -15,6 +15,7 @@ from tidings.storage.facets import (
     DeviceStore,
     NotificationStore,
     PushTokenStore,
+    RetentionStore,
     TopicStore,
     UserStore,
 )
@@ -28,6 +29,7 @@ class Store(
     ClusterStore,
     CredentialStore,
     PushTokenStore,
+    RetentionStore,
     UserStore,
 ):
     """Durable state of tidings: every facet in one database.

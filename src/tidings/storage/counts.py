@@ -127,3 +127,20 @@ def earlier(count: UnseenCount, category: str | None) -> UnseenCount:
     return UnseenCount(
         count.user_id, count.count - 1, count.version - 1, count.unread - 1, categories or None
     )
+
+
+def removals(rows: Iterable[Any]) -> dict[str, tuple[int, int, str | None]]:
+    """What removing notifications takes off each user's counts, from rows
+    ``(user_id, category, unseen, unread, …)``: ``{user_id: (unseen, unread, categories)}``,
+    users whose counts do not change left out (parameters of :func:`lower_counts_sql`)."""
+    seen: dict[str, list[str | None]] = {}
+    read: Counter[str] = Counter()
+    for user_id, category, unseen, unread, *_ in rows:
+        if unseen:
+            seen.setdefault(user_id, []).append(category)
+        if unread:
+            read[user_id] += 1
+    return {
+        user: (len(seen.get(user, ())), read[user], lowered(seen.get(user, ())))
+        for user in {*seen, *read}
+    }

@@ -96,9 +96,8 @@ async def test_concurrent_changes_keep_counts_exact(store: Store) -> None:
         store.change_state("ann", "read", ids[25:27]),
         *(store.create_notification("ann", {"late": n}, category="a") for n in range(5)),
     )
-    versions = [r.count.version for r in made] + [
-        getattr(c, "count").version for c in changes if getattr(c, "count", None) is not None
-    ]
+    counts = [r.count for r in made] + [getattr(c, "count", None) for c in changes]
+    versions = [c.version for c in counts if c is not None]
     assert len(versions) == len(set(versions))
     final = await store.count("ann")
     assert final.version == max(versions)

@@ -11,6 +11,7 @@ from tidings.storage.facets.credentials import CredentialStore
 from tidings.storage.facets.devices import DeviceStore
 from tidings.storage.facets.notifications import NotificationStore
 from tidings.storage.facets.push_tokens import PushTokenStore
+from tidings.storage.facets.retention import RetentionStore
 from tidings.storage.facets.topics import TopicStore
 from tidings.storage.facets.users import UserStore
 
@@ -20,6 +21,7 @@ __all__ = [
     "DeviceStore",
     "NotificationStore",
     "PushTokenStore",
+    "RetentionStore",
     "TopicStore",
     "UserStore",
 ]

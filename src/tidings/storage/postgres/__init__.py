@@ -8,6 +8,7 @@ from tidings.storage.postgres.devices import PostgresDevices
 from tidings.storage.postgres.engine import PostgresEngine
 from tidings.storage.postgres.notifications import PostgresNotifications
 from tidings.storage.postgres.push_tokens import PostgresPushTokens
+from tidings.storage.postgres.retention import PostgresRetention
 from tidings.storage.postgres.topics import PostgresTopics
 from tidings.storage.postgres.users import PostgresUsers
 
@@ -19,6 +20,7 @@ class PostgresStore(
     PostgresCluster,
     PostgresCredentials,
     PostgresPushTokens,
+    PostgresRetention,
     PostgresUsers,
 ):
     """Store in PostgreSQL (version 12 or later)."""

@@ -142,7 +142,7 @@ class PostgresNotifications(PostgresEngine):
                 added.setdefault(fresh[nid][0], []).append(fresh[nid][3])
             final: dict[str, UnseenCount] = {}
             if added:
-                users = list(added)
+                users = sorted(added)  # the order every transaction takes count rows in
                 for row in await conn.fetch(
                     add_unseen_sql("postgres", ADDED_ROWS),
                     users,

@@ -8,6 +8,7 @@ from tidings.storage.sqlite.devices import SqliteDevices
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.notifications import SqliteNotifications
 from tidings.storage.sqlite.push_tokens import SqlitePushTokens
+from tidings.storage.sqlite.retention import SqliteRetention
 from tidings.storage.sqlite.topics import SqliteTopics
 from tidings.storage.sqlite.users import SqliteUsers
 
@@ -19,6 +20,7 @@ class SqliteStore(
     SqliteCluster,
     SqliteCredentials,
     SqlitePushTokens,
+    SqliteRetention,
     SqliteUsers,
 ):
     """Store in one SQLite file (``sqlite:///path.db``; ``sqlite:///:memory:`` for tests)."""
