@@ -4,7 +4,9 @@
     python bench/history.py --store postgresql://postgres@127.0.0.1:5432/test
 
 A ``tidings serve`` process; this process writes ``--notes`` notifications for one user through
-``/notify/batch``, then pages through all of them newest first with ``getNotifications``
+``/notify/batch`` between two halves of ``--others`` written for a thousand other users (so
+the reader's history sits inside the log, as an inactive user's does, with newer and older
+rows of others around it), then pages through all of them newest first with ``getNotifications``
 (``--page`` per page, each page asked after the answer to the one before; the per-device frame
 limit is lifted, a device may not ask that fast) and times every page,
 the last ones (the end of the history) apart. Then a second user gets ``--unread``
@@ -34,8 +36,12 @@ SECRET = "bench-history-secret-0123456789abcdef0123456789abcdef"
 
 
 async def fill(http: httpx.AsyncClient, headers: dict[str, str], user: str, n: int) -> None:
+    """``n`` notifications for ``user`` (a name ending in ``*``: spread over 1,000 users)."""
     for at in range(0, n, 500):
-        items = [{"user_id": user, "data": {"n": i}} for i in range(at, min(n, at + 500))]
+        items = [
+            {"user_id": user.replace("*", str(i % 1000)), "data": {"n": i}}
+            for i in range(at, min(n, at + 500))
+        ]
         answer = await http.post("/notify/batch", json={"notifications": items}, headers=headers)
         answer.raise_for_status()
 
@@ -62,7 +68,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     try:
         headers = {"Authorization": f"Bearer {service_token(store, base, 'notify')}"}
         async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            await fill(http, headers, "other-*", args.others // 2)
             await fill(http, headers, reader, args.notes)
+            await fill(http, headers, "other-*", args.others - args.others // 2)
             await fill(http, headers, marker, args.unread)
         if store.startswith("postgres") and args.analyze:
             # What autovacuum does after a bulk load: without fresh statistics the planner
@@ -103,6 +111,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "store": store.split(":", 1)[0],
             "analyzed": bool(args.analyze and store.startswith("postgres")),
             "notifications": args.notes,
+            "others": args.others,
             "pages": len(pages),
             "listed": seen,
             "page_p50_ms": ms(percentile(every, 0.5)),
@@ -121,6 +130,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None, help="store URL (default: a fresh SQLite file)")
     parser.add_argument("--notes", type=int, default=100_000, help="notifications to page through")
+    parser.add_argument(
+        "--others", type=int, default=100_000, help="other users' notifications around them"
+    )
     parser.add_argument("--page", type=int, default=50, help="notifications per page")
     parser.add_argument("--unread", type=int, default=10_000, help="notifications to mark read")
     parser.add_argument(
