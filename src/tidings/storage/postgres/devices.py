@@ -191,7 +191,7 @@ class PostgresDevices(PostgresEngine):
         if not rows:
             return [], after or "0.0"
         notes = [_notification(row, answered=True) for row in rows]
-        return notes, f"{rows[-1][6]}.{rows[-1][5]}"
+        return notes, f"{rows[-1][9]}.{rows[-1][5]}"
 
     async def recent_notifications(self, limit: int) -> list[Notification]:
         async with self.connection() as conn:

@@ -38,10 +38,8 @@ from tidings.storage.counts import (
 )
 from tidings.storage.postgres.engine import PostgresEngine
 from tidings.storage.postgres.rows import (
-    HISTORY_COLUMNS,
     NOTIFICATION_COLUMNS,
     UNSEEN_WITHIN,
-    _history_notification,
     _notification,
     _owned,
 )
@@ -234,8 +232,8 @@ class PostgresNotifications(PostgresEngine):
         # the end of the history (60-140 ms at 100,000, docs/benchmarks.md); a range cannot
         # give that order, so the user's own index is walked whatever the statistics say.
         sql = (
-            f"SELECT {HISTORY_COLUMNS} FROM notifications WHERE user_id >= $1 AND user_id <= $1 "
-            f"AND seq < $2 AND {HISTORY_WHERE[state]}"
+            f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+            f"WHERE user_id >= $1 AND user_id <= $1 AND seq < $2 AND {HISTORY_WHERE[state]}"
             + (" AND category = $4" if category is not None else "")
             + " ORDER BY user_id DESC, seq DESC LIMIT $3"
         )
@@ -243,7 +241,7 @@ class PostgresNotifications(PostgresEngine):
         params = [user_id, bound, limit, *([category] if category is not None else [])]
         async with self.connection() as conn:
             rows = await conn.fetch(sql, *params)
-        return [_history_notification(row) for row in rows]
+        return [_notification(row, answered=True) for row in rows]
 
     async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
         async with self.connection(transaction=True) as conn:

@@ -6,8 +6,6 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from tidings.core.models import (
     Notification,
     ServiceClient,
@@ -21,7 +19,11 @@ from tidings.storage._common import (
 )
 
 MIGRATION_LOCK = zlib.crc32(b"tidings-migrations")
-NOTIFICATION_COLUMNS = "notification_id, user_id, data::text, creation_date, seen_date, seq"
+#: a notification with its inbox fields, as :func:`_notification` reads it
+NOTIFICATION_COLUMNS = (
+    "notification_id, user_id, data::text, creation_date, seen_date, seq, category, read_date, "
+    "archived_date"
+)
 # The user's oldest unseen notifications up to a count and about a number of bytes of data
 # (at least one): sizes are summed in the database, so a page of large notifications costs
 # the node (and the wire) no more than the budget. Parameters: user_id, limit, bytes.
@@ -29,23 +31,10 @@ UNSEEN_WITHIN = (
     "WITH page AS (SELECT seq, octet_length(data::text) AS size FROM notifications "
     "WHERE user_id = $1 AND seen_date IS NULL ORDER BY seq LIMIT $2), "
     "sized AS (SELECT seq, size, sum(size) OVER (ORDER BY seq) AS upto FROM page) "
-    "SELECT n.notification_id, n.user_id, n.data::text, n.creation_date, n.seen_date, n.seq "
-    "FROM sized JOIN notifications n ON n.seq = sized.seq "
+    "SELECT n.notification_id, n.user_id, n.data::text, n.creation_date, n.seen_date, n.seq, "
+    "n.category, n.read_date, n.archived_date FROM sized JOIN notifications n ON n.seq = sized.seq "
     "WHERE sized.upto <= $3 OR sized.upto = sized.size ORDER BY n.seq"
 )
-
-
-HISTORY_COLUMNS = f"{NOTIFICATION_COLUMNS}, category, read_date, archived_date"
-
-
-def _history_notification(row: Any) -> Notification:
-    """A row of ``HISTORY_COLUMNS``: a notification with its inbox fields."""
-    return msgspec.structs.replace(
-        _notification(row, answered=True),
-        category=row[6],
-        read_date=row[7],
-        archived_date=row[8],
-    )
 
 
 async def _no_reset(connection: Any) -> None:
@@ -64,7 +53,10 @@ def _notification(row: Any, *, answered: bool = False) -> Notification:
         data=data,
         creation_date=row[3],
         seen_date=row[4],
-        seq=row[5] if len(row) > 5 else 0,
+        seq=row[5],
+        category=row[6],
+        read_date=row[7],
+        archived_date=row[8],
     )
 
 

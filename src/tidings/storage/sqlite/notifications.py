@@ -42,10 +42,8 @@ from tidings.storage.counts import (
 )
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import (
-    HISTORY_COLUMNS,
     NOTE_COLUMNS,
     UNSEEN_WITHIN,
-    _history_notification,
     _insert_rows,
     _notification,
     _owned,
@@ -202,7 +200,7 @@ class SqliteNotifications(SqliteEngine):
         limit: int,
     ) -> list[Notification]:
         sql = (
-            f"SELECT {HISTORY_COLUMNS} FROM notifications WHERE user_id = ? AND seq < ? "
+            f"SELECT {NOTE_COLUMNS} FROM notifications WHERE user_id = ? AND seq < ? "
             f"AND {HISTORY_WHERE[state]}"
             + (" AND category = ?" if category is not None else "")
             + " ORDER BY seq DESC LIMIT ?"
@@ -211,7 +209,7 @@ class SqliteNotifications(SqliteEngine):
         params = (user_id, bound, *([category] if category is not None else []), limit)
 
         def run(conn: sqlite3.Connection) -> list[Notification]:
-            return [_history_notification(row) for row in conn.execute(sql, params)]
+            return [_notification(row, answered=True) for row in conn.execute(sql, params)]
 
         return await self.read(run)
 

@@ -6,8 +6,6 @@ import sqlite3
 from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
-import msgspec
-
 from tidings.core.ids import CONNECTION_ID, new_id
 from tidings.core.models import (
     Device,
@@ -61,7 +59,11 @@ def _insert_rows(
         )
 
 
-NOTE_COLUMNS = "notification_id, user_id, CAST(data AS BLOB), creation_date, seen_date, seq"
+#: a notification with its inbox fields, as :func:`_notification` reads it
+NOTE_COLUMNS = (
+    "notification_id, user_id, CAST(data AS BLOB), creation_date, seen_date, seq, category, "
+    "read_date, archived_date"
+)
 
 # The user's oldest unseen notifications up to a count and about a number of bytes of data
 # (at least one): sizes are summed over the page's rows without reading them into Python,
@@ -72,7 +74,8 @@ UNSEEN_WITHIN = (
     "WHERE user_id = ? AND seen_date IS NULL ORDER BY seq LIMIT ?), "
     "sized AS (SELECT seq, size, sum(size) OVER (ORDER BY seq) AS upto FROM page) "
     "SELECT n.notification_id, n.user_id, CAST(n.data AS BLOB), n.creation_date, "
-    "n.seen_date, n.seq FROM sized JOIN notifications n ON n.seq = sized.seq "
+    "n.seen_date, n.seq, n.category, n.read_date, n.archived_date "
+    "FROM sized JOIN notifications n ON n.seq = sized.seq "
     "WHERE sized.upto <= ? OR sized.upto = sized.size ORDER BY n.seq"
 )
 
@@ -89,18 +92,7 @@ def _notification(row: tuple[Any, ...], *, answered: bool = False) -> Notificati
         data=data,
         creation_date=parse_iso(row[3]),
         seen_date=parse_iso(row[4]) if row[4] else None,
-        seq=row[5] if len(row) > 5 else 0,
-    )
-
-
-HISTORY_COLUMNS = f"{NOTE_COLUMNS}, category, read_date, archived_date"
-
-
-def _history_notification(row: tuple[Any, ...]) -> Notification:
-    """A row of ``HISTORY_COLUMNS``: a notification with its inbox fields."""
-    note = _notification(row, answered=True)
-    return msgspec.structs.replace(
-        note,
+        seq=row[5],
         category=row[6],
         read_date=parse_iso(row[7]) if row[7] else None,
         archived_date=parse_iso(row[8]) if row[8] else None,
