@@ -128,6 +128,9 @@ async def notify_batch_answer(node: ApiNode, body: bytes) -> tuple[int, bytes]:
                         "data": note.data,
                         "creation_date": last_text,
                         "seen_date": note.seen_date and isoformat(note.seen_date),
+                        "category": note.category,
+                        "read_date": note.read_date and isoformat(note.read_date),
+                        "archived_date": note.archived_date and isoformat(note.archived_date),
                     },
                 }
             )

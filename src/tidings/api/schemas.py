@@ -48,6 +48,10 @@ class NotificationOut(BaseModel):
     data: Any
     creation_date: datetime
     seen_date: datetime | None
+    #: the inbox's fields (wire contract 1.1)
+    category: str | None = None
+    read_date: datetime | None = None
+    archived_date: datetime | None = None
 
     @classmethod
     def of(cls, notification: Notification) -> NotificationOut:
@@ -57,6 +61,9 @@ class NotificationOut(BaseModel):
             data=notification.data,
             creation_date=notification.creation_date,
             seen_date=notification.seen_date,
+            category=notification.category,
+            read_date=notification.read_date,
+            archived_date=notification.archived_date,
         )
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
 from tidings.auth.jwt import JwtAuthenticator
-from tidings.core.limits import MAX_USER_ID_LENGTH
+from tidings.core.limits import MAX_CATEGORY_LENGTH, MAX_USER_ID_LENGTH
 from tidings.errors import InvalidArgument, PayloadTooLarge
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -29,6 +29,7 @@ class DemoToken(BaseModel):
 class DemoNotify(BaseModel):
     user_id: str = Field(min_length=1, max_length=MAX_USER_ID_LENGTH)
     text: str = Field(min_length=1, max_length=500)
+    category: str | None = Field(None, min_length=1, max_length=MAX_CATEGORY_LENGTH)
 
 
 def mount_web(
@@ -114,7 +115,7 @@ def mount_web(
     async def demo_notify(body: DemoNotify) -> dict[str, Any]:
         """Demo mode only: send a notification without service credentials."""
         try:
-            result = await tidings.notify(body.user_id, {"text": body.text})
+            result = await tidings.notify(body.user_id, {"text": body.text}, category=body.category)
         except (InvalidArgument, PayloadTooLarge) as exc:
             raise HTTPException(422, str(exc)) from None
         return result.notification.to_dict()

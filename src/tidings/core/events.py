@@ -87,8 +87,12 @@ def encode_device_forgotten(user_id: str, connection_id: str, origin: str) -> by
 USER_ERASED = "user-erased"
 
 
-def encode_user_erased(user_id: str, origin: str) -> bytes:
-    return orjson.dumps({"type": USER_ERASED, "user_id": user_id, "node": origin})
+def encode_user_erased(user_id: str, origin: str, version: int) -> bytes:
+    """``version``: the user's count version after the erasure; sockets that already had it
+    (or a later one) were opened after the erasure and stay."""
+    return orjson.dumps(
+        {"type": USER_ERASED, "user_id": user_id, "node": origin, "version": version}
+    )
 
 
 #: A message published to a topic.

@@ -63,6 +63,7 @@ class Connection:
         "delivered_upto",
         "delivery",
         "delivery_again",
+        "erased_below",
         "last_version",
         "max_queue",
         "pause_bytes",
@@ -124,6 +125,9 @@ class Connection:
         self.max_queue = max_queue
         #: version of the last count sent; older counts are dropped so the badge never regresses
         self.last_version = -1
+        #: set when its user was erased before this socket had its first count: the socket
+        #: closes if that count is older than the erasure (it was opened before it)
+        self.erased_below = 0
         #: reading from the client pauses while more than this many bytes wait to be sent
         self.pause_bytes = pause_bytes
         #: frames waiting to be sent (a deque only while there are some: an empty one costs

@@ -203,6 +203,9 @@ async def run_session(
             conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS.message)
             return
         conn.push_count(count.count, count.version, protocol.counts_frame(count))
+        if count.version < conn.erased_below:  # opened before its user was erased
+            conn.close(CloseCode.NORMAL, "user erased")
+            return
         del count
         await node.reactivate_session(conn, topics)
         del topics

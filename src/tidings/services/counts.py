@@ -189,7 +189,7 @@ class Counts:
         self, user_id: str, change: StateChange, notification_ids: Sequence[str] | None
     ) -> MarkSeenResult:
         """Read, archive or unarchive notifications of ``user_id`` (``None``: all of them);
-        when the unseen count changes, every device of the user gets it.
+        when anything changed, every device of the user gets the counts.
 
         Raises:
             NotFound: an id is unknown or another user's; nothing was changed.

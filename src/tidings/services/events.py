@@ -80,9 +80,11 @@ class BusEvents:
             if isinstance(user_id, str) and isinstance(connection_id, str):
                 self.queues.close_device(user_id, connection_id)
         elif kind == events.USER_ERASED:
-            user_id = event.get("user_id")
-            if isinstance(user_id, str):
-                self.queues.close_user(user_id)
+            user_id, version = event.get("user_id"), event.get("version", 0)
+            # The erasing node closed its sockets already; later ones are new sign-ins.
+            ours = event.get("node") == self.node_id
+            if isinstance(user_id, str) and isinstance(version, int) and not ours:
+                self.queues.close_user(user_id, version)
 
     def on_reconnect(self) -> None:
         self.counters.bus_reconnects += 1

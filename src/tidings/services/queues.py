@@ -167,17 +167,25 @@ class Queues:
             invalidate(user_id)
         self.close_user(user_id)
         try:
+            version = (await self.store.count(user_id)).version
             await self.bus.publish(
-                user_channel(user_id), events.encode_user_erased(user_id, self.node_id)
+                user_channel(user_id), events.encode_user_erased(user_id, self.node_id, version)
             )
-        except BusError as exc:
+        except (BusError, StoreUnavailable) as exc:
             # Its sockets elsewhere find their device gone at their next queue read.
             logger.warning("user-erased event not published: %s", exc)
         return erased
 
-    def close_user(self, user_id: str) -> None:
-        """Close every socket of the user on this node (the user was erased)."""
+    def close_user(self, user_id: str, version: int | None = None) -> None:
+        """Close the user's sockets on this node (the user was erased): all of them, or with
+        the erasure's count ``version`` those opened before it (a socket that had no count
+        yet is decided when it gets its first)."""
         for conn in list(self.registry.connections(user_id)):
+            if version is not None and conn.last_version >= version:
+                continue  # signed in after the erasure
+            if version is not None and conn.last_version < 0:
+                conn.erased_below = version
+                continue
             conn.close(codec.CLOSE_NORMAL, "user erased", flush=False)
 
     def close_device(self, user_id: str, connection_id: str) -> None:

@@ -75,7 +75,9 @@ class RetentionStore(Protocol):
 
 
 class QueueStore(Protocol):
-    """The durable queues of devices."""
+    """The durable queues of devices (and the count an erasure leaves)."""
+
+    async def count(self, user_id: str) -> UnseenCount: ...
 
     async def pending(
         self, connection_id: str, user_id: str, after_seq: int, limit: int

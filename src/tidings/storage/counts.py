@@ -84,12 +84,16 @@ def lower_counts_sql(dialect: Dialect) -> str:
 
 
 def erase_counts_sql(dialect: Dialect) -> str:
-    """Every count of a user to zero, as one change (a re-signed-in device never takes an older
-    version for a newer one)."""
-    user = "$1" if dialect == "postgres" else "?"
+    """Every count of a user to zero, as one change: a re-signed-in device never takes an older
+    version for a newer one, and the sockets opened before the erasure are told from those
+    opened after by it (a user without a row gets one, at version 1)."""
+    table, q, user = (
+        ("user_counts AS c", "c.", "$1") if dialect == "postgres" else ("user_counts", "", "?")
+    )
     return (
-        "UPDATE user_counts SET unseen = 0, unread = 0, categories = NULL, "
-        f"version = version + 1 WHERE user_id = {user}"
+        f"INSERT INTO {table} (user_id, unseen, unread, version) VALUES ({user}, 0, 0, 1) "
+        "ON CONFLICT (user_id) DO UPDATE SET unseen = 0, unread = 0, categories = NULL, "
+        f"version = {q}version + 1"
     )
 
 

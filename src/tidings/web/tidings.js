@@ -5,11 +5,14 @@
 //   t.addEventListener("count", (e) => badge.textContent = e.detail.count);
 //   t.connect();
 //   const notes = await t.getUnseen();  await t.markSeen(notes.map((n) => n.notification_id));
+//   const feed = t.feed({ state: "unread" });          // the inbox, page by page, kept live
+//   feed.addEventListener("change", () => render(feed.items));  feed.loadMore();
 //
-// Events (CustomEvent, data in `detail`): open, welcome, count {count, version},
-// notification {notification} (deliver mode, once per id), topicMessage {topic, seq, data,
-// creation_date}, queueGap {reason, skipped}, error {code, message}, close {code, reason},
-// unauthorized {code}.
+// Events (CustomEvent, data in `detail`): open, welcome, count {count, version, unread,
+// categories, initial}, notification {notification} (deliver mode, once per id), inboxChange
+// {change, ids, marked, notifications} (after this client's markSeen, markRead, archive, …
+// succeeded; ids null for the mark-alls), topicMessage {topic, seq, data, creation_date},
+// queueGap {reason, skipped}, error {code, message}, close {code, reason}, unauthorized {code}.
 
 const SESSION_KEY = "tidings.session_id";
 const CONNECTION_KEY = "tidings.connection_id";
@@ -66,6 +69,8 @@ export class Tidings extends EventTarget {
     this.backoffMax = options.backoffMax ?? 30000;
     this.requestTimeout = options.requestTimeout ?? 10000;
     this.count = null;
+    this.unread = null;
+    this.categories = {};
     this.version = -1;
     this.connectionId = null;
     this.userId = null;
@@ -82,6 +87,9 @@ export class Tidings extends EventTarget {
     this._attempt = 0;
     this._timer = null;
     this._stopped = true;
+    this._feeds = new Set();
+    this._welcomes = 0; // connections made
+    this._initial = false; // the next counts are those that come with the welcome
   }
 
   /** Connect, and keep reconnecting with jittered exponential backoff until close(). */
@@ -168,17 +176,25 @@ export class Tidings extends EventTarget {
         this.userId = frame.user_id;
         this.node = frame.node;
         this.sessionId = frame.session_id;
+        this._welcomes += 1;
+        this._initial = true;
         this._emit("welcome", frame);
         this._emit("open", frame);
         this._recoverTopics();
         return;
-      case "newNotificationCountChanged":
+      case "newNotificationCountChanged": {
+        const initial = this._initial; // the state as the connection opened
+        this._initial = false;
         if (frame.version > this.version) {
           this.version = frame.version;
           this.count = frame.count;
-          this._emit("count", { count: frame.count, version: frame.version });
+          this.unread = frame.unread ?? 0; // servers before protocol 1.1 leave these out
+          this.categories = frame.categories ?? {};
+          const { count, version, unread, categories } = this;
+          this._emit("count", { count, version, unread, categories, initial });
         }
         return;
+      }
       case "notification": {
         const id = frame.notification.notification_id;
         this._queueAck(id); // repeats are acknowledged too: only acks empty the queue
@@ -234,9 +250,65 @@ export class Tidings extends EventTarget {
   }
 
   /** Mark notifications seen; every device of the user gets the new count. */
-  async markSeen(ids) {
-    if (!ids.length) return 0;
-    return (await this.request({ type: "markSeen", notification_ids: ids })).marked;
+  markSeen(ids) {
+    return this._change("markSeen", "seen", ids);
+  }
+
+  /** Everything unseen now, seen (the count falls to 0 on every device). */
+  markAllSeen() {
+    return this._change("markAllSeen", "seen", null);
+  }
+
+  /** Read notifications (reading is seeing). Resolves with how many changed. */
+  markRead(ids) {
+    return this._change("markRead", "read", ids);
+  }
+
+  /** Everything of the user, read. */
+  markAllRead() {
+    return this._change("markAllRead", "read", null);
+  }
+
+  /** Take notifications out of the inbox into the archive (archiving reads them). */
+  archive(ids) {
+    return this._change("archive", "archive", ids);
+  }
+
+  /** Bring archived notifications back to the inbox (they stay read). */
+  unarchive(ids) {
+    return this._change("unarchive", "unarchive", ids);
+  }
+
+  async _change(type, change, ids) {
+    if (ids && !ids.length) return 0;
+    const { marked } = await this.request(ids ? { type, notification_ids: ids } : { type });
+    // What the feeds hold of them, for a feed they move into (archive, unarchive).
+    const wanted = new Set(ids ?? []);
+    const known = new Map();
+    for (const feed of this._feeds) {
+      for (const n of feed.items) if (wanted.has(n.notification_id)) known.set(n.notification_id, n);
+    }
+    this._emit("inboxChange", { change, ids, marked, notifications: [...known.values()] });
+    return marked;
+  }
+
+  /**
+   * A page of the history, newest first: resolves with {notifications, next_cursor}; ask again
+   * with `cursor: next_cursor` until it is null. state: "all" (not archived), "unseen",
+   * "unread" or "archived"; limit 1 to 100.
+   */
+  async getNotifications({ state, category, cursor, limit } = {}) {
+    const frame = { type: "getNotifications" };
+    for (const [key, value] of Object.entries({ state, category, cursor, limit })) {
+      if (value != null) frame[key] = value;
+    }
+    const { notifications, next_cursor } = await this.request(frame);
+    return { notifications, next_cursor };
+  }
+
+  /** A live, paged view of the inbox: see Feed. */
+  feed(options) {
+    return new Feed(this, options);
   }
 
   /** Subscribe this tab's session to topics (they come back by themselves on reconnection). */
@@ -291,6 +363,177 @@ export class Tidings extends EventTarget {
   async forget() {
     await this.request({ type: "forgetDevice" });
     this._stopped = true;
+  }
+}
+
+// Which notifications each state of a feed holds (as the server's getNotifications does).
+const IN_STATE = {
+  all: (n) => !n.archived_date,
+  unseen: (n) => !n.seen_date && !n.archived_date,
+  unread: (n) => !n.read_date && !n.archived_date,
+  archived: (n) => Boolean(n.archived_date),
+};
+
+// What a change does to a notification, applied locally once the server has answered.
+const APPLY = {
+  seen: (n, now) => ({ ...n, seen_date: n.seen_date ?? now }),
+  read: (n, now) => ({ ...n, seen_date: n.seen_date ?? now, read_date: n.read_date ?? now }),
+  archive: (n, now) => ({ ...APPLY.read(n, now), archived_date: n.archived_date ?? now }),
+  unarchive: (n) => ({ ...n, archived_date: null }),
+};
+
+// The feed a change may bring notifications into.
+const ENTERS = { archive: "archived", unarchive: "all" };
+
+/**
+ * The inbox as a list kept up to date: `items`, newest first and without duplicates, grows a
+ * page at a time with loadMore() (while `hasMore`). New notifications come in at the top: in
+ * deliver mode from `notification` frames, otherwise by reading the first page again when the
+ * count's version rises. This client's markRead, archive, … apply to the items once the server
+ * has answered. Fires `change` {items, reason} and `error` {message} (a background refresh
+ * failed). Items beyond the first page are not checked again against other devices' changes.
+ */
+export class Feed extends EventTarget {
+  constructor(tidings, { state = "all", category = null, pageSize = 20 } = {}) {
+    super();
+    if (!IN_STATE[state]) throw new Error(`unknown state: ${state}`);
+    this.tidings = tidings;
+    this.state = state;
+    this.category = category;
+    this.pageSize = pageSize;
+    this.items = [];
+    this.hasMore = true;
+    this.loaded = false; // the first page is in
+    this._cursor = null;
+    this._last = Promise.resolve(); // pages and refreshes run one after the other
+    this._pendingRefresh = null;
+    this._lastCount = null;
+    this._askedOn = null; // the connection the first page was last asked on
+    this._closed = false;
+    this._listeners = {
+      count: ({ detail: { count, initial } }) => {
+        const rose = this._lastCount != null && count > this._lastCount;
+        this._lastCount = count;
+        // The counts of a new connection are news only to a first page asked before it; in
+        // deliver mode a higher count is new notifications, which come as frames.
+        const news = initial ? this._askedOn !== tidings._welcomes : !(tidings.deliver && rose);
+        if (news) this._background();
+      },
+      notification: (e) => this._serial(() => this._insert(e.detail.notification)),
+      inboxChange: (e) => this._apply(e.detail),
+    };
+    for (const [type, listener] of Object.entries(this._listeners)) tidings.addEventListener(type, listener);
+    tidings._feeds.add(this);
+  }
+
+  /** Stop following the client. */
+  close() {
+    for (const [type, listener] of Object.entries(this._listeners)) this.tidings.removeEventListener(type, listener);
+    this.tidings._feeds.delete(this);
+    this._closed = true;
+  }
+
+  /** Load the next page (waits for the connection); resolves with the items it added. */
+  loadMore() {
+    return this._serial(async () => {
+      if (!this.hasMore) return [];
+      const page = await this._page(this._cursor);
+      const known = new Set(this.items.map((n) => n.notification_id));
+      const added = page.notifications.filter((n) => !known.has(n.notification_id));
+      this._cursor = page.next_cursor;
+      this.hasMore = page.next_cursor != null;
+      this.loaded = true;
+      this._set([...this.items, ...added], "page");
+      return added;
+    });
+  }
+
+  /** Read the first page again and merge it: new ones on top, changed ones updated (nothing
+   * before the first loadMore). */
+  refresh() {
+    this._pendingRefresh ??= this._serial(async () => {
+      this._pendingRefresh = null; // a change from now on needs another look
+      if (!this.loaded) return; // the first loadMore will see it
+      const page = await this._page(null);
+      const fresh = page.notifications;
+      const ids = new Set(fresh.map((n) => n.notification_id));
+      // Below the deepest item held that the page has too, what was loaded stays: nothing can
+      // be missing in between. When the page holds none of them (or is all there is), paging
+      // starts again from it.
+      const deepest = this.items.findLastIndex((n) => ids.has(n.notification_id));
+      const joins = page.next_cursor != null && deepest >= 0;
+      const below = joins ? this.items.slice(deepest + 1).filter((n) => !ids.has(n.notification_id)) : [];
+      if (!joins) {
+        this._cursor = page.next_cursor;
+        this.hasMore = page.next_cursor != null;
+      }
+      this._set([...fresh, ...below], "refresh");
+    });
+    return this._pendingRefresh;
+  }
+
+  _background() {
+    this.refresh().catch((error) => this._emit("error", { message: error.message }));
+  }
+
+  async _page(cursor) {
+    if (!this.tidings.connected) {
+      await new Promise((resolve) => this.tidings.addEventListener("open", resolve, { once: true }));
+    }
+    if (cursor == null) this._askedOn = this.tidings._welcomes;
+    const { state, category, pageSize: limit } = this;
+    return this.tidings.getNotifications({ state, category, cursor, limit });
+  }
+
+  _serial(task) {
+    const run = this._last.then(task);
+    this._last = run.catch(() => {});
+    return run;
+  }
+
+  _matches(n) {
+    return IN_STATE[this.state](n) && (this.category == null || n.category === this.category);
+  }
+
+  _insert(note) {
+    if (this.loaded) this._set(this._place(this.items, note), "live"); // else the first page has it
+  }
+
+  /** `items` with `note` in its place by date, if it belongs to the feed and is not there. */
+  _place(items, note) {
+    if (!this._matches(note) || items.some((n) => n.notification_id === note.notification_id)) return items;
+    // Pages keep the server's order (the log's); one placed here goes above those not created
+    // after it (a batch's notifications share one creation_date).
+    let at = items.findIndex((n) => n.creation_date <= note.creation_date);
+    if (at < 0) {
+      if (this.hasMore) return items; // older than what is loaded: a later page brings it
+      at = items.length;
+    }
+    return items.toSpliced(at, 0, note);
+  }
+
+  _apply({ change, ids, notifications = [] }) {
+    const now = new Date().toISOString();
+    const hit = ids && new Set(ids);
+    let items = this.items.map((n) => (!hit || hit.has(n.notification_id) ? APPLY[change](n, now) : n));
+    items = items.filter((n) => this._matches(n));
+    if (ENTERS[change] === this.state) {
+      // They move into this feed: those another feed of the client held take their place;
+      // for any other, the first page is read again.
+      for (const note of notifications) items = this._place(items, APPLY[change](note, now));
+      if (notifications.length < ids.length) this._background();
+    }
+    this._set(items, change);
+  }
+
+  _set(items, reason) {
+    if (this._closed) return;
+    this.items = items;
+    this.dispatchEvent(new CustomEvent("change", { detail: { items, reason } }));
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 }
 

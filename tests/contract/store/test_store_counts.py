@@ -36,14 +36,16 @@ async def test_counts_follow_every_change_with_one_version(store: Store) -> None
     # Archiving an unseen one reads and sees it: its category leaves at zero.
     archived = await store.change_state("ann", "archive", [ids[2]])
     assert shape(archived.count) == (1, 2, 7, {"orders": 1})
-    # Unarchiving keeps it read: no count changes, no version.
+    # Unarchiving keeps it read: no count moves, but it is a change (devices hear of it).
     back = await store.change_state("ann", "unarchive", [ids[2]])
-    assert back.marked == [ids[2]] and back.count is None
-    # Archiving something already seen and read changes no count either.
+    assert back.marked == [ids[2]] and shape(back.count) == (1, 2, 8, {"orders": 1})
+    # So is archiving something already seen and read; asking again is none.
+    assert shape((await store.change_state("ann", "archive", [ids[0]])).count)[2] == 9
     assert (await store.change_state("ann", "archive", [ids[0]])).count is None
-    assert shape(await store.count("ann")) == (1, 2, 7, {"orders": 1})
+    assert (await store.change_state("ann", "unarchive", [ids[1]])).count is None
+    assert shape(await store.count("ann")) == (1, 2, 9, {"orders": 1})
     everything = await store.change_state("ann", "read", None)
-    assert shape(everything.count) == (0, 0, 8, {})
+    assert shape(everything.count) == (0, 0, 10, {})
     assert everything.count is not None and everything.count.categories is None
     assert (await store.change_state("ann", "read", None)).count is None
     assert shape(await store.count("nobody")) == (0, 0, 0, {})

@@ -116,7 +116,8 @@ async def test_reading_archiving_and_unarchiving(store: Store) -> None:
     assert [n.data["n"] for n in await store.history("ann", "archived", None, None, 10)] == [2, 1]
     assert [n.data["n"] for n in await store.history("ann", "all", None, None, 10)] == [3, 0]
     back = await store.change_state("ann", "unarchive", [ids[2]])
-    assert back.marked == [ids[2]] and back.count is None
+    assert back.marked == [ids[2]] and back.count is not None  # a change, counts as they were
+    assert back.count.count == 1
     restored = (await store.history("ann", "all", None, None, 10))[1]
     assert restored.data["n"] == 2 and restored.read_date is not None
     assert restored.archived_date is None and restored.seen_date is not None

@@ -117,8 +117,9 @@ class NotificationStore(ABC):
     ) -> MarkSeenResult:
         """Read, archive or unarchive the listed notifications of the user (``None``: every
         one of the user at this moment), in one transaction: ``marked`` lists those whose
-        state changed; ``count`` is the new count when the unseen count changed (reading and
-        archiving see what was unseen; the version rises once), else ``None``.
+        state changed; ``count`` the counts after the change when anything changed (reading
+        and archiving see and read what was not; the version rises once, even when no count
+        moved), else ``None``.
 
         Raises:
             NotFound: a listed id is unknown or another user's; nothing was changed.

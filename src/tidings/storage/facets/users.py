@@ -16,6 +16,7 @@ class UserStore(ABC):
         rows of each went, by kind (``notifications``, ``devices``, ``sockets``, ``sessions``,
         ``push_tokens``); all zero for a user the store does not know.
 
-        The count's row stays, at 0 and one version higher: devices that sign in again
-        must never take a later count for an older one (clients keep the highest version
-        they saw); it holds the user id and two numbers, nothing else."""
+        The count's row stays (or is made), at 0 and one version higher: devices that sign
+        in again must never take a later count for an older one (clients keep the highest
+        version they saw), and the nodes tell the sockets opened before the erasure from
+        those opened after by it; it holds the user id and its numbers, nothing else."""

@@ -202,6 +202,7 @@ class PostgresNotifications(PostgresEngine):
         if not ids:
             return MarkSeenResult()
         async with self.connection(transaction=True) as conn:
+            await conn.execute(USER_LOCK, user_id)
             await _owned(conn, user_id, ids)
             # Rows locked by a concurrent markSeen are re-checked after its commit, so each
             # notification is counted down once.
@@ -245,6 +246,7 @@ class PostgresNotifications(PostgresEngine):
 
     async def mark_all_seen(self, user_id: str) -> MarkSeenResult:
         async with self.connection(transaction=True) as conn:
+            await conn.execute(USER_LOCK, user_id)
             # Rows a concurrent markSeen holds are re-checked after its commit: each
             # notification is counted down once.
             seen = await conn.fetch(
@@ -266,6 +268,7 @@ class PostgresNotifications(PostgresEngine):
             return MarkSeenResult()
         now = utcnow()
         async with self.connection(transaction=True) as conn:
+            await conn.execute(USER_LOCK, user_id)
             if ids is not None:
                 await _owned(conn, user_id, ids)  # raises NotFound, nothing changed
             changed: dict[str, list[Any]] = {}
@@ -281,8 +284,10 @@ class PostgresNotifications(PostgresEngine):
                 changed[column] = await conn.fetch(sql, *args, *([now] if setting else []))
             marked = [row[0] for row in changed[column]]
             seen, read = changed.get("seen_date", []), len(changed.get("read_date", []))
-            if not seen and not read:
-                return MarkSeenResult(marked)
+            if not marked:  # asked again: nothing changed, no new version
+                return MarkSeenResult()
+            # A change the counts may not show (an archive of what was read, an unarchive)
+            # is still one: the version rises, and every device hears of it.
             count = await _lower(conn, user_id, seen, read)
         return MarkSeenResult(marked, count)
 
@@ -318,3 +323,8 @@ async def _lower(conn: Any, user_id: str, seen: Sequence[Any], read: int) -> Uns
         lower_counts_sql("postgres"), user_id, len(seen), read, lowered(r[1] for r in seen)
     )
     return counted(user_id, row)
+
+
+#: a user's changes of state one after another: two of them updating the same rows in other
+#: orders (markAllRead and markAllSeen at once) would deadlock; creations take the same lock
+USER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))"

@@ -64,6 +64,14 @@ class PostgresRetention(PostgresEngine):
         """Remove the notifications ``chosen`` selects (by seq) and lower their users'
         counts, in one transaction."""
         async with self.connection(transaction=True) as conn:
+            # The users' locks first, in the order creations take them: a change of state
+            # under way finishes before these rows go.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT "
+                f"hashtextextended(user_id, 7) AS k FROM notifications WHERE seq IN ({chosen}) "
+                "ORDER BY k) AS locks",
+                *params,
+            )
             rows = await conn.fetch(
                 f"DELETE FROM notifications WHERE seq IN ({chosen}) RETURNING {REMOVED_COLUMNS}",
                 *params,

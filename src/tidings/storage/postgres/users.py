@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tidings.storage.counts import erase_counts_sql
 from tidings.storage.postgres.engine import PostgresEngine
+from tidings.storage.postgres.notifications import USER_LOCK
 
 
 class PostgresUsers(PostgresEngine):
@@ -11,6 +12,7 @@ class PostgresUsers(PostgresEngine):
 
     async def erase_user(self, user_id: str) -> dict[str, int]:
         async with self.connection(transaction=True) as conn:
+            await conn.execute(USER_LOCK, user_id)  # after the user's changes under way
             # The count's row first: concurrent changes of the user's count wait for this
             # transaction, as they wait for one another.
             await conn.execute(erase_counts_sql("postgres"), user_id)

@@ -249,8 +249,10 @@ class SqliteNotifications(SqliteEngine):
                 ).fetchall()
             marked = [row[0] for row in changed[column]]
             seen, read = changed.get("seen_date", []), len(changed.get("read_date", []))
-            if not seen and not read:
-                return MarkSeenResult(marked)
+            if not marked:  # asked again: nothing changed, no new version
+                return MarkSeenResult()
+            # A change the counts may not show (an archive of what was read, an unarchive)
+            # is still one: the version rises, and every device hears of it.
             return MarkSeenResult(marked, _lower(conn, user_id, seen, read))
 
         return await self.write(run)
