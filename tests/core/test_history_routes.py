@@ -127,3 +127,22 @@ async def test_notify_with_a_category_and_the_category_filter(api: Any) -> None:
         len((await http.get("/me/notifications", headers=device("ann"))).json()["notifications"])
         == 3
     )
+
+
+async def test_marks_over_the_id_limit_change_nothing(api: Any) -> None:
+    """1,001 ids (one past the limit), an empty list or a body with neither ids nor "all": 422
+    on every mark, and nothing changed; the same ids within the limit are taken."""
+    http, node, _ = api
+    made = await node.notify("ann", {"n": 1})
+    nid = made.notification.notification_id
+    too_many = [nid] * 1001
+    for mark in ("seen", "read", "archive", "unarchive"):
+        for body in ({"notification_ids": too_many}, {"notification_ids": []}, {}):
+            refused = await http.post(f"/me/notifications/{mark}", json=body, headers=device("ann"))
+            assert refused.status_code == 422, (mark, body, refused.text)
+    count = await node.count("ann")
+    assert (count.count, count.unread, count.version) == (1, 1, 1)
+    taken = await http.post(
+        "/me/notifications/read", json={"notification_ids": [nid] * 1000}, headers=device("ann")
+    )
+    assert taken.status_code == 200 and taken.json() == {"marked": 1}

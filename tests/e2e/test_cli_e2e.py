@@ -81,10 +81,20 @@ def test_notify_and_listen(server: ServerProcess) -> None:
         notification = json.loads(sent.stdout)
         assert notification["data"] == {"text": "plain words"}
         frames = [json.loads(listener.stdout.readline()) for _ in range(3)]
-        assert frames[0] == {"type": "newNotificationCountChanged", "count": 1, "version": 1}
+        assert frames[0] == {
+            "type": "newNotificationCountChanged",
+            "count": 1,
+            "version": 1,
+            "unread": 1,
+        }
         assert frames[1]["type"] == "newNotificationData"
         assert frames[1]["notifications"][0]["notification_id"] == notification["notification_id"]
-        assert frames[2] == {"type": "newNotificationCountChanged", "count": 0, "version": 2}
+        assert frames[2] == {
+            "type": "newNotificationCountChanged",
+            "count": 0,
+            "version": 2,
+            "unread": 1,
+        }
     finally:
         listener.terminate()
         listener.wait(10)

@@ -174,7 +174,7 @@ async def test_shutdown_closes_devices_for_reconnect(start_server) -> None:  # t
     await asyncio.to_thread(proc.stop)
     assert await device.next_event(timeout=10) in (
         None,
-        {"type": "newNotificationCountChanged", "count": 0, "version": 0},
+        {"type": "newNotificationCountChanged", "count": 0, "version": 0, "unread": 0},
     )
     await device.close()
     assert device.close_code in (1001, 1012)

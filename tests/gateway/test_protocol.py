@@ -66,12 +66,16 @@ def test_error_keeps_the_frame_id_when_known() -> None:
     assert info.value.frame_id == "q1"
 
 
-def test_too_many_ids_are_refused() -> None:
-    """markSeen accepts at most MAX_IDS_PER_FRAME ids."""
+@pytest.mark.parametrize("kind", ["markSeen", "markRead", "archive", "unarchive", "ack"])
+def test_too_many_ids_are_refused(kind: str) -> None:
+    """Frames naming notifications accept at most MAX_IDS_PER_FRAME ids, and at least one."""
     ids = [str(i) for i in range(protocol.MAX_IDS_PER_FRAME + 1)]
-    text = orjson.dumps({"type": "markSeen", "notification_ids": ids}).decode()
-    with pytest.raises(ProtocolError):
-        protocol.parse_frame(text)
+    for listed in (ids, []):
+        text = orjson.dumps({"type": kind, "id": 1, "notification_ids": listed}).decode()
+        with pytest.raises(ProtocolError):
+            protocol.parse_frame(text)
+    text = orjson.dumps({"type": kind, "id": 1, "notification_ids": ids[:-1]}).decode()
+    assert protocol.parse_frame(text) is not None
 
 
 def test_server_frames_have_contract_shapes() -> None:
