@@ -67,3 +67,30 @@ async def test_old_notifications_go_by_category(tmp_path: Path) -> None:
         count = await tidings.count("ann")
         assert (count.count, count.categories) == (2, {"promo": 1})
         assert kept.count is not None and count.version == kept.count.version + 2
+
+
+async def test_a_device_away_is_told_what_retention_took_from_its_queue(tmp_path: Path) -> None:
+    async with make(tmp_path, history_max=2) as tidings:
+        sweep = retention(tidings)
+        await sweep.sweep()
+        device = await tidings.store.bind_device("ann", None)
+        made = [await tidings.notify("ann", {"n": n}) for n in range(5)]
+        assert await sweep.sweep() == 3
+        sink = Sink()
+        conn = Connection(
+            sink,
+            connection_id=device.connection_id,
+            user_id="ann",
+            session_id="s",
+            counters=Counters(),
+            deliver=True,
+        )
+        await tidings.registry.add(conn)
+        conn.open()
+        await tidings.queues.open_queue(conn)
+        await eventually(lambda: len(sink.frames) >= 3)
+        assert sink.frames[0] == '{"type":"queueGap","reason":"retention","skipped":3}'
+        kept = [r.notification.notification_id for r in made[3:]]
+        assert all(nid in frame for nid, frame in zip(kept, sink.frames[1:3], strict=True))
+        conn.close()
+        await asyncio.wait_for(conn.finished(), 2)

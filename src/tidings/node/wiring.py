@@ -80,6 +80,8 @@ def wire(node: Wired, topic_policy: TopicPolicy) -> Services:
         node_id=node.node_id,
         max_length=settings.device_queue_max_length,
         max_age=settings.device_queue_max_age,
+        retention=bool(settings.history_max or settings.history_max_age)
+        or any(c.max or c.max_age for c in settings.history_categories.values()),
     )
     counts = Counts(
         store,

@@ -35,6 +35,7 @@ class Queues:
         node_id: str,
         max_length: int | None = None,
         max_age: float | None = None,
+        retention: bool = False,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -43,6 +44,8 @@ class Queues:
         # Limits of the operator's, applied when a device's socket opens its queue.
         self.max_length = max_length
         self.max_age = max_age
+        #: whether history retention may remove what waits in queues (told with queueGap)
+        self.retention = retention
 
     def schedule_delivery(self, conn: Connection) -> None:
         """Push what ``conn``'s device has not acknowledged, beyond what it was sent."""
@@ -97,6 +100,10 @@ class Queues:
             )
         if gap is not None:
             conn.push(codec.queue_gap(gap.reason, gap.skipped))
+        if self.retention:
+            removed = await self.store.take_retained(conn.connection_id, conn.user_id)
+            if removed:
+                conn.push(codec.queue_gap("retention", removed))
         self.schedule_delivery(conn)
         return gap
 

@@ -148,3 +148,12 @@ def removals(rows: Iterable[Any]) -> dict[str, tuple[int, int, str | None]]:
         user: (len(seen.get(user, ())), read[user], lowered(seen.get(user, ())))
         for user in {*seen, *read}
     }
+
+
+def removed_seqs(rows: Iterable[Any]) -> dict[str, list[int]]:
+    """The log positions of removed notifications by user, in order, from rows
+    ``(user_id, …, seq)`` (to count what left the queues of the user's devices)."""
+    found: dict[str, list[int]] = {}
+    for row in rows:
+        found.setdefault(row[0], []).append(row[-1])
+    return {user: sorted(seqs) for user, seqs in found.items()}

@@ -85,3 +85,22 @@ async def test_removing_beyond_a_number_kept_per_user(store: Store) -> None:
     users, last = await store.users_notified_after(made[4].seq, 10)
     assert users == ["ann", "bob"] and last > made[5].seq
     assert await store.users_notified_after(last, 10) == ([], last)
+
+
+async def test_what_left_a_devices_queue_is_counted_for_it(store: Store) -> None:
+    """Removed notifications still waiting in a device's queue (after its cursor, not acked)
+    are counted for that device, once; taking the number starts it again from 0."""
+    away = await store.bind_device("ann", None)
+    back = await store.bind_device("ann", None)
+    made = [(await store.create_notification("ann", n)).notification for n in range(5)]
+    later = await store.bind_device("ann", None)  # its queue starts after the five
+    await store.ack(back.connection_id, "ann", [made[0].notification_id, made[2].notification_id])
+    done = await store.remove_in_range(EVERYTHING, 0, made[3].seq, 10)
+    assert done.removed == 4
+    assert await store.take_retained(away.connection_id, "ann") == 4
+    assert await store.take_retained(away.connection_id, "ann") == 0
+    assert await store.take_retained(back.connection_id, "ann") == 2  # two were acked
+    assert await store.take_retained(later.connection_id, "ann") == 0
+    assert await store.take_retained(away.connection_id, "bob") == 0  # not bob's device
+    pending = await store.pending(away.connection_id, "ann", 0, 10)
+    assert [n.notification_id for n in pending] == [made[4].notification_id]

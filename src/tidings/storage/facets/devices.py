@@ -59,6 +59,11 @@ class DeviceStore(ABC):
         seconds; returns what was dropped, or ``None``."""
 
     @abstractmethod
+    async def take_retained(self, connection_id: str, user_id: str) -> int:
+        """How many notifications retention removed from the device's queue since this was
+        last asked (0 for an unknown device); the number starts again from 0."""
+
+    @abstractmethod
     async def forget_device(self, user_id: str, connection_id: str) -> bool:
         """Delete the device and its queue (logout); ``True`` if it existed."""
 

@@ -160,6 +160,19 @@ class PostgresDevices(PostgresEngine):
             )
         return QueueGap(reason, skipped, cursor)
 
+    async def take_retained(self, connection_id: str, user_id: str) -> int:
+        async with self.connection(transaction=True) as conn:
+            taken = await conn.fetchval(
+                "SELECT retained FROM devices WHERE connection_id = $1 AND user_id = $2 FOR UPDATE",
+                connection_id,
+                user_id,
+            )
+            if taken:
+                await conn.execute(
+                    "UPDATE devices SET retained = 0 WHERE connection_id = $1", connection_id
+                )
+        return int(taken or 0)
+
     async def forget_device(self, user_id: str, connection_id: str) -> bool:
         async with self.connection(transaction=True) as conn:
             status = await conn.execute(

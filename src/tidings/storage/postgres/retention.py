@@ -7,7 +7,7 @@ from typing import Any
 
 from tidings.core.models import Removed, RetentionScope
 from tidings.storage._common import REMOVED_COLUMNS, bisect_log, scope_where
-from tidings.storage.counts import counted, lower_counts_sql, removals
+from tidings.storage.counts import counted, lower_counts_sql, removals, removed_seqs
 from tidings.storage.postgres.engine import PostgresEngine
 
 
@@ -82,4 +82,14 @@ class PostgresRetention(PostgresEngine):
                     lower_counts_sql("postgres"), user, unseen, unread, categories
                 )
                 counts.append(counted(user, row))
+            for user, seqs in sorted(removed_seqs(rows).items()):
+                await conn.execute(
+                    "UPDATE devices AS d SET retained = d.retained + (SELECT count(*) "
+                    "FROM unnest($2::bigint[]) AS r(seq) WHERE r.seq > d.cursor AND NOT EXISTS "
+                    "(SELECT 1 FROM device_acks AS a WHERE a.connection_id = d.connection_id "
+                    "AND a.seq = r.seq)) WHERE d.user_id = $1 AND d.cursor < $3",
+                    user,
+                    seqs,
+                    seqs[-1],
+                )
         return Removed(len(rows), counts, max((r[4] for r in rows), default=0))

@@ -120,6 +120,21 @@ class SqliteDevices(SqliteEngine):
 
         return await self.write(run)
 
+    async def take_retained(self, connection_id: str, user_id: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT retained FROM devices WHERE connection_id = ? AND user_id = ?",
+                (connection_id, user_id),
+            ).fetchone()
+            if not row or not row[0]:
+                return 0
+            conn.execute(
+                "UPDATE devices SET retained = 0 WHERE connection_id = ?", (connection_id,)
+            )
+            return int(row[0])
+
+        return await self.write(run)
+
     async def forget_device(self, user_id: str, connection_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(

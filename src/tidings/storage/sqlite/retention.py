@@ -6,9 +6,11 @@ import sqlite3
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from tidings.core.models import Removed, RetentionScope, isoformat
 from tidings.storage._common import REMOVED_COLUMNS, bisect_log, scope_where
-from tidings.storage.counts import counted, lower_counts_sql, removals
+from tidings.storage.counts import counted, lower_counts_sql, removals, removed_seqs
 from tidings.storage.sqlite.engine import SqliteEngine
 
 
@@ -79,4 +81,12 @@ def _remove(conn: sqlite3.Connection, chosen: str, params: list[Any]) -> Removed
         counted(user, conn.execute(lower_counts_sql("sqlite"), (*change, user)).fetchone())
         for user, change in removals(rows).items()
     ]
+    for user, seqs in removed_seqs(rows).items():
+        conn.execute(
+            "UPDATE devices SET retained = retained + (SELECT count(*) FROM json_each(?1) AS r "
+            "WHERE r.value > devices.cursor AND NOT EXISTS (SELECT 1 FROM device_acks AS a "
+            "WHERE a.connection_id = devices.connection_id AND a.seq = r.value)) "
+            "WHERE user_id = ?2 AND cursor < ?3",
+            (orjson.dumps(seqs).decode(), user, seqs[-1]),
+        )
     return Removed(len(rows), counts, max((r[4] for r in rows), default=0))
