@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
-from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from tidings.api.assets import Asset, WebFiles
 from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
 from tidings.auth.jwt import JwtAuthenticator
@@ -38,11 +38,26 @@ def mount_web(
     require_scope: RequireScope,
 ) -> None:
     """Add the browser client, the admin console and, in demo mode, the demo inbox."""
-    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    allowed = tidings.settings.allowed_origins
+    app.mount("/static", WebFiles(WEB, allowed), name="static")
+    module = Asset(WEB / "tidings.js", "text/javascript")
+    types = Asset(WEB / "tidings.d.ts", "application/typescript")
+    pinned = f"/tidings.{module.digest}.js"
 
     @app.get("/tidings.js", include_in_schema=False)
-    async def client_module() -> FileResponse:
-        return FileResponse(WEB / "tidings.js", media_type="text/javascript")
+    async def client_module(request: Request) -> Response:
+        """The browser client, revalidated on every use; its pinned URL in Content-Location."""
+        return module.response(request, allowed, location=pinned)
+
+    @app.get(pinned, include_in_schema=False)
+    async def pinned_module(request: Request) -> Response:
+        """The same file under a name of its content: cached for good."""
+        return module.response(request, allowed, immutable=True)
+
+    @app.get("/tidings.d.ts", include_in_schema=False)
+    async def client_types(request: Request) -> Response:
+        """The module's TypeScript declarations."""
+        return types.response(request, allowed)
 
     @app.get("/admin", include_in_schema=False)
     async def admin_page() -> FileResponse:
