@@ -63,3 +63,17 @@ async def test_listed_origins_only_when_origins_are_set(tmp_path: Path) -> None:
             other = await http.get(path, headers={"Origin": "https://evil.example"})
             assert other.status_code == 200, path  # the file, but no browser lets evil use it
             assert "access-control-allow-origin" not in other.headers, path
+
+
+async def test_the_demo_sends_with_a_category(tmp_path: Path) -> None:
+    async for http in client(tmp_path, demo=True):
+        sent = await http.post(
+            "/demo/notify", json={"user_id": "ann", "text": "hi", "category": "orders"}
+        )
+        assert sent.status_code == 201 and sent.json()["category"] == "orders"
+        plain = await http.post("/demo/notify", json={"user_id": "ann", "text": "hi"})
+        assert plain.status_code == 201 and plain.json()["category"] is None
+        long = await http.post(
+            "/demo/notify", json={"user_id": "ann", "text": "hi", "category": "x" * 65}
+        )
+        assert long.status_code == 422
