@@ -24,6 +24,7 @@ from tidings.api.common import (
     install_error_handlers,
     scope_checker,
 )
+from tidings.api.docs import mount_docs
 from tidings.api.fast import (
     FAST_ROUTES,
     fast_post,
@@ -90,7 +91,11 @@ def create_api(tidings: ApiNode, *, manage_lifespan: bool = True) -> FastAPI:
         version=__version__,
         summary="Push notifications: unseen counts on every device.",
         lifespan=lifespan if manage_lifespan else None,
+        # /docs and /redoc from files installed with tidings, not a CDN (tidings.api.docs).
+        docs_url=None,
+        redoc_url=None,
     )
+    mount_docs(app)
 
     install_error_handlers(app, tidings)
     require_scope = scope_checker(tidings)
