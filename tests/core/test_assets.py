@@ -77,3 +77,12 @@ async def test_the_demo_sends_with_a_category(tmp_path: Path) -> None:
             "/demo/notify", json={"user_id": "ann", "text": "hi", "category": "x" * 65}
         )
         assert long.status_code == 422
+
+
+async def test_the_react_hooks_are_served_beside_the_module(http: httpx.AsyncClient) -> None:
+    hooks = await http.get("/tidings-react.js", headers={"Origin": "https://shop.example"})
+    assert hooks.status_code == 200 and hooks.content == (WEB / "tidings-react.js").read_bytes()
+    assert b'from "./tidings.js"' in hooks.content
+    assert hooks.headers["access-control-allow-origin"] == "*"
+    types = await http.get("/tidings-react.d.ts")
+    assert types.status_code == 200 and b"useUnseenCount" in types.content

@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
+from tidings.api.admin import mount_admin
 from tidings.api.assets import Asset, WebFiles
 from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
@@ -59,53 +60,19 @@ def mount_web(
         """The module's TypeScript declarations."""
         return types.response(request, allowed)
 
-    @app.get("/admin", include_in_schema=False)
-    async def admin_page() -> FileResponse:
-        return FileResponse(WEB / "admin.html", media_type="text/html")
+    hooks = Asset(WEB / "tidings-react.js", "text/javascript")
+    hook_types = Asset(WEB / "tidings-react.d.ts", "application/typescript")
 
-    @app.get(
-        "/admin/overview",
-        tags=["operations"],
-        dependencies=[Depends(require_scope("admin"))],
-    )
-    async def overview(devices: int = 200, recent: int = 50) -> dict[str, Any]:
-        """Nodes, their open sockets (with each device's queue depth), recent notifications
-        and the pipeline's queued work per channel and state."""
-        store = tidings.store
-        everyone = await store.presence()
-        per_node: dict[str, int] = {}
-        for p in everyone:
-            per_node[p.node_id] = per_node.get(p.node_id, 0) + 1
-        sockets = everyone[: max(0, min(devices, 1000))]
-        depths = await store.queue_depths([(p.connection_id, p.user_id) for p in sockets])
-        return {
-            "nodes": [
-                {
-                    "node_id": n.node_id,
-                    "uri": n.uri,
-                    "started_at": n.started_at,
-                    "heartbeat_at": n.heartbeat_at,
-                    "sockets": per_node.get(n.node_id, 0),
-                }
-                for n in await store.list_nodes()
-            ],
-            "sockets": [
-                {
-                    "node_id": p.node_id,
-                    "user_id": p.user_id,
-                    "connection_id": p.connection_id,
-                    "session_id": p.session_id,
-                    "connected_since": p.connected_since,
-                    "queue_depth": depths.get(p.connection_id, 0),
-                }
-                for p in sockets
-            ],
-            "recent": [
-                {**n.to_dict(), "seq": n.seq}
-                for n in await store.recent_notifications(max(0, min(recent, 500)))
-            ],
-            "pipeline": await tidings.pipeline.store.depths(),
-        }
+    @app.get("/tidings-react.js", include_in_schema=False)
+    async def react_hooks(request: Request) -> Response:
+        """The React hooks (they import ./tidings.js and the page's own react)."""
+        return hooks.response(request, allowed)
+
+    @app.get("/tidings-react.d.ts", include_in_schema=False)
+    async def react_hook_types(request: Request) -> Response:
+        return hook_types.response(request, allowed)
+
+    mount_admin(app, tidings, require_scope)
 
     if not tidings.settings.demo:
         return
