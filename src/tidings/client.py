@@ -7,28 +7,29 @@ a count only when its version is newer than the one it has::
         await device.wait_for_count(lambda count: count > 0)
         notifications = await device.get_unseen()
         await device.mark_seen([n["notification_id"] for n in notifications])
+
+With ``reconnect=True`` it comes back by itself after the connection is lost
+(:mod:`tidings.client_reconnect`); docs/python-client.md is its guide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import Any, Self
 
 import httpx
 import orjson
 import websockets
-from websockets.asyncio.client import ClientConnection
 
+from tidings.client_reconnect import AuthMode, DeviceConnection, TokenSource
 from tidings.errors import ClientError
 
-AuthMode = Literal["header", "query", "frame"]
+__all__ = ["AuthMode", "DeviceClient", "TidingsClient"]
 
 
 class TidingsClient:
@@ -144,26 +145,35 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"data": data}
 
 
-class DeviceClient:
-    """One device's WebSocket connection to tidings.
+class DeviceClient(DeviceConnection):
+    """One device's WebSocket connection to tidings (docs/python-client.md is its guide).
 
-    ``auth`` chooses how the token travels: the ``Authorization`` header (default), the
-    ``access_token`` query parameter, or an ``authenticate`` frame after connecting.
+    ``auth`` chooses how ``token`` travels: the ``Authorization`` header (default), the
+    ``access_token`` query parameter, or an ``authenticate`` frame after connecting. Without a
+    token, ``cookies`` and ``headers`` (sent on every handshake) authenticate the device to a
+    node that delegates to the application, or to the application's own endpoint (embedded).
     ``connection_id`` identifies the device across reconnections (as the browser cookie does);
-    after :meth:`connect` it holds the id the server confirmed.
+    after :meth:`connect` it holds the id the server confirmed, and ``session_id`` the session.
 
     With ``deliver=True`` the server pushes every notification this device has not acknowledged
     as a ``notification`` frame, at least once. The client drops repeats by ``notification_id``
     (it remembers the last ``dedupe_window`` ids), so each appears once among :meth:`events`,
     and with ``auto_ack`` it acknowledges them (repeats too: the server only forgets what is
     acknowledged).
+
+    With ``reconnect=True`` a lost connection comes back by itself, as ``tidings.js`` does
+    (:mod:`tidings.client_reconnect`): backoff from ``backoff_base`` doubling up to
+    ``backoff_max`` seconds with jitter, a token from ``get_token`` (when given) on each attempt,
+    the same device and session (its queue and topics resume), topics replayed from the last seq
+    seen. ``disconnected``, ``reconnected`` and ``stopped`` events say so, and :meth:`next_event`
+    gives ``None`` only once the client stops for good.
     """
 
     def __init__(
         self,
         url: str,
         *,
-        token: str,
+        token: str | None = None,
         session_id: str | None = None,
         connection_id: str | None = None,
         auth: AuthMode = "header",
@@ -171,34 +181,37 @@ class DeviceClient:
         deliver: bool = False,
         auto_ack: bool = True,
         dedupe_window: int = 10_000,
+        reconnect: bool = False,
+        get_token: TokenSource | None = None,
+        cookies: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
     ) -> None:
-        self.url = url
-        self.token = token
-        self.session_id = session_id
-        self.connection_id = connection_id
-        self.auth: AuthMode = auth
-        self.open_timeout = open_timeout
-        self.user_id: str | None = None
-        self.node: str | None = None
+        super().__init__(
+            url,
+            token=token,
+            session_id=session_id,
+            connection_id=connection_id,
+            auth=auth,
+            open_timeout=open_timeout,
+            deliver=deliver,
+            reconnect=reconnect,
+            get_token=get_token,
+            cookies=cookies,
+            headers=headers,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
         self.count: int | None = None
         #: the unread count and the unseen count per category, with ``count`` (protocol 1.1)
         self.unread = 0
         self.categories: dict[str, int] = {}
         self.version = -1
-        self.welcome: dict[str, Any] | None = None
-        self._ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[Any, asyncio.Future[dict[str, Any]]] = {}
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._count_changed = asyncio.Condition()
-        self.close_code: int | None = None
-        self.deliver = deliver
         self.auto_ack = auto_ack
         self.dedupe_window = dedupe_window
         self.duplicates = 0
-        #: last seq seen per topic, for read_notifications after a reconnection
-        self.topic_seq: dict[str, int] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._to_ack: list[str] = []
         self._acker: asyncio.Task[None] | None = None
@@ -214,102 +227,6 @@ class DeviceClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def _target(self) -> tuple[str, dict[str, str]]:
-        query: dict[str, str] = {}
-        headers: dict[str, str] = {}
-        if self.auth == "header":
-            headers["Authorization"] = f"Bearer {self.token}"
-        elif self.auth == "query":
-            query["access_token"] = self.token
-        if self.session_id and self.auth != "frame":
-            query["session_id"] = self.session_id
-        if self.deliver and self.auth != "frame":
-            query["deliver"] = "1"
-        if self.connection_id:
-            headers["Cookie"] = f"tidings_cid={self.connection_id}"
-        parts = urlsplit(self.url)
-        extra = urlencode(query)
-        merged = "&".join(q for q in (parts.query, extra) if q)
-        return urlunsplit(parts._replace(query=merged)), headers
-
-    async def connect(self) -> dict[str, Any]:
-        """Open the socket and authenticate; returns the ``welcome`` frame.
-
-        Raises:
-            ClientError: the server refused the credentials (``status`` 401 at the handshake,
-                or ``code`` ``"closed"`` with the close code in ``details``).
-        """
-        url, headers = self._target()
-        try:
-            self._ws = await websockets.connect(
-                url,
-                additional_headers=headers,
-                open_timeout=self.open_timeout,
-                max_size=None,
-                compression=None,
-            )
-        except websockets.InvalidStatus as exc:
-            response = exc.response
-            try:
-                body = orjson.loads(response.body or b"{}")
-            except orjson.JSONDecodeError:
-                body = {}
-            raise ClientError(
-                str(body.get("error", "refused")),
-                str(body.get("message", "handshake refused")),
-                response.status_code,
-            ) from None
-        if self.auth == "frame":
-            frame: dict[str, Any] = {"type": "authenticate", "token": self.token}
-            if self.session_id:
-                frame["session_id"] = self.session_id
-            if self.deliver:
-                frame["deliver"] = True
-            await self._ws.send(orjson.dumps(frame).decode())
-        welcome = await self._first_welcome()
-        self.welcome = welcome
-        self.connection_id = welcome["connection_id"]
-        self.session_id = welcome["session_id"]
-        self.user_id = welcome["user_id"]
-        self.node = welcome["node"]
-        self._reader = asyncio.create_task(self._read())
-        return welcome
-
-    async def _first_welcome(self) -> dict[str, Any]:
-        ws = self._ws
-        assert ws is not None
-        try:
-            async with asyncio.timeout(self.open_timeout):
-                while True:
-                    frame = orjson.loads(await ws.recv())
-                    if frame.get("type") == "welcome":
-                        return dict(frame)
-                    if frame.get("type") == "error":
-                        raise ClientError(str(frame.get("code")), str(frame.get("message")))
-        except websockets.ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
-            self.close_code = code
-            reason = exc.rcvd.reason if exc.rcvd else ""
-            raise ClientError("closed", reason or "connection closed", close_code=code) from None
-
-    async def _read(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        try:
-            async for message in ws:
-                frame = orjson.loads(message)
-                await self._handle(frame)
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            if ws.protocol.close_rcvd is not None:
-                self.close_code = ws.protocol.close_rcvd.code
-            for future in self._waiting.values():
-                if not future.done():
-                    future.set_exception(ClientError("closed", "connection closed"))
-            self._waiting.clear()
-            self._events.put_nowait(None)
 
     async def _handle(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -357,22 +274,36 @@ class DeviceClient:
             except (ClientError, websockets.ConnectionClosed, TimeoutError):
                 return  # unacknowledged ones are sent again on reconnection
 
+    async def _drain(self) -> None:
+        if self._acker is not None and not self._acker.done():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._acker
+
     async def ack(self, notification_ids: Sequence[str]) -> int:
         """Acknowledge delivered notifications (deliver mode); returns how many."""
         answer = await self.request({"type": "ack", "notification_ids": list(notification_ids)})
         return int(answer.get("acked", 0))
 
     async def subscribe(self, *topics: str) -> list[str]:
-        """Subscribe this session to topics (kept for the session across reconnections).
+        """Subscribe this session to topics (kept for the session across reconnections; with
+        ``reconnect``, what they get while the client is away is replayed when it is back).
 
         Raises:
             ClientError: ``forbidden_topic`` with the refused topics in ``details``.
         """
         answer = await self.request({"type": "subscribe", "topics": list(topics)})
-        return list(answer["topics"])
+        subscribed = list(answer["topics"])
+        self.topics.update(subscribed)
+        if self.reconnect:
+            for topic in subscribed:
+                if topic not in self.topic_seq:
+                    await self._topic_end(topic)
+        return subscribed
 
     async def unsubscribe(self, *topics: str) -> list[str]:
         answer = await self.request({"type": "unsubscribe", "topics": list(topics)})
+        self.topics.difference_update(answer["topics"])
         return list(answer["topics"])
 
     async def read_notifications(self, topic: str, since: int | None = None) -> bool:
@@ -385,30 +316,6 @@ class DeviceClient:
     async def forget(self) -> None:
         """Log this device out: the server deletes its queue and closes the connection."""
         await self.request({"type": "forgetDevice"})
-
-    async def request(self, frame: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
-        """Send a frame with a fresh ``id`` and return the server's direct answer.
-
-        Raises:
-            ClientError: the answer is an ``error`` frame.
-        """
-        if self._ws is None:
-            raise ClientError("not_connected", "call connect() first")
-        frame_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[frame_id] = future
-        await self._ws.send(orjson.dumps({**frame, "id": frame_id}).decode())
-        try:
-            async with asyncio.timeout(timeout):
-                answer = await future
-        finally:
-            self._waiting.pop(frame_id, None)
-        if answer.get("type") == "error":
-            details = {
-                k: v for k, v in answer.items() if k not in ("type", "id", "code", "message")
-            }
-            raise ClientError(str(answer.get("code")), str(answer.get("message")), **details)
-        return answer
 
     async def get_unseen(self, limit: int = 100) -> list[dict[str, Any]]:
         """The oldest unseen notifications (they stay unseen until :meth:`mark_seen`)."""
@@ -465,30 +372,3 @@ class DeviceClient:
             await self._count_changed.wait_for(lambda: self.count is not None and test(self.count))
         assert self.count is not None
         return self.count
-
-    async def next_event(self, *, timeout: float = 10.0) -> dict[str, Any] | None:
-        """The next frame that was not a direct answer (``None`` once closed)."""
-        async with asyncio.timeout(timeout):
-            return await self._events.get()
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Every frame that is not a direct answer, until the connection closes."""
-        while (frame := await self._events.get()) is not None:
-            yield frame
-
-    async def send_raw(self, text: str) -> None:
-        """Send a frame as is (for tests of bad input)."""
-        if self._ws is None:
-            raise ClientError("not_connected", "call connect() first")
-        await self._ws.send(text)
-
-    async def close(self) -> None:
-        if self._acker is not None and not self._acker.done():
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._acker
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
