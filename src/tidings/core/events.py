@@ -127,3 +127,34 @@ def decode_topic_message(event: dict[str, Any]) -> tuple[TopicMessage, bool] | N
         return None
     message = TopicMessage(topic, seq, event.get("data"), parse_iso(created), origin)
     return message, "data" in event
+
+
+#: Frames a device POSTed for its event stream, taken by a node that does not hold it.
+SSE_FRAMES = "sse-frames"
+
+
+def encode_sse_frames(user_id: str, connection_id: str, frames: list[str], origin: str) -> bytes:
+    return orjson.dumps(
+        {
+            "type": SSE_FRAMES,
+            "user_id": user_id,
+            "connection_id": connection_id,
+            "frames": frames,
+            "node": origin,
+        }
+    )
+
+
+def decode_sse_frames(event: dict[str, Any]) -> tuple[str, str, list[str], str] | None:
+    """``(user_id, connection_id, frames, origin)`` of a frames event, or None if malformed."""
+    user_id, connection_id = event.get("user_id"), event.get("connection_id")
+    frames, origin = event.get("frames"), event.get("node")
+    if (
+        isinstance(user_id, str)
+        and isinstance(connection_id, str)
+        and isinstance(origin, str)
+        and isinstance(frames, list)
+        and all(isinstance(frame, str) for frame in frames)
+    ):
+        return user_id, connection_id, frames, origin
+    return None

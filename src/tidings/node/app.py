@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
+
+import orjson
 
 from tidings.api.app import create_api
 from tidings.api.fast import FAST_ROUTES, fast_post
 from tidings.api.ports import ApiNode, ApiSettings
 from tidings.core.ids import new_sorted_id
+from tidings.gateway.sse import FRAMES_PATH, SSE_PATH, Streams, serve_stream
 from tidings.logs import log_context
 
 
@@ -31,6 +34,13 @@ class Served(ApiNode, Protocol):
 
     @property
     def gateway(self) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]: ...
+    @property
+    def sse_streams(self) -> Streams: ...
+    @property
+    def delegate(self) -> object | None: ...
+    async def post_sse_frames(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]: ...
 
 
 NodeT = TypeVar("NodeT", bound=Served)
@@ -56,6 +66,16 @@ class TidingsApp(Generic[NodeT]):
         if kind in ("websocket", "http") and _local_path(scope) == WS_PATH:
             await self.tidings.gateway(scope, receive, send)
             return
+        if kind == "http" and scope["method"] == "GET" and _local_path(scope) == SSE_PATH:
+            await serve_stream(
+                self.tidings.gateway,
+                self.tidings.sse_streams,
+                scope,
+                receive,
+                send,
+                delegation=self.tidings.delegate is not None,
+            )
+            return
         if kind == "http":
             log_context.set(RequestId(scope))
             limit = self.max_batch_body if _local_path(scope) == BATCH_PATH else self.max_body
@@ -66,6 +86,11 @@ class TidingsApp(Generic[NodeT]):
             if body is None:
                 return
             path = _local_path(scope)
+            if scope["method"] == "POST" and path == FRAMES_PATH:
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                status, answer = await self.tidings.post_sse_frames(headers, body)
+                await _json(send, status, answer)
+                return
             if scope["method"] == "POST" and path in FAST_ROUTES:
                 await fast_post(self.tidings, path, scope, body, send)  # hot paths, no framework
                 return
@@ -161,4 +186,11 @@ async def _too_large(send: Any, limit: int) -> None:
             ],
         }
     )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send: Any, status: int, answer: dict[str, Any]) -> None:
+    body = orjson.dumps(answer)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

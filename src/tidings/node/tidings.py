@@ -33,10 +33,12 @@ from tidings.errors import InvalidArgument, TidingsError
 from tidings.fanout import codec
 from tidings.fanout.connection import Connection
 from tidings.fanout.registry import Registry
+from tidings.gateway.sse import Streams
 from tidings.logs import safe_url
 from tidings.node.auth import DEVICE_KEY, SERVICE_KEY, Credentials
 from tidings.node.inbox import Inbox
 from tidings.node.metrics import Metrics
+from tidings.node.sse import SseDoor
 from tidings.node.wiring import wire
 from tidings.services.checks import check_identifier
 from tidings.services.history import History
@@ -52,7 +54,7 @@ __all__ = ["DEVICE_KEY", "SERVICE_KEY", "Tidings"]
 logger = logging.getLogger("tidings")
 
 
-class Tidings(Inbox, Lifecycle):
+class Tidings(Inbox, SseDoor, Lifecycle):
     """A tidings node: store, bus, connected devices, and the operations on them.
 
     Use it as an async context manager (or call :meth:`start` and :meth:`close`)::
@@ -116,6 +118,8 @@ class Tidings(Inbox, Lifecycle):
         self.cluster = services.cluster
         self.events = services.events
         self.history = History(self.store)
+        self.sse_streams = Streams()
+        self.events.on_sse_frames = self.on_sse_frames
 
     # Lifecycle
 

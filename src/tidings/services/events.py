@@ -51,6 +51,8 @@ class BusEvents:
         self.observe_age = observe_age
         #: takes the ``pipeline-*`` events, once a pipeline runs on this node
         self.on_pipeline: EventHandler | None = None
+        #: frames for an event stream this node may hold (set by the node)
+        self.on_sse_frames: EventHandler | None = None
 
     def on_message(self, channel: str, payload: bytes) -> None:
         event = events.decode(payload)
@@ -72,6 +74,9 @@ class BusEvents:
                     self.topics.deliver(message)
                 else:
                     self.topics.deliver_reference(message)
+        elif kind == events.SSE_FRAMES:
+            if self.on_sse_frames is not None:
+                self.on_sse_frames(event)
         elif kind.startswith("pipeline-"):
             if self.on_pipeline is not None:
                 self.on_pipeline(event)
