@@ -19,6 +19,8 @@ const options: TidingsOptions = {
   backoffBase: 250,
   backoffMax: 10_000,
   requestTimeout: 5_000,
+  fallback: true,
+  webSocketRetry: 30_000,
 };
 const tidings: Named = new Tidings("/ws", options).connect();
 const badge = document.createElement("span");
@@ -89,6 +91,8 @@ async function topics(): Promise<void> {
   const answer = await tidings.request({ type: "getUnseen", limit: 1 });
   console.log(answer.notifications, tidings.connected, tidings.connectionId, tidings.count);
   console.log(tidings.unread, tidings.categories, tidings.version, tidings.url.href, tidings.deliver);
+  const transport: "websocket" | "sse" = tidings.transport;
+  console.log(transport, tidings.fallback, tidings.webSocketRetry);
   await tidings.forget();
   tidings.close();
 }

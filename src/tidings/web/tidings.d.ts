@@ -105,6 +105,10 @@ export interface TidingsOptions {
   backoffMax?: number;
   /** ms (default 10000) */
   requestTimeout?: number;
+  /** fall back to Server-Sent Events when WebSockets do not get through (default true) */
+  fallback?: boolean;
+  /** ms between tries of a WebSocket while on Server-Sent Events (default 60000) */
+  webSocketRetry?: number;
 }
 
 export interface ReplayAnswer {
@@ -126,6 +130,10 @@ export class Tidings extends EventTarget {
   node: string | null;
   connected: boolean;
   topics: Set<string>;
+  fallback: boolean;
+  webSocketRetry: number;
+  /** how the client is connected, or tries to be */
+  readonly transport: "websocket" | "sse";
 
   connect(): this;
   close(): void;

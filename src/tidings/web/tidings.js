@@ -78,7 +78,11 @@ export class Tidings extends EventTarget {
     this.connected = false;
     this.topics = new Set();
     this.lastSeq = new Map(); // topic -> highest seq seen
-    this._ws = null;
+    this._link = null; // the connection: a WebSocket, or an event stream (see _openStream)
+    this._streaming = false; // WebSockets do not get through: use Server-Sent Events
+    this._failures = 0; // WebSockets in a row that never opened
+    this.fallback = options.fallback ?? true;
+    this.webSocketRetry = options.webSocketRetry ?? 60000;
     this._nextId = 1;
     this._waiting = new Map();
     this._seen = new Set();
@@ -103,13 +107,20 @@ export class Tidings extends EventTarget {
   close() {
     this._stopped = true;
     clearTimeout(this._timer);
-    if (this._ws) this._ws.close(1000);
+    clearTimeout(this._probeTimer);
+    if (this._link) this._link.close();
+  }
+
+  /** "websocket" or "sse": how the client is connected (or tries to). */
+  get transport() {
+    return this._streaming ? "sse" : "websocket";
   }
 
   async _open() {
     clearTimeout(this._timer);
     const attempt = (this._attemptId = (this._attemptId ?? 0) + 1);
-    if (this._ws && this._ws.readyState <= WebSocket.OPEN) this._ws.close(1000);
+    if (this._link) this._link.close();
+    this._link = null; // what it reports as it ends is no longer news
     let token = this.token;
     if (this.getToken) {
       try {
@@ -120,6 +131,7 @@ export class Tidings extends EventTarget {
       }
     }
     if (this._stopped || attempt !== this._attemptId) return; // closed or superseded meanwhile
+    if (this._streaming) return this._openStream(token);
     const url = new URL(this.url);
     if (!token) {
       url.searchParams.set("session_id", this.sessionId);
@@ -129,28 +141,118 @@ export class Tidings extends EventTarget {
     const known = this.connectionId ?? storedConnectionId();
     if (known) url.searchParams.set("connection_id", known);
     const ws = new WebSocket(url);
-    this._ws = ws;
+    let opened = false;
+    const link = { send: (text) => ws.send(text), close: () => ws.close(1000), isOpen: () => ws.readyState === WebSocket.OPEN };
+    this._link = link;
+    this._ws = ws; // the socket itself (a test drops it to act out a network failure)
     ws.onopen = () => {
+      opened = true;
+      this._failures = 0;
       if (token) {
         ws.send(JSON.stringify({ type: "authenticate", token, session_id: this.sessionId, deliver: this.deliver }));
       }
     };
-    ws.onmessage = (event) => { if (this._ws === ws) this._frame(JSON.parse(event.data)); };
+    ws.onmessage = (event) => { if (this._link === link) this._frame(JSON.parse(event.data)); };
     ws.onclose = (event) => {
-      if (this._ws !== ws) return;
-      this.connected = false;
-      for (const { reject, timer } of this._waiting.values()) {
-        clearTimeout(timer);
-        reject(new Error("connection closed"));
-      }
-      this._waiting.clear();
-      this._emit("close", { code: event.code, reason: event.reason });
-      if (event.code === 4401 && !this.getToken) {
-        this._emit("unauthorized", { code: event.code });
-        return; // the same token would be refused again
-      }
-      if (!this._stopped && event.code !== 1000) this._retry();
+      // A socket that never opened, twice in a row: something on the way refuses WebSockets.
+      if (!opened && this.fallback && ++this._failures >= 2) this._streaming = true;
+      this._closed(link, event.code, event.reason);
     };
+  }
+
+  /** The connection ``link`` ended with ``code``: fail what waits, reconnect unless final. */
+  _closed(link, code, reason) {
+    if (this._link !== link) return;
+    this.connected = false;
+    for (const { reject, timer } of this._waiting.values()) {
+      clearTimeout(timer);
+      reject(new Error("connection closed"));
+    }
+    this._waiting.clear();
+    this._emit("close", { code, reason });
+    if (code === 4401 && !this.getToken) {
+      this._emit("unauthorized", { code });
+      return; // the same token would be refused again
+    }
+    if (!this._stopped && code !== 1000) this._retry();
+  }
+
+  /**
+   * The same session over Server-Sent Events (GET /sse; the client's frames by POST
+   * /sse/frames), for networks that do not let WebSockets through. The token goes in an
+   * Authorization header (fetch, not EventSource, which cannot send one). WebSocket is tried
+   * again every `webSocketRetry` ms, and taken back when it opens.
+   */
+  _openStream(token) {
+    const base = new URL(this.url);
+    base.protocol = base.protocol === "wss:" ? "https:" : "http:";
+    const url = new URL(base.pathname.replace(/ws$/, "sse"), base);
+    url.searchParams.set("session_id", this.sessionId);
+    if (this.deliver) url.searchParams.set("deliver", "1");
+    const known = this.connectionId ?? storedConnectionId();
+    if (known) url.searchParams.set("connection_id", known);
+    const frames = new URL(`${url.pathname}/frames`, base);
+    const auth = token ? { Authorization: `Bearer ${token}` } : {};
+    const stopped = new AbortController();
+    const waiting = [];
+    const link = {
+      open: false,
+      close: () => stopped.abort(),
+      isOpen: () => link.open,
+      send: (text) => {
+        waiting.push(JSON.parse(text));
+        if (waiting.length === 1) setTimeout(post, 0); // frames sent together go in one POST
+      },
+    };
+    const post = () => {
+      const body = JSON.stringify({ connection_id: this.connectionId, frames: waiting.splice(0, 100) });
+      if (waiting.length) setTimeout(post, 0);
+      fetch(frames, { method: "POST", headers: { "content-type": "application/json", ...auth }, body, credentials: "include" })
+        .then((answer) => { if (!answer.ok) this._emit("error", { code: "frames_refused", message: `HTTP ${answer.status}` }); })
+        .catch((error) => this._emit("error", { code: "frames_failed", message: String(error) }));
+    };
+    this._link = link;
+    (async () => {
+      const answer = await fetch(url, { headers: auth, signal: stopped.signal, credentials: "include", cache: "no-store" });
+      if (answer.status === 401) return this._closed(link, 4401, "unauthorized");
+      if (!answer.ok || !answer.body) return this._closed(link, 1006, `HTTP ${answer.status}`);
+      link.open = true;
+      this._probe();
+      const reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      let ended = { code: 1006, reason: "stream ended" };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        for (let at = buffer.indexOf("\n\n"); at >= 0; at = buffer.indexOf("\n\n")) {
+          const lines = buffer.slice(0, at).split("\n");
+          buffer = buffer.slice(at + 2);
+          const data = lines.filter((line) => line.startsWith("data: ")).map((line) => line.slice(6)).join("\n");
+          if (!data) continue; // a comment: the stream's keep-alive
+          if (lines.includes("event: close")) ended = JSON.parse(data);
+          else if (this._link === link) this._frame(JSON.parse(data));
+        }
+      }
+      this._closed(link, ended.code, ended.reason);
+    })().catch((error) => this._closed(link, 1006, String(error)));
+  }
+
+  /** On an event stream: try a WebSocket now and then, and go back to it once one opens. */
+  _probe() {
+    clearTimeout(this._probeTimer);
+    this._probeTimer = setTimeout(() => {
+      if (this._stopped || !this._streaming) return;
+      const probe = new WebSocket(this.url);
+      probe.onopen = () => {
+        probe.close(1000);
+        if (this._stopped || !this._streaming) return;
+        this._streaming = false;
+        this._failures = 0;
+        this._open(); // the session and the device carry over: nothing is lost
+      };
+      probe.onerror = () => this._probe();
+    }, this.webSocketRetry);
   }
 
   _retry() {
@@ -230,7 +332,7 @@ export class Tidings extends EventTarget {
 
   /** Send a frame and resolve with the server's direct answer (reject on an error frame). */
   request(frame) {
-    if (!this._ws || this._ws.readyState !== WebSocket.OPEN || !this.connected) {
+    if (!this._link || !this._link.isOpen() || !this.connected) {
       return Promise.reject(new Error("not connected"));
     }
     const id = this._nextId++;
@@ -240,7 +342,7 @@ export class Tidings extends EventTarget {
         reject(new Error("request timed out"));
       }, this.requestTimeout);
       this._waiting.set(id, { resolve, reject, timer });
-      this._ws.send(JSON.stringify({ ...frame, id }));
+      this._link.send(JSON.stringify({ ...frame, id }));
     });
   }
 
