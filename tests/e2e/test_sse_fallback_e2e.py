@@ -18,8 +18,9 @@ import pytest
 
 from conftest import ServerProcess, device_token, free_port
 from e2e.test_browser_e2e import browser
+from e2e.test_cross_origin_e2e import site
 
-__all__ = ["browser"]  # the fixture
+__all__ = ["browser", "site"]  # the fixtures
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CONFIG = """
@@ -176,5 +177,67 @@ def test_falls_back_to_events_and_returns_to_websocket(
     assert seen["transports"][0] == "sse" and seen["transports"][-1] == "websocket"
     assert seen["notifications"] == [1, 2]  # each once: nothing re-delivered across the switch
     assert seen["counts"] == sorted(seen["counts"])  # counts only move forward
+    assert errors == []
+    context.close()
+
+
+CROSS = """<!doctype html><meta charset="utf-8"><title>shop</title><body>
+<script type="module">
+  const { Tidings } = await import("%(proxy)s/tidings.js");
+  const client = new Tidings("%(ws)s/ws", { token: "%(token)s", backoffBase: 100 });
+  client.addEventListener("count", (e) => (document.body.dataset.count = e.detail.count));
+  client.addEventListener("open", () => (document.body.dataset.transport = client.transport));
+  client.connect();
+</script>"""
+
+
+@pytest.fixture
+def walled(
+    site: tuple[Path, str], tmp_path: Path, start_server: Callable[..., ServerProcess]
+) -> Iterator[tuple[Proxy, ServerProcess, Path, str]]:
+    if not Path(NGINX).exists():
+        pytest.skip("Debian's nginx is not installed (apt-get install nginx)")
+    root, origin = site
+    node = start_server(TIDINGS_ALLOWED_ORIGINS=origin)
+    folder = tmp_path / "walled"
+    folder.mkdir()
+    nginx = Proxy(folder, node.port)
+    try:
+        yield nginx, node, root, origin
+    finally:
+        nginx.stop()
+
+
+def test_a_page_of_another_origin_falls_back_too(
+    browser: object, walled: tuple[Proxy, ServerProcess, Path, str]
+) -> None:
+    """The shop's page imports the module from the tidings service behind the proxy: the
+    stream and its frames answer CORS for the shop's origin, and the counts come through."""
+    nginx, node, root, origin = walled
+    user = f"shop-{uuid.uuid4().hex[:6]}"
+    ws = nginx.url.replace("http", "ws", 1)
+    (root / "shop.html").write_text(
+        CROSS % {"proxy": nginx.url, "ws": ws, "token": device_token(user)}
+    )
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{origin}/shop.html")
+    page.wait_for_function(
+        "document.body.dataset.transport === 'sse' && document.body.dataset.count === '0'",
+        timeout=20_000,
+    )
+    service = {"Authorization": f"Bearer {node.service_token('notify')}"}
+    sent = httpx.post(f"{node.url}/notify", json={"user_id": user, "data": {}}, headers=service)
+    assert sent.status_code == 201, sent.text
+    page.wait_for_function("document.body.dataset.count === '1'", timeout=10_000)
+    # A page of an origin not listed gets no CORS answer from the stream's door.
+    foreign = httpx.options(
+        f"{nginx.url}/sse/frames",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert foreign.status_code == 403
+    assert "access-control-allow-origin" not in foreign.headers
     assert errors == []
     context.close()

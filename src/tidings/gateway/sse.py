@@ -18,14 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
 from tidings.core.limits import MAX_ID_LENGTH
 from tidings.fanout.broadcast import text_of
-from tidings.gateway.handshake import first, read_headers, read_query
+from tidings.gateway.handshake import (
+    first,
+    looks_like_jwt,
+    origin_allowed,
+    read_headers,
+    read_query,
+)
 
 logger = logging.getLogger("tidings.gateway")
 
@@ -47,11 +53,51 @@ HEADERS = [
 ]
 
 
+def cors_headers(
+    scope: dict[str, Any], allowed: Sequence[str] | None, *, delegation: bool
+) -> list[tuple[bytes, bytes]] | None:
+    """The CORS headers of a request to ``/sse`` or ``/sse/frames`` from a page of another
+    origin ([] from no browser), or None when that origin may not use them. The rule is the
+    socket's (:func:`~tidings.gateway.handshake.origin_allowed`): a listed origin, or any that
+    brings its own token when no list is set; never a page elsewhere riding the browser's
+    cookies. A preflight carries no credentials: it is judged as a token's."""
+    headers = read_headers(scope)
+    origin = headers.get("origin")
+    if origin is None:
+        return []
+    token = headers.get("authorization", "").removeprefix("Bearer ").strip() or None
+    ambient = delegation and (
+        "cookie" in headers or ("authorization" in headers and not looks_like_jwt(token))
+    )
+    if not origin_allowed(scope, headers, allowed, cookies=ambient):
+        return None
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-credentials", b"true"),
+        (b"vary", b"Origin"),
+    ]
+
+
+#: what a preflight of a stream or of its frames is told besides the origin
+PREFLIGHT = [
+    (b"access-control-allow-methods", b"GET, POST"),
+    (b"access-control-allow-headers", b"authorization, content-type"),
+    (b"access-control-max-age", b"600"),
+]
+
+
 class Stream:
     """One device's event stream: the gateway's ASGI WebSocket side on one end, the HTTP
     response and the frames POSTed for it on the other."""
 
-    def __init__(self, receive: Any, send: Any, on_open: Callable[[Stream], None]) -> None:
+    def __init__(
+        self,
+        receive: Any,
+        send: Any,
+        on_open: Callable[[Stream], None],
+        cors: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self._cors = cors or []
         self._http_receive = receive
         self._http_send = send
         self._on_open = on_open
@@ -141,6 +187,7 @@ class Stream:
 
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._started = True
+        headers = headers + self._cors
         await self._http_send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _write(self, body: bytes) -> None:
@@ -191,6 +238,7 @@ async def serve_stream(
     send: Any,
     *,
     delegation: bool,
+    allowed: Sequence[str] | None = None,
 ) -> None:
     """``GET /sse``: the gateway serves the request as a WebSocket carried by a stream. The
     credentials come with the request (a stream has no first frame to bring them): a token
@@ -215,7 +263,8 @@ async def serve_stream(
         )
         await send({"type": "http.response.body", "body": body})
         return
-    stream = Stream(receive, send, streams.add)
+    cors = cors_headers(scope, allowed, delegation=delegation)
+    stream = Stream(receive, send, streams.add, cors)
     socket_scope = dict(
         scope,
         type="websocket",

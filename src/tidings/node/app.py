@@ -12,7 +12,14 @@ from tidings.api.app import create_api
 from tidings.api.fast import FAST_ROUTES, fast_post
 from tidings.api.ports import ApiNode, ApiSettings
 from tidings.core.ids import new_sorted_id
-from tidings.gateway.sse import FRAMES_PATH, SSE_PATH, Streams, serve_stream
+from tidings.gateway.sse import (
+    FRAMES_PATH,
+    PREFLIGHT,
+    SSE_PATH,
+    Streams,
+    cors_headers,
+    serve_stream,
+)
 from tidings.logs import log_context
 
 
@@ -66,16 +73,25 @@ class TidingsApp(Generic[NodeT]):
         if kind in ("websocket", "http") and _local_path(scope) == WS_PATH:
             await self.tidings.gateway(scope, receive, send)
             return
-        if kind == "http" and scope["method"] == "GET" and _local_path(scope) == SSE_PATH:
-            await serve_stream(
-                self.tidings.gateway,
-                self.tidings.sse_streams,
-                scope,
-                receive,
-                send,
-                delegation=self.tidings.delegate is not None,
-            )
-            return
+        if kind == "http" and _local_path(scope) in (SSE_PATH, FRAMES_PATH):
+            delegation = self.tidings.delegate is not None
+            allowed = self.tidings.settings.allowed_origins
+            if scope["method"] == "OPTIONS":  # a page of another origin asks first
+                cors = cors_headers(scope, allowed, delegation=False)
+                status = 403 if cors is None else 204
+                await _json(send, status, {}, (cors or []) + PREFLIGHT)
+                return
+            if scope["method"] == "GET" and _local_path(scope) == SSE_PATH:
+                await serve_stream(
+                    self.tidings.gateway,
+                    self.tidings.sse_streams,
+                    scope,
+                    receive,
+                    send,
+                    delegation=delegation,
+                    allowed=allowed,
+                )
+                return
         if kind == "http":
             log_context.set(RequestId(scope))
             limit = self.max_batch_body if _local_path(scope) == BATCH_PATH else self.max_body
@@ -87,9 +103,18 @@ class TidingsApp(Generic[NodeT]):
                 return
             path = _local_path(scope)
             if scope["method"] == "POST" and path == FRAMES_PATH:
+                cors = cors_headers(
+                    scope,
+                    self.tidings.settings.allowed_origins,
+                    delegation=self.tidings.delegate is not None,
+                )
+                if cors is None:
+                    forbidden = {"error": "forbidden_origin", "message": "origin not allowed"}
+                    await _json(send, 403, forbidden)
+                    return
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
                 status, answer = await self.tidings.post_sse_frames(headers, body)
-                await _json(send, status, answer)
+                await _json(send, status, answer, cors)
                 return
             if scope["method"] == "POST" and path in FAST_ROUTES:
                 await fast_post(self.tidings, path, scope, body, send)  # hot paths, no framework
@@ -189,8 +214,11 @@ async def _too_large(send: Any, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _json(send: Any, status: int, answer: dict[str, Any]) -> None:
-    body = orjson.dumps(answer)
+async def _json(
+    send: Any, status: int, answer: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = orjson.dumps(answer) if status != 204 else b""
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += extra or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
