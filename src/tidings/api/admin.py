@@ -25,10 +25,6 @@ from tidings.core.limits import MAX_USER_ID_LENGTH
 from tidings.errors import ApiError, InvalidArgument
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-#: recent pipeline messages searched for a user's deliveries (no store call finds them by user)
-MESSAGES_SEARCHED = 100
-#: of those, the messages whose deliveries are read
-MESSAGES_READ = 20
 
 
 def mount_admin(app: FastAPI, tidings: ApiNode, require_scope: RequireScope) -> None:
@@ -109,7 +105,10 @@ async def _overview(tidings: ApiNode, devices: int, recent: int) -> dict[str, An
 async def _user(tidings: ApiNode, user_id: str, limit: int) -> dict[str, Any]:
     store = tidings.store
     sockets = await store.presence(user_id=user_id)
-    depths = await store.queue_depths(list({(p.connection_id, p.user_id) for p in sockets}))
+    # Every device, connected or not (a device away keeps its queue).
+    devices = await store.devices_of(user_id)
+    depths = await store.queue_depths([(d.connection_id, user_id) for d in devices])
+    online = {p.connection_id: p for p in sockets}
     count = await tidings.count(user_id)
     notifications, _ = await tidings.notifications(user_id, limit=limit)
     return {
@@ -122,13 +121,19 @@ async def _user(tidings: ApiNode, user_id: str, limit: int) -> dict[str, Any]:
         },
         "devices": [
             {
-                "connection_id": p.connection_id,
-                "session_id": p.session_id,
-                "node_id": p.node_id,
-                "connected_since": p.connected_since,
-                "queue_depth": depths.get(p.connection_id, 0),
+                "connection_id": d.connection_id,
+                "connected": d.connection_id in online,
+                "session_id": online[d.connection_id].session_id
+                if d.connection_id in online
+                else None,
+                "node_id": online[d.connection_id].node_id if d.connection_id in online else None,
+                "connected_since": (
+                    online[d.connection_id].connected_since if d.connection_id in online else None
+                ),
+                "last_seen_at": d.last_seen_at,
+                "queue_depth": depths.get(d.connection_id, 0),
             }
-            for p in sockets
+            for d in devices
         ],
         "push_tokens": [
             {"token_id": t.token_id, "platform": t.platform, "app_id": t.app_id}
@@ -140,25 +145,12 @@ async def _user(tidings: ApiNode, user_id: str, limit: int) -> dict[str, Any]:
 
 
 async def _deliveries(tidings: ApiNode, user_id: str, limit: int) -> list[dict[str, Any]]:
-    """The user's deliveries among the recent messages addressed to them by id or by topic
-    (the pipeline's store has no call that finds deliveries by user)."""
-    store = tidings.pipeline.store
-    found: list[dict[str, Any]] = []
-    read = 0
-    for message in await store.list_messages(None, MESSAGES_SEARCHED):
-        named = message.recipients.get("user_ids")
-        if isinstance(named, list) and user_id not in named:
-            continue
-        if read == MESSAGES_READ or len(found) >= limit:
-            break
-        read += 1
-        full = await store.get_message(message.message_id, None)
-        for delivery in (full.deliveries or []) if full else []:
-            if delivery.user_id == user_id:
-                item = delivery.to_dict()
-                item.pop("history", None)
-                found.append({"message_id": message.message_id, **item})
-    return found[:limit]
+    """The user's latest deliveries, newest first (without their history)."""
+    found = await tidings.pipeline.store.deliveries_of_user(user_id, limit)
+    return [
+        {"message_id": d.message_id, **{k: v for k, v in d.to_dict().items() if k != "history"}}
+        for d in found
+    ]
 
 
 def node_stats(node_id: str, exposition: str) -> dict[str, Any]:

@@ -406,3 +406,14 @@ async def test_concurrent_messages_cannot_both_pass_the_limit(pstore: PipelineSt
     assert len(queued) == 1
     assert sum(message.counts.get(FAILED, 0) for message, _, _ in results) == 3
     assert len(await pstore.claim(["email"], "w", 10, LONG)) == 1
+
+
+async def test_a_users_latest_deliveries_across_messages(pstore: PipelineStore) -> None:
+    first, _, _ = await create(pstore, new_message(["alice", "bob"], body="b1"))
+    second, _, _ = await create(pstore, new_message(["alice"], body="b2", key="k2"))
+    found = await pstore.deliveries_of_user("alice", 10)
+    assert [d.message_id for d in found] == [second.message_id, first.message_id]
+    assert {d.user_id for d in found} == {"alice"} and all(not d.history for d in found)
+    assert len(await pstore.deliveries_of_user("alice", 1)) == 1
+    assert [d.message_id for d in await pstore.deliveries_of_user("bob", 10)] == [first.message_id]
+    assert await pstore.deliveries_of_user("nobody", 10) == []

@@ -158,3 +158,15 @@ async def test_queue_depths_in_one_call(store: Store) -> None:
     )
     assert depths == {phone.connection_id: 1, laptop.connection_id: 2}
     assert await store.queue_depths([]) == {}
+
+
+async def test_a_users_devices_connected_or_not(store: Store) -> None:
+    first = await store.bind_device("alice", None)
+    second = await store.bind_device("alice", None)
+    await store.bind_device("bob", None)
+    again = await store.bind_device("alice", first.connection_id)  # seen last
+    found = await store.devices_of("alice")
+    assert [d.connection_id for d in found] == [again.connection_id, second.connection_id]
+    assert {d.user_id for d in found} == {"alice"}
+    assert len(await store.devices_of("alice", limit=1)) == 1
+    assert await store.devices_of("nobody") == []

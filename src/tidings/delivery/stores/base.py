@@ -22,6 +22,7 @@ import orjson
 from tidings.delivery.models import (
     Claim,
     Content,
+    Delivery,
     Message,
     NewMessage,
     Outcome,
@@ -139,6 +140,10 @@ class MessageStore(ABC):
     ) -> Message | None:
         """The message (``client_id`` ``None``: whoever created it), with ``limit`` of its
         deliveries from ``offset`` in creation order (its ``counts`` cover all of them)."""
+
+    @abstractmethod
+    async def deliveries_of_user(self, user_id: str, limit: int) -> list[Delivery]:
+        """The user's latest deliveries (without their history), newest first."""
 
     @abstractmethod
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:

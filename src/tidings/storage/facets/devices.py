@@ -59,6 +59,10 @@ class DeviceStore(ABC):
         seconds; returns what was dropped, or ``None``."""
 
     @abstractmethod
+    async def devices_of(self, user_id: str, limit: int = 100) -> list[Device]:
+        """The user's devices, connected or not, the most recently seen first."""
+
+    @abstractmethod
     async def take_retained(self, connection_id: str, user_id: str) -> int:
         """How many notifications retention removed from the device's queue since this was
         last asked (0 for an unknown device); the number starts again from 0."""

@@ -160,6 +160,16 @@ class PostgresDevices(PostgresEngine):
             )
         return QueueGap(reason, skipped, cursor)
 
+    async def devices_of(self, user_id: str, limit: int = 100) -> list[Device]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT connection_id, user_id, created_at, last_seen_at, cursor FROM devices "
+                "WHERE user_id = $1 ORDER BY last_seen_at DESC LIMIT $2",
+                user_id,
+                limit,
+            )
+        return [Device(*row) for row in rows]
+
     async def take_retained(self, connection_id: str, user_id: str) -> int:
         async with self.connection(transaction=True) as conn:
             taken = await conn.fetchval(

@@ -20,11 +20,13 @@ from tidings.errors import (
 )
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import (
+    DEVICE_COLUMNS,
     NOTE_COLUMNS,
     QUEUE,
     _advance_cursor,
     _bind,
     _cursor,
+    _device,
     _notification,
     _owned,
 )
@@ -119,6 +121,17 @@ class SqliteDevices(SqliteEngine):
             return QueueGap(reason, skipped, cursor)
 
         return await self.write(run)
+
+    async def devices_of(self, user_id: str, limit: int = 100) -> list[Device]:
+        def run(conn: sqlite3.Connection) -> list[Device]:
+            rows = conn.execute(
+                f"SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ? "
+                "ORDER BY last_seen_at DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+            return [_device(row) for row in rows]
+
+        return await self.read(run)
 
     async def take_retained(self, connection_id: str, user_id: str) -> int:
         def run(conn: sqlite3.Connection) -> int:

@@ -17,6 +17,7 @@ from tidings.delivery.models import (
     FAILED,
     PENDING,
     STALE,
+    Delivery,
     Message,
     NewMessage,
     PlannedDelivery,
@@ -38,6 +39,7 @@ from tidings.delivery.stores.rows import (
     DELIVERY_COLUMNS,
     HISTORY_COLUMNS,
     check_body,
+    delivery_of,
     message_of,
     native,
     subscribers,
@@ -103,6 +105,16 @@ class PostgresMessages(PostgresTables, MessageStore):
             return await _message(
                 conn, message_id, client_id, deliveries=deliveries, page=(limit, offset)
             )
+
+    async def deliveries_of_user(self, user_id: str, limit: int) -> list[Delivery]:
+        async with self.store.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {DELIVERY_COLUMNS} FROM pipeline_deliveries WHERE user_id = $1 "
+                "ORDER BY created_at DESC, delivery_id DESC LIMIT $2",
+                user_id,
+                limit,
+            )
+        return [delivery_of(row, native) for row in rows]
 
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:
         window = limit if state is None else max(limit * 10, 1000)

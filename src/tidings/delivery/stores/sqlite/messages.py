@@ -14,6 +14,7 @@ from tidings.delivery.models import (
     FAILED,
     PENDING,
     STALE,
+    Delivery,
     Message,
     NewMessage,
     PlannedDelivery,
@@ -30,6 +31,7 @@ from tidings.delivery.stores.rows import (
     HISTORY_COLUMNS,
     MESSAGE_COLUMNS,
     check_body,
+    delivery_of,
     message_of,
     subscribers,
     with_deliveries,
@@ -91,6 +93,17 @@ class SqliteMessages(SqliteTables, MessageStore):
                 ),
             )
         )
+
+    async def deliveries_of_user(self, user_id: str, limit: int) -> list[Delivery]:
+        def run(conn: sqlite3.Connection) -> list[Delivery]:
+            rows = conn.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM pipeline_deliveries WHERE user_id = ? "
+                "ORDER BY created_at DESC, delivery_id DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+            return [delivery_of(row, parse_iso) for row in rows]
+
+        return await self.store.read(run)
 
     async def list_messages(self, state: str | None, limit: int) -> list[Message]:
         def run(conn: sqlite3.Connection) -> list[Message]:
