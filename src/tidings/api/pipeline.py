@@ -34,6 +34,7 @@ from tidings.errors import (
     Conflict,
     InvalidAddress,
     InvalidArgument,
+    NotFound,
     TemplateFailure,
     TopicRefused,
 )
@@ -295,6 +296,44 @@ def mount_pipeline(
     ) -> JSONResponse:
         """Queue the message's ``failed`` deliveries again, tries counted from zero."""
         message = await tidings.pipeline.store.retry_message(message_id, client)
+        if message is not None:
+            await tidings.pipeline.wake_all()
+        return JSONResponse(found(message, message_id))
+
+    @router.delete(
+        "/messages/{message_id}/deliveries/{delivery_id}",
+        response_model=MessageOut,
+        responses={**errors, **not_found},
+        tags=["pipeline"],
+    )
+    async def delete_delivery(
+        message_id: Annotated[str, Path(max_length=64)],
+        delivery_id: Annotated[str, Path(max_length=64)],
+        client: Annotated[str | None, Depends(messages_or_admin)],
+    ) -> JSONResponse:
+        """Move one delivery of the message to ``deleted`` if it is not sent yet."""
+        try:
+            message = await tidings.pipeline.store.delete_message(message_id, client, delivery_id)
+        except NotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+        return JSONResponse(found(message, message_id))
+
+    @router.post(
+        "/messages/{message_id}/deliveries/{delivery_id}/retry",
+        response_model=MessageOut,
+        responses={**errors, **not_found},
+        tags=["pipeline"],
+    )
+    async def retry_delivery(
+        message_id: Annotated[str, Path(max_length=64)],
+        delivery_id: Annotated[str, Path(max_length=64)],
+        client: Annotated[str | None, Depends(messages_or_admin)],
+    ) -> JSONResponse:
+        """Queue one ``failed`` delivery of the message again, tries counted from zero."""
+        try:
+            message = await tidings.pipeline.store.retry_message(message_id, client, delivery_id)
+        except NotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
         if message is not None:
             await tidings.pipeline.wake_all()
         return JSONResponse(found(message, message_id))

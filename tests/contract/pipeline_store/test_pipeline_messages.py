@@ -25,7 +25,7 @@ from tidings.core.models import utcnow
 from tidings.delivery.models import ACTIVE, DELETED, FAILED, PENDING, SENT, STALE, Outcome
 from tidings.delivery.planner import RateLimit
 from tidings.delivery.stores.base import PipelineStore
-from tidings.errors import Conflict, InvalidArgument
+from tidings.errors import Conflict, InvalidArgument, NotFound
 
 __all__ = ["postgres_template", "pstore"]  # the fixtures
 
@@ -417,3 +417,29 @@ async def test_a_users_latest_deliveries_across_messages(pstore: PipelineStore) 
     assert len(await pstore.deliveries_of_user("alice", 1)) == 1
     assert [d.message_id for d in await pstore.deliveries_of_user("bob", 10)] == [first.message_id]
     assert await pstore.deliveries_of_user("nobody", 10) == []
+
+
+async def test_one_delivery_retried_or_deleted(pstore: PipelineStore) -> None:
+    """With a delivery_id, retry and delete touch that delivery only; one of another message
+    (or unknown) is NotFound and nothing changes."""
+    message, _, _ = await create(pstore, new_message(("u1", "u2", "u3", "u4")))
+    other, _, _ = await create(pstore, new_message(("u9",), body="b9", key="k9"))
+    claims = await pstore.claim(["in_app"], "w", 2, LONG)
+    for claim in claims:
+        assert await pstore.complete("w", claim, Outcome(FAILED, "rejected", error="nope"))
+    failed = [c.delivery_id for c in claims]
+    result = await pstore.retry_message(message.message_id, "svc-a", failed[0])
+    assert result is not None
+    states = {i: d.state for i, d in (await deliveries(pstore, message.message_id)).items()}
+    assert states[failed[0]] == PENDING and states[failed[1]] == FAILED
+    waiting = [i for i, s in states.items() if s == PENDING and i != failed[0]]
+    await pstore.delete_message(message.message_id, "svc-a", waiting[0])
+    states = {i: d.state for i, d in (await deliveries(pstore, message.message_id)).items()}
+    assert states[waiting[0]] == DELETED and states[waiting[1]] == PENDING
+    assert states[failed[0]] == PENDING  # not the one named
+    foreign = (await one_delivery(pstore, other.message_id)).delivery_id
+    for call in (pstore.retry_message, pstore.delete_message):
+        for delivery_id in (foreign, "no-such-delivery"):
+            with pytest.raises(NotFound):
+                await call(message.message_id, "svc-a", delivery_id)
+    assert (await one_delivery(pstore, other.message_id)).state == PENDING

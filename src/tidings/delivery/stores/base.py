@@ -150,12 +150,26 @@ class MessageStore(ABC):
         """Recent messages, newest first, optionally only those in ``state``."""
 
     @abstractmethod
-    async def delete_message(self, message_id: str, client_id: str | None) -> Message | None:
-        """Move the message's ``pending`` and ``stale`` deliveries to ``deleted``."""
+    async def delete_message(
+        self, message_id: str, client_id: str | None, delivery_id: str | None = None
+    ) -> Message | None:
+        """Move the message's ``pending`` and ``stale`` deliveries (or only ``delivery_id``)
+        to ``deleted``.
+
+        Raises:
+            NotFound: ``delivery_id`` is not one of the message's.
+        """
 
     @abstractmethod
-    async def retry_message(self, message_id: str, client_id: str | None) -> Message | None:
-        """Queue the message's ``failed`` deliveries again, tries counted from zero."""
+    async def retry_message(
+        self, message_id: str, client_id: str | None, delivery_id: str | None = None
+    ) -> Message | None:
+        """Queue the message's ``failed`` deliveries (or only ``delivery_id``) again, tries
+        counted from zero.
+
+        Raises:
+            NotFound: ``delivery_id`` is not one of the message's.
+        """
 
 
 class ClaimStore(ABC):

@@ -45,6 +45,7 @@ from tidings.delivery.stores.rows import (
     subscribers,
     with_deliveries,
 )
+from tidings.errors import NotFound
 
 
 class PostgresMessages(PostgresTables, MessageStore):
@@ -128,22 +129,26 @@ class PostgresMessages(PostgresTables, MessageStore):
         found = [message_of(row, counts.get(row[0], {}), native) for row in rows]
         return [m for m in found if state is None or m.state == state][:limit]
 
-    async def delete_message(self, message_id: str, client_id: str | None) -> Message | None:
+    async def delete_message(
+        self, message_id: str, client_id: str | None, delivery_id: str | None = None
+    ) -> Message | None:
         async with self.store.connection(transaction=True) as conn:
             if await _message(conn, message_id, client_id, deliveries=False) is None:
                 return None
+            await _check_delivery(conn, message_id, delivery_id)
             now = utcnow()
             ids = [
                 row[0]
                 for row in await conn.fetch(
                     "UPDATE pipeline_deliveries SET state = $1, reason = 'deleted_by_request', "
                     "updated_at = $2 WHERE message_id = $3 AND state IN ($4, $5) "
-                    "RETURNING delivery_id",
+                    "AND ($6::text IS NULL OR delivery_id = $6) RETURNING delivery_id",
                     DELETED,
                     now,
                     message_id,
                     PENDING,
                     STALE,
+                    delivery_id,
                 )
             ]
             await conn.execute(
@@ -152,21 +157,26 @@ class PostgresMessages(PostgresTables, MessageStore):
             await write_history(conn, [(i, DELETED, "deleted_by_request", None) for i in ids], now)
             return await _message(conn, message_id, client_id)
 
-    async def retry_message(self, message_id: str, client_id: str | None) -> Message | None:
+    async def retry_message(
+        self, message_id: str, client_id: str | None, delivery_id: str | None = None
+    ) -> Message | None:
         async with self.store.connection(transaction=True) as conn:
             if await _message(conn, message_id, client_id, deliveries=False) is None:
                 return None
+            await _check_delivery(conn, message_id, delivery_id)
             now = utcnow()
             rows = await conn.fetch(
                 # The current contact point: the user may have given one since (no_address).
                 "UPDATE pipeline_deliveries d SET state = $1, reason = 'retried_by_request', "
                 "attempts = 0, updated_at = $2, address = COALESCE((SELECT c.address FROM "
                 "pipeline_contacts c WHERE c.user_id = d.user_id AND c.channel = d.channel), "
-                "d.address) WHERE message_id = $3 AND state = $4 RETURNING delivery_id, channel",
+                "d.address) WHERE message_id = $3 AND state = $4 "
+                "AND ($5::text IS NULL OR delivery_id = $5) RETURNING delivery_id, channel",
                 PENDING,
                 now,
                 message_id,
                 FAILED,
+                delivery_id,
             )
             await conn.execute(
                 "INSERT INTO pipeline_outbox (delivery_id, channel, available_at) "
@@ -277,3 +287,13 @@ async def _message(
         [r[0] for r in rows],
     )
     return with_deliveries(message, rows, history, native)
+
+
+async def _check_delivery(conn: Any, message_id: str, delivery_id: str | None) -> None:
+    """Raise NotFound unless ``delivery_id`` (if given) is one of the message's."""
+    if delivery_id is not None and not await conn.fetchval(
+        "SELECT 1 FROM pipeline_deliveries WHERE delivery_id = $1 AND message_id = $2",
+        delivery_id,
+        message_id,
+    ):
+        raise NotFound("no such delivery in this message", [delivery_id])

@@ -43,6 +43,7 @@ from tidings.delivery.stores.sqlite.common import (
     recipients,
     write_history,
 )
+from tidings.errors import NotFound
 
 T = TypeVar("T")
 
@@ -120,17 +121,21 @@ class SqliteMessages(SqliteTables, MessageStore):
 
         return await self.store.read(run)
 
-    async def delete_message(self, message_id: str, client_id: str | None) -> Message | None:
+    async def delete_message(
+        self, message_id: str, client_id: str | None, delivery_id: str | None = None
+    ) -> Message | None:
         def run(conn: sqlite3.Connection) -> Message | None:
             if _message(conn, message_id, client_id, deliveries=False) is None:
                 return None
+            _check_delivery(conn, message_id, delivery_id)
             now = isoformat(utcnow())
             ids = [
                 row[0]
                 for row in conn.execute(
                     "UPDATE pipeline_deliveries SET state = ?, reason = ?, updated_at = ? "
-                    "WHERE message_id = ? AND state IN (?, ?) RETURNING delivery_id",
-                    (DELETED, "deleted_by_request", now, message_id, PENDING, STALE),
+                    "WHERE message_id = ? AND state IN (?, ?) "
+                    "AND (?7 IS NULL OR delivery_id = ?7) RETURNING delivery_id",
+                    (DELETED, "deleted_by_request", now, message_id, PENDING, STALE, delivery_id),
                 )
             ]
             for chunk in chunks(ids):
@@ -142,10 +147,13 @@ class SqliteMessages(SqliteTables, MessageStore):
 
         return await self.store.write(run)
 
-    async def retry_message(self, message_id: str, client_id: str | None) -> Message | None:
+    async def retry_message(
+        self, message_id: str, client_id: str | None, delivery_id: str | None = None
+    ) -> Message | None:
         def run(conn: sqlite3.Connection) -> Message | None:
             if _message(conn, message_id, client_id, deliveries=False) is None:
                 return None
+            _check_delivery(conn, message_id, delivery_id)
             now = isoformat(utcnow())
             # The user may have given a contact point since (a delivery that failed with
             # no_address): the retry takes the current one.
@@ -153,8 +161,9 @@ class SqliteMessages(SqliteTables, MessageStore):
                 "UPDATE pipeline_deliveries AS d SET state = ?, reason = ?, attempts = 0, "
                 "updated_at = ?, address = COALESCE((SELECT c.address FROM pipeline_contacts c "
                 "WHERE c.user_id = d.user_id AND c.channel = d.channel), d.address) "
-                "WHERE message_id = ? AND state = ? RETURNING delivery_id, channel",
-                (PENDING, "retried_by_request", now, message_id, FAILED),
+                "WHERE message_id = ? AND state = ? AND (?6 IS NULL OR delivery_id = ?6) "
+                "RETURNING delivery_id, channel",
+                (PENDING, "retried_by_request", now, message_id, FAILED, delivery_id),
             ).fetchall()
             conn.executemany(
                 "INSERT OR REPLACE INTO pipeline_outbox VALUES (?, ?, ?, NULL, NULL, 0)",
@@ -280,3 +289,15 @@ def _message(
         )
     ]
     return with_deliveries(message, rows, history, parse_iso)
+
+
+def _check_delivery(conn: sqlite3.Connection, message_id: str, delivery_id: str | None) -> None:
+    """Raise NotFound unless ``delivery_id`` (if given) is one of the message's."""
+    if (
+        delivery_id is not None
+        and not conn.execute(
+            "SELECT 1 FROM pipeline_deliveries WHERE delivery_id = ? AND message_id = ?",
+            (delivery_id, message_id),
+        ).fetchone()
+    ):
+        raise NotFound("no such delivery in this message", [delivery_id])
