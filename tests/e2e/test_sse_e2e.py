@@ -17,6 +17,9 @@ import orjson
 import pytest
 
 from conftest import REDIS_URL, ServerProcess, device_token, require_service
+from e2e.test_client_reconnect_e2e import delegate
+
+__all__ = ["delegate"]  # the fixture
 
 
 class Events:
@@ -44,10 +47,15 @@ class Events:
 
 @contextlib.asynccontextmanager
 async def stream(
-    http: httpx.AsyncClient, url: str, user: str, query: str = ""
+    http: httpx.AsyncClient,
+    url: str,
+    user: str,
+    query: str = "",
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[Events]:
     events = Events()
-    headers = {"Authorization": f"Bearer {device_token(user)}", "Accept": "text/event-stream"}
+    headers = headers or {"Authorization": f"Bearer {device_token(user)}"}
+    headers = {**headers, "Accept": "text/event-stream"}
 
     async def read() -> None:
         async with http.stream("GET", f"{url}/sse{query}", headers=headers) as answer:
@@ -171,3 +179,39 @@ async def test_deliver_mode_and_a_post_to_another_node(
             await again.next("newNotificationCountChanged")
             with pytest.raises(TimeoutError):
                 await again.next("notification", timeout=1.0)
+
+
+async def test_the_application_s_cookie_authenticates_a_stream_and_its_frames(
+    start_server: Callable[..., ServerProcess], delegate: tuple[str, list[dict[str, str]]]
+) -> None:
+    """Delegated mode: the application's cookie opens the stream and carries its frames;
+    another user's cookie cannot post to it, nor a page of another site riding the cookie."""
+    url, _ = delegate
+    node = start_server(TIDINGS_DELEGATE_URL=url, TIDINGS_DELEGATE_CACHE_TTL="0")
+    alice, bob = f"u-alice-{uuid.uuid4().hex[:6]}", f"u-bob-{uuid.uuid4().hex[:6]}"
+    cookie = {"Cookie": f"app_session={alice}"}
+    async with (
+        httpx.AsyncClient(timeout=None) as http,
+        stream(http, node.url, alice, headers=cookie) as events,
+    ):
+        welcome = await events.next("welcome")
+        assert welcome["user_id"] == alice
+        frames = {
+            "connection_id": welcome["connection_id"],
+            "frames": [{"type": "getUnseen", "id": 4}],
+        }
+        mine = await http.post(f"{node.url}/sse/frames", json=frames, headers=cookie)
+        assert mine.status_code == 202, mine.text
+        assert (await events.next("newNotificationData"))["id"] == 4
+        other = {"Cookie": f"app_session={bob}"}
+        theirs = await http.post(f"{node.url}/sse/frames", json=frames, headers=other)
+        assert theirs.status_code == 404
+        riding = {**cookie, "Origin": "http://elsewhere.example"}
+        refused = await http.post(f"{node.url}/sse/frames", json=frames, headers=riding)
+        assert refused.status_code == 403
+        async with http.stream("GET", f"{node.url}/sse", headers=riding) as answer:
+            assert answer.status_code == 403
+        nobody = await http.post(
+            f"{node.url}/sse/frames", json=frames, headers={"Cookie": "app_session=x"}
+        )
+        assert nobody.status_code == 401
