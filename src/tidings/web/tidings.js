@@ -170,9 +170,19 @@ export class Tidings extends EventTarget {
     }
     this._waiting.clear();
     this._emit("close", { code, reason });
-    if (code === 4401 && !this.getToken) {
-      this._emit("unauthorized", { code });
-      return; // the same token would be refused again
+    if (code === 4401) {
+      // Without getToken the same token would be refused again; with it, a fresh one is
+      // tried once more before giving up (as the Python client does).
+      this._refusals = (this._refusals ?? 0) + 1;
+      if (!this.getToken || this._refusals >= 2) {
+        this._emit("unauthorized", { code });
+        return;
+      }
+    }
+    if (code === 4429) {
+      // The user holds the most sockets allowed: another device must close first.
+      this._emit("error", { code: "too_many_connections", message: reason });
+      return;
     }
     if (!this._stopped && code !== 1000) this._retry();
   }
@@ -273,6 +283,7 @@ export class Tidings extends EventTarget {
       case "welcome":
         this.connected = true;
         this._attempt = 0;
+        this._refusals = 0;
         this.connectionId = frame.connection_id;
         try { localStorage.setItem(CONNECTION_KEY, frame.connection_id); } catch { /* disabled */ }
         this.userId = frame.user_id;
