@@ -8,7 +8,7 @@ acts on it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -87,9 +87,7 @@ def read_handshake(
     token = bearer(headers.get("authorization")) or first(query, "access_token")
     # Delegated mode: the application decides for devices that bring its credentials
     # (cookies, or an Authorization the application issued); others may still use a JWT.
-    delegated = delegation and (
-        "cookie" in headers or ("authorization" in headers and not looks_like_jwt(token))
-    )
+    delegated = for_the_application(headers, token, delegation=delegation)
     # What goes to the delegate may be a browser's ambient credentials, sent along by a page
     # elsewhere: its cookies, or HTTP credentials the browser caches and attaches by itself (a
     # page cannot set Authorization on a WebSocket). Only a principal that comes from a token
@@ -240,3 +238,11 @@ def origin_key(origin: str) -> tuple[str, str, int]:
 
 def looks_like_jwt(token: str | None) -> bool:
     return token is not None and token.count(".") == 2
+
+
+def for_the_application(headers: Mapping[str, str], token: str | None, *, delegation: bool) -> bool:
+    """Whether the request's credentials are the application's to judge (delegated mode):
+    its cookies, or an ``Authorization`` that is not a tidings JWT (``token``, the bearer)."""
+    return delegation and (
+        "cookie" in headers or ("authorization" in headers and not looks_like_jwt(token))
+    )

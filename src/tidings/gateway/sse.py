@@ -26,8 +26,9 @@ import orjson
 from tidings.core.limits import MAX_ID_LENGTH
 from tidings.fanout.broadcast import text_of
 from tidings.gateway.handshake import (
+    bearer,
     first,
-    looks_like_jwt,
+    for_the_application,
     origin_allowed,
     read_headers,
     read_query,
@@ -65,10 +66,8 @@ def cors_headers(
     origin = headers.get("origin")
     if origin is None:
         return []
-    token = headers.get("authorization", "").removeprefix("Bearer ").strip() or None
-    ambient = delegation and (
-        "cookie" in headers or ("authorization" in headers and not looks_like_jwt(token))
-    )
+    token = bearer(headers.get("authorization"))
+    ambient = for_the_application(headers, token, delegation=delegation)
     if not origin_allowed(scope, headers, allowed, cookies=ambient):
         return None
     return [

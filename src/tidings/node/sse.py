@@ -17,7 +17,7 @@ from tidings.errors import (
     StoreError,
 )
 from tidings.fanout.registry import user_channel
-from tidings.gateway.handshake import bearer, looks_like_jwt
+from tidings.gateway.handshake import bearer, for_the_application
 from tidings.gateway.sse import Streams, read_frames_body
 
 if TYPE_CHECKING:
@@ -87,9 +87,7 @@ class SseDoor:
         token = bearer(headers.get("authorization"))
         delegate = self.delegate
         try:
-            if delegate is not None and (
-                "cookie" in headers or ("authorization" in headers and not looks_like_jwt(token))
-            ):
+            if delegate is not None and for_the_application(headers, token, delegation=True):
                 return (await delegate.authenticate_request(headers))[0]
             if token is not None:
                 return await self.authenticator.authenticate(token)

@@ -95,13 +95,16 @@ class Retention:
     async def _trim(self) -> int:
         if self._trimmed is None:  # this node's first sweep: from now on
             self._trimmed = await self.store.log_position_before(utcnow() + timedelta(days=1))
-        removed = 0
+        # Each user once per sweep: those notified since the last one, and those left over.
+        users = set(self._unfinished)
         for _ in range(STEPS):
-            users, self._trimmed = await self.store.users_notified_after(self._trimmed, BATCH)
-            for user_id in {*users, *self._unfinished}:
-                removed += await self._trim_user(user_id)
-            if not users:
+            notified, self._trimmed = await self.store.users_notified_after(self._trimmed, BATCH)
+            users.update(notified)
+            if not notified:
                 break
+        removed = 0
+        for user_id in users:
+            removed += await self._trim_user(user_id)
         return removed
 
     async def _trim_user(self, user_id: str) -> int:
