@@ -170,3 +170,44 @@ async def test_a_users_devices_connected_or_not(store: Store) -> None:
     assert {d.user_id for d in found} == {"alice"}
     assert len(await store.devices_of("alice", limit=1)) == 1
     assert await store.devices_of("nobody") == []
+
+
+async def test_concurrent_acks_and_reads_each_get_their_own_outcome(store: Store) -> None:
+    """Acknowledgements and queue reads made at the same moment (which stores may serve as one
+    group) each get what a lone call would: a device acknowledging twice at once (out of
+    order) ends with an empty queue, a refused ack (an unknown id mixed with a good one, an
+    unknown or another user's device) changes nothing, and other devices' queues are their
+    own. Setup through the notifications facet (create_notification fills the queues)."""
+    devices = [await store.bind_device(f"u{i}", None) for i in range(4)]
+    notes = {
+        i: [(await store.create_notification(f"u{i}", n)).notification for n in range(6)]
+        for i in range(4)
+    }
+    cid = [d.connection_id for d in devices]
+    ids = {i: [n.notification_id for n in notes[i]] for i in range(4)}
+    outcomes = await asyncio.gather(
+        store.ack(cid[0], "u0", ids[0][3:]),  # the later half first
+        store.ack(cid[0], "u0", ids[0][:3]),
+        store.ack(cid[1], "u1", [ids[1][0], "no-such-id"]),
+        store.ack(cid[2], "u2", ids[2][:2] + ids[2][4:]),  # a hole at 2 and 3
+        store.ack(cid[3], "u0", ids[0][:1]),  # u0's id on u3's device, as u0
+        store.ack("unknown-device-x", "u3", ids[3][:1]),
+        store.pending(cid[1], "u1", 0, 100),
+        store.pending("unknown-device-y", "u1", 0, 100),
+        store.pending(cid[3], "u3", notes[3][1].seq, 2),
+        return_exceptions=True,
+    )
+    assert outcomes[0].acked == ids[0][3:] and outcomes[1].acked == ids[0][:3]
+    assert isinstance(outcomes[2], NotFound) and outcomes[2].ids == ["no-such-id"]
+    assert outcomes[3].cursor == notes[2][1].seq
+    assert isinstance(outcomes[4], NotFound) and isinstance(outcomes[5], NotFound)
+    assert [n.notification_id for n in outcomes[6]] == ids[1]
+    assert isinstance(outcomes[7], NotFound)
+    assert [n.notification_id for n in outcomes[8]] == ids[3][2:4]
+    assert await store.pending(cid[0], "u0", 0, 100) == []
+    assert [n.notification_id for n in await store.pending(cid[1], "u1", 0, 100)] == ids[1]
+    assert [n.notification_id for n in await store.pending(cid[2], "u2", 0, 100)] == ids[2][2:4]
+    assert [n.notification_id for n in await store.pending(cid[3], "u3", 0, 100)] == ids[3]
+    await store.ack(cid[2], "u2", ids[2][2:4])  # the hole filled: the cursor takes all
+    assert (await store.ack(cid[2], "u2", [])).cursor == notes[2][5].seq
+    assert await store.queue_depths([(cid[2], "u2"), (cid[0], "u0")]) == {cid[2]: 0, cid[0]: 0}

@@ -6,6 +6,7 @@ on each)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,67 @@ async def test_ping_answers_while_started_and_refuses_after_close(store: Store) 
     await store.close()
     with pytest.raises(StoreError):
         await store.ping()
+
+
+async def test_concurrent_opens_each_get_their_own_outcome(store: Store) -> None:
+    """Sockets opening at the same moment (a reconnect storm, which stores may serve as one
+    group) each get what a lone open_socket() would: known devices keep their ids and cursors,
+    a new id is bound, another user's id and a malformed one are replaced, two sockets of one
+    device both register, a known device over the cap is refused with the device and registers
+    nothing, and each socket gets its own user's count and its own session's topics. Spans
+    facets: setup through notifications and topics, checked through cluster (presence)."""
+    since = utcnow()
+    known = [await store.bind_device(f"u{i}", f"known-device-{i}") for i in range(6)]
+    await store.create_notification("u1", {"n": 1})
+    await store.create_notification("u2", {"n": 1})
+    await store.create_notification("u2", {"n": 2})
+    await store.subscribe_session("u1", "tab-a", ["pets"])
+    await store.subscribe_session("u1", "tab-b", ["news"])
+    for n in range(2):  # u5 already holds two sockets
+        await store.open_socket(
+            "u5", None, socket_id=f"held-{n}", session_id=None, node_id="n", connected_since=since
+        )
+
+    def opening(user: str, cid: str | None, socket: str, session: str | None = None) -> object:
+        return store.open_socket(
+            user,
+            cid,
+            socket_id=socket,
+            session_id=session,
+            node_id="n",
+            connected_since=since,
+            max_sockets=2,
+        )
+
+    outcomes = await asyncio.gather(
+        opening("u1", "known-device-1", "s1a", "tab-a"),
+        opening("u1", "known-device-1", "s1b", "tab-b"),
+        opening("u2", "known-device-2", "s2"),
+        opening("u3", "brand-new-device", "s3"),
+        opening("u4", "known-device-0", "s4"),  # u0's id
+        opening("u0", "bad id!", "s0"),
+        opening("u5", "known-device-5", "s5"),  # over the cap
+        return_exceptions=True,
+    )
+    (d1a, c1a, t1a), (d1b, c1b, t1b), (d2, c2, t2), (d3, _, _), (d4, _, _), (d0, _, _) = outcomes[
+        :6
+    ]  # type: ignore[misc]
+    assert d1a.connection_id == d1b.connection_id == "known-device-1"
+    assert d1a.created_at == known[1].created_at and d1a.cursor == known[1].cursor
+    assert (c1a.count, c1a.version, t1a) == (1, 1, ["pets"])
+    assert (c1b.count, c1b.version, t1b) == (1, 1, ["news"])
+    assert (d2.connection_id, c2.count, c2.version, t2) == ("known-device-2", 2, 2, [])
+    assert (d3.connection_id, d3.user_id) == ("brand-new-device", "u3")
+    assert d4.user_id == "u4" and d4.connection_id != "known-device-0"
+    assert d0.user_id == "u0" and d0.connection_id != "bad id!"
+    refused = outcomes[6]
+    assert isinstance(refused, TooManyConnections)
+    assert refused.device is not None and refused.device.connection_id == "known-device-5"
+    sockets = {p.socket_id: p for p in await store.presence()}
+    assert {"s1a", "s1b", "s2", "s3", "s4", "s0"} <= set(sockets)
+    assert "s5" not in sockets
+    assert (sockets["s1a"].session_id, sockets["s1b"].session_id) == ("tab-a", "tab-b")
+    assert sockets["s2"].session_id == "known-device-2"
+    assert sockets["s4"].connection_id == d4.connection_id
+    await asyncio.gather(*(store.remove_presence(s) for s in ("s1a", "s1b", "s2", "nothing")))
+    assert {p.socket_id for p in await store.presence()} == {"held-0", "held-1", "s3", "s4", "s0"}

@@ -3,18 +3,70 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
+from tidings.core.ids import CONNECTION_ID
 from tidings.core.models import (
+    Device,
     NodeInfo,
     Presence,
     UnseenCount,
+    utcnow,
 )
 from tidings.errors import (
     TooManyConnections,
 )
 from tidings.storage.counts import counted
 from tidings.storage.postgres.engine import PostgresEngine
+
+
+class Opening(NamedTuple):
+    """A socket of a known device opening: one item of a batch of :data:`OPEN_KNOWN`."""
+
+    socket_id: str
+    connection_id: str
+    user_id: str
+    session_id: str | None
+    node_id: str
+    connected_since: datetime
+    max_sockets: int | None
+
+
+# Open the sockets of known devices, a group in one statement: touch each device, register
+# each socket unless its user already holds ``most`` (the count taken before the group, so
+# sockets of one user in one group may pass the cap by a few, as racing nodes may), mark its
+# session's topics active, and read its user's count. A row per item (in order): whether the
+# device is this user's, the device's columns, the sockets held, the topics, the count.
+# Unknown devices are bound by ``bind_device`` (a new device's queue needs the user's lock).
+OPEN_KNOWN = (
+    "WITH input AS (SELECT t.*, coalesce(t.session_id, t.connection_id) AS session "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+    "$6::timestamptz[], $7::int[]) WITH ORDINALITY "
+    "AS t(socket_id, connection_id, user_id, session_id, node_id, since, most, i)), "
+    "bound AS (UPDATE devices AS d SET last_seen_at = $8 "
+    "FROM (SELECT DISTINCT connection_id, user_id FROM input) AS s "
+    "WHERE d.connection_id = s.connection_id AND d.user_id = s.user_id "
+    "RETURNING d.connection_id, d.user_id, d.created_at, d.last_seen_at, d.cursor), "
+    "held AS (SELECT user_id, count(*) AS n FROM notification_registry "
+    "WHERE user_id IN (SELECT user_id FROM input) GROUP BY user_id), "
+    "admitted AS (SELECT input.* FROM input JOIN bound USING (connection_id, user_id) "
+    "LEFT JOIN held USING (user_id) WHERE input.most IS NULL OR coalesce(held.n, 0) < input.most), "
+    "registered AS (INSERT INTO notification_registry "
+    "SELECT socket_id, connection_id, user_id, session, node_id, since FROM admitted "
+    "ON CONFLICT (socket_id) DO NOTHING), "
+    "touched AS (UPDATE session_topics AS s SET active_at = $8 "
+    "FROM (SELECT DISTINCT user_id, session FROM admitted) AS a "
+    "WHERE s.user_id = a.user_id AND s.session_id = a.session "
+    "RETURNING s.user_id, s.session_id, s.topic) "
+    "SELECT bound.connection_id IS NOT NULL, bound.created_at, bound.last_seen_at, "
+    "bound.cursor, coalesce(held.n, 0), "
+    "(SELECT array_agg(t.topic ORDER BY t.topic) FROM touched AS t "
+    "WHERE t.user_id = input.user_id AND t.session_id = input.session), "
+    "c.unseen, c.unread, c.version, c.categories "
+    "FROM input LEFT JOIN bound USING (connection_id, user_id) LEFT JOIN held USING (user_id) "
+    "LEFT JOIN user_counts AS c ON c.user_id = input.user_id ORDER BY input.i"
+)
 
 
 class PostgresCluster(PostgresEngine):
@@ -106,9 +158,79 @@ class PostgresCluster(PostgresEngine):
         count = counted(presence.user_id, row[2:] if row[4] is not None else None)
         return count, list(topics or ())
 
+    async def open_socket(
+        self,
+        user_id: str,
+        connection_id: str | None,
+        *,
+        socket_id: str,
+        session_id: str | None,
+        node_id: str,
+        connected_since: datetime,
+        max_sockets: int | None = None,
+    ) -> tuple[Device, UnseenCount, list[str]]:
+        """A known device's socket opens in one statement, grouped with the sockets opening
+        at the same time (a reconnect storm); a new device takes the two calls."""
+        if connection_id and CONNECTION_ID.match(connection_id):
+            item = Opening(
+                socket_id,
+                connection_id,
+                user_id,
+                session_id,
+                node_id,
+                connected_since,
+                max_sockets,
+            )
+            opened = await self._opens.submit(item)
+            if opened is not None:
+                device, count, topics = opened
+                if count is None:
+                    raise TooManyConnections(
+                        f"{user_id} holds the most sockets allowed ({max_sockets})", device
+                    )
+                return device, count, topics
+        return await super().open_socket(
+            user_id,
+            connection_id,
+            socket_id=socket_id,
+            session_id=session_id,
+            node_id=node_id,
+            connected_since=connected_since,
+            max_sockets=max_sockets,
+        )
+
+    async def _open_batch(self, batch: list[Opening]) -> list[Any]:
+        """Per item: ``(device, count or None over the cap, topics)``, or None for a device
+        this statement does not know (another user's, or new)."""
+        columns = list(map(list, zip(*batch, strict=True)))
+
+        async def run() -> list[Any]:
+            async with self.connection() as conn:
+                return list(await conn.fetch(OPEN_KNOWN, *columns, utcnow()))
+
+        rows = await self.retrying(run)
+        outcomes: list[Any] = []
+        for item, row in zip(batch, rows, strict=True):
+            if not row[0]:
+                outcomes.append(None)
+                continue
+            device = Device(item.connection_id, item.user_id, row[1], row[2], row[3])
+            if item.max_sockets is not None and row[4] >= item.max_sockets:
+                outcomes.append((device, None, []))
+                continue
+            count = counted(item.user_id, row[6:] if row[8] is not None else None)
+            outcomes.append((device, count, list(row[5] or ())))
+        return outcomes
+
     async def remove_presence(self, socket_id: str) -> None:
+        await self._leaves.submit(socket_id)
+
+    async def _leave_batch(self, batch: list[str]) -> list[Any]:
         async with self.connection() as conn:
-            await conn.execute("DELETE FROM notification_registry WHERE socket_id = $1", socket_id)
+            await conn.execute(
+                "DELETE FROM notification_registry WHERE socket_id = ANY($1::text[])", batch
+            )
+        return [None] * len(batch)
 
     async def presence(
         self, *, user_id: str | None = None, node_id: str | None = None

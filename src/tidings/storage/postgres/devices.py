@@ -22,9 +22,59 @@ from tidings.storage.postgres.engine import PostgresEngine
 from tidings.storage.postgres.rows import (
     NOTIFICATION_COLUMNS,
     QUEUE,
-    _advance_cursor,
     _notification,
-    _owned,
+)
+
+# The queues of a group of devices: ``(i, cursor, notification...)`` rows, a row with a null
+# cursor for an unknown device and one with a null notification for an empty page.
+# Parameters: connection ids, user ids, after-seqs, limits.
+QUEUES = (
+    "SELECT t.i, d.cursor, n.* FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) "
+    "WITH ORDINALITY AS t(connection_id, user_id, after, most, i) "
+    "LEFT JOIN devices AS d ON d.connection_id = t.connection_id AND d.user_id = t.user_id "
+    f"LEFT JOIN LATERAL (SELECT {NOTIFICATION_COLUMNS} FROM notifications AS q "
+    "WHERE q.user_id = t.user_id AND q.seq > greatest(t.after, d.cursor) AND NOT EXISTS "
+    "(SELECT 1 FROM device_acks AS a WHERE a.connection_id = t.connection_id AND a.seq = q.seq) "
+    "ORDER BY q.seq LIMIT t.most) AS n ON d.cursor IS NOT NULL ORDER BY t.i, n.seq"
+)
+
+# Acknowledgements of a group of distinct devices, locked beforehand: per item (in order)
+# whether the device is the user's, the ids found among the user's notifications, and the
+# cursor after. An item whose device is unknown or whose ids are not all the user's writes
+# nothing. The acknowledged seqs above the cursor (the stored ones and the new ones) are
+# folded into it up to the first notification not acknowledged; the rest are stored.
+# Parameters: connection ids, user ids, then the ids asked as (item number, id) pairs.
+ACK = (
+    "WITH item AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY "
+    "AS t(connection_id, user_id, i)), "
+    "asked AS (SELECT * FROM unnest($3::bigint[], $4::text[]) AS a(i, notification_id)), "
+    "tally AS (SELECT i, count(*) AS n FROM asked GROUP BY i), "
+    "found AS (SELECT asked.i, count(*) AS n, array_agg(n.notification_id) AS ids, "
+    "array_agg(n.seq) AS seqs FROM asked JOIN item USING (i) "
+    "JOIN notifications AS n ON n.notification_id = asked.notification_id "
+    "AND n.user_id = item.user_id GROUP BY asked.i), "
+    "ok AS (SELECT item.*, d.cursor, coalesce(found.seqs, '{}') AS new "
+    "FROM item JOIN devices AS d USING (connection_id, user_id) "
+    "LEFT JOIN tally USING (i) LEFT JOIN found USING (i) "
+    "WHERE coalesce(tally.n, 0) = coalesce(found.n, 0)), "
+    "acked AS (SELECT ok.*, ARRAY(SELECT s FROM unnest(ok.new) AS s WHERE s > ok.cursor "
+    "UNION SELECT a.seq FROM device_acks AS a "
+    "WHERE a.connection_id = ok.connection_id AND a.seq > ok.cursor) AS seqs FROM ok), "
+    "gap AS (SELECT acked.*, (SELECT min(n.seq) FROM notifications AS n "
+    "WHERE n.user_id = acked.user_id AND n.seq > acked.cursor "
+    "AND NOT n.seq = ANY(acked.seqs)) AS first FROM acked), "
+    "moved AS (SELECT gap.*, coalesce((SELECT max(s) FROM unnest(gap.seqs) AS s "
+    "WHERE gap.first IS NULL OR s < gap.first), gap.cursor) AS upto FROM gap), "
+    "stepped AS (UPDATE devices AS d SET cursor = moved.upto FROM moved "
+    "WHERE d.connection_id = moved.connection_id AND moved.upto > moved.cursor), "
+    "dropped AS (DELETE FROM device_acks AS a USING moved "
+    "WHERE a.connection_id = moved.connection_id AND a.seq <= moved.upto "
+    "AND moved.upto > moved.cursor), "
+    "stored AS (INSERT INTO device_acks SELECT moved.connection_id, s "
+    "FROM moved, unnest(moved.new) AS s WHERE s > moved.upto ON CONFLICT DO NOTHING) "
+    "SELECT EXISTS (SELECT 1 FROM devices AS d WHERE d.connection_id = item.connection_id "
+    "AND d.user_id = item.user_id), found.ids, moved.upto "
+    "FROM item LEFT JOIN found USING (i) LEFT JOIN moved USING (i) ORDER BY item.i"
 )
 
 
@@ -79,33 +129,77 @@ class PostgresDevices(PostgresEngine):
     async def pending(
         self, connection_id: str, user_id: str, after_seq: int, limit: int
     ) -> list[Notification]:
+        page: list[Notification] = await self._reads.submit(
+            (connection_id, user_id, after_seq, limit)
+        )
+        return page
+
+    async def _pending_batch(self, batch: list[tuple[str, str, int, int]]) -> list[Any]:
+        """Every queue of the group in one statement: a page per item, or NotFound."""
         async with self.connection() as conn:
-            cursor = await self._cursor(conn, connection_id, user_id, lock=False)
-            rows = await conn.fetch(
-                f"SELECT {NOTIFICATION_COLUMNS} {QUEUE} ORDER BY seq LIMIT $4",
-                user_id,
-                max(after_seq, cursor),
-                connection_id,
-                limit,
-            )
-        return [_notification(row) for row in rows]
+            rows = await conn.fetch(QUEUES, *map(list, zip(*batch, strict=True)))
+        pages: list[Any] = [[] for _ in batch]
+        for row in rows:
+            index = row[0] - 1
+            if row[1] is None:
+                pages[index] = NotFound("unknown device", [batch[index][0]])
+            elif row[2] is not None:
+                pages[index].append(_notification(row[2:]))
+        return pages
 
     async def ack(
         self, connection_id: str, user_id: str, notification_ids: Sequence[str]
     ) -> AckResult:
         ids = list(dict.fromkeys(notification_ids))
-        async with self.connection(transaction=True) as conn:
-            cursor = await self._cursor(conn, connection_id, user_id, lock=True)
-            above = [row[1] for row in await _owned(conn, user_id, ids) if row[1] > cursor]
-            if above:
+        result: AckResult = await self._acks.submit((connection_id, user_id, ids))
+        return result
+
+    async def _ack_batch(self, batch: list[tuple[str, str, list[str]]]) -> list[Any]:
+        """The group's acknowledgements in one transaction: its devices locked (in one order,
+        so groups on several nodes cannot deadlock), then one statement per round of distinct
+        devices (a device acknowledging twice in the group takes a second round, which sees
+        the first's writes)."""
+        outcomes: list[Any] = [None] * len(batch)
+        rounds: list[list[int]] = []
+        seen: list[set[str]] = []
+        for index, (connection_id, _, _) in enumerate(batch):
+            for taken, members in zip(seen, rounds, strict=True):
+                if connection_id not in taken:
+                    taken.add(connection_id)
+                    members.append(index)
+                    break
+            else:
+                seen.append({connection_id})
+                rounds.append([index])
+
+        async def run() -> None:
+            async with self.connection(transaction=True) as conn:
                 await conn.execute(
-                    "INSERT INTO device_acks SELECT $1, unnest($2::bigint[]) "
-                    "ON CONFLICT DO NOTHING",
-                    connection_id,
-                    above,
+                    "SELECT 1 FROM devices WHERE connection_id = ANY($1::text[]) "
+                    "ORDER BY connection_id FOR UPDATE",
+                    sorted(seen[0]),
                 )
-            cursor = await _advance_cursor(conn, connection_id, user_id, cursor)
-        return AckResult(ids, cursor)
+                for members in rounds:
+                    rows = await conn.fetch(
+                        ACK,
+                        [batch[i][0] for i in members],
+                        [batch[i][1] for i in members],
+                        [n for n, i in enumerate(members, 1) for _ in batch[i][2]],
+                        [nid for i in members for nid in batch[i][2]],
+                    )
+                    for i, (known, found, cursor) in zip(members, rows, strict=True):
+                        connection_id, _, ids = batch[i]
+                        have = set(found or ())
+                        missing = [nid for nid in ids if nid not in have]
+                        if not known:
+                            outcomes[i] = NotFound("unknown device", [connection_id])
+                        elif missing:
+                            outcomes[i] = NotFound("unknown notification ids", missing)
+                        else:
+                            outcomes[i] = AckResult(ids, cursor)
+
+        await self.retrying(run)
+        return outcomes
 
     async def trim_queue(
         self,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tidings.core.pg import UNAVAILABLE as _UNAVAILABLE
@@ -28,6 +28,8 @@ from tidings.storage.postgres.rows import (
     _no_reset,
 )
 
+T = TypeVar("T")
+
 
 class PostgresEngine(Store):
     """The pool and connections of the PostgreSQL store; the facets are its subclasses."""
@@ -47,6 +49,17 @@ class PostgresEngine(Store):
         self._pool: asyncpg.Pool | None = None
         #: single notifications waiting to be written together, and the task writing them
         self._notifies: Batcher[Prepared] = Batcher(self._notify_batch, max_batch=1000)
+        # Concurrent calls of a socket's life grouped as SQLite's writer groups them: a
+        # connect storm or an event for many deliver-mode devices costs a few statements per
+        # group instead of a few per device (the facets write the batches).
+        #: sockets opening (device binding, registry row, count and topics)
+        self._opens: Batcher[Any] = Batcher(self._open_batch, max_batch=500)
+        #: sockets closing (their registry rows)
+        self._leaves: Batcher[str] = Batcher(self._leave_batch, max_batch=1000)
+        #: deliver-mode queue reads
+        self._reads: Batcher[Any] = Batcher(self._pending_batch, max_batch=500)
+        #: deliver-mode acknowledgements
+        self._acks: Batcher[Any] = Batcher(self._ack_batch, max_batch=500)
 
     # Lifecycle
 
@@ -97,7 +110,8 @@ class PostgresEngine(Store):
             )
 
     async def close(self) -> None:
-        await self._notifies.drain()
+        for batcher in (self._notifies, self._opens, self._leaves, self._reads, self._acks):
+            await batcher.drain()
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -108,6 +122,34 @@ class PostgresEngine(Store):
     @abstractmethod
     async def _notify_batch(self, batch: list[Prepared]) -> list[Any]:
         """Write a group of single notifications (the notifications facet does)."""
+
+    @abstractmethod
+    async def _open_batch(self, batch: list[Any]) -> list[Any]:
+        """Open a group of sockets (the cluster facet does)."""
+
+    @abstractmethod
+    async def _leave_batch(self, batch: list[str]) -> list[Any]:
+        """Remove a group of sockets' registry rows (the cluster facet does)."""
+
+    @abstractmethod
+    async def _pending_batch(self, batch: list[Any]) -> list[Any]:
+        """Read a group of device queues (the devices facet does)."""
+
+    @abstractmethod
+    async def _ack_batch(self, batch: list[Any]) -> list[Any]:
+        """Acknowledge a group of device queues' notifications (the devices facet does)."""
+
+    async def retrying(self, run: Callable[[], Awaitable[T]]) -> T:
+        """``run()``, run again (up to three times in all) when PostgreSQL broke a deadlock by
+        failing it: groups of sockets opening and acknowledging on several nodes lock rows of
+        the same devices, and a group is worth retrying rather than failing every caller."""
+        for attempt in range(3):
+            try:
+                return await run()
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def ping(self) -> None:
         async with self.connection() as conn:

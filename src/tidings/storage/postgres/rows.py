@@ -87,38 +87,6 @@ async def _owned(conn: Any, user_id: str, ids: Sequence[str]) -> list[Any]:
     return list(rows)
 
 
-async def _advance_cursor(conn: Any, connection_id: str, user_id: str, cursor: int) -> int:
-    """Fold contiguous acknowledgements into the cursor and drop their rows."""
-    start = cursor
-    while True:
-        rows = await conn.fetch(
-            "SELECT n.seq, a.seq IS NOT NULL FROM notifications n LEFT JOIN device_acks a "
-            "ON a.connection_id = $1 AND a.seq = n.seq "
-            "WHERE n.user_id = $2 AND n.seq > $3 ORDER BY n.seq LIMIT 256",
-            connection_id,
-            user_id,
-            cursor,
-        )
-        for seq, acked in rows:
-            if not acked:
-                break
-            cursor = seq
-        else:
-            if len(rows) == 256:
-                continue
-        break
-    if cursor != start:
-        await conn.execute(
-            "UPDATE devices SET cursor = $2 WHERE connection_id = $1", connection_id, cursor
-        )
-        await conn.execute(
-            "DELETE FROM device_acks WHERE connection_id = $1 AND seq <= $2",
-            connection_id,
-            cursor,
-        )
-    return cursor
-
-
 def _client(row: Any) -> ServiceClient:
     return ServiceClient(
         client_id=row[0],
