@@ -42,6 +42,7 @@ class NatsBus(Bus):
         self.servers = [f"nats://{auth}{host}" for host in parts.netloc.split("@")[-1].split(",")]
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
+        self._closing = False  # a disconnection while closing is no news
 
     def _subject(self, channel: str) -> str:
         return f"{self.prefix}.{_encode(channel)}"
@@ -49,6 +50,7 @@ class NatsBus(Bus):
     async def start(self) -> None:
         if self._nc is not None:
             return
+        self._closing = False
         try:
             self._nc = await nats.connect(
                 servers=self.servers,
@@ -71,12 +73,16 @@ class NatsBus(Bus):
         self.on_reconnect()
 
     async def _disconnected(self) -> None:
-        logger.warning("nats bus disconnected; reconnecting")
+        if self._closing:
+            logger.info("nats bus disconnected (closing)")
+        else:
+            logger.warning("nats bus disconnected; reconnecting")
 
     async def _error(self, exc: Exception) -> None:
         logger.info("nats bus: %s", exc)
 
     async def close(self) -> None:
+        self._closing = True
         nc, self._nc = self._nc, None
         self._subs.clear()
         if nc is not None:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tidings.bus.base import Bus
+from tidings.core.batching import Batcher
 from tidings.errors import BusError, MissingDependencyError
 
 try:
@@ -53,6 +54,10 @@ class RedisBus(Bus):
         # SUBSCRIBE confirmations awaited by subscribe(): once Redis confirms, no later
         # PUBLISH on the channel can miss this node.
         self._confirming: dict[str, asyncio.Future[None]] = {}
+        # Publishes made while one is on the wire go together in one pipeline: a burst (a
+        # batch of notifications, a reconnect storm's counts) is a few round trips on one
+        # connection, not one connection per publish (redis-py's pool refuses the 101st).
+        self._publishes: Batcher[tuple[str, bytes]] = Batcher(self._publish_batch, max_batch=1000)
 
     def _client_for(self, *, retry: bool) -> Any:
         options: dict[str, Any] = {}
@@ -141,6 +146,7 @@ class RedisBus(Bus):
 
     async def close(self) -> None:
         self._closing = True
+        await self._publishes.drain()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
@@ -192,7 +198,20 @@ class RedisBus(Bus):
     async def publish(self, channel: str, payload: bytes) -> None:
         if self._client is None:
             raise BusError("bus is not started")
+        await self._publishes.submit((self.prefix + channel, payload))
+
+    async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> list[Any]:
+        """One pipeline (no MULTI) for the group; each publish gets its own outcome."""
+        if self._client is None:
+            return [BusError("bus is not started")] * len(batch)
         try:
-            await self._client.publish(self.prefix + channel, payload)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for channel, payload in batch:
+                    pipe.publish(channel, payload)
+                replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
-            raise BusError(f"redis publish failed: {exc}") from exc
+            return [BusError(f"redis publish failed: {exc}")] * len(batch)
+        return [
+            BusError(f"redis publish failed: {reply}") if isinstance(reply, Exception) else None
+            for reply in replies
+        ]

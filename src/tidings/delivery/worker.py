@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
+from tidings.core.batching import Batcher
 from tidings.core.counters import Counters
 from tidings.delivery.channels.base import (
     Channel,
@@ -32,7 +33,6 @@ from tidings.delivery.retry import retry_at, retry_delay
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
 from tidings.errors import TemplateFailure, TidingsError
-from tidings.storage.batching import Batcher
 
 logger = logging.getLogger("tidings.delivery")
 

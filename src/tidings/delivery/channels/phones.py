@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from tidings.core.batching import Batcher
 from tidings.core.models import PushToken
 from tidings.delivery.channels.base import Channel, Outgoing, Sent
 from tidings.errors import ConfigurationError, PermanentFailure, TransientFailure
-from tidings.storage.batching import Batcher
 
 if TYPE_CHECKING:
     from tidings.storage import Store

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tidings.core.batching import Batcher
 from tidings.core.pg import UNAVAILABLE as _UNAVAILABLE
 from tidings.core.pg import asyncpg
 from tidings.errors import (
@@ -22,7 +23,6 @@ from tidings.storage._common import (
     split_sql,
 )
 from tidings.storage.base import Store
-from tidings.storage.batching import Batcher
 from tidings.storage.postgres.rows import (
     MIGRATION_LOCK,
     _no_reset,

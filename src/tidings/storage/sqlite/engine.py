@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tidings.core.batching import Batcher
 from tidings.core.models import (
     isoformat,
     utcnow,
@@ -26,7 +27,6 @@ from tidings.storage._common import (
     split_sql,
 )
 from tidings.storage.base import Store
-from tidings.storage.batching import Batcher
 
 T = TypeVar("T")
 

@@ -1,8 +1,10 @@
-"""The one batching engine of the stores: queue the calls, run them as one batch, hand each
-caller its own result or exception.
+"""The one batching engine: queue the calls, run them as one batch, hand each caller its own
+result or exception.
 
 Used by the SQLite writer (group commit), the SQLite reads (one hop to the reader thread for
-concurrent reads) and PostgreSQL's grouping of concurrent notifications into one transaction.
+concurrent reads), PostgreSQL's grouping of concurrent notifications, socket opens, queue
+reads and acknowledgements, the Redis bus's publishes (one pipeline per group), and the
+pipeline's workers.
 What a batch means (a transaction, savepoints, re-running a refused group one by one) is the
 backend's ``run`` function; the engine only queues and settles.
 """
