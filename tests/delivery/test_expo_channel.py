@@ -154,6 +154,38 @@ async def test_a_count_change_sets_the_badge_silently(tmp_path: Path, expo: Fake
         assert update["badge"] == 1 and "title" not in update and "body" not in update
 
 
+async def test_badges_of_many_users_at_once_reach_only_their_own_phones(
+    tmp_path: Path, expo: FakeExpo
+) -> None:
+    """Count changes of 60 users at the same moment (their token reads are made together): each
+    user with Expo tokens gets their own count on each of their phones, and nothing goes to a
+    user without tokens."""
+    async with Tidings(
+        store=f"sqlite:///{tmp_path}/m.db",
+        badge_sync_interval=0.2,
+        expo_url=expo.url,
+        expo_access_token=ACCESS,
+        push_ca_file=str(expo.ca_path),
+    ) as tidings:
+        phones = {
+            f"many-{u}": [expo_token(f"many-{u}-{k}") for k in range(u % 3)] for u in range(60)
+        }
+        for user, tokens in phones.items():
+            for token in tokens:
+                await tidings.store.register_push_token(user, "expo", token, None, max_per_user=9)
+        await asyncio.gather(
+            *(tidings.notify(user, {"n": n}) for user in phones for n in range(1 + len(user) % 2))
+        )
+        wanted = {token: 1 + len(user) % 2 for user, tokens in phones.items() for token in tokens}
+        deadline = time.monotonic() + 5
+        while not all(expo.messages_to(token) for token in wanted):
+            assert time.monotonic() < deadline, "badge updates missing"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # folded updates of the interval's end
+        for token, count in wanted.items():
+            assert expo.messages_to(token)[-1]["badge"] == count, token
+
+
 async def test_receipts_to_check_survive_a_restart(tmp_path: Path, expo: FakeExpo) -> None:
     """A node that stops before its receipts are due leaves them in the store: the next node
     on the same store asks for them and removes the token a receipt calls gone."""

@@ -200,7 +200,7 @@ class ApnsChannel(PhoneChannel):
     async def send_badge(self, user_id: str, badge: int) -> None:
         """A silent update of the badge on every phone of the user: a background push
         (priority 5), collapsed with the previous ones; tokens APNs calls gone are removed."""
-        tokens = await self.store.push_tokens(user_id, self.name)
+        tokens = await self.badge_tokens(user_id)
         if not tokens:
             return
         payload = orjson.dumps({"aps": {"content-available": 1, "badge": badge}})

@@ -133,7 +133,7 @@ class ExpoChannel(PhoneChannel):
 
     async def send_badge(self, user_id: str, badge: int) -> None:
         """A silent badge update to every Expo token of the user (no alert, no sound)."""
-        tokens = await self.store.push_tokens(user_id, self.name)
+        tokens = await self.badge_tokens(user_id)
         if tokens:
             messages = [{"to": t.token, "badge": badge, "_contentAvailable": True} for t in tokens]
             await self._send(tokens, messages)

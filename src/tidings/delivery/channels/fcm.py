@@ -195,7 +195,7 @@ class FcmChannel(PhoneChannel):
     async def send_badge(self, user_id: str, badge: int) -> None:
         """A silent badge update to every FCM token of the user: a data message the app
         reads (``tidings_badge``), collapsed on Android and a background push on iOS."""
-        tokens = await self.store.push_tokens(user_id, self.name)
+        tokens = await self.badge_tokens(user_id)
         messages = [
             {
                 "token": token.token,
