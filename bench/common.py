@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,56 @@ def report(name: str, result: dict[str, Any]) -> None:
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
     print(f"written to {path}")
+
+
+class ProcessCpu:
+    """CPU seconds (user + system, from ``/proc``) that processes spent between :meth:`start`
+    and :meth:`stop`: one process by pid, or every process of a name (``postgres``: the
+    server's backends, which come and go, so they are sampled every ``every`` seconds and each
+    one counts from when it was first seen, or from zero if it started meanwhile)."""
+
+    def __init__(self, *, pid: int | None = None, name: str | None = None, every: float = 0.2):
+        self.pid, self.name, self.every = pid, name, every
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self, *, initial: bool = False) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        pids = (
+            [self.pid]
+            if self.pid is not None
+            else [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        )
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            name, fields = (
+                stat[stat.index("(") + 1 : stat.rindex(")")],
+                stat[stat.rindex(")") + 2 :].split(),
+            )
+            if self.name is not None and name != self.name:
+                continue
+            used = (int(fields[11]) + int(fields[12])) / tick
+            self.first.setdefault(pid, used if initial else 0.0)
+            self.last[pid] = used
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.every):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample(initial=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        """The CPU seconds spent since :meth:`start`."""
+        self._sample()
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        return round(sum(self.last[pid] - self.first[pid] for pid in self.last), 2)

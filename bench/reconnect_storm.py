@@ -1,5 +1,6 @@
 """Reconnect storm: N devices that each missed M notifications reconnect together in deliver
-mode; measures the time until every notification is delivered and acknowledged.
+mode; measures the time until every notification is delivered and acknowledged, and the CPU
+the node (and a local PostgreSQL's backends) spent on it.
 
     python bench/reconnect_storm.py --devices 5000 --missed 10 [--store URL] [--workers 2]
 
@@ -22,7 +23,7 @@ import orjson
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, percentile, report, start_tidings, stop
+from common import ProcessCpu, free_port, percentile, report, start_tidings, stop
 
 from tidings import Tidings
 from tidings.auth.jwt import JwtAuthenticator
@@ -124,9 +125,13 @@ def main() -> None:
             multiprocessing.Process(target=worker, args=(url, chunk, args.missed, start_at, out))
             for chunk in chunks
         ]
+        node_cpu, store_cpu = ProcessCpu(pid=server.pid), ProcessCpu(name="postgres")
+        node_cpu.start()
+        store_cpu.start()
         for proc in procs:
             proc.start()
         results = [out.get() for _ in procs]
+        node_seconds, store_seconds = node_cpu.stop(), store_cpu.stop()
         for proc in procs:
             proc.join()
     finally:
@@ -153,7 +158,13 @@ def main() -> None:
         "device_done_p50_s": pct(0.5),
         "device_done_p95_s": pct(0.95),
         "device_done_p99_s": pct(0.99),
+        # CPU from the start of the load generator until the last device was done
+        "node_cpu_s": node_seconds,
+        "node_cpu_ms_per_device": round(node_seconds * 1000 / args.devices, 3),
     }
+    if store.startswith("postgres"):  # the local server's backends
+        result["postgres_cpu_s"] = store_seconds
+        result["postgres_cpu_ms_per_device"] = round(store_seconds * 1000 / args.devices, 3)
     report("reconnect_storm", result)
 
 

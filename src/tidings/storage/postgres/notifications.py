@@ -31,7 +31,6 @@ from tidings.storage._common import (
 from tidings.storage.counts import (
     COUNT_COLUMNS,
     add_unseen_sql,
-    categories_json,
     counted,
     lower_counts_sql,
     lowered,
@@ -92,95 +91,52 @@ class PostgresNotifications(PostgresEngine):
         return await self._write_batch(prepare(items))
 
     async def _write_batch(self, prepared: list[Prepared]) -> list[NotifyResult | Conflict]:
+        """One statement (:data:`WRITE`) for the batch's new ids, in its own transaction; a
+        second read only for ids that were already taken (a caller's id sent again)."""
         now = utcnow()
-        async with self.connection(transaction=True) as conn:
-            # The same per-user locks as create_notification (seq order per user), taken in
-            # the order of their keys.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(u, 7) "
-                "AS k FROM unnest($1::text[]) AS u ORDER BY k) AS locks",
-                [p[0] for p in prepared],
-            )
-            known = {
-                row[0]: _notification(row)
-                for row in await conn.fetch(
-                    f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
-                    "WHERE notification_id = ANY($1::text[])",
-                    [p[3] for p in prepared],
-                )
-            }
-            outcomes: list[Notification | NotifyResult | Conflict] = []
-            fresh: dict[str, tuple[str, Any, str, str | None]] = {}
-            for user_id, data, encoded, nid, category in prepared:
-                prior = known.get(nid)
-                if prior is None and nid in fresh:
-                    prior = Notification(nid, fresh[nid][0], fresh[nid][1], now)
-                if prior is not None:
-                    outcomes.append(repeated(prior, user_id, data))
-                    continue
-                fresh[nid] = (user_id, data, encoded, category)
-                outcomes.append(Notification(nid, user_id, data, now, category=category))
-            seqs: dict[str, int] = {}
-            if fresh:
-                ids = list(fresh)
-                rows = await conn.fetch(
-                    "INSERT INTO notifications (notification_id, user_id, data, creation_date, "
-                    "category) SELECT i, u, d::json, $4, c FROM unnest($1::text[], $2::text[], "
-                    "$3::text[], $5::text[]) AS t(i, u, d, c) "
-                    "ON CONFLICT (notification_id) DO NOTHING RETURNING notification_id, seq",
-                    ids,
-                    [fresh[i][0] for i in ids],
-                    [fresh[i][2] for i in ids],
-                    now,
-                    [fresh[i][3] for i in ids],
-                )
-                seqs = {row[0]: row[1] for row in rows}
-            added: dict[str, list[str | None]] = {}
-            for nid in seqs:
-                added.setdefault(fresh[nid][0], []).append(fresh[nid][3])
-            final: dict[str, UnseenCount] = {}
-            if added:
-                users = sorted(added)  # the order every transaction takes count rows in
-                for row in await conn.fetch(
-                    add_unseen_sql("postgres", ADDED_ROWS),
-                    users,
-                    [len(added[u]) for u in users],
-                    [categories_json(added[u]) for u in users],
-                ):
-                    final[row[0]] = counted(row[0], row[1:])
-        settled: list[Notification | NotifyResult | Conflict] = []
-        for outcome in outcomes:
-            if isinstance(outcome, Notification):
-                nid = outcome.notification_id
-                if nid in seqs:
-                    settled.append(
-                        Notification(
-                            nid,
-                            outcome.user_id,
-                            outcome.data,
-                            now,
-                            seq=seqs[nid],
-                            category=outcome.category,
-                        )
+        # An id twice in the batch: written once, its repeats answered from the first.
+        fresh: dict[str, Prepared] = {}
+        for item in prepared:
+            fresh.setdefault(item[3], item)
+        ids = list(fresh)
+        final: dict[str, UnseenCount] = {}
+        seqs: dict[str, int] = {}
+        known: dict[str, Notification] = {}
+        async with self.connection() as conn:
+            for row in await conn.fetch(
+                WRITE,
+                ids,
+                [fresh[i][0] for i in ids],
+                [fresh[i][2] for i in ids],
+                now,
+                [fresh[i][4] for i in ids],
+            ):
+                seqs[row[0]] = row[1]
+                final[row[2]] = counted(row[2], row[3:])
+            if taken := [nid for nid in ids if nid not in seqs]:
+                known = {
+                    row[0]: _notification(row)
+                    for row in await conn.fetch(
+                        f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                        "WHERE notification_id = ANY($1::text[])",
+                        taken,
                     )
-                else:  # taken meanwhile by a transaction of another user
-                    settled.append(Conflict(f"notification_id {nid!r} is taken meanwhile"))
-            elif isinstance(outcome, NotifyResult) and outcome.notification.seq == 0:
-                # a repeat, inside this batch, of an item created by it
-                first = outcome.notification
-                seq = seqs.get(first.notification_id, 0)
-                again = Notification(
-                    first.notification_id,
-                    first.user_id,
-                    first.data,
-                    now,
-                    seq=seq,
-                    category=first.category,
-                )
-                settled.append(NotifyResult(again, created=False))
-            else:
-                settled.append(outcome)
-        return with_counts(settled, final)
+                }
+        outcomes: list[Notification | NotifyResult | Conflict] = []
+        firsts: dict[str, Notification] = {}
+        for item in prepared:
+            user_id, data, _, nid, category = item
+            if nid in seqs and fresh[nid] is item:
+                first = Notification(nid, user_id, data, now, seq=seqs[nid], category=category)
+                firsts[nid] = first
+                outcomes.append(first)
+            elif nid in firsts:  # a repeat, inside this batch, of an item it created
+                outcomes.append(repeated(firsts[nid], user_id, data))
+            elif nid in known:  # created before
+                outcomes.append(repeated(known[nid], user_id, data))
+            else:  # taken meanwhile by a transaction of another user, or refused with it
+                outcomes.append(Conflict(f"notification_id {nid!r} is taken meanwhile"))
+        return with_counts(outcomes, final)
 
     async def unseen(
         self, user_id: str, limit: int, max_bytes: int | None = None
@@ -311,8 +267,31 @@ class PostgresNotifications(PostgresEngine):
 
 
 #: the batch's counts per user: ``$1`` users, ``$2`` how many each, ``$3`` their categories
-ADDED_ROWS = (
-    "SELECT u, n, n, n, k::jsonb FROM unnest($1::text[], $2::int[], $3::text[]) AS t(u, n, k)"
+# A batch of new notifications in one statement, so in one transaction: the users' locks,
+# in the order of their keys (the same locks as every write of a user's notifications: seqs
+# commit in order per user, and concurrent batches cannot deadlock), taken by the scalar
+# subquery before the first row is inserted; the rows, their ids already taken left out; each
+# user's counts raised by what was inserted (count rows in user order). A row per inserted
+# notification: its id and seq, its user and the user's counts after the batch.
+# Parameters: ids, user ids, data as JSON text, the creation date, categories.
+WRITE = (
+    "WITH locks AS (SELECT count(pg_advisory_xact_lock(k)) AS n FROM (SELECT DISTINCT "
+    "hashtextextended(u, 7) AS k FROM unnest($2::text[]) AS u ORDER BY k) AS keys), "
+    "added AS (INSERT INTO notifications (notification_id, user_id, data, creation_date, "
+    "category) SELECT i, u, d::json, $4, c FROM unnest($1::text[], $2::text[], $3::text[], "
+    "$5::text[]) WITH ORDINALITY AS t(i, u, d, c, o) WHERE (SELECT n FROM locks) >= 0 "
+    "ORDER BY o ON CONFLICT (notification_id) DO NOTHING "
+    "RETURNING notification_id, seq, user_id, category), "
+    "shares AS (SELECT user_id, jsonb_object_agg(category, n) AS categories FROM "
+    "(SELECT user_id, category, count(*) AS n FROM added WHERE category IS NOT NULL "
+    "GROUP BY user_id, category) AS c GROUP BY user_id), "
+    "counts AS ("
+    + add_unseen_sql(
+        "postgres",
+        "SELECT a.user_id, a.n, a.n, a.n, shares.categories FROM (SELECT user_id, count(*) AS n "
+        "FROM added GROUP BY user_id) AS a LEFT JOIN shares USING (user_id) ORDER BY a.user_id",
+    )
+    + ") SELECT added.notification_id, added.seq, counts.* FROM added JOIN counts USING (user_id)"
 )
 
 
