@@ -29,7 +29,8 @@ all) run in this order on each configuration's nodes:
   same per device, for devices on the node that took the POST and on another node (a node hears
   its own count events from the broker too, so both cross the bus). ``cpu_ms_per_notify``: CPU
   time (utime + stime, ``/proc/PID/stat``) of all the nodes together from the first request
-  until ``--drain`` after the last, per notification. ``bus_publish_failures`` (here and in
+  until ``--drain`` after the last, per notification; ``postgres_cpu_ms_per_notify`` the same
+  for the local PostgreSQL server's processes. ``bus_publish_failures`` (here and in
   ``storm``): count events the nodes' bus refused meanwhile (the nodes'
   ``tidings_bus_publish_failures``); each was delivered on its own node at once and to the other
   nodes when re-published, 0.1 s or more later.
@@ -64,7 +65,8 @@ all) run in this order on each configuration's nodes:
   ``--storm-timeout`` seconds (60), with the first reasons in ``failure_examples``;
   ``unsettled_before_kill``: devices that had not acknowledged the first round within that
   time; ``refusals``: reconnections refused; ``redelivered``: notifications a device was sent
-  again (allowed: delivery is at least once).
+  again (allowed: delivery is at least once); ``survivors_cpu_s`` / ``postgres_cpu_s``: CPU
+  of the surviving nodes / of the local PostgreSQL from the kill until the devices settled.
 
 ``bus`` — the bus's share of the cross-node latency, three figures. (1) During the notify
   scenario a separate process pings the broker with a tiny client of the library the bus uses
@@ -113,7 +115,7 @@ import orjson
 from picows import WSInvalidStatusError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import free_port, percentile, save, service_token, start_tidings, stop
+from common import ProcessCpu, free_port, percentile, save, service_token, start_tidings, stop
 from connections import cpu_seconds
 from fanout import publish_all, tidings_payload, tidings_subscriber
 from loadgen import Client, open_client, open_many
@@ -453,11 +455,14 @@ def run_notify(found: Cluster, args: argparse.Namespace, bus_figures: bool) -> d
             )
             pinger.start()
         cpu0 = found.cpu()
+        store_cpu = ProcessCpu(name="postgres")
+        store_cpu.start()
         sent, errors = asyncio.run(
             notify_open_loop(found.bases, found.token, args.users, args.rate, args.seconds)
         )
         time.sleep(args.drain)  # the last counts arrive
         cpu = found.cpu() - cpu0
+        store_seconds = store_cpu.stop()
         after = scrape(found.bases)
         ping = pings.get(timeout=60) if pinger is not None else None
     finally:
@@ -510,6 +515,9 @@ def run_notify(found: Cluster, args: argparse.Namespace, bus_figures: bool) -> d
         "remote_p50_ms": ms(percentile(remote, 0.5)),
         "remote_p99_ms": ms(percentile(remote, 0.99)),
         "cpu_ms_per_notify": round(cpu * 1000 / notifications, 3) if notifications else None,
+        "postgres_cpu_ms_per_notify": (
+            round(store_seconds * 1000 / notifications, 3) if notifications else None
+        ),
         "bus_publish_failures": failures(before, after),
     }
     if bus_figures:
@@ -863,6 +871,8 @@ def run_storm(found: Cluster, args: argparse.Namespace) -> dict[str, Any]:
 
         survivors = [b for k, b in enumerate(found.bases) if k != victim]
         cpu0 = sum(cpu_seconds(p.pid) for k, p in enumerate(found.procs) if k != victim)
+        store_cpu = ProcessCpu(name="postgres")
+        store_cpu.start()
         before = scrape(survivors)
         killed_at = time.time()
         found.procs[victim].kill()
@@ -877,6 +887,7 @@ def run_storm(found: Cluster, args: argparse.Namespace) -> dict[str, Any]:
             expected.setdefault(user, []).extend(ids)
         rows = wait_for(expected, args.storm_timeout)
         cpu = sum(cpu_seconds(p.pid) for k, p in enumerate(found.procs) if k != victim) - cpu0
+        store_seconds = store_cpu.stop()
         after = scrape(survivors)
     finally:
         for inbox in inboxes:
@@ -914,6 +925,7 @@ def run_storm(found: Cluster, args: argparse.Namespace) -> dict[str, Any]:
         "redelivered": sum(r["redelivered"] for r in rows),
         "error_frames": [e for r in rows for e in r["errors"]][:3],
         "survivors_cpu_s": round(cpu, 2),
+        "postgres_cpu_s": store_seconds,
         "bus_publish_failures": failures(before, after),
     }
 
