@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import orjson
@@ -313,6 +313,18 @@ class Presence(msgspec.Struct, frozen=True, gc=False):
     session_id: str
     node_id: str
     connected_since: datetime
+
+
+class Opened(NamedTuple):
+    """What a socket's opening read (:meth:`~tidings.storage.base.Store.open_socket`)."""
+
+    device: Device
+    #: the user's counts
+    counts: UnseenCount
+    #: the session's topics, marked active
+    topics: list[str]
+    #: the first notifications of the device's queue, when asked for (else empty)
+    queue: list[Notification]
 
 
 @dataclass(frozen=True, slots=True)

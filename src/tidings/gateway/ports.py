@@ -15,13 +15,12 @@ from tidings.auth.base import Principal
 from tidings.core.counters import Counters
 from tidings.core.models import (
     AckResult,
-    Device,
     MarkSeenResult,
     Notification,
+    Opened,
     QueueGap,
     Replay,
     StateChange,
-    UnseenCount,
 )
 from tidings.fanout.connection import Connection
 
@@ -96,7 +95,8 @@ class SocketStore(Protocol):
         node_id: str,
         connected_since: datetime,
         max_sockets: int | None = None,
-    ) -> tuple[Device, UnseenCount, list[str]]: ...
+        queue: int = 0,
+    ) -> Opened: ...
 
 
 class GatewayNode(Protocol):
@@ -129,7 +129,11 @@ class GatewayNode(Protocol):
     async def reactivate_session(
         self, conn: Connection, topics: Sequence[str] | None = None
     ) -> list[str]: ...
-    async def open_queue(self, conn: Connection) -> QueueGap | None: ...
+    @property
+    def queue_page_on_open(self) -> int: ...
+    async def open_queue(
+        self, conn: Connection, first: Sequence[Notification] | None = None, version: int = -1
+    ) -> QueueGap | None: ...
     async def forget_presence(self, conn: Connection) -> None: ...
 
     # Frames

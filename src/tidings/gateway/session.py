@@ -15,7 +15,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from tidings.auth.base import Principal
 from tidings.core.codes import CloseCode
-from tidings.core.models import StateChange, UnseenCount
+from tidings.core.models import Notification, StateChange, UnseenCount
 from tidings.errors import (
     InvalidArgument,
     InvalidToken,
@@ -156,8 +156,12 @@ async def run_session(
             return
         registered = True
         count: UnseenCount | None
+        deliver = handshake.deliver
+        # In deliver mode the opening reads the queue's first page too, when it may.
+        page = node.queue_page_on_open if deliver else 0
+        first: list[Notification] | None = None
         try:
-            device, count, topics = await node.store.open_socket(
+            device, count, topics, first = await node.store.open_socket(
                 conn.user_id,
                 handshake.presented,
                 socket_id=conn.socket_id,
@@ -165,6 +169,7 @@ async def run_session(
                 node_id=node.node_id,
                 connected_since=conn.connected_since,
                 max_sockets=node.settings.max_connections_per_user,
+                queue=page,
             )
         except TooManyConnections as exc:
             node.counters.count_error("too_many_connections")
@@ -179,7 +184,6 @@ async def run_session(
             return
         conn.connection_id = device.connection_id
         conn.session_id = handshake.session_id or device.connection_id
-        conn.deliver = handshake.deliver
         if pending is not None:
             await accept(
                 send, set_cookie(node, pending, device.connection_id, handshake.cookie_cid)
@@ -206,11 +210,13 @@ async def run_session(
         if count.version < conn.erased_below:  # opened before its user was erased
             conn.close(CloseCode.NORMAL, "user erased")
             return
+        version = count.version
         del count
         await node.reactivate_session(conn, topics)
         del topics
-        if conn.deliver:
-            await node.open_queue(conn)
+        if deliver:
+            await node.open_queue(conn, first if page else None, version)
+        del first
         if not conn.closed:
             try:
                 await read_frames(node, conn, receive)

@@ -430,10 +430,18 @@ class Tidings(Inbox, SseDoor, Lifecycle):
         """Push what ``conn``'s device has not acknowledged, beyond what it was sent."""
         self.queues.schedule_delivery(conn)
 
-    async def open_queue(self, conn: Connection) -> QueueGap | None:
-        """Apply the operator's queue limits (telling the device of any gap with a
-        ``queueGap`` frame), then start pushing the device's queue."""
-        return await self.queues.open_queue(conn)
+    @property
+    def queue_page_on_open(self) -> int:
+        """Notifications of a deliver-mode device's queue read with its socket's opening."""
+        return self.queues.page_on_open
+
+    async def open_queue(
+        self, conn: Connection, first: Sequence[Notification] | None = None, version: int = -1
+    ) -> QueueGap | None:
+        """Put the socket in deliver mode: apply the operator's queue limits (telling the
+        device of any gap with a ``queueGap`` frame), then push the device's queue (its first
+        page as the opening read it, see :meth:`Queues.open_queue`)."""
+        return await self.queues.open_queue(conn, first, version)
 
     async def ack(
         self, user_id: str, connection_id: str, notification_ids: Sequence[str]

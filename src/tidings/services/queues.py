@@ -87,9 +87,32 @@ class Queues:
             if not conn.delivery_again:
                 return
 
-    async def open_queue(self, conn: Connection) -> QueueGap | None:
-        """Apply the queue limits (telling the device of any gap with a ``queueGap`` frame),
-        then start pushing the device's queue."""
+    @property
+    def page_on_open(self) -> int:
+        """How many notifications of a deliver-mode device's queue its socket's opening reads
+        together with its count (one round trip fewer): a page, unless queue limits or
+        retention must change the queue before it is read (0)."""
+        return 0 if (self.max_length or self.max_age or self.retention) else PAGE_SIZE
+
+    async def open_queue(
+        self, conn: Connection, first: Sequence[Notification] | None = None, version: int = -1
+    ) -> QueueGap | None:
+        """Put ``conn`` in deliver mode: apply the queue limits (telling the device of any
+        gap with a ``queueGap`` frame), then push the device's queue.
+
+        ``first``: the queue's first page as the socket's opening read it (at most
+        :attr:`page_on_open`), with the counts of ``version``. It is pushed at once; the queue
+        is read again only if the page was full or a change came after that read (the
+        socket's count is newer than ``version``: events before deliver mode do not wake the
+        queue)."""
+        conn.deliver = True
+        if first is not None:
+            for note in first:
+                conn.push(codec.notification(note))
+                conn.delivered_upto = note.seq
+            if len(first) >= self.page_on_open or conn.last_version > version:
+                self.schedule_delivery(conn)
+            return None
         gap = None
         if self.max_length or self.max_age:
             gap = await self.store.trim_queue(

@@ -7,7 +7,7 @@ from abc import abstractmethod
 from datetime import datetime
 
 from tidings.core.lifecycle import Lifecycle
-from tidings.core.models import Device, Presence, UnseenCount
+from tidings.core.models import Opened, Presence, UnseenCount
 from tidings.errors import TooManyConnections
 from tidings.storage.facets import (
     ClusterStore,
@@ -93,15 +93,19 @@ class Store(
         node_id: str,
         connected_since: datetime,
         max_sockets: int | None = None,
-    ) -> tuple[Device, UnseenCount, list[str]]:
+        queue: int = 0,
+    ) -> Opened:
         """A device's socket opens: :meth:`bind_device` with ``connection_id``, then
         :meth:`attach` of the socket under the device's id, in ``session_id`` (the device's
-        id when None). Returns the device, the user's count and the session's topics. The
-        SQLite store does it in one write; this default makes the two calls.
+        id when None), and with ``queue`` > 0 the first ``queue`` notifications of the
+        device's queue (as :meth:`pending` from its cursor), read with the count. Returns the
+        device, the user's count, the session's topics and that page. The SQLite store does it
+        in one write and PostgreSQL in one statement (for a known device); this default makes
+        the calls one by one.
 
         Raises:
             TooManyConnections: as :meth:`attach`, with the device (bound all the same) as
-                its ``device``.
+                its ``device``; no queue is read.
         """
         device = await self.bind_device(user_id, connection_id)
         presence = Presence(
@@ -117,4 +121,5 @@ class Store(
         except TooManyConnections as exc:
             exc.device = device
             raise
-        return device, count, topics
+        page = await self.pending(device.connection_id, user_id, 0, queue) if queue > 0 else []
+        return Opened(device, count, topics, page)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ async def test_open_socket_binds_the_device_and_registers_the_socket(store: Stor
     await store.create_notification("u1", {"n": 1})
     await store.subscribe_session("u1", "tab-1", ["news"])
     since = utcnow()
-    device, count, topics = await store.open_socket(
+    device, count, topics, _ = await store.open_socket(
         "u1",
         "dev-one-1",
         socket_id="sock-1",
@@ -66,21 +67,21 @@ async def test_open_socket_binds_the_device_and_registers_the_socket(store: Stor
     assert (device.connection_id, device.user_id) == ("dev-one-1", "u1")
     assert device.cursor == 1  # the queue starts after the user's latest notification
     assert ((count.count, count.version), topics) == ((1, 1), ["news"])
-    again, _, _ = await store.open_socket(
+    again, _, _, _ = await store.open_socket(
         "u1", "dev-one-1", socket_id="sock-2", session_id=None, node_id="n", connected_since=since
     )
     assert again.connection_id == "dev-one-1" and again.created_at == device.created_at
     sockets = {p.socket_id: p for p in await store.presence(user_id="u1")}
     assert sockets["sock-1"].connection_id == "dev-one-1"
     assert sockets["sock-2"].session_id == "dev-one-1"  # no session: the device's
-    foreign, count, topics = await store.open_socket(
+    foreign, count, topics, _ = await store.open_socket(
         "u2", "dev-one-1", socket_id="sock-3", session_id=None, node_id="n", connected_since=since
     )
     assert foreign.user_id == "u2" and foreign.connection_id != "dev-one-1"
     assert ((count.count, count.version), topics) == ((0, 0), [])
     (mine,) = await store.presence(user_id="u2")
     assert (mine.socket_id, mine.connection_id) == ("sock-3", foreign.connection_id)
-    fresh, _, _ = await store.open_socket(
+    fresh, _, _, _ = await store.open_socket(
         "u2", None, socket_id="sock-4", session_id=None, node_id="n", connected_since=since
     )
     assert fresh.connection_id not in ("dev-one-1", foreign.connection_id)
@@ -162,9 +163,8 @@ async def test_concurrent_opens_each_get_their_own_outcome(store: Store) -> None
         opening("u5", "known-device-5", "s5"),  # over the cap
         return_exceptions=True,
     )
-    (d1a, c1a, t1a), (d1b, c1b, t1b), (d2, c2, t2), (d3, _, _), (d4, _, _), (d0, _, _) = outcomes[
-        :6
-    ]  # type: ignore[misc]
+    (d1a, c1a, t1a, _), (d1b, c1b, t1b, _), (d2, c2, t2, _) = outcomes[:3]  # type: ignore[misc]
+    (d3, _, _, _), (d4, _, _, _), (d0, _, _, _) = outcomes[3:6]  # type: ignore[misc]
     assert d1a.connection_id == d1b.connection_id == "known-device-1"
     assert d1a.created_at == known[1].created_at and d1a.cursor == known[1].cursor
     assert (c1a.count, c1a.version, t1a) == (1, 1, ["pets"])
@@ -184,3 +184,54 @@ async def test_concurrent_opens_each_get_their_own_outcome(store: Store) -> None
     assert sockets["s4"].connection_id == d4.connection_id
     await asyncio.gather(*(store.remove_presence(s) for s in ("s1a", "s1b", "s2", "nothing")))
     assert {p.socket_id for p in await store.presence()} == {"held-0", "held-1", "s3", "s4", "s0"}
+
+
+async def test_open_socket_reads_the_first_page_of_the_queue_with_the_count(store: Store) -> None:
+    """With ``queue`` > 0 open_socket() also returns the first notifications of the device's
+    queue (those after its cursor it has not acknowledged, oldest first, at most ``queue``),
+    read with the count, alone or grouped with other opens; none over the cap, none for a
+    new device whose queue starts after the user's latest notification, none when not asked.
+    Spans facets: setup through notifications and devices (ack)."""
+    since = utcnow()
+    device = await store.bind_device("u1", "queued-device-1")
+    other = await store.bind_device("u2", "queued-device-2")
+    notes = [(await store.create_notification("u1", {"n": n})).notification for n in range(5)]
+    await store.create_notification("u2", {"n": 0})
+    await store.ack(device.connection_id, "u1", [notes[1].notification_id])
+
+    def opening(
+        user: str, cid: str | None, socket: str, queue: int, most: int | None = None
+    ) -> Any:
+        return store.open_socket(
+            user,
+            cid,
+            socket_id=socket,
+            session_id=None,
+            node_id="n",
+            connected_since=since,
+            max_sockets=most,
+            queue=queue,
+        )
+
+    alone = await opening("u1", "queued-device-1", "q-1", 3)
+    assert [n.notification_id for n in alone.queue] == [notes[i].notification_id for i in (0, 2, 3)]
+    assert (alone.counts.count, alone.counts.version) == (5, 5)
+    grouped = await asyncio.gather(
+        opening("u1", "queued-device-1", "q-2", 100),
+        opening("u2", "queued-device-2", "q-3", 100),
+        opening("u1", "queued-device-1", "q-4", 0),
+        opening("u2", "queued-device-2", "q-5", 100, most=2),  # u2 holds q-3 (maybe) and this
+        opening("u1", "brand-new-queued", "q-6", 100),
+        return_exceptions=True,
+    )
+    assert [n.data for n in grouped[0].queue] == [{"n": n} for n in (0, 2, 3, 4)]
+    assert [n.data for n in grouped[1].queue] == [{"n": 0}]
+    assert grouped[2].queue == []
+    assert isinstance(grouped[3], TooManyConnections) or [n.data for n in grouped[3].queue] == [
+        {"n": 0}
+    ]
+    assert grouped[4].device.connection_id == "brand-new-queued" and grouped[4].queue == []
+    await opening("u2", "queued-device-2", "q-7", 0)
+    with pytest.raises(TooManyConnections):
+        await opening("u2", "queued-device-2", "q-8", 100, most=2)
+    assert other.connection_id == "queued-device-2"

@@ -21,7 +21,7 @@ async def fill(store: Store, user_id: str) -> str:
     session with topics and a push token; the device's id."""
     first = (await store.create_notification(user_id, {"n": 1})).notification
     await store.create_notification(user_id, {"n": 2})
-    device, _, _ = await store.open_socket(
+    device, _, _, _ = await store.open_socket(
         user_id,
         None,
         socket_id=f"socket-{user_id}",

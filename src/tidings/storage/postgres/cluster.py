@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from tidings.core.ids import CONNECTION_ID
 from tidings.core.models import (
     Device,
     NodeInfo,
+    Opened,
     Presence,
     UnseenCount,
     utcnow,
@@ -19,6 +20,7 @@ from tidings.errors import (
 )
 from tidings.storage.counts import counted
 from tidings.storage.postgres.engine import PostgresEngine
+from tidings.storage.postgres.rows import _notification
 
 
 class Opening(NamedTuple):
@@ -31,20 +33,23 @@ class Opening(NamedTuple):
     node_id: str
     connected_since: datetime
     max_sockets: int | None
+    queue: int  # notifications of the device's queue to read with it
 
 
 # Open the sockets of known devices, a group in one statement: touch each device, register
 # each socket unless its user already holds ``most`` (the count taken before the group, so
 # sockets of one user in one group may pass the cap by a few, as racing nodes may), mark its
-# session's topics active, and read its user's count. A row per item (in order): whether the
-# device is this user's, the device's columns, the sockets held, the topics, the count.
-# Unknown devices are bound by ``bind_device`` (a new device's queue needs the user's lock).
+# session's topics active, read its user's count and the first ``page`` notifications of its
+# queue. Rows in item order (``i``), one per queued notification (or one with none): whether
+# the device is this user's, the device's columns, the sockets held, the topics, the count,
+# the notification. Unknown devices are bound by ``bind_device`` (a new device's queue needs
+# the user's lock).
 OPEN_KNOWN = (
     "WITH input AS (SELECT t.*, coalesce(t.session_id, t.connection_id) AS session "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
-    "$6::timestamptz[], $7::int[]) WITH ORDINALITY "
-    "AS t(socket_id, connection_id, user_id, session_id, node_id, since, most, i)), "
-    "bound AS (UPDATE devices AS d SET last_seen_at = $8 "
+    "$6::timestamptz[], $7::int[], $8::int[]) WITH ORDINALITY "
+    "AS t(socket_id, connection_id, user_id, session_id, node_id, since, most, page, i)), "
+    "bound AS (UPDATE devices AS d SET last_seen_at = $9 "
     "FROM (SELECT DISTINCT connection_id, user_id FROM input) AS s "
     "WHERE d.connection_id = s.connection_id AND d.user_id = s.user_id "
     "RETURNING d.connection_id, d.user_id, d.created_at, d.last_seen_at, d.cursor), "
@@ -55,17 +60,23 @@ OPEN_KNOWN = (
     "registered AS (INSERT INTO notification_registry "
     "SELECT socket_id, connection_id, user_id, session, node_id, since FROM admitted "
     "ON CONFLICT (socket_id) DO NOTHING), "
-    "touched AS (UPDATE session_topics AS s SET active_at = $8 "
+    "touched AS (UPDATE session_topics AS s SET active_at = $9 "
     "FROM (SELECT DISTINCT user_id, session FROM admitted) AS a "
     "WHERE s.user_id = a.user_id AND s.session_id = a.session "
     "RETURNING s.user_id, s.session_id, s.topic) "
-    "SELECT bound.connection_id IS NOT NULL, bound.created_at, bound.last_seen_at, "
+    "SELECT input.i, bound.connection_id IS NOT NULL, bound.created_at, bound.last_seen_at, "
     "bound.cursor, coalesce(held.n, 0), "
     "(SELECT array_agg(t.topic ORDER BY t.topic) FROM touched AS t "
     "WHERE t.user_id = input.user_id AND t.session_id = input.session), "
-    "c.unseen, c.unread, c.version, c.categories "
+    "c.unseen, c.unread, c.version, c.categories, n.* "
     "FROM input LEFT JOIN bound USING (connection_id, user_id) LEFT JOIN held USING (user_id) "
-    "LEFT JOIN user_counts AS c ON c.user_id = input.user_id ORDER BY input.i"
+    "LEFT JOIN user_counts AS c ON c.user_id = input.user_id "
+    "LEFT JOIN LATERAL (SELECT q.notification_id, q.user_id, q.data::text, q.creation_date, "
+    "q.seen_date, q.seq, q.category, q.read_date, q.archived_date FROM notifications AS q "
+    "WHERE input.page > 0 AND (input.most IS NULL OR coalesce(held.n, 0) < input.most) "
+    "AND q.user_id = input.user_id AND q.seq > bound.cursor AND NOT EXISTS "
+    "(SELECT 1 FROM device_acks AS k WHERE k.connection_id = input.connection_id "
+    "AND k.seq = q.seq) ORDER BY q.seq LIMIT input.page) AS n ON true ORDER BY input.i, n.seq"
 )
 
 
@@ -168,9 +179,11 @@ class PostgresCluster(PostgresEngine):
         node_id: str,
         connected_since: datetime,
         max_sockets: int | None = None,
-    ) -> tuple[Device, UnseenCount, list[str]]:
-        """A known device's socket opens in one statement, grouped with the sockets opening
-        at the same time (a reconnect storm); a new device takes the two calls."""
+        queue: int = 0,
+    ) -> Opened:
+        """A known device's socket opens in one statement (the first page of its queue
+        included), grouped with the sockets opening at the same time (a reconnect storm); a
+        new device takes the calls one by one."""
         if connection_id and CONNECTION_ID.match(connection_id):
             item = Opening(
                 socket_id,
@@ -180,15 +193,16 @@ class PostgresCluster(PostgresEngine):
                 node_id,
                 connected_since,
                 max_sockets,
+                queue,
             )
             opened = await self._opens.submit(item)
             if opened is not None:
-                device, count, topics = opened
-                if count is None:
+                if opened.counts is None:
                     raise TooManyConnections(
-                        f"{user_id} holds the most sockets allowed ({max_sockets})", device
+                        f"{user_id} holds the most sockets allowed ({max_sockets})",
+                        opened.device,
                     )
-                return device, count, topics
+                return cast(Opened, opened)
         return await super().open_socket(
             user_id,
             connection_id,
@@ -197,10 +211,11 @@ class PostgresCluster(PostgresEngine):
             node_id=node_id,
             connected_since=connected_since,
             max_sockets=max_sockets,
+            queue=queue,
         )
 
     async def _open_batch(self, batch: list[Opening]) -> list[Any]:
-        """Per item: ``(device, count or None over the cap, topics)``, or None for a device
+        """Per item: an :class:`Opened` (its count None over the cap), or None for a device
         this statement does not know (another user's, or new)."""
         columns = list(map(list, zip(*batch, strict=True)))
 
@@ -208,18 +223,22 @@ class PostgresCluster(PostgresEngine):
             async with self.connection() as conn:
                 return list(await conn.fetch(OPEN_KNOWN, *columns, utcnow()))
 
-        rows = await self.retrying(run)
-        outcomes: list[Any] = []
-        for item, row in zip(batch, rows, strict=True):
-            if not row[0]:
-                outcomes.append(None)
-                continue
-            device = Device(item.connection_id, item.user_id, row[1], row[2], row[3])
-            if item.max_sockets is not None and row[4] >= item.max_sockets:
-                outcomes.append((device, None, []))
-                continue
-            count = counted(item.user_id, row[6:] if row[8] is not None else None)
-            outcomes.append((device, count, list(row[5] or ())))
+        outcomes: list[Any] = [None] * len(batch)
+        for row in await self.retrying(run):
+            index = row[0] - 1
+            item = batch[index]
+            opened = outcomes[index]
+            if opened is None:
+                if not row[1]:
+                    continue  # not this user's device
+                device = Device(item.connection_id, item.user_id, row[2], row[3], row[4])
+                if item.max_sockets is not None and row[5] >= item.max_sockets:
+                    outcomes[index] = Opened(device, None, [], [])  # type: ignore[arg-type]
+                    continue
+                count = counted(item.user_id, row[7:11] if row[9] is not None else None)
+                opened = outcomes[index] = Opened(device, count, list(row[6] or ()), [])
+            if row[11] is not None:
+                opened.queue.append(_notification(row[11:]))
         return outcomes
 
     async def remove_presence(self, socket_id: str) -> None:

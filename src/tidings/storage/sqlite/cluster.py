@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from tidings.core.models import (
     Device,
     NodeInfo,
+    Notification,
+    Opened,
     Presence,
     UnseenCount,
     isoformat,
@@ -20,8 +22,11 @@ from tidings.errors import (
 )
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import (
+    NOTE_COLUMNS,
+    QUEUE,
     _attach,
     _bind,
+    _notification,
 )
 
 
@@ -130,28 +135,38 @@ class SqliteCluster(SqliteEngine):
         node_id: str,
         connected_since: datetime,
         max_sockets: int | None = None,
-    ) -> tuple[Device, UnseenCount, list[str]]:
-        """The device's binding and the socket's registration in one item of the writer's
-        batch: a connect storm's cost is mostly the writes' round trips."""
+        queue: int = 0,
+    ) -> Opened:
+        """The device's binding, the socket's registration and the first page of its queue
+        in one item of the writer's batch: a connect storm's cost is mostly the writes' round
+        trips."""
         now = isoformat(utcnow())
         since = isoformat(connected_since)
 
         def run(
             conn: sqlite3.Connection,
-        ) -> tuple[Device, tuple[UnseenCount, list[str]] | None]:
+        ) -> tuple[Device, tuple[UnseenCount, list[str]] | None, list[Notification]]:
             device = _bind(conn, user_id, connection_id, now)
             cid = device.connection_id
             row = (socket_id, cid, user_id, session_id or cid, node_id, since)
             # Over the cap the binding stays (as with two calls): not raised in here, which
             # would undo it.
-            return device, _attach(conn, row, max_sockets, now)
+            attached = _attach(conn, row, max_sockets, now)
+            page: list[Notification] = []
+            if attached is not None and queue > 0:
+                rows = conn.execute(
+                    f"SELECT {NOTE_COLUMNS} {QUEUE} ORDER BY seq LIMIT ?",
+                    (user_id, device.cursor, cid, queue),
+                ).fetchall()
+                page = [_notification(r) for r in rows]
+            return device, attached, page
 
-        device, attached = await self.write(run)
+        device, attached, page = await self.write(run)
         if attached is None:
             raise TooManyConnections(
                 f"{user_id} holds the most sockets allowed ({max_sockets})", device
             )
-        return (device, *attached)
+        return Opened(device, *attached, page)
 
     async def remove_presence(self, socket_id: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
