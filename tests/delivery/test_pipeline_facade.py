@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,41 @@ async def test_post_refuses_data_that_cannot_be_written_as_json(
     async with Tidings(store=f"sqlite:///{tmp_path}/p.db", workers=0) as node:
         with pytest.raises(InvalidArgument, match="JSON"):
             await node.pipeline.post(["in_app"], user_ids=["u"], content=Content("x"), data=data)
+
+
+async def test_a_delayed_post_waits_for_its_time_and_a_bad_delay_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """``delay`` seconds: the in-app notification appears only after them, and the same key
+    and delay give the same message; ``send_at`` in the past, naive or with ``delay`` too is
+    refused before anything is written."""
+    async with Tidings(store=f"sqlite:///{tmp_path}/d.db", pipeline_poll_interval=0.05) as node:
+        posted = await node.pipeline.post(
+            ["in_app"], user_ids=["dee"], content=Content("later"), delay=1.0, idempotency_key="d"
+        )
+        again = await node.pipeline.post(
+            ["in_app"], user_ids=["dee"], content=Content("later"), delay=1.0, idempotency_key="d"
+        )
+        assert again.message_id == posted.message_id
+        await asyncio.sleep(0.6)
+        assert await node.unseen("dee") == []  # not before its time
+        for _ in range(100):
+            if await node.unseen("dee"):
+                break
+            await asyncio.sleep(0.05)
+        assert [n.data["text"] for n in await node.unseen("dee")] == ["later"]
+        now = datetime.now(UTC)
+        for bad in (
+            {"send_at": now - timedelta(hours=1)},
+            {"send_at": datetime(2030, 1, 1)},  # naive: no time zone
+            {"send_at": now + timedelta(days=91)},
+            {"send_at": now + timedelta(hours=1), "delay": 60.0},
+            {"delay": 0.0},
+        ):
+            with pytest.raises(InvalidArgument, match="delay"):
+                await node.pipeline.post(
+                    ["in_app"], user_ids=["eve"], content=Content("x"), idempotency_key="e", **bad
+                )
+        assert await node.pipeline.post(
+            ["in_app"], user_ids=["eve"], content=Content("x"), idempotency_key="e"
+        )

@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
 from tidings.api.common import RequireScope, authorize
@@ -22,13 +29,16 @@ from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
     MAX_CHANNEL_NAME_LENGTH,
     MAX_CHANNELS_PER_MESSAGE,
+    MAX_DELAY_SECONDS,
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_TEMPLATE_ID_LENGTH,
     MAX_TOPIC_LENGTH,
     MAX_USER_ID_LENGTH,
 )
+from tidings.core.models import utcnow
 from tidings.delivery.models import Content, NewMessage, message_data_problem
 from tidings.delivery.pipeline import body_hash
+from tidings.delivery.steps import send_time
 from tidings.errors import (
     ApiError,
     Conflict,
@@ -79,6 +89,23 @@ class ContentIn(BaseModel):
         return Content(self.text, self.subject, self.html)
 
 
+class DelayIn(BaseModel):
+    """A ``delay`` step: no delivery is sent before ``until`` or ``seconds`` from now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    until: AwareDatetime | None = Field(
+        None, description="RFC 3339 time with a zone, at most 90 days ahead."
+    )
+    seconds: float | None = Field(None, gt=0, le=MAX_DELAY_SECONDS)
+
+    @model_validator(mode="after")
+    def _one(self) -> "DelayIn":
+        if (self.until is None) == (self.seconds is None):
+            raise ValueError("give one of until and seconds")
+        return self
+
+
 class MessageRequest(BaseModel):
     """A message to post (docs/pipeline.md)."""
 
@@ -93,6 +120,7 @@ class MessageRequest(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict, description="Values for the template.")
     idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     critical: bool = Field(False, description="Bypass the rate limit (still counted).")
+    delay: DelayIn | None = Field(None, description="Send no delivery before this.")
 
     @field_validator("data")
     @classmethod
@@ -213,7 +241,16 @@ def mount_pipeline(
         Refused deliveries (opted out, no or invalid address, rate limited) are recorded with
         their reason."""
         key = body.idempotency_key or idempotency_key
-        fields = body.model_dump(exclude={"idempotency_key"})
+        # (no "delay" key without one: the bodies of undelayed messages keep their hash)
+        fields = body.model_dump(exclude={"idempotency_key", *(() if body.delay else ("delay",))})
+        try:
+            when = send_time(
+                until=body.delay.until if body.delay else None,
+                seconds=body.delay.seconds if body.delay else None,
+                now=utcnow(),
+            )
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc)) from None
         message = NewMessage(
             client_id=principal.client_id,
             channels=tuple(dict.fromkeys(body.channels)),
@@ -227,6 +264,7 @@ def mount_pipeline(
             critical=body.critical,
             idempotency_key=key,
             body_hash=body_hash(fields),
+            send_at=when,
         )
         limit = tidings.settings.max_recipients
         if message.user_ids is not None and len(message.user_ids) > limit:

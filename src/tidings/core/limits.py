@@ -52,3 +52,6 @@ MAX_HISTORY_PAGE = 100
 MAX_CATEGORY_LENGTH = 64
 #: a history cursor is at most this long (the service's own are about 100 characters)
 MAX_CURSOR_LENGTH = 512
+
+#: the longest a message may wait before it is sent (a ``delay`` step), seconds: 90 days
+MAX_DELAY_SECONDS = 90 * 24 * 3600

@@ -89,6 +89,8 @@ class NewMessage:
     idempotency_key: str | None
     #: digest of the request's canonical JSON: the same key with another body is a conflict
     body_hash: str
+    #: a ``delay`` step: no delivery is sent before this time (None: at once)
+    send_at: datetime | None = None
 
     def recipients(self) -> dict[str, Any]:
         if self.topic is not None:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ from tidings.delivery.ports import PipelineHost
 from tidings.delivery.registry import ChannelRegistry, ordered, valid_channel_name
 from tidings.delivery.retry import retry_at as retry_at
 from tidings.delivery.retry import retry_delay
+from tidings.delivery.steps import delayed, send_time
 from tidings.delivery.stores import for_store
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
@@ -282,6 +284,8 @@ class Pipeline(Lifecycle):
         idempotency_key: str | None = None,
         critical: bool = False,
         client_id: str = "embedded",
+        delay: float | None = None,
+        send_at: datetime | None = None,
     ) -> Message:
         """Post a message from Python (what ``POST /messages`` does for services)::
 
@@ -290,9 +294,12 @@ class Pipeline(Lifecycle):
                 data={"order": 42}, idempotency_key="order-42-shipped",
             )
 
+        ``delay`` (seconds) or ``send_at`` (an aware datetime): no delivery is sent before
+        then (the ``delay`` step, docs/pipeline.md).
+
         Raises:
             InvalidArgument: unknown channels, not exactly one of ``user_ids``/``topic`` or
-                of ``template_id``/``content``, too many recipients.
+                of ``template_id``/``content``, too many recipients, a delay out of range.
             TemplateFailure: the template is unknown or does not render.
             Conflict: ``idempotency_key`` was used with other arguments.
         """
@@ -307,6 +314,7 @@ class Pipeline(Lifecycle):
         problem = message_data_problem(values)
         if problem is not None:
             raise InvalidArgument(problem)
+        when = send_time(until=send_at, seconds=delay, now=utcnow())
         request = {
             "channels": list(channels),
             "recipients": {"user_ids": users, "topic": topic},
@@ -315,6 +323,8 @@ class Pipeline(Lifecycle):
             "data": values,
             "critical": critical,
         }
+        if when is not None:  # (no key otherwise: the bodies of undelayed messages keep their hash)
+            request["delay"] = {"until": send_at, "seconds": delay}
         message, _ = await self.create_message(
             NewMessage(
                 client_id,
@@ -327,6 +337,7 @@ class Pipeline(Lifecycle):
                 critical,
                 idempotency_key,
                 body_hash(request),
+                when,
             )
         )
         return message
@@ -346,7 +357,7 @@ class Pipeline(Lifecycle):
         return given
 
     def _plan(self, message: NewMessage, recipients: list[Recipient]) -> list[PlannedDelivery]:
-        return plan(
+        planned = plan(
             message,
             recipients,
             limits=self.limits,
@@ -354,6 +365,7 @@ class Pipeline(Lifecycle):
             needs_address={name: c.needs_address for name, c in self.channels.items()},
             validate=self.validate,
         )
+        return delayed(planned, message.send_at)
 
     def validate(self, channel: str, address: Any) -> Any:
         """The address in normal form for ``channel``.

@@ -237,7 +237,7 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
         "SELECT i, c, $3 FROM unnest($1::text[], $2::text[]) AS t(i, c)",
         [q[0] for q in queued],
         [q[1] for q in queued],
-        now,
+        message.send_at or now,  # a delay step: claimed once due
     )
     await write_history(
         conn, [(i, p.state, p.reason, p.detail) for i, p in zip(ids, planned, strict=True)], now

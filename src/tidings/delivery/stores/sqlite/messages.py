@@ -206,6 +206,7 @@ def _insert(
     """Write the message, its planned deliveries, their history and their outbox rows."""
     now = utcnow()
     stamp = isoformat(now)
+    due = isoformat(message.send_at) if message.send_at else stamp  # a delay step: claimed once due
     message_id = new_sorted_id()
     conn.execute(
         "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -233,7 +234,7 @@ def _insert(
     )
     conn.executemany(
         "INSERT INTO pipeline_outbox VALUES (?, ?, ?, NULL, NULL, 0)",
-        [(i, p.channel, stamp) for i, p in zip(ids, planned, strict=True) if p.queued],
+        [(i, p.channel, due) for i, p in zip(ids, planned, strict=True) if p.queued],
     )
     write_history(
         conn,

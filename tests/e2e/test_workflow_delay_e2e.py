@@ -1,0 +1,170 @@
+"""The ``delay`` step of a message (docs/pipeline.md, "Steps"), end to end on real processes:
+``tidings serve`` on PostgreSQL with its workers, email to an aiosmtpd sink.
+
+A delayed message is not sent before its time, survives its node's SIGKILL (the time is in
+the store's outbox, not in memory) and is sent once by the node that takes over; a delay out of
+range or contradicting itself is refused (422 naming the field) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import pytest
+from pipeline_support import (
+    SmtpSink,
+    api_client,
+    delivery,
+    get_message,
+    post_message,
+    wait_message,
+)
+
+from conftest import ServerProcess
+
+DELAY = 3.0  # seconds a message waits: long enough to kill and restart its node meanwhile
+PIPELINE = {
+    "TIDINGS_PIPELINE_POLL_INTERVAL": "0.1",
+    "TIDINGS_PIPELINE_RETRY_BASE": "0.2",
+    "TIDINGS_PIPELINE_RETRY_MAX": "0.5",
+}
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    smtp = SmtpSink().start()
+    yield smtp
+    smtp.close()
+
+
+def email_user(http: httpx.Client) -> tuple[str, str]:
+    user = f"delayed-{uuid.uuid4().hex[:10]}"
+    address = f"{user}@example.org"
+    response = http.put(f"/users/{user}/contacts/email", json={"address": address})
+    assert response.status_code < 300, response.text
+    return user, address
+
+
+def email_to(user: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "recipients": {"user_ids": [user]},
+        "channels": ["email"],
+        "content": {"subject": "Later", "text": "Sent when it was due"},
+        **extra,
+    }
+
+
+def in_app_to(user: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "recipients": {"user_ids": [user]},
+        "channels": ["in_app"],
+        "content": {"text": "Later"},
+        **extra,
+    }
+
+
+@pytest.mark.slow
+def test_a_delayed_message_waits_survives_a_sigkill_and_is_sent_once(
+    postgres_url: str, start_server: Callable[..., ServerProcess], sink: SmtpSink
+) -> None:
+    """Posted with ``delay: {seconds: 3}``: pending with the reason ``delayed`` and its time;
+    its node is SIGKILLed at once; nothing reaches the SMTP server before the time; a new node
+    on the same store sends it once after it."""
+    env = {"TIDINGS_STORE": postgres_url, "TIDINGS_SMTP_URL": sink.url, **PIPELINE}
+    first = start_server(**env)
+    token = first.service_token("messages")  # the message's client, on either node
+    with api_client(first, token) as http:
+        user, address = email_user(http)
+        posted_at = datetime.now(UTC)
+        message = post_message(http, email_to(user, delay={"seconds": DELAY}))
+        pending = delivery(get_message(http, message["message_id"]), user, "email")
+    first.kill()
+    assert pending["state"] == "pending"
+    entry = pending["history"][0]
+    assert (entry["state"], entry["reason"]) == ("pending", "delayed"), entry
+    due = datetime.fromisoformat(entry["detail"].removeprefix("until ").replace("Z", "+00:00"))
+    assert (
+        posted_at + timedelta(seconds=DELAY - 0.5) < due < posted_at + timedelta(seconds=DELAY + 2)
+    )
+
+    second = start_server(**env)
+    with api_client(second, token) as http:
+        while datetime.now(UTC) < due - timedelta(seconds=0.3):
+            assert not sink.records(address=address), "sent before its time"
+            time.sleep(0.05)
+        done = wait_message(http, message["message_id"], timeout=20)
+        sent = delivery(done, user, "email")
+        assert sent["state"] == "sent", sent
+        assert datetime.fromisoformat(sent["sent_at"].replace("Z", "+00:00")) >= due
+        time.sleep(1.0)  # a second send would come within the poll interval
+        assert len(sink.accepted(address=address)) == 1, sink.records(address=address)
+
+
+@pytest.mark.parametrize(
+    ("delay", "named"),
+    [
+        ({}, "delay"),
+        ({"seconds": 10, "until": "2030-01-01T00:00:00Z"}, "delay"),
+        ({"seconds": 0}, "seconds"),
+        ({"seconds": -5}, "seconds"),
+        ({"seconds": 91 * 24 * 3600}, "seconds"),
+        ({"seconds": "soon"}, "seconds"),
+        ({"until": "2030-01-01T00:00:00"}, "until"),  # no time zone
+        ({"until": "2001-01-01T00:00:00Z"}, "delay.until"),  # past
+        ({"until": "2099-01-01T00:00:00Z"}, "delay.until"),  # more than 90 days ahead
+        ({"after": 5}, "after"),  # not a field of delay
+        ("tomorrow", "delay"),
+    ],
+)
+def test_a_delay_out_of_range_or_contradicting_itself_is_refused(
+    api_node: ServerProcess, delay: Any, named: str
+) -> None:
+    """422 naming the field; nothing is written (the idempotency key stays free)."""
+    with api_client(api_node, api_node.service_token("messages")) as http:
+        key = f"delay-{uuid.uuid4().hex}"
+        body = in_app_to("someone", delay=delay, idempotency_key=key)
+        refused = http.post("/messages", json=body)
+        assert refused.status_code == 422, refused.text
+        assert named in refused.text, refused.text
+        body.pop("delay")
+        accepted = http.post("/messages", json=body)  # the key was not taken
+        assert accepted.status_code == 202, accepted.text
+
+
+def test_until_in_a_time_zone_is_kept_as_that_moment(api_node: ServerProcess) -> None:
+    """``until`` with an offset is the same moment in UTC; the delivery waits until then."""
+    with api_client(api_node, api_node.service_token("messages")) as http:
+        india = timezone(timedelta(hours=5, minutes=30))
+        until = (datetime.now(UTC) + timedelta(hours=2)).astimezone(india).replace(microsecond=0)
+        answer = post_message(http, in_app_to("someone-tz", delay={"until": until.isoformat()}))
+        (pending,) = get_message(http, answer["message_id"])["deliveries"]
+        assert (pending["state"], pending["history"][0]["reason"]) == ("pending", "delayed")
+        moment = until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert pending["history"][0]["detail"] == f"until {moment}.000000Z"
+
+
+@pytest.fixture(scope="module")
+def api_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A node on SQLite (in-app deliveries only: those under test are refused or wait)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("delay") / "tidings.db").start()
+    yield proc
+    proc.stop()
+
+
+def test_a_waiting_message_can_be_cancelled_and_its_key_repeats_it(api_node: ServerProcess) -> None:
+    """The same key and delay answer 200 with the first message; DELETE moves its waiting
+    deliveries to ``deleted``, so they are never sent."""
+    with api_client(api_node, api_node.service_token("messages")) as http:
+        body = in_app_to("someone-later", delay={"seconds": 3600}, idempotency_key=uuid.uuid4().hex)
+        first = post_message(http, body)
+        again = post_message(http, body, expect=200)
+        assert again["message_id"] == first["message_id"]
+        cancelled = http.delete(f"/messages/{first['message_id']}")
+        assert cancelled.status_code == 200, cancelled.text
+        (gone,) = get_message(http, first["message_id"])["deliveries"]
+        assert (gone["state"], gone["reason"]) == ("deleted", "deleted_by_request")
