@@ -484,7 +484,13 @@ async def test_me_endpoints_never_show_or_change_alices_preferences(
         me = bearer(device_token(bob))
         mine = await client.get("/me/preferences", headers=me)
         assert mine.status_code == 200
-        assert mine.json() == {"user_id": bob, "channels": {}, "topics": [], "contacts": {}}
+        assert mine.json() == {
+            "user_id": bob,
+            "channels": {},
+            "topics": [],
+            "contacts": {},
+            "quiet_hours": None,
+        }
 
         for method, path, body, status in (
             ("PUT", "/me/contacts/webhook", {"address": "https://bob.example/h"}, 200),

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -168,3 +169,87 @@ def test_a_waiting_message_can_be_cancelled_and_its_key_repeats_it(api_node: Ser
         assert cancelled.status_code == 200, cancelled.text
         (gone,) = get_message(http, first["message_id"])["deliveries"]
         assert (gone["state"], gone["reason"]) == ("deleted", "deleted_by_request")
+
+
+# Quiet hours (docs/pipeline.md, "Quiet hours")
+
+
+@pytest.fixture
+def mail_node(start_server: Callable[..., ServerProcess], sink: SmtpSink) -> ServerProcess:
+    return start_server(TIDINGS_SMTP_URL=sink.url, **PIPELINE)
+
+
+def test_a_delivery_in_quiet_hours_waits_for_their_end_in_the_users_zone(
+    mail_node: ServerProcess, sink: SmtpSink
+) -> None:
+    """Quiet hours set in Asia/Kolkata ending 4 s from now: an email waits (reason
+    ``quiet_hours``, until the window's end in UTC) and goes out after it; the same user's
+    in-app notification and a critical email go at once."""
+    zone = ZoneInfo("Asia/Kolkata")
+    with api_client(mail_node, mail_node.service_token("messages")) as http:
+        user, address = email_user(http)
+        local = datetime.now(zone)
+        start, end = local - timedelta(hours=1), local + timedelta(seconds=4)
+        answer = http.put(
+            f"/users/{user}/quiet-hours",
+            json={
+                "timezone": "Asia/Kolkata",
+                "start": start.strftime("%H:%M:%S"),
+                "end": end.strftime("%H:%M:%S"),
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        shown = http.get(f"/users/{user}/preferences").json()["quiet_hours"]
+        assert shown == {
+            "timezone": "Asia/Kolkata",
+            "start": start.strftime("%H:%M:%S"),
+            "end": end.strftime("%H:%M:%S"),
+        }
+        quiet = post_message(http, {**email_to(user), "channels": ["email", "in_app"]})
+        urgent = post_message(http, email_to(user, critical=True))
+        waiting = delivery(get_message(http, quiet["message_id"]), user, "email")
+        assert (waiting["state"], waiting["history"][0]["reason"]) == ("pending", "quiet_hours")
+        ends = end.replace(microsecond=0).astimezone(UTC)
+        assert waiting["history"][0]["detail"] == f"until {ends:%Y-%m-%dT%H:%M:%S}.000000Z"
+        in_app = wait_message(
+            http,
+            quiet["message_id"],
+            until=lambda m: delivery(m, user, "in_app")["state"] == "sent",
+        )
+        assert delivery(in_app, user, "email")["state"] == "pending"
+        wait_message(http, urgent["message_id"], timeout=10)
+        assert len(sink.accepted(address=address)) == 1  # the critical one
+        while datetime.now(UTC) < ends - timedelta(seconds=0.3):
+            assert len(sink.records(address=address)) == 1, "sent inside quiet hours"
+            time.sleep(0.05)
+        done = wait_message(http, quiet["message_id"], timeout=15)
+        sent = delivery(done, user, "email")
+        assert sent["state"] == "sent"
+        assert datetime.fromisoformat(sent["sent_at"].replace("Z", "+00:00")) >= ends
+        assert len(sink.accepted(address=address)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"timezone": "Mars/Olympus", "start": "22:00", "end": "07:00"}, "timezone"),
+        ({"timezone": "Europe/Paris", "start": "25:00", "end": "07:00"}, "start"),
+        ({"timezone": "Europe/Paris", "start": "22:00", "end": "soon"}, "end"),
+        ({"timezone": "Europe/Paris", "start": "22:00", "end": "22:00"}, "end"),
+        ({"timezone": "Europe/Paris", "start": "22:00"}, "end"),
+        ({"timezone": "Europe/Paris", "start": "22:00", "end": "07:00", "days": 5}, "days"),
+    ],
+)
+def test_quiet_hours_out_of_range_are_refused_and_change_nothing(
+    api_node: ServerProcess, body: dict[str, Any], named: str
+) -> None:
+    with api_client(api_node, api_node.service_token("messages")) as http:
+        user = f"quiet-{uuid.uuid4().hex[:8]}"
+        kept = {"timezone": "Asia/Tokyo", "start": "23:00", "end": "06:30"}
+        assert http.put(f"/users/{user}/quiet-hours", json=kept).status_code == 200
+        refused = http.put(f"/users/{user}/quiet-hours", json=body)
+        assert refused.status_code == 422, refused.text
+        assert named in refused.text, refused.text
+        assert http.get(f"/users/{user}/preferences").json()["quiet_hours"] == kept
+        assert http.delete(f"/users/{user}/quiet-hours").status_code == 200
+        assert http.get(f"/users/{user}/preferences").json()["quiet_hours"] is None

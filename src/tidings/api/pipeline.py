@@ -24,6 +24,7 @@ from pydantic import (
 from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
 from tidings.api.common import RequireScope, authorize
 from tidings.api.ports import ApiNode
+from tidings.api.quiet_hours import mount_quiet_hours
 from tidings.api.schemas import ApiErrorBody
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
@@ -378,6 +379,7 @@ def mount_pipeline(
 
     mount_templates(router, tidings, require_scope, errors, not_found)
     mount_preferences(router, tidings, require_scope, errors)
+    mount_quiet_hours(router, tidings, require_scope, errors)
     app.include_router(router)
 
 

@@ -99,13 +99,27 @@ class NewMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class QuietHours:
+    """A user's quiet hours: every day from ``start`` to ``end`` (``HH:MM``, wall-clock time
+    in the IANA zone ``timezone``; a window that passes midnight when ``start`` is later)."""
+
+    timezone: str
+    start: str
+    end: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"timezone": self.timezone, "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True, slots=True)
 class Preferences:
-    """One user's channel switches, topic subscriptions and contact points."""
+    """One user's channel switches, topic subscriptions, contact points and quiet hours."""
 
     user_id: str
     channels: dict[str, bool] = field(default_factory=dict)
     topics: list[str] = field(default_factory=list)
     contacts: dict[str, Any] = field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
 
     def enabled(self, channel: str) -> bool:
         return self.channels.get(channel, True)
@@ -116,6 +130,7 @@ class Preferences:
             "channels": self.channels,
             "topics": self.topics,
             "contacts": self.contacts,
+            "quiet_hours": self.quiet_hours.to_dict() if self.quiet_hours else None,
         }
 
 
@@ -129,6 +144,8 @@ class PlannedDelivery:
     reason: str
     address: Any = None
     detail: str | None = None
+    #: not sent before this (a delay step, quiet hours); None: at once
+    not_before: datetime | None = None
 
     @property
     def queued(self) -> bool:

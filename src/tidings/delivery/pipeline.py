@@ -31,6 +31,7 @@ from tidings.delivery.models import (
     NewMessage,
     PlannedDelivery,
     Preferences,
+    QuietHours,
     Template,
     message_data_problem,
 )
@@ -39,7 +40,7 @@ from tidings.delivery.ports import PipelineHost
 from tidings.delivery.registry import ChannelRegistry, ordered, valid_channel_name
 from tidings.delivery.retry import retry_at as retry_at
 from tidings.delivery.retry import retry_delay
-from tidings.delivery.steps import delayed, send_time
+from tidings.delivery.steps import check_quiet_hours, scheduled, send_time
 from tidings.delivery.stores import for_store
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
@@ -365,7 +366,8 @@ class Pipeline(Lifecycle):
             needs_address={name: c.needs_address for name, c in self.channels.items()},
             validate=self.validate,
         )
-        return delayed(planned, message.send_at)
+        quiet = {r.user_id: r.quiet for r in recipients if r.quiet is not None}
+        return scheduled(planned, message.send_at, quiet, critical=message.critical, now=utcnow())
 
     def validate(self, channel: str, address: Any) -> Any:
         """The address in normal form for ``channel``.
@@ -424,6 +426,20 @@ class Pipeline(Lifecycle):
 
     async def preferences(self, user_id: str) -> Preferences:
         return await self.store.preferences(user_id)
+
+    async def set_quiet_hours(
+        self, user_id: str, timezone: str | None, start: str | None = None, end: str | None = None
+    ) -> QuietHours | None:
+        """Set the user's quiet hours (``timezone`` None removes them); in normal form.
+
+        Raises:
+            InvalidArgument: an unknown time zone, a malformed time, or a window of no length.
+        """
+        hours = None
+        if timezone is not None:
+            hours = check_quiet_hours(timezone, start or "", end or "")
+        await self.store.set_quiet_hours(user_id, hours)
+        return hours
 
 
 def body_hash(body: Any) -> str:

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from tidings.delivery.models import DELETED, FAILED, PENDING, NewMessage, PlannedDelivery
+from tidings.delivery.models import (
+    DELETED,
+    FAILED,
+    PENDING,
+    NewMessage,
+    PlannedDelivery,
+    QuietHours,
+)
 from tidings.errors import ConfigurationError, InvalidAddress
 
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -75,6 +82,8 @@ class Recipient:
     contacts: Mapping[str, Any]
     #: channel → deliveries counted against the limit within its period
     recent: Mapping[str, int]
+    #: the user's quiet hours, if any
+    quiet: QuietHours | None = None
 
 
 def plan(

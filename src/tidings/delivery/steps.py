@@ -1,24 +1,33 @@
-"""A message's steps: when its deliveries may be sent.
+"""A message's steps, and a user's quiet hours: when its deliveries may be sent.
 
 ``delay``: no delivery of the message is sent before a time (``until``) or a number of
 seconds after it was posted (``seconds``). The time is kept in the outbox row of each delivery
 (``available_at``), which the workers claim only once due, with leases, on any node: a delayed
 message survives a restart or a SIGKILL and is sent once, by one node (nothing waits in
 memory).
+
+Quiet hours: a user's daily window (in their time zone) in which nothing but in-app
+notifications and ``critical`` messages is sent; a delivery that would go out inside it waits
+until the window ends, by the wall clock of the user's zone (across DST changes).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tidings.core.limits import MAX_DELAY_SECONDS
 from tidings.core.models import isoformat
-from tidings.delivery.models import PlannedDelivery
+from tidings.delivery.models import PlannedDelivery, QuietHours
 from tidings.errors import InvalidArgument
 
 #: the reason of a queued delivery's first history entry when it waits for its time
 DELAYED = "delayed"
+#: ... when it waits for the end of its user's quiet hours
+QUIET_HOURS = "quiet_hours"
 
 #: how far in the past an ``until`` may lie and still mean "now" (clocks of services differ)
 CLOCK_SKEW = timedelta(seconds=60)
@@ -51,11 +60,89 @@ def send_time(*, until: datetime | None, seconds: float | None, now: datetime) -
     return max(until.astimezone(UTC), now)
 
 
-def delayed(planned: list[PlannedDelivery], send_at: datetime | None) -> list[PlannedDelivery]:
-    """The planned deliveries, those to be sent marked as waiting until ``send_at``
-    (``delayed``, ``until <time>`` in their first history entry); the stores put ``send_at``
-    in their outbox rows."""
-    if send_at is None:
+def scheduled(
+    planned: list[PlannedDelivery],
+    send_at: datetime | None,
+    quiet: Mapping[str, QuietHours],
+    *,
+    critical: bool,
+    now: datetime,
+) -> list[PlannedDelivery]:
+    """The planned deliveries with their times: those to be sent wait until ``send_at`` (the
+    reason ``delayed``), then, unless the message is critical or the channel is ``in_app``,
+    until the end of their user's quiet hours (``quiet`` by user id; the reason
+    ``quiet_hours``); the first history entry says until when. The stores put the time in the
+    outbox rows."""
+    if send_at is None and not quiet:
         return planned
-    detail = f"until {isoformat(send_at)}"
-    return [replace(p, reason=DELAYED, detail=detail) if p.queued else p for p in planned]
+    result: list[PlannedDelivery] = []
+    for p in planned:
+        if not p.queued:
+            result.append(p)
+            continue
+        when, reason = send_at, DELAYED
+        hours = quiet.get(p.user_id)
+        if hours is not None and not critical and p.channel != "in_app":
+            ends = quiet_until(when or now, hours)
+            if ends is not None:
+                when, reason = ends, QUIET_HOURS
+        if when is None:
+            result.append(p)
+        else:
+            result.append(
+                replace(p, reason=reason, detail=f"until {isoformat(when)}", not_before=when)
+            )
+    return result
+
+
+def check_quiet_hours(timezone: str, start: str, end: str) -> QuietHours:
+    """Quiet hours in normal form (``HH:MM``, or ``HH:MM:SS`` when the seconds matter).
+
+    Raises:
+        InvalidArgument: an unknown time zone, a time not ``HH:MM[:SS]`` (00:00 to 23:59:59),
+            or a window of no length; the message names the field.
+    """
+    if not isinstance(timezone, str) or not 0 < len(timezone) <= 64:
+        raise InvalidArgument("timezone: an IANA time zone name, e.g. Europe/Paris")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidArgument(
+            f"timezone: unknown time zone {timezone!r} (an IANA name, e.g. Europe/Paris)"
+        ) from None
+    times = []
+    for name, value in (("start", start), ("end", end)):
+        match = _HHMM.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise InvalidArgument(f"{name}: a time of day as HH:MM (or HH:MM:SS), e.g. 22:00")
+        seconds = f":{match[3]}" if match[3] and match[3] != "00" else ""
+        times.append(f"{int(match[1]):02d}:{match[2]}{seconds}")
+    if times[0] == times[1]:
+        raise InvalidArgument("end: quiet hours must end at another time than they start")
+    return QuietHours(timezone, times[0], times[1])
+
+
+def quiet_until(at: datetime, hours: QuietHours) -> datetime | None:
+    """The end of the quiet window ``at`` falls in (in UTC), or None when it falls outside."""
+    zone = ZoneInfo(hours.timezone)
+    local = at.astimezone(zone)
+    start, end = _clock(hours.start), _clock(hours.end)
+    now = local.time().replace(tzinfo=None)
+    if start < end:
+        inside, ends_on = start <= now < end, local.date()
+    else:  # the window passes midnight
+        inside = now >= start or now < end
+        ends_on = local.date() + timedelta(days=1) if now >= start else local.date()
+    if not inside:
+        return None
+    # The wall-clock end in the user's zone (fold 0: the first of a repeated hour; a time the
+    # clocks skip maps past the gap), then UTC.
+    return datetime.combine(ends_on, end, tzinfo=zone).astimezone(UTC)
+
+
+def _clock(text: str) -> time:
+    parts = [int(part) for part in text.split(":")]
+    return time(parts[0], parts[1], parts[2] if len(parts) > 2 else 0)
+
+
+_HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")

@@ -13,6 +13,7 @@ from contract.pipeline_store.backends import (
     postgres_template,
     pstore,
 )
+from tidings.delivery.models import QuietHours
 from tidings.delivery.stores.base import PipelineStore
 
 __all__ = ["postgres_template", "pstore"]  # the fixtures
@@ -23,6 +24,7 @@ async def test_erase_user_removes_the_users_rows_only(pstore: PipelineStore) -> 
         await pstore.set_contact(user, "email", f"{user}@example.org")
         await pstore.set_channel(user, "sms", False)
         await pstore.set_topic(user, "news", True)
+        await pstore.set_quiet_hours(user, QuietHours("Europe/Paris", "22:00", "07:00"))
     message, _, _ = await create(pstore, new_message(("ann", "bob"), ("in_app", "email")))
     # One of ann's deliveries claimed (in the outbox, leased): it goes too.
     await pstore.claim(["email"], "w", 10, LONG)
@@ -30,7 +32,7 @@ async def test_erase_user_removes_the_users_rows_only(pstore: PipelineStore) -> 
 
     erased = await pstore.erase_user("ann")
 
-    assert erased == {"deliveries": 2, "contacts": 1, "preferences": 2}
+    assert erased == {"deliveries": 2, "contacts": 1, "preferences": 3}  # quiet hours too
     assert await pstore.preferences("ann") == type(bob_prefs)("ann")
     assert await pstore.preferences("bob") == bob_prefs
     left = await deliveries(pstore, message.message_id)

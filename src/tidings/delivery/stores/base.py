@@ -28,6 +28,7 @@ from tidings.delivery.models import (
     Outcome,
     PlannedDelivery,
     Preferences,
+    QuietHours,
     Template,
 )
 from tidings.delivery.planner import Recipient
@@ -101,6 +102,10 @@ class PreferenceStore(ABC):
     @abstractmethod
     async def set_contact(self, user_id: str, channel: str, address: Any) -> None:
         """Store a contact point (``None`` removes it)."""
+
+    @abstractmethod
+    async def set_quiet_hours(self, user_id: str, hours: QuietHours | None) -> None:
+        """Store the user's quiet hours (checked by the caller; ``None`` removes them)."""
 
 
 class MessageStore(ABC):

@@ -26,6 +26,7 @@ from tidings.delivery.models import (
     Message,
     NewMessage,
     Outcome,
+    QuietHours,
     Template,
 )
 from tidings.delivery.planner import Recipient
@@ -157,10 +158,11 @@ def recipients_of(
     switches: Iterable[Any],
     contacts: Iterable[Any],
     recent: Iterable[tuple[str, str, int]],
+    quiet: Iterable[Any] = (),
 ) -> list[Recipient]:
     """What the planner is told of ``users``: ``switches`` rows (user_id, channel, enabled),
-    ``contacts`` rows (user_id, channel, address as JSON) and ``recent`` (user_id, channel,
-    deliveries counted)."""
+    ``contacts`` rows (user_id, channel, address as JSON), ``recent`` (user_id, channel,
+    deliveries counted) and ``quiet`` rows (user_id, timezone, start, end)."""
     enabled: dict[str, dict[str, bool]] = {}
     addresses: dict[str, dict[str, Any]] = {}
     counted: dict[str, dict[str, int]] = {}
@@ -170,8 +172,10 @@ def recipients_of(
         addresses.setdefault(user, {})[channel] = orjson.loads(address)
     for user, channel, n in recent:
         counted.setdefault(user, {})[channel] = n
+    hours = {row[0]: QuietHours(row[1], row[2], row[3]) for row in quiet}
     return [
-        Recipient(u, enabled.get(u, {}), addresses.get(u, {}), counted.get(u, {})) for u in users
+        Recipient(u, enabled.get(u, {}), addresses.get(u, {}), counted.get(u, {}), hours.get(u))
+        for u in users
     ]
 
 

@@ -43,8 +43,8 @@ async def write_history(conn: Any, entries: list[HistoryRow], at: datetime) -> N
 async def recipients(
     conn: Any, users: list[str], counted: Sequence[str], since: dict[str, datetime]
 ) -> list[Recipient]:
-    """Each of ``users`` with their switches, contacts and, per ``counted`` channel, the
-    deliveries counted since ``since[channel]``."""
+    """Each of ``users`` with their switches, contacts, quiet hours and, per ``counted``
+    channel, the deliveries counted since ``since[channel]``."""
     switches = await conn.fetch(
         "SELECT user_id, channel, enabled FROM pipeline_channel_prefs "
         "WHERE user_id = ANY($1::text[])",
@@ -67,4 +67,9 @@ async def recipients(
                 users,
             )
         ]
-    return recipients_of(users, switches, contacts, recent)
+    quiet = await conn.fetch(
+        "SELECT user_id, timezone, start_at, end_at FROM pipeline_quiet_hours "
+        "WHERE user_id = ANY($1::text[])",
+        users,
+    )
+    return recipients_of(users, switches, contacts, recent, quiet)

@@ -231,13 +231,16 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
         [p.reason for p in planned],
         [p.queued for p in planned],
     )
-    queued = [(i, p.channel) for i, p in zip(ids, planned, strict=True) if p.queued]
+    # Claimed once due: at once, or after a delay step or the user's quiet hours.
+    queued = [
+        (i, p.channel, p.not_before or now) for i, p in zip(ids, planned, strict=True) if p.queued
+    ]
     await conn.execute(
         "INSERT INTO pipeline_outbox (delivery_id, channel, available_at) "
-        "SELECT i, c, $3 FROM unnest($1::text[], $2::text[]) AS t(i, c)",
+        "SELECT i, c, a FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t(i, c, a)",
         [q[0] for q in queued],
         [q[1] for q in queued],
-        message.send_at or now,  # a delay step: claimed once due
+        [q[2] for q in queued],
     )
     await write_history(
         conn, [(i, p.state, p.reason, p.detail) for i, p in zip(ids, planned, strict=True)], now

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from tidings.core.models import utcnow
-from tidings.delivery.models import Preferences
+from tidings.delivery.models import Preferences, QuietHours
 from tidings.delivery.stores.base import PreferenceStore, encode_json
 from tidings.delivery.stores.postgres.common import PostgresTables, recipients
 
 
 class PostgresPreferences(PostgresTables, PreferenceStore):
-    """Channel switches, topic subscriptions and contact points on PostgreSQL."""
+    """Channel switches, topic subscriptions, contact points and quiet hours on PostgreSQL."""
 
     async def preferences(self, user_id: str) -> Preferences:
         async with self.store.connection() as conn:
@@ -22,7 +22,11 @@ class PostgresPreferences(PostgresTables, PreferenceStore):
                 user_id,
             )
         return Preferences(
-            user_id, dict(recipient.switches), [r[0] for r in topics], dict(recipient.contacts)
+            user_id,
+            dict(recipient.switches),
+            [r[0] for r in topics],
+            dict(recipient.contacts),
+            recipient.quiet,
         )
 
     async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
@@ -70,5 +74,22 @@ class PostgresPreferences(PostgresTables, PreferenceStore):
                     user_id,
                     channel,
                     encode_json(address),
+                    utcnow(),
+                )
+
+    async def set_quiet_hours(self, user_id: str, hours: QuietHours | None) -> None:
+        async with self.store.connection() as conn:
+            if hours is None:
+                await conn.execute("DELETE FROM pipeline_quiet_hours WHERE user_id = $1", user_id)
+            else:
+                await conn.execute(
+                    "INSERT INTO pipeline_quiet_hours VALUES ($1, $2, $3, $4, $5) "
+                    "ON CONFLICT (user_id) DO UPDATE SET timezone = excluded.timezone, "
+                    "start_at = excluded.start_at, end_at = excluded.end_at, "
+                    "updated_at = excluded.updated_at",
+                    user_id,
+                    hours.timezone,
+                    hours.start,
+                    hours.end,
                     utcnow(),
                 )

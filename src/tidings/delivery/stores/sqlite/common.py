@@ -47,10 +47,11 @@ def write_history(conn: sqlite3.Connection, entries: list[HistoryRow], stamp: st
 def recipients(
     conn: sqlite3.Connection, users: list[str], counted: Sequence[str], since: dict[str, datetime]
 ) -> list[Recipient]:
-    """Each of ``users`` with their switches, contacts and, per ``counted`` channel, the
-    deliveries counted since ``since[channel]``."""
+    """Each of ``users`` with their switches, contacts, quiet hours and, per ``counted``
+    channel, the deliveries counted since ``since[channel]``."""
     switches: list[Any] = []
     contacts: list[Any] = []
+    quiet: list[Any] = []
     recent: list[tuple[str, str, int]] = []
     for chunk in chunks(users):
         listed = marks(chunk)
@@ -63,6 +64,11 @@ def recipients(
             f"SELECT user_id, channel, address FROM pipeline_contacts WHERE user_id IN ({listed})",
             chunk,
         ).fetchall()
+        quiet += conn.execute(
+            "SELECT user_id, timezone, start_at, end_at FROM pipeline_quiet_hours "
+            f"WHERE user_id IN ({listed})",
+            chunk,
+        ).fetchall()
         for channel in counted:
             recent += [
                 (user, channel, n)
@@ -73,4 +79,4 @@ def recipients(
                     (channel, isoformat(since[channel]), *chunk),
                 )
             ]
-    return recipients_of(users, switches, contacts, recent)
+    return recipients_of(users, switches, contacts, recent, quiet)

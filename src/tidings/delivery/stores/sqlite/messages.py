@@ -206,7 +206,6 @@ def _insert(
     """Write the message, its planned deliveries, their history and their outbox rows."""
     now = utcnow()
     stamp = isoformat(now)
-    due = isoformat(message.send_at) if message.send_at else stamp  # a delay step: claimed once due
     message_id = new_sorted_id()
     conn.execute(
         "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -234,7 +233,12 @@ def _insert(
     )
     conn.executemany(
         "INSERT INTO pipeline_outbox VALUES (?, ?, ?, NULL, NULL, 0)",
-        [(i, p.channel, due) for i, p in zip(ids, planned, strict=True) if p.queued],
+        # Claimed once due: at once, or after a delay step or the user's quiet hours.
+        [
+            (i, p.channel, isoformat(p.not_before) if p.not_before else stamp)
+            for i, p in zip(ids, planned, strict=True)
+            if p.queued
+        ],
     )
     write_history(
         conn,

@@ -7,13 +7,13 @@ import sqlite3
 from typing import Any
 
 from tidings.core.models import isoformat, utcnow
-from tidings.delivery.models import Preferences
+from tidings.delivery.models import Preferences, QuietHours
 from tidings.delivery.stores.base import PreferenceStore, encode_json
 from tidings.delivery.stores.sqlite.common import SqliteTables, recipients
 
 
 class SqlitePreferences(SqliteTables, PreferenceStore):
-    """Channel switches, topic subscriptions and contact points on SQLite."""
+    """Channel switches, topic subscriptions, contact points and quiet hours on SQLite."""
 
     async def preferences(self, user_id: str) -> Preferences:
         def run(conn: sqlite3.Connection) -> Preferences:
@@ -26,7 +26,13 @@ class SqlitePreferences(SqliteTables, PreferenceStore):
                     (user_id,),
                 )
             ]
-            return Preferences(user_id, dict(recipient.switches), topics, dict(recipient.contacts))
+            return Preferences(
+                user_id,
+                dict(recipient.switches),
+                topics,
+                dict(recipient.contacts),
+                recipient.quiet,
+            )
 
         return await self.store.read(run)
 
@@ -64,6 +70,18 @@ class SqlitePreferences(SqliteTables, PreferenceStore):
                 conn.execute(
                     "INSERT OR REPLACE INTO pipeline_contacts VALUES (?, ?, ?, ?)",
                     (user_id, channel, encode_json(address), isoformat(utcnow())),
+                )
+
+        await self.store.write(run)
+
+    async def set_quiet_hours(self, user_id: str, hours: QuietHours | None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            if hours is None:
+                conn.execute("DELETE FROM pipeline_quiet_hours WHERE user_id = ?", (user_id,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO pipeline_quiet_hours VALUES (?, ?, ?, ?, ?)",
+                    (user_id, hours.timezone, hours.start, hours.end, isoformat(utcnow())),
                 )
 
         await self.store.write(run)

@@ -46,7 +46,8 @@ class SqliteErasure(SqliteTables, ErasureStore):
                 "deliveries": delete("DELETE FROM pipeline_deliveries WHERE user_id = ?"),
                 "contacts": delete("DELETE FROM pipeline_contacts WHERE user_id = ?"),
                 "preferences": delete("DELETE FROM pipeline_channel_prefs WHERE user_id = ?")
-                + delete("DELETE FROM pipeline_topic_subscriptions WHERE user_id = ?"),
+                + delete("DELETE FROM pipeline_topic_subscriptions WHERE user_id = ?")
+                + delete("DELETE FROM pipeline_quiet_hours WHERE user_id = ?"),
             }
 
         return await self.store.write(run)

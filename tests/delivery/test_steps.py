@@ -1,0 +1,133 @@
+"""When a message's deliveries may go out (delivery/steps.py): the delay step's bounds, a
+user's quiet hours in their time zone across daylight-saving changes (the IANA database through
+``zoneinfo`` decides the offsets), and which deliveries wait for what."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from tidings.delivery.models import PENDING, PlannedDelivery, QuietHours
+from tidings.delivery.steps import (
+    DELAYED,
+    QUIET_HOURS,
+    check_quiet_hours,
+    quiet_until,
+    scheduled,
+    send_time,
+)
+from tidings.errors import InvalidArgument
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+NIGHT = QuietHours("Europe/Paris", "22:00", "07:00")
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_delay_seconds_and_until_within_bounds() -> None:
+    assert send_time(until=None, seconds=None, now=NOW) is None
+    assert send_time(until=None, seconds=90, now=NOW) == NOW + timedelta(seconds=90)
+    plus_one = timezone(timedelta(hours=1))
+    until = datetime(2026, 12, 24, 18, 0, tzinfo=plus_one)
+    assert send_time(until=until, seconds=None, now=NOW) == utc(2026, 12, 24, 17, 0)
+    # Up to a minute in the past is "now" (clocks differ).
+    assert send_time(until=NOW - timedelta(seconds=30), seconds=None, now=NOW) == NOW
+
+
+@pytest.mark.parametrize(
+    ("until", "seconds", "named"),
+    [
+        (NOW, 5.0, "one of until and seconds"),
+        (None, 0.0, "delay.seconds"),
+        (None, 91 * 86400.0, "delay.seconds"),
+        (datetime(2026, 12, 24, 18, 0), None, "delay.until needs a time zone"),
+        (NOW - timedelta(minutes=2), None, "delay.until is in the past"),
+        (NOW + timedelta(days=91), None, "delay.until is more than 90 days ahead"),
+    ],
+)
+def test_delay_out_of_range_is_refused_naming_the_field(
+    until: datetime | None, seconds: float | None, named: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=named):
+        send_time(until=until, seconds=seconds, now=NOW)
+
+
+def test_quiet_hours_are_checked_and_put_in_normal_form() -> None:
+    assert check_quiet_hours("Europe/Paris", "7:05", "22:00") == QuietHours(
+        "Europe/Paris", "07:05", "22:00"
+    )
+    assert check_quiet_hours("Asia/Kolkata", "22:00:30", "06:00:00").end == "06:00"
+    assert check_quiet_hours("Asia/Kolkata", "22:00:30", "06:00:00").start == "22:00:30"
+    for zone, start, end, named in [
+        ("Mars/Olympus", "22:00", "07:00", "timezone"),
+        ("", "22:00", "07:00", "timezone"),
+        ("../../etc/passwd", "22:00", "07:00", "timezone"),
+        ("Europe/Paris", "24:00", "07:00", "start"),
+        ("Europe/Paris", "22:00", "7", "end"),
+        ("Europe/Paris", "22:00", "22:00", "end"),
+    ]:
+        with pytest.raises(InvalidArgument, match=named):
+            check_quiet_hours(zone, start, end)
+
+
+def test_a_night_window_ends_the_next_morning_in_the_users_zone() -> None:
+    # 23:30 in Paris (UTC+1 in December) is inside 22:00-07:00; it ends at 07:00 Paris.
+    assert quiet_until(utc(2026, 12, 6, 22, 30), NIGHT) == utc(2026, 12, 7, 6, 0)
+    # 05:00 Paris, the same window, the same morning.
+    assert quiet_until(utc(2026, 12, 7, 4, 0), NIGHT) == utc(2026, 12, 7, 6, 0)
+    # Noon in Paris is outside it.
+    assert quiet_until(utc(2026, 12, 7, 11, 0), NIGHT) is None
+    # 07:00 sharp is outside (the window ends then); 22:00 sharp is inside.
+    assert quiet_until(utc(2026, 12, 7, 6, 0), NIGHT) is None
+    assert quiet_until(utc(2026, 12, 7, 21, 0), NIGHT) == utc(2026, 12, 8, 6, 0)
+
+
+def test_a_daytime_window_and_another_zone() -> None:
+    lunch = QuietHours("America/New_York", "12:00", "13:30")
+    assert quiet_until(utc(2026, 12, 7, 17, 15), lunch) == utc(2026, 12, 7, 18, 30)  # 12:15 EST
+    assert quiet_until(utc(2026, 12, 7, 16, 59), lunch) is None  # 11:59 EST
+
+
+def test_the_window_follows_the_wall_clock_across_daylight_saving_changes() -> None:
+    # Paris leaves summer time in the night of 24 to 25 October 2026 (03:00 CEST -> 02:00 CET):
+    # 23:00 CEST is 21:00 UTC; 07:00 CET the next morning is 06:00 UTC (a night of nine hours).
+    assert quiet_until(utc(2026, 10, 24, 21, 0), NIGHT) == utc(2026, 10, 25, 6, 0)
+    # ... and enters it in the night of 28 to 29 March 2026 (02:00 CET -> 03:00 CEST): 23:00
+    # CET is 22:00 UTC; 07:00 CEST is 05:00 UTC (a night of seven hours).
+    assert quiet_until(utc(2026, 3, 28, 22, 0), NIGHT) == utc(2026, 3, 29, 5, 0)
+    # New York on 8 March 2026 (02:00 EST -> 03:00 EDT): 22:00 EST on the 7th is 03:00 UTC
+    # on the 8th; 07:00 EDT is 11:00 UTC.
+    new_york = QuietHours("America/New_York", "22:00", "07:00")
+    assert quiet_until(utc(2026, 3, 8, 3, 0), new_york) == utc(2026, 3, 8, 11, 0)
+
+
+def planned(user: str, channel: str, state: str = PENDING) -> PlannedDelivery:
+    return PlannedDelivery(user, channel, state, "queued" if state == PENDING else "no_address")
+
+
+def test_what_waits_for_what() -> None:
+    items = [
+        planned("ann", "email"),
+        planned("ann", "in_app"),
+        planned("bob", "email"),
+        planned("ann", "sms", state="failed"),
+    ]
+    night = utc(2026, 12, 6, 23, 0)  # midnight in Paris
+    # Ann has quiet hours: her email waits until 07:00 Paris; in-app and Bob's go at once.
+    out = scheduled(items, None, {"ann": NIGHT}, critical=False, now=night)
+    assert (out[0].reason, out[0].not_before) == (QUIET_HOURS, utc(2026, 12, 7, 6, 0))
+    assert out[0].detail == "until 2026-12-07T06:00:00.000000Z"
+    assert out[1] == items[1] and out[2] == items[2] and out[3] == items[3]
+    # Critical messages do not wait for quiet hours.
+    assert scheduled(items, None, {"ann": NIGHT}, critical=True, now=night) == items
+    # A delay into the quiet window waits on to its end; a delay past it only for itself.
+    into = scheduled(items, utc(2026, 12, 7, 5, 0), {"ann": NIGHT}, critical=False, now=night)
+    assert (into[0].reason, into[0].not_before) == (QUIET_HOURS, utc(2026, 12, 7, 6, 0))
+    assert (into[2].reason, into[2].not_before) == (DELAYED, utc(2026, 12, 7, 5, 0))
+    assert (into[1].reason, into[1].not_before) == (DELAYED, utc(2026, 12, 7, 5, 0))
+    past = scheduled(items, utc(2026, 12, 7, 9, 0), {"ann": NIGHT}, critical=False, now=night)
+    assert (past[0].reason, past[0].not_before) == (DELAYED, utc(2026, 12, 7, 9, 0))
+    assert past[3] == items[3]  # refused deliveries stay as they are
