@@ -106,6 +106,32 @@ def test_a_delayed_message_waits_survives_a_sigkill_and_is_sent_once(
         assert len(sink.accepted(address=address)) == 1, sink.records(address=address)
 
 
+@pytest.mark.slow
+def test_a_timer_due_while_its_node_is_dead_fires_once_on_the_other_node(
+    postgres_url: str, start_server: Callable[..., ServerProcess], sink: SmtpSink
+) -> None:
+    """Two nodes with workers on one PostgreSQL store: ten messages delayed 2 s posted to
+    the first, which is SIGKILLed at once; the second node sends each once, none early."""
+    env = {"TIDINGS_STORE": postgres_url, "TIDINGS_SMTP_URL": sink.url, **PIPELINE}
+    doomed, survivor = start_server(**env), start_server(**env)
+    token = doomed.service_token("messages")
+    with api_client(doomed, token) as http:
+        users = [email_user(http) for _ in range(10)]
+        due = datetime.now(UTC) + timedelta(seconds=1.8)  # before the first one's time
+        posted = [post_message(http, email_to(user, delay={"seconds": 2.0})) for user, _ in users]
+    doomed.kill()
+    with api_client(survivor, token) as http:
+        while datetime.now(UTC) < due:
+            assert not sink.records(), "sent before its time"
+            time.sleep(0.05)
+        for message, (user, _) in zip(posted, users, strict=True):
+            done = wait_message(http, message["message_id"], timeout=20)
+            assert delivery(done, user, "email")["state"] == "sent"
+        time.sleep(1.0)  # a second send would come within the poll interval
+        for _, address in users:
+            assert len(sink.accepted(address=address)) == 1, sink.records(address=address)
+
+
 @pytest.mark.parametrize(
     ("delay", "named"),
     [
