@@ -5,14 +5,19 @@ user's quiet hours in their time zone across daylight-saving changes (the IANA d
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from tidings.delivery.models import PENDING, PlannedDelivery, QuietHours
+from tidings.core.models import NotificationState
+from tidings.delivery.models import PENDING, Claim, Escalation, PlannedDelivery, QuietHours
 from tidings.delivery.steps import (
     DELAYED,
+    ESCALATION,
     QUIET_HOURS,
+    check_escalation,
     check_quiet_hours,
+    escalation_met,
     quiet_until,
     scheduled,
     send_time,
@@ -131,3 +136,71 @@ def test_what_waits_for_what() -> None:
     past = scheduled(items, utc(2026, 12, 7, 9, 0), {"ann": NIGHT}, critical=False, now=night)
     assert (past[0].reason, past[0].not_before) == (DELAYED, utc(2026, 12, 7, 9, 0))
     assert past[3] == items[3]  # refused deliveries stay as they are
+
+
+def test_an_escalation_waits_after_the_send_time_then_for_quiet_hours() -> None:
+    escalate = Escalation(120.0, "seen", ("email",))
+    items = [planned("ann", "in_app"), planned("ann", "email"), planned("ann", "sms")]
+    out = scheduled(items, None, {}, critical=False, now=NOW, escalate=escalate)
+    assert out[0] == items[0] and out[2] == items[2]
+    assert (out[1].reason, out[1].not_before) == (ESCALATION, NOW + timedelta(seconds=120))
+    later = scheduled(
+        items, NOW + timedelta(hours=1), {}, critical=False, now=NOW, escalate=escalate
+    )
+    assert later[1].not_before == NOW + timedelta(hours=1, seconds=120)
+    assert (later[0].reason, later[0].not_before) == (DELAYED, NOW + timedelta(hours=1))
+    night = utc(2026, 12, 6, 22, 59)  # 23:59 in Paris: the escalation falls in quiet hours
+    quiet = scheduled(items, None, {"ann": NIGHT}, critical=False, now=night, escalate=escalate)
+    assert (quiet[1].reason, quiet[1].not_before) == (QUIET_HOURS, utc(2026, 12, 7, 6, 0))
+
+
+def test_an_escalation_that_cannot_apply_is_refused_naming_the_field() -> None:
+    check_escalation(("in_app", "email"), Escalation(60.0, "read", ("email",)))
+    check_escalation(("email",), None)
+    for channels, escalate, named in [
+        (("email",), Escalation(60.0, "seen", ("email",)), "in_app"),
+        (("in_app", "email"), Escalation(60.0, "seen", ("in_app",)), "escalate.channels"),
+        (("in_app", "email"), Escalation(60.0, "seen", ("sms",)), "escalate.channels"),
+        (("in_app", "email"), Escalation(60.0, "seen", ()), "escalate.channels"),
+        (("in_app", "email"), Escalation(0.0, "seen", ("email",)), "escalate.after"),
+        (("in_app", "email"), Escalation(60.0, "opened", ("email",)), "escalate.unless"),
+    ]:
+        with pytest.raises(InvalidArgument, match=named):
+            check_escalation(channels, escalate)
+
+
+class States:
+    def __init__(self, state: NotificationState | None) -> None:
+        self.state = state
+        self.asked: list[tuple[str, str]] = []
+
+    async def notification_state(self, user_id: str, notification_id: str) -> Any:
+        self.asked.append((user_id, notification_id))
+        return self.state
+
+
+def claim(channel: str, escalate: Escalation | None, in_app: str | None = "d-1") -> Claim:
+    return Claim("d-2", "m-1", "ann", channel, None, 1, None, None, {}, False, escalate, in_app)
+
+
+async def test_the_in_app_notifications_state_decides_an_escalation() -> None:
+    seen = NotificationState(NOW, None, False)
+    for unless, state, met in [
+        ("seen", seen, True),
+        ("read", seen, False),
+        ("read", NotificationState(NOW, NOW, False), True),
+        ("acked", seen, False),
+        ("acked", NotificationState(None, None, True), True),
+        ("seen", NotificationState(None, None, True), False),
+        ("seen", None, False),  # no in-app notification (never delivered): never seen
+    ]:
+        store = States(state)
+        found = await escalation_met(claim("email", Escalation(5.0, unless, ("email",))), store)
+        assert (found is not None) == met, (unless, state)
+        assert store.asked == [("ann", "pipeline-d-1")]
+    untouched = States(seen)
+    assert (
+        await escalation_met(claim("sms", Escalation(5.0, "seen", ("email",))), untouched) is None
+    )
+    assert await escalation_met(claim("email", None), untouched) is None
+    assert untouched.asked == []

@@ -26,7 +26,7 @@ from pipeline_support import (
     wait_message,
 )
 
-from conftest import ServerProcess
+from conftest import ServerProcess, device_token
 
 DELAY = 3.0  # seconds a message waits: long enough to kill and restart its node meanwhile
 PIPELINE = {
@@ -279,3 +279,78 @@ def test_quiet_hours_out_of_range_are_refused_and_change_nothing(
         assert http.get(f"/users/{user}/preferences").json()["quiet_hours"] == kept
         assert http.delete(f"/users/{user}/quiet-hours").status_code == 200
         assert http.get(f"/users/{user}/preferences").json()["quiet_hours"] is None
+
+
+# Escalate (docs/pipeline.md, "Steps")
+
+
+@pytest.mark.slow
+def test_an_escalation_is_skipped_when_seen_in_time_and_sent_when_not_on_two_nodes(
+    postgres_url: str, start_server: Callable[..., ServerProcess], sink: SmtpSink
+) -> None:
+    """Two nodes on PostgreSQL. In-app plus email escalating after 2 s unless seen, to two
+    users: one marks the in-app notification seen through the other node within the 2 s, and
+    their email ends ``deleted`` with the reason ``escalation_skipped``; the other's is sent."""
+    env = {"TIDINGS_STORE": postgres_url, "TIDINGS_SMTP_URL": sink.url, **PIPELINE}
+    posting, reading = start_server(**env), start_server(**env)
+    token = posting.service_token("messages")
+    with api_client(posting, token) as http:
+        (reader, reader_address), (idle, idle_address) = email_user(http), email_user(http)
+        body = {
+            "recipients": {"user_ids": [reader, idle]},
+            "channels": ["in_app", "email"],
+            "content": {"subject": "You have a message", "text": "Read it"},
+            "escalate": {"after": 2.0, "unless": "seen", "channels": ["email"]},
+        }
+        message = post_message(http, body)
+        waiting = delivery(get_message(http, message["message_id"]), reader, "email")
+        assert (waiting["state"], waiting["history"][0]["reason"]) == ("pending", "escalation")
+        in_app = delivery(
+            wait_message(
+                http,
+                message["message_id"],
+                until=lambda m: delivery(m, reader, "in_app")["state"] == "sent",
+            ),
+            reader,
+            "in_app",
+        )
+    with httpx.Client(base_url=reading.url, timeout=10) as me:
+        seen = me.post(
+            "/me/notifications/seen",
+            json={"notification_ids": [f"pipeline-{in_app['delivery_id']}"]},
+            headers={"Authorization": f"Bearer {device_token(reader)}"},
+        )
+        assert seen.status_code == 200, seen.text
+    with api_client(posting, token) as http:
+        done = wait_message(http, message["message_id"], timeout=20)
+    skipped, sent = delivery(done, reader, "email"), delivery(done, idle, "email")
+    assert (skipped["state"], skipped["reason"]) == ("deleted", "escalation_skipped"), skipped
+    assert "seen at" in skipped["history"][-1]["detail"]
+    assert sent["state"] == "sent"
+    assert not sink.records(address=reader_address)
+    assert len(sink.accepted(address=idle_address)) == 1
+
+
+@pytest.mark.parametrize(
+    ("escalate", "channels", "named"),
+    [
+        ({"after": 60, "channels": ["email"]}, ["email"], "in_app"),  # nothing to watch
+        ({"after": 60, "channels": ["in_app"]}, ["in_app", "email"], "escalate.channels"),
+        ({"after": 60, "channels": ["sms"]}, ["in_app", "email"], "escalate.channels"),
+        ({"after": 60, "channels": []}, ["in_app", "email"], "channels"),
+        ({"after": 0, "channels": ["email"]}, ["in_app", "email"], "after"),
+        ({"after": 60, "unless": "opened", "channels": ["email"]}, ["in_app", "email"], "unless"),
+        ({"after": 60, "channels": ["email"], "when": 1}, ["in_app", "email"], "when"),
+    ],
+)
+def test_an_escalation_that_cannot_apply_is_refused(
+    api_node: ServerProcess, escalate: dict[str, Any], channels: list[str], named: str
+) -> None:
+    with api_client(api_node, api_node.service_token("messages")) as http:
+        key = f"escalate-{uuid.uuid4().hex}"
+        body = {**in_app_to("someone"), "channels": channels, "escalate": escalate}
+        refused = http.post("/messages", json={**body, "idempotency_key": key})
+        assert refused.status_code == 422, refused.text
+        assert named in refused.text, refused.text
+        body.pop("escalate")
+        assert http.post("/messages", json={**body, "idempotency_key": key}).status_code == 202

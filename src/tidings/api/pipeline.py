@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,11 +25,11 @@ from tidings.api.common import RequireScope, authorize
 from tidings.api.ports import ApiNode
 from tidings.api.quiet_hours import mount_quiet_hours
 from tidings.api.schemas import ApiErrorBody
+from tidings.api.steps import DelayIn, EscalateIn
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
     MAX_CHANNEL_NAME_LENGTH,
     MAX_CHANNELS_PER_MESSAGE,
-    MAX_DELAY_SECONDS,
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_TEMPLATE_ID_LENGTH,
     MAX_TOPIC_LENGTH,
@@ -90,23 +89,6 @@ class ContentIn(BaseModel):
         return Content(self.text, self.subject, self.html)
 
 
-class DelayIn(BaseModel):
-    """A ``delay`` step: no delivery is sent before ``until`` or ``seconds`` from now."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    until: AwareDatetime | None = Field(
-        None, description="RFC 3339 time with a zone, at most 90 days ahead."
-    )
-    seconds: float | None = Field(None, gt=0, le=MAX_DELAY_SECONDS)
-
-    @model_validator(mode="after")
-    def _one(self) -> "DelayIn":
-        if (self.until is None) == (self.seconds is None):
-            raise ValueError("give one of until and seconds")
-        return self
-
-
 class MessageRequest(BaseModel):
     """A message to post (docs/pipeline.md)."""
 
@@ -122,6 +104,9 @@ class MessageRequest(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     critical: bool = Field(False, description="Bypass the rate limit (still counted).")
     delay: DelayIn | None = Field(None, description="Send no delivery before this.")
+    escalate: EscalateIn | None = Field(
+        None, description="Send on these channels only if the in-app notification was not seen."
+    )
 
     @field_validator("data")
     @classmethod
@@ -242,8 +227,10 @@ def mount_pipeline(
         Refused deliveries (opted out, no or invalid address, rate limited) are recorded with
         their reason."""
         key = body.idempotency_key or idempotency_key
-        # (no "delay" key without one: the bodies of undelayed messages keep their hash)
-        fields = body.model_dump(exclude={"idempotency_key", *(() if body.delay else ("delay",))})
+        # (no "delay" or "escalate" key without one: the bodies of earlier messages keep their
+        # hash)
+        absent = {name for name in ("delay", "escalate") if getattr(body, name) is None}
+        fields = body.model_dump(exclude={"idempotency_key", *absent})
         try:
             when = send_time(
                 until=body.delay.until if body.delay else None,
@@ -266,6 +253,7 @@ def mount_pipeline(
             idempotency_key=key,
             body_hash=body_hash(fields),
             send_at=when,
+            escalate=body.escalate.escalation() if body.escalate else None,
         )
         limit = tidings.settings.max_recipients
         if message.user_ids is not None and len(message.user_ids) > limit:

@@ -315,6 +315,15 @@ class Presence(msgspec.Struct, frozen=True, gc=False):
     connected_since: datetime
 
 
+class NotificationState(NamedTuple):
+    """Where one notification stands (:meth:`~tidings.storage.base.Store.notification_state`)."""
+
+    seen_date: datetime | None
+    read_date: datetime | None
+    #: a device of the user that existed when it was created has acknowledged it (deliver mode)
+    acked: bool
+
+
 class Opened(NamedTuple):
     """What a socket's opening read (:meth:`~tidings.storage.base.Store.open_socket`)."""
 

@@ -74,6 +74,27 @@ class Template:
         }
 
 
+#: what an escalation waits for on the in-app notification: seen, read, or a device's ack
+ESCALATE_UNLESS = ("seen", "read", "acked")
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """An ``escalate`` step: the deliveries on ``channels`` are sent ``after`` seconds only
+    if the user's in-app notification of the message was not ``unless`` by then."""
+
+    after: float
+    unless: str  # one of ESCALATE_UNLESS
+    channels: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"after": self.after, "unless": self.unless, "channels": list(self.channels)}
+
+    @classmethod
+    def from_dict(cls, found: dict[str, Any]) -> Escalation:
+        return cls(float(found["after"]), str(found["unless"]), tuple(found["channels"]))
+
+
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """A ``POST /messages`` request, checked."""
@@ -91,6 +112,8 @@ class NewMessage:
     body_hash: str
     #: a ``delay`` step: no delivery is sent before this time (None: at once)
     send_at: datetime | None = None
+    #: an ``escalate`` step
+    escalate: Escalation | None = None
 
     def recipients(self) -> dict[str, Any]:
         if self.topic is not None:
@@ -297,6 +320,9 @@ class Claim:
     content: Content | None
     data: Any
     critical: bool
+    #: the message's escalate step, and the user's in-app delivery of it (its notification)
+    escalate: Escalation | None = None
+    in_app_delivery: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

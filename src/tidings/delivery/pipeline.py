@@ -26,7 +26,9 @@ from tidings.delivery.badges import BadgeChannel, BadgeSync
 from tidings.delivery.channels.base import Channel
 from tidings.delivery.models import (
     PENDING,
+    Claim,
     Content,
+    Escalation,
     Message,
     NewMessage,
     PlannedDelivery,
@@ -40,7 +42,13 @@ from tidings.delivery.ports import PipelineHost
 from tidings.delivery.registry import ChannelRegistry, ordered, valid_channel_name
 from tidings.delivery.retry import retry_at as retry_at
 from tidings.delivery.retry import retry_delay
-from tidings.delivery.steps import check_quiet_hours, scheduled, send_time
+from tidings.delivery.steps import (
+    check_escalation,
+    check_quiet_hours,
+    escalation_met,
+    scheduled,
+    send_time,
+)
 from tidings.delivery.stores import for_store
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
@@ -254,6 +262,7 @@ class Pipeline(Lifecycle):
             StoreUnavailable: nothing was written.
         """
         self.check_channels(message.channels)
+        check_escalation(message.channels, message.escalate)
         # Rendered once now, so that a broken template is refused before anything is written.
         await self.renderer.render(
             message.template_id, message.content, message.data, user_id="", channel=""
@@ -287,6 +296,7 @@ class Pipeline(Lifecycle):
         client_id: str = "embedded",
         delay: float | None = None,
         send_at: datetime | None = None,
+        escalate: Escalation | None = None,
     ) -> Message:
         """Post a message from Python (what ``POST /messages`` does for services)::
 
@@ -296,7 +306,9 @@ class Pipeline(Lifecycle):
             )
 
         ``delay`` (seconds) or ``send_at`` (an aware datetime): no delivery is sent before
-        then (the ``delay`` step, docs/pipeline.md).
+        then (the ``delay`` step, docs/pipeline.md). ``escalate``: the deliveries on its
+        channels go ``after`` seconds, only if the in-app notification was not seen (read,
+        acknowledged) by then.
 
         Raises:
             InvalidArgument: unknown channels, not exactly one of ``user_ids``/``topic`` or
@@ -326,6 +338,8 @@ class Pipeline(Lifecycle):
         }
         if when is not None:  # (no key otherwise: the bodies of undelayed messages keep their hash)
             request["delay"] = {"until": send_at, "seconds": delay}
+        if escalate is not None:
+            request["escalate"] = escalate.to_dict()
         message, _ = await self.create_message(
             NewMessage(
                 client_id,
@@ -339,6 +353,7 @@ class Pipeline(Lifecycle):
                 idempotency_key,
                 body_hash(request),
                 when,
+                escalate,
             )
         )
         return message
@@ -367,7 +382,18 @@ class Pipeline(Lifecycle):
             validate=self.validate,
         )
         quiet = {r.user_id: r.quiet for r in recipients if r.quiet is not None}
-        return scheduled(planned, message.send_at, quiet, critical=message.critical, now=utcnow())
+        return scheduled(
+            planned,
+            message.send_at,
+            quiet,
+            critical=message.critical,
+            now=utcnow(),
+            escalate=message.escalate,
+        )
+
+    async def escalation_met(self, claim: Claim) -> str | None:
+        """Why a delivery of an ``escalate`` step is not to be sent (:func:`escalation_met`)."""
+        return await escalation_met(claim, self.host.store)
 
     def validate(self, channel: str, address: Any) -> Any:
         """The address in normal form for ``channel``.

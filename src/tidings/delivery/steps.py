@@ -14,20 +14,31 @@ until the window ends, by the wall clock of the user's zone (across DST changes)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tidings.core.limits import MAX_DELAY_SECONDS
-from tidings.core.models import isoformat
-from tidings.delivery.models import PlannedDelivery, QuietHours
+from tidings.core.models import NotificationState, isoformat
+from tidings.delivery.models import (
+    ESCALATE_UNLESS,
+    Claim,
+    Escalation,
+    PlannedDelivery,
+    QuietHours,
+)
 from tidings.errors import InvalidArgument
 
 #: the reason of a queued delivery's first history entry when it waits for its time
 DELAYED = "delayed"
 #: ... when it waits for the end of its user's quiet hours
 QUIET_HOURS = "quiet_hours"
+#: ... when it waits to see whether the in-app notification is seen in time
+ESCALATION = "escalation"
+#: the reason a delivery of an escalate step was not sent: the condition was met in time
+ESCALATION_SKIPPED = "escalation_skipped"
 
 #: how far in the past an ``until`` may lie and still mean "now" (clocks of services differ)
 CLOCK_SKEW = timedelta(seconds=60)
@@ -67,13 +78,16 @@ def scheduled(
     *,
     critical: bool,
     now: datetime,
+    escalate: Escalation | None = None,
 ) -> list[PlannedDelivery]:
     """The planned deliveries with their times: those to be sent wait until ``send_at`` (the
-    reason ``delayed``), then, unless the message is critical or the channel is ``in_app``,
-    until the end of their user's quiet hours (``quiet`` by user id; the reason
+    reason ``delayed``); those on an ``escalate`` step's channels ``after`` seconds more (the
+    reason ``escalation``: the worker then sends them only if the in-app notification was not
+    seen, read or acknowledged); then, unless the message is critical or the channel is
+    ``in_app``, until the end of their user's quiet hours (``quiet`` by user id; the reason
     ``quiet_hours``); the first history entry says until when. The stores put the time in the
     outbox rows."""
-    if send_at is None and not quiet:
+    if send_at is None and not quiet and escalate is None:
         return planned
     result: list[PlannedDelivery] = []
     for p in planned:
@@ -81,6 +95,9 @@ def scheduled(
             result.append(p)
             continue
         when, reason = send_at, DELAYED
+        if escalate is not None and p.channel in escalate.channels:
+            when = (send_at or now) + timedelta(seconds=escalate.after)
+            reason = ESCALATION
         hours = quiet.get(p.user_id)
         if hours is not None and not critical and p.channel != "in_app":
             ends = quiet_until(when or now, hours)
@@ -93,6 +110,28 @@ def scheduled(
                 replace(p, reason=reason, detail=f"until {isoformat(when)}", not_before=when)
             )
     return result
+
+
+def check_escalation(channels: Sequence[str], escalate: Escalation | None) -> None:
+    """Raises InvalidArgument (naming the field) when an ``escalate`` step cannot apply: no
+    ``in_app`` channel to watch, channels that are not the message's or are ``in_app``, an
+    ``after`` out of range, an unknown ``unless``."""
+    if escalate is None:
+        return
+    if "in_app" not in channels:
+        raise InvalidArgument("escalate: the message's channels must include in_app to watch")
+    if not escalate.channels:
+        raise InvalidArgument("escalate.channels: name at least one channel")
+    for channel in escalate.channels:
+        if channel == "in_app" or channel not in channels:
+            raise InvalidArgument(
+                f"escalate.channels: {channel!r} must be one of the message's channels, "
+                "other than in_app"
+            )
+    if not 0 < escalate.after <= MAX_DELAY_SECONDS:
+        raise InvalidArgument(f"escalate.after must be above 0 and at most {MAX_DELAY_SECONDS}")
+    if escalate.unless not in ESCALATE_UNLESS:
+        raise InvalidArgument(f"escalate.unless must be one of {', '.join(ESCALATE_UNLESS)}")
 
 
 def check_quiet_hours(timezone: str, start: str, end: str) -> QuietHours:
@@ -146,3 +185,33 @@ def _clock(text: str) -> time:
 
 
 _HHMM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
+
+
+class NotificationStates(Protocol):
+    """What :func:`escalation_met` reads of the node's store."""
+
+    async def notification_state(
+        self, user_id: str, notification_id: str
+    ) -> NotificationState | None: ...
+
+
+async def escalation_met(claim: Claim, store: NotificationStates) -> str | None:
+    """Why a delivery of an ``escalate`` step is not to be sent: the user's in-app
+    notification of the message was seen, read or acknowledged (as the step asks) by now (the
+    words for its history), or None to send it (also when the in-app notification does not
+    exist: it was never delivered, so never seen)."""
+    escalate = claim.escalate
+    if escalate is None or claim.channel not in escalate.channels:
+        return None
+    if claim.in_app_delivery is None:
+        return None
+    state = await store.notification_state(claim.user_id, f"pipeline-{claim.in_app_delivery}")
+    if state is None:
+        return None
+    if escalate.unless == "seen" and state.seen_date is not None:
+        return f"the in-app notification was seen at {isoformat(state.seen_date)}"
+    if escalate.unless == "read" and state.read_date is not None:
+        return f"the in-app notification was read at {isoformat(state.read_date)}"
+    if escalate.unless == "acked" and state.acked:
+        return "a device acknowledged the in-app notification"
+    return None

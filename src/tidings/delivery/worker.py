@@ -27,9 +27,10 @@ from tidings.delivery.channels.base import (
     Sent,
     TransientFailure,
 )
-from tidings.delivery.models import FAILED, PENDING, SENT, Claim, Outcome
+from tidings.delivery.models import DELETED, FAILED, PENDING, SENT, Claim, Outcome
 from tidings.delivery.ports import PipelineSettings
 from tidings.delivery.retry import retry_at, retry_delay
+from tidings.delivery.steps import ESCALATION_SKIPPED
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
 from tidings.errors import TemplateFailure, TidingsError
@@ -56,6 +57,10 @@ class WorkSource(Protocol):
     @property
     def counters(self) -> Counters:
         """The node's counts; sends are counted by (channel, outcome)."""
+        ...
+
+    async def escalation_met(self, claim: Claim) -> str | None:
+        """Why a delivery of an escalate step is not to be sent, or None."""
         ...
 
 
@@ -188,6 +193,13 @@ class Worker:
             return Outcome(FAILED, "max_attempts", "its workers kept dying while sending it")
         if channel.needs_address and claim.address is None:
             return Outcome(FAILED, "no_address", f"no {claim.channel} contact point")
+        if claim.escalate is not None:
+            try:
+                met = await pipeline.escalation_met(claim)
+            except TidingsError as exc:  # the store could not say: ask again later
+                return self._retry(claim, "provider_error", str(exc), None)
+            if met is not None:
+                return Outcome(DELETED, ESCALATION_SKIPPED, met)
         try:
             rendered = await pipeline.renderer.render(
                 claim.template_id,

@@ -211,3 +211,26 @@ async def test_concurrent_acks_and_reads_each_get_their_own_outcome(store: Store
     await store.ack(cid[2], "u2", ids[2][2:4])  # the hole filled: the cursor takes all
     assert (await store.ack(cid[2], "u2", [])).cursor == notes[2][5].seq
     assert await store.queue_depths([(cid[2], "u2"), (cid[0], "u0")]) == {cid[2]: 0, cid[0]: 0}
+
+
+async def test_notification_state_says_seen_read_and_acknowledged(store: Store) -> None:
+    """notification_state: seen and read dates, and whether a device of the user that existed
+    when the notification was created acknowledged it (a device bound later starts after it,
+    which is no acknowledgement); None for an unknown id or another user's. Setup through the
+    notifications facet (create_notification, mark_seen, change_state)."""
+    early = await store.bind_device("sam", None)
+    first = (await store.create_notification("sam", 1)).notification
+    second = (await store.create_notification("sam", 2)).notification
+    fresh = await store.notification_state("sam", first.notification_id)
+    assert fresh is not None and fresh == (None, None, False)
+    await store.bind_device("sam", None)  # later: its cursor is past both, no ack
+    assert (await store.notification_state("sam", first.notification_id)).acked is False  # type: ignore[union-attr]
+    await store.mark_seen("sam", [first.notification_id])
+    await store.ack(early.connection_id, "sam", [second.notification_id])
+    seen = await store.notification_state("sam", first.notification_id)
+    assert seen is not None and seen.seen_date is not None and seen.read_date is None
+    assert seen.acked is False
+    acked = await store.notification_state("sam", second.notification_id)
+    assert acked is not None and acked.acked is True and acked.seen_date is None
+    assert await store.notification_state("other", first.notification_id) is None
+    assert await store.notification_state("sam", "no-such-id") is None

@@ -67,6 +67,7 @@ def message_values(message_id: str, message: NewMessage, at: object) -> tuple[ob
         encode(message.data),
         message.critical,
         at,
+        encode(message.escalate.to_dict()) if message.escalate else None,
     )
 
 

@@ -22,6 +22,7 @@ from tidings.delivery.models import (
     Claim,
     Content,
     Delivery,
+    Escalation,
     HistoryEntry,
     Message,
     NewMessage,
@@ -114,7 +115,8 @@ def with_deliveries(
 
 def claim_of(row: Any) -> Claim:
     """A claim from a row of delivery_id, message_id, user_id, channel, address (JSON), the
-    outbox's attempt, and the message's template_id, content, data and critical."""
+    outbox's attempt, the message's template_id, content, data, critical and escalate (JSON),
+    and the user's in-app delivery of the message when it escalates."""
     return Claim(
         delivery_id=row[0],
         message_id=row[1],
@@ -126,6 +128,8 @@ def claim_of(row: Any) -> Claim:
         content=decode_content(row[7]),
         data=orjson.loads(row[8]),
         critical=bool(row[9]),
+        escalate=Escalation.from_dict(orjson.loads(row[10])) if row[10] else None,
+        in_app_delivery=row[11],
     )
 
 

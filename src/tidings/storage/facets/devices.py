@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from tidings.core.models import AckResult, Device, Notification, QueueGap
+from tidings.core.models import AckResult, Device, Notification, NotificationState, QueueGap
 
 
 class DeviceStore(ABC):
@@ -70,6 +70,14 @@ class DeviceStore(ABC):
     @abstractmethod
     async def forget_device(self, user_id: str, connection_id: str) -> bool:
         """Delete the device and its queue (logout); ``True`` if it existed."""
+
+    @abstractmethod
+    async def notification_state(
+        self, user_id: str, notification_id: str
+    ) -> NotificationState | None:
+        """Whether the user's notification was seen, read, or acknowledged by one of the user's
+        devices that existed when it was created (a later device's queue starts after it);
+        None for an unknown id or another user's."""
 
     @abstractmethod
     async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:

@@ -11,6 +11,7 @@ from tidings.core.models import (
     AckResult,
     Device,
     Notification,
+    NotificationState,
     QueueGap,
     utcnow,
 )
@@ -36,6 +37,15 @@ QUEUES = (
     "WHERE q.user_id = t.user_id AND q.seq > greatest(t.after, d.cursor) AND NOT EXISTS "
     "(SELECT 1 FROM device_acks AS a WHERE a.connection_id = t.connection_id AND a.seq = q.seq) "
     "ORDER BY q.seq LIMIT t.most) AS n ON d.cursor IS NOT NULL ORDER BY t.i, n.seq"
+)
+
+# Where one notification stands: seen, read, acknowledged by a device of its user that existed
+# when it was created. Parameters: notification id, user id.
+NOTIFICATION_STATE = (
+    "SELECT n.seen_date, n.read_date, EXISTS (SELECT 1 FROM devices d "
+    "WHERE d.user_id = n.user_id AND d.created_at <= n.creation_date AND (d.cursor >= n.seq "
+    "OR EXISTS (SELECT 1 FROM device_acks a WHERE a.connection_id = d.connection_id "
+    "AND a.seq = n.seq))) FROM notifications n WHERE n.notification_id = $1 AND n.user_id = $2"
 )
 
 # Acknowledgements of a group of distinct devices, locked beforehand: per item (in order)
@@ -317,6 +327,13 @@ class PostgresDevices(PostgresEngine):
                 limit,
             )
         return [_notification(row, answered=True) for row in rows]
+
+    async def notification_state(
+        self, user_id: str, notification_id: str
+    ) -> NotificationState | None:
+        async with self.connection() as conn:
+            row = await conn.fetchrow(NOTIFICATION_STATE, notification_id, user_id)
+        return None if row is None else NotificationState(row[0], row[1], bool(row[2]))
 
     async def queue_depths(self, devices: Sequence[tuple[str, str]]) -> dict[str, int]:
         if not devices:

@@ -10,8 +10,10 @@ from tidings.core.models import (
     AckResult,
     Device,
     Notification,
+    NotificationState,
     QueueGap,
     isoformat,
+    parse_iso,
     utcnow,
 )
 from tidings.errors import (
@@ -184,6 +186,28 @@ class SqliteDevices(SqliteEngine):
                 (limit,),
             ).fetchall()
             return [_notification(r, answered=True) for r in rows]
+
+        return await self.read(run)
+
+    async def notification_state(
+        self, user_id: str, notification_id: str
+    ) -> NotificationState | None:
+        def run(conn: sqlite3.Connection) -> NotificationState | None:
+            row = conn.execute(
+                "SELECT n.seen_date, n.read_date, EXISTS (SELECT 1 FROM devices d "
+                "WHERE d.user_id = n.user_id AND d.created_at <= n.creation_date "
+                "AND (d.cursor >= n.seq OR EXISTS (SELECT 1 FROM device_acks a "
+                "WHERE a.connection_id = d.connection_id AND a.seq = n.seq))) "
+                "FROM notifications n WHERE n.notification_id = ? AND n.user_id = ?",
+                (notification_id, user_id),
+            ).fetchone()
+            if row is None:
+                return None
+            seen, read = (
+                (parse_iso(row[0]) if row[0] else None),
+                (parse_iso(row[1]) if row[1] else None),
+            )
+            return NotificationState(seen, read, bool(row[2]))
 
         return await self.read(run)
 

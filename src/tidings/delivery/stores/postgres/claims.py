@@ -36,7 +36,10 @@ class PostgresClaims(PostgresTables, ClaimStore):
                 "WHERE d.delivery_id = taken.delivery_id "
                 "RETURNING d.delivery_id, d.message_id, d.user_id, d.channel, d.address::text) "
                 "SELECT m.delivery_id, m.message_id, m.user_id, m.channel, m.address, t.attempt, "
-                "g.template_id, g.content::text, g.data::text, g.critical "
+                "g.template_id, g.content::text, g.data::text, g.critical, g.escalate::text, "
+                "CASE WHEN g.escalate IS NOT NULL THEN (SELECT x.delivery_id FROM "
+                "pipeline_deliveries x WHERE x.message_id = m.message_id AND x.user_id = m.user_id "
+                "AND x.channel = 'in_app' LIMIT 1) END "
                 "FROM marked m JOIN taken t USING (delivery_id) "
                 "JOIN pipeline_messages g ON g.message_id = m.message_id "
                 "ORDER BY t.available_at",

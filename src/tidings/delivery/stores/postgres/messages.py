@@ -212,7 +212,7 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
     message_id = new_sorted_id()
     await conn.execute(
         "INSERT INTO pipeline_messages VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, "
-        "$8::jsonb, $9::jsonb, $10, $11)",
+        "$8::jsonb, $9::jsonb, $10, $11, $12::jsonb)",
         *message_values(message_id, message, now),
     )
     ids = [new_id() for _ in planned]

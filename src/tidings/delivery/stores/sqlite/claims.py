@@ -46,7 +46,10 @@ class SqliteClaims(SqliteTables, ClaimStore):
             )
             rows = conn.execute(
                 "SELECT d.delivery_id, d.message_id, d.user_id, d.channel, d.address, "
-                "o.attempt, m.template_id, m.content, m.data, m.critical "
+                "o.attempt, m.template_id, m.content, m.data, m.critical, m.escalate, "
+                "CASE WHEN m.escalate IS NOT NULL THEN (SELECT x.delivery_id FROM "
+                "pipeline_deliveries x WHERE x.message_id = d.message_id AND x.user_id = d.user_id "
+                "AND x.channel = 'in_app' LIMIT 1) END "
                 "FROM pipeline_outbox o JOIN pipeline_deliveries d USING (delivery_id) "
                 f"JOIN pipeline_messages m USING (message_id) WHERE o.delivery_id IN ({listed}) "
                 "ORDER BY o.available_at",

@@ -208,7 +208,7 @@ def _insert(
     stamp = isoformat(now)
     message_id = new_sorted_id()
     conn.execute(
-        "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         message_values(message_id, message, stamp),
     )
     ids = [new_id() for _ in planned]
