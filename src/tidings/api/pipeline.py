@@ -25,7 +25,7 @@ from tidings.api.common import RequireScope, authorize
 from tidings.api.ports import ApiNode
 from tidings.api.quiet_hours import mount_quiet_hours
 from tidings.api.schemas import ApiErrorBody
-from tidings.api.steps import DelayIn, EscalateIn
+from tidings.api.steps import ChannelName, DelayIn, EscalateIn
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
     MAX_CHANNEL_NAME_LENGTH,
@@ -50,8 +50,6 @@ from tidings.errors import (
 )
 
 T = TypeVar("T")
-#: a channel's name: a built-in one or one the application registered (the pipeline checks it)
-ChannelName = Annotated[str, Field(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
 ChannelPath = Annotated[str, Path(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
 StateName = Literal["pending", "active", "sent", "failed", "stale", "deleted"]
 UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_LENGTH, pattern=r"^[^\x00]+$")]

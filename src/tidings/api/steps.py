@@ -8,6 +8,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH, MAX_CHANNELS_PER_MESSAGE, MAX_DELAY_SECONDS
 from tidings.delivery.models import Escalation
 
+#: a channel's name: a built-in one or one the application registered (the pipeline checks it)
 ChannelName = Annotated[str, Field(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
 
 
