@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -287,6 +288,38 @@ async def test_broker_loss_reconnects_and_resubscribes(
                 await asyncio.sleep(0.2)
         payloads = {p for _, p in inbox.messages}
         assert {b"before", b"after-1", b"after-2"} <= payloads
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_publishes_while_the_broker_is_down_each_fail_then_work_again(
+    private_broker: Callable[[str], BrokerProcess],
+) -> None:
+    """With Redis down, a burst of concurrent publishes (one pipeline) fails every one of
+    them with BusError within a few seconds, none hanging; once Redis is back, publishing works
+    again without a restart of the bus."""
+    broker = private_broker("redis")
+    a, b = create_bus(broker.url), create_bus(broker.url)
+    inbox = Inbox(a)
+    try:
+        await a.start()
+        await b.start()
+        await a.subscribe("user:1")
+        broker.kill()
+        async with asyncio.timeout(15):
+            outcomes = await asyncio.gather(
+                *(b.publish("user:1", str(i).encode()) for i in range(200)),
+                return_exceptions=True,
+            )
+        assert all(isinstance(o, BusError) for o in outcomes), outcomes[:3]
+        broker.start()
+        async with asyncio.timeout(20):
+            while not inbox.messages:
+                with contextlib.suppress(BusError):
+                    await b.publish("user:1", b"back")
+                await asyncio.sleep(0.2)
+        assert ("user:1", b"back") in inbox.messages
     finally:
         await a.close()
         await b.close()

@@ -90,6 +90,14 @@ def test_a_night_window_ends_the_next_morning_in_the_users_zone() -> None:
     assert quiet_until(utc(2026, 12, 7, 21, 0), NIGHT) == utc(2026, 12, 8, 6, 0)
 
 
+def test_a_window_stored_in_a_zone_unknown_here_holds_nothing_back() -> None:
+    """A zone the time zone database does not know (written by other means, or dropped by a
+    tzdata update) does not fail the message: the window is ignored."""
+    assert (
+        quiet_until(utc(2026, 12, 6, 23, 0), QuietHours("Mars/Olympus", "22:00", "07:00")) is None
+    )
+
+
 def test_a_daytime_window_and_another_zone() -> None:
     lunch = QuietHours("America/New_York", "12:00", "13:30")
     assert quiet_until(utc(2026, 12, 7, 17, 15), lunch) == utc(2026, 12, 7, 18, 30)  # 12:15 EST

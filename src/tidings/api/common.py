@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -15,12 +16,18 @@ from tidings.api.ports import ApiNode
 from tidings.auth.base import ServicePrincipal
 from tidings.errors import (
     ApiError,
+    Conflict,
     InsufficientScope,
+    InvalidAddress,
     InvalidArgument,
     InvalidToken,
     IssuerUnavailable,
     StoreUnavailable,
+    TemplateFailure,
+    TopicRefused,
 )
+
+T = TypeVar("T")
 
 #: a dependency that checks the request's service token for one scope
 ScopeCheck = Callable[[Request], Awaitable[ServicePrincipal]]
@@ -127,3 +134,25 @@ def check_identifier(name: str, value: str, max_length: int) -> None:
         raise InvalidArgument(
             f"{name} must be a string of 1 to {max_length} characters without NUL"
         )
+
+
+def pipeline_error(exc: Exception) -> Exception:
+    """The API's answer to a pipeline error (others pass through to the app's handlers)."""
+    if isinstance(exc, TemplateFailure):
+        return ApiError(422, "template_error", str(exc))
+    if isinstance(exc, InvalidAddress):
+        return ApiError(422, "invalid_address", str(exc))
+    if isinstance(exc, TopicRefused):
+        return ApiError(403, "topic_refused", str(exc))
+    if isinstance(exc, InvalidArgument):
+        return ApiError(422, "invalid_argument", str(exc))
+    if isinstance(exc, Conflict):
+        return ApiError(409, "conflict", str(exc))
+    return exc
+
+
+async def pipeline_call(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except (InvalidArgument, Conflict, TopicRefused) as exc:
+        raise pipeline_error(exc) from None

@@ -7,21 +7,14 @@ device JWT, which always acts on the token's own user.
 
 # No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
 # dependencies local to the functions that mount them.
-from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
-from tidings.api.common import RequireScope, authorize
+from tidings.api.common import RequireScope, authorize, pipeline_call, pipeline_error
 from tidings.api.ports import ApiNode
 from tidings.api.quiet_hours import mount_quiet_hours
 from tidings.api.schemas import ApiErrorBody
@@ -41,15 +34,10 @@ from tidings.delivery.pipeline import body_hash
 from tidings.delivery.steps import send_time
 from tidings.errors import (
     ApiError,
-    Conflict,
-    InvalidAddress,
     InvalidArgument,
     NotFound,
-    TemplateFailure,
-    TopicRefused,
 )
 
-T = TypeVar("T")
 ChannelPath = Annotated[str, Path(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
 StateName = Literal["pending", "active", "sent", "failed", "stale", "deleted"]
 UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_LENGTH, pattern=r"^[^\x00]+$")]
@@ -147,28 +135,6 @@ class MessageOut(BaseModel):
     deliveries: list[dict[str, Any]] | None = None
 
 
-def _errors(exc: Exception) -> Exception:
-    """The API's answer to a pipeline error (others pass through to the app's handlers)."""
-    if isinstance(exc, TemplateFailure):
-        return ApiError(422, "template_error", str(exc))
-    if isinstance(exc, InvalidAddress):
-        return ApiError(422, "invalid_address", str(exc))
-    if isinstance(exc, TopicRefused):
-        return ApiError(403, "topic_refused", str(exc))
-    if isinstance(exc, InvalidArgument):
-        return ApiError(422, "invalid_argument", str(exc))
-    if isinstance(exc, Conflict):
-        return ApiError(409, "conflict", str(exc))
-    return exc
-
-
-async def _call(work: Awaitable[T]) -> T:
-    try:
-        return await work
-    except (InvalidArgument, Conflict, TopicRefused) as exc:
-        raise _errors(exc) from None
-
-
 def mount_pipeline(
     app: FastAPI,
     tidings: ApiNode,
@@ -236,7 +202,7 @@ def mount_pipeline(
                 now=utcnow(),
             )
         except InvalidArgument as exc:
-            raise ApiError(422, "invalid_argument", str(exc)) from None
+            raise pipeline_error(exc) from None
         message = NewMessage(
             client_id=principal.client_id,
             channels=tuple(dict.fromkeys(body.channels)),
@@ -256,7 +222,7 @@ def mount_pipeline(
         limit = tidings.settings.max_recipients
         if message.user_ids is not None and len(message.user_ids) > limit:
             raise ApiError(422, "invalid_argument", f"at most {limit} user ids per message")
-        created, fresh = await _call(tidings.pipeline.create_message(message))
+        created, fresh = await pipeline_call(tidings.pipeline.create_message(message))
         return JSONResponse(created.to_dict(), 202 if fresh else 200)
 
     @router.get(
@@ -386,7 +352,9 @@ def mount_templates(
     )
     async def put_template(template_id: TemplateId, body: ContentIn) -> JSONResponse:
         """Create or replace a template; every node's cache drops its old version."""
-        template, created = await _call(tidings.pipeline.put_template(template_id, body.content()))
+        template, created = await pipeline_call(
+            tidings.pipeline.put_template(template_id, body.content())
+        )
         return JSONResponse(template.to_dict(), 201 if created else 200)
 
     @router.get(
@@ -445,13 +413,13 @@ def mount_preferences(
             caller: user,
         ) -> JSONResponse:
             """Turn a channel on or off for the user (every channel is on until turned off)."""
-            await _call(tidings.pipeline.set_channel(caller[0], channel, body.enabled))
+            await pipeline_call(tidings.pipeline.set_channel(caller[0], channel, body.enabled))
             return JSONResponse({"channel": channel, "enabled": body.enabled})
 
         @router.put(f"{prefix}/topics/{{topic}}", responses=errors, tags=["preferences"])
         async def subscribe(topic: Topic, caller: user) -> JSONResponse:
             """Subscribe the user to a topic's messages (the topic policy applies)."""
-            await _call(tidings.pipeline.check_topic(caller[0], caller[1], topic))
+            await pipeline_call(tidings.pipeline.check_topic(caller[0], caller[1], topic))
             await tidings.pipeline.store.set_topic(caller[0], topic, True)
             return JSONResponse({"topic": topic, "subscribed": True})
 
@@ -467,7 +435,9 @@ def mount_preferences(
             caller: user,
         ) -> JSONResponse:
             """Set the user's contact point on a channel; refused with ``invalid_address``."""
-            address = await _call(tidings.pipeline.set_contact(caller[0], channel, body.address))
+            address = await pipeline_call(
+                tidings.pipeline.set_contact(caller[0], channel, body.address)
+            )
             return JSONResponse({"channel": channel, "address": address})
 
         @router.delete(f"{prefix}/contacts/{{channel}}", responses=errors, tags=["preferences"])
@@ -476,7 +446,7 @@ def mount_preferences(
             caller: user,
         ) -> JSONResponse:
             """Remove the user's contact point on a channel."""
-            await _call(tidings.pipeline.set_contact(caller[0], channel, None))
+            await pipeline_call(tidings.pipeline.set_contact(caller[0], channel, None))
             return JSONResponse({"channel": channel, "address": None})
 
     @router.get("/webpush/vapid-public-key", tags=["preferences"])

@@ -11,9 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.callers import Caller, device_caller, service_caller
-from tidings.api.common import RequireScope
+from tidings.api.common import RequireScope, pipeline_call
 from tidings.api.ports import ApiNode
-from tidings.errors import ApiError, InvalidArgument
 
 
 class QuietHoursIn(BaseModel):
@@ -44,12 +43,9 @@ def mount_quiet_hours(
         @router.put(f"{prefix}/quiet-hours", responses=errors, tags=["preferences"])
         async def set_quiet_hours(body: QuietHoursIn, caller: user) -> JSONResponse:
             """Set the user's quiet hours; ``422`` names an unknown time zone or a bad time."""
-            try:
-                hours = await tidings.pipeline.set_quiet_hours(
-                    caller[0], body.timezone, body.start, body.end
-                )
-            except InvalidArgument as exc:
-                raise ApiError(422, "invalid_argument", str(exc)) from None
+            hours = await pipeline_call(
+                tidings.pipeline.set_quiet_hours(caller[0], body.timezone, body.start, body.end)
+            )
             assert hours is not None
             return JSONResponse({"quiet_hours": hours.to_dict()})
 

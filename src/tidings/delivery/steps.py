@@ -13,6 +13,7 @@ until the window ends, by the wall clock of the user's zone (across DST changes)
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -30,6 +31,8 @@ from tidings.delivery.models import (
     QuietHours,
 )
 from tidings.errors import InvalidArgument
+
+logger = logging.getLogger("tidings.delivery")
 
 #: the reason of a queued delivery's first history entry when it waits for its time
 DELAYED = "delayed"
@@ -162,8 +165,14 @@ def check_quiet_hours(timezone: str, start: str, end: str) -> QuietHours:
 
 
 def quiet_until(at: datetime, hours: QuietHours) -> datetime | None:
-    """The end of the quiet window ``at`` falls in (in UTC), or None when it falls outside."""
-    zone = ZoneInfo(hours.timezone)
+    """The end of the quiet window ``at`` falls in (in UTC), or None when it falls outside,
+    or when the stored zone is not known here (a time zone database without it; logged: the
+    message is sent rather than refused)."""
+    try:
+        zone = ZoneInfo(hours.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        logger.warning("quiet hours in unknown time zone %r ignored", hours.timezone)
+        return None
     local = at.astimezone(zone)
     start, end = _clock(hours.start), _clock(hours.end)
     now = local.time().replace(tzinfo=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from tidings.core.ids import CONNECTION_ID
 from tidings.core.models import (
@@ -20,7 +20,7 @@ from tidings.errors import (
 )
 from tidings.storage.counts import counted
 from tidings.storage.postgres.engine import PostgresEngine
-from tidings.storage.postgres.rows import _notification
+from tidings.storage.postgres.rows import NOTIFICATION_COLUMNS, _notification
 
 
 class Opening(NamedTuple):
@@ -71,8 +71,7 @@ OPEN_KNOWN = (
     "c.unseen, c.unread, c.version, c.categories, n.* "
     "FROM input LEFT JOIN bound USING (connection_id, user_id) LEFT JOIN held USING (user_id) "
     "LEFT JOIN user_counts AS c ON c.user_id = input.user_id "
-    "LEFT JOIN LATERAL (SELECT q.notification_id, q.user_id, q.data::text, q.creation_date, "
-    "q.seen_date, q.seq, q.category, q.read_date, q.archived_date FROM notifications AS q "
+    f"LEFT JOIN LATERAL (SELECT {NOTIFICATION_COLUMNS} FROM notifications AS q "
     "WHERE input.page > 0 AND (input.most IS NULL OR coalesce(held.n, 0) < input.most) "
     "AND q.user_id = input.user_id AND q.seq > bound.cursor AND NOT EXISTS "
     "(SELECT 1 FROM device_acks AS k WHERE k.connection_id = input.connection_id "
@@ -195,14 +194,9 @@ class PostgresCluster(PostgresEngine):
                 max_sockets,
                 queue,
             )
-            opened = await self._opens.submit(item)
+            opened: Opened | None = await self._opens.submit(item)  # raises over the cap
             if opened is not None:
-                if opened.counts is None:
-                    raise TooManyConnections(
-                        f"{user_id} holds the most sockets allowed ({max_sockets})",
-                        opened.device,
-                    )
-                return cast(Opened, opened)
+                return opened
         return await super().open_socket(
             user_id,
             connection_id,
@@ -215,8 +209,9 @@ class PostgresCluster(PostgresEngine):
         )
 
     async def _open_batch(self, batch: list[Opening]) -> list[Any]:
-        """Per item: an :class:`Opened` (its count None over the cap), or None for a device
-        this statement does not know (another user's, or new)."""
+        """Per item: an :class:`Opened`, :class:`TooManyConnections` (with the device) over
+        the cap, or None for a device this statement does not know (another user's, or
+        new)."""
         columns = list(map(list, zip(*batch, strict=True)))
 
         async def run() -> list[Any]:
@@ -233,7 +228,10 @@ class PostgresCluster(PostgresEngine):
                     continue  # not this user's device
                 device = Device(item.connection_id, item.user_id, row[2], row[3], row[4])
                 if item.max_sockets is not None and row[5] >= item.max_sockets:
-                    outcomes[index] = Opened(device, None, [], [])  # type: ignore[arg-type]
+                    outcomes[index] = TooManyConnections(
+                        f"{item.user_id} holds the most sockets allowed ({item.max_sockets})",
+                        device,
+                    )
                     continue
                 count = counted(item.user_id, row[7:11] if row[9] is not None else None)
                 opened = outcomes[index] = Opened(device, count, list(row[6] or ()), [])

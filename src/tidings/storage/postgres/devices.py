@@ -170,24 +170,21 @@ class PostgresDevices(PostgresEngine):
         devices (a device acknowledging twice in the group takes a second round, which sees
         the first's writes)."""
         outcomes: list[Any] = [None] * len(batch)
+        # A device's n-th acknowledgement in the group goes in round n.
+        times: dict[str, int] = {}
         rounds: list[list[int]] = []
-        seen: list[set[str]] = []
         for index, (connection_id, _, _) in enumerate(batch):
-            for taken, members in zip(seen, rounds, strict=True):
-                if connection_id not in taken:
-                    taken.add(connection_id)
-                    members.append(index)
-                    break
-            else:
-                seen.append({connection_id})
-                rounds.append([index])
+            n = times[connection_id] = times.get(connection_id, -1) + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(index)
 
         async def run() -> None:
             async with self.connection(transaction=True) as conn:
                 await conn.execute(
                     "SELECT 1 FROM devices WHERE connection_id = ANY($1::text[]) "
                     "ORDER BY connection_id FOR UPDATE",
-                    sorted(seen[0]),
+                    sorted(times),
                 )
                 for members in rounds:
                     rows = await conn.fetch(

@@ -22,11 +22,9 @@ from tidings.errors import (
 )
 from tidings.storage.sqlite.engine import SqliteEngine
 from tidings.storage.sqlite.rows import (
-    NOTE_COLUMNS,
-    QUEUE,
     _attach,
     _bind,
-    _notification,
+    _queue_page,
 )
 
 
@@ -152,13 +150,9 @@ class SqliteCluster(SqliteEngine):
             # Over the cap the binding stays (as with two calls): not raised in here, which
             # would undo it.
             attached = _attach(conn, row, max_sockets, now)
-            page: list[Notification] = []
+            page = []
             if attached is not None and queue > 0:
-                rows = conn.execute(
-                    f"SELECT {NOTE_COLUMNS} {QUEUE} ORDER BY seq LIMIT ?",
-                    (user_id, device.cursor, cid, queue),
-                ).fetchall()
-                page = [_notification(r) for r in rows]
+                page = _queue_page(conn, cid, user_id, device.cursor, queue)
             return device, attached, page
 
         device, attached, page = await self.write(run)

@@ -31,6 +31,7 @@ from tidings.storage.sqlite.rows import (
     _device,
     _notification,
     _owned,
+    _queue_page,
 )
 
 
@@ -50,11 +51,7 @@ class SqliteDevices(SqliteEngine):
             cursor = _cursor(conn, connection_id, user_id)
             if cursor is None:
                 raise NotFound("unknown device", [connection_id])
-            rows = conn.execute(
-                f"SELECT {NOTE_COLUMNS} {QUEUE} ORDER BY seq LIMIT ?",
-                (user_id, max(after_seq, cursor), connection_id, limit),
-            ).fetchall()
-            return [_notification(r) for r in rows]
+            return _queue_page(conn, connection_id, user_id, max(after_seq, cursor), limit)
 
         return await self.read(run)
 

@@ -168,6 +168,18 @@ QUEUE = (
 )
 
 
+def _queue_page(
+    conn: sqlite3.Connection, connection_id: str, user_id: str, after: int, limit: int
+) -> list[Notification]:
+    """The device's queue after ``after`` (at least its cursor), oldest first, at most
+    ``limit``."""
+    rows = conn.execute(
+        f"SELECT {NOTE_COLUMNS} {QUEUE} ORDER BY seq LIMIT ?",
+        (user_id, after, connection_id, limit),
+    ).fetchall()
+    return [_notification(r) for r in rows]
+
+
 def _cursor(conn: sqlite3.Connection, connection_id: str, user_id: str) -> int | None:
     row = conn.execute(
         "SELECT cursor FROM devices WHERE connection_id = ? AND user_id = ?",
