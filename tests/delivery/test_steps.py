@@ -10,13 +10,24 @@ from typing import Any
 import pytest
 
 from tidings.core.models import NotificationState
-from tidings.delivery.models import PENDING, Claim, Escalation, PlannedDelivery, QuietHours
+from tidings.delivery.models import (
+    PENDING,
+    Claim,
+    Digest,
+    Escalation,
+    PlannedDelivery,
+    QuietHours,
+)
 from tidings.delivery.steps import (
     DELAYED,
+    DIGEST,
+    DIGESTED,
     ESCALATION,
     QUIET_HOURS,
+    check_digest,
     check_escalation,
     check_quiet_hours,
+    digest_values,
     escalation_met,
     quiet_until,
     scheduled,
@@ -175,6 +186,58 @@ def test_an_escalation_that_cannot_apply_is_refused_naming_the_field() -> None:
     ]:
         with pytest.raises(InvalidArgument, match=named):
             check_escalation(channels, escalate)
+
+
+def test_a_digest_opens_or_joins_then_waits_for_quiet_hours() -> None:
+    digest = Digest("comments", 600.0, ("email",))
+    items = [planned("ann", "in_app"), planned("ann", "email"), planned("bob", "email")]
+    # Ann has a digest of the key open on email (its delivery d-9); Bob has none.
+    out = scheduled(
+        items, None, {}, critical=False, now=NOW, digest=digest, digests={"ann": {"email": "d-9"}}
+    )
+    assert out[0] == items[0]  # in_app is not in the digest's channels
+    assert (out[1].reason, out[1].into, out[1].digest_key) == (DIGESTED, "d-9", "comments")
+    assert out[1].not_before is None and not out[1].queued  # no outbox row of its own
+    assert out[1].detail == "sent in the digest of delivery d-9"
+    assert (out[2].reason, out[2].not_before) == (DIGEST, NOW + timedelta(seconds=600))
+    assert out[2].queued and out[2].into is None and out[2].digest_key == "comments"
+    # A window that closes inside quiet hours waits on to their end (and gathers until then).
+    night = utc(2026, 12, 6, 20, 55)  # 21:55 in Paris: the window closes at 22:05
+    quiet = scheduled(items, None, {"bob": NIGHT}, critical=False, now=night, digest=digest)
+    assert (quiet[2].reason, quiet[2].not_before) == (QUIET_HOURS, utc(2026, 12, 7, 6, 0))
+    assert quiet[2].digest_key == "comments"
+
+
+def test_a_digest_that_cannot_apply_is_refused_naming_the_field() -> None:
+    check_digest(("in_app", "email"), Digest("k", 60.0, ("email",)), escalate=None, send_at=None)
+    check_digest(("email",), None, escalate=None, send_at=NOW)
+    escalate = Escalation(60.0, "seen", ("sms",))
+    check_digest(
+        ("in_app", "email", "sms"), Digest("k", 60.0, ("email",)), escalate=escalate, send_at=None
+    )
+    for channels, digest, named in [
+        (("email",), Digest("", 60.0, ("email",)), "digest.key"),
+        (("email",), Digest("k" * 129, 60.0, ("email",)), "digest.key"),
+        (("email",), Digest("a\nb", 60.0, ("email",)), "digest.key"),
+        (("email",), Digest("k", 0.0, ("email",)), "digest.window"),
+        (("email",), Digest("k", 91 * 86400.0, ("email",)), "digest.window"),
+        (("email",), Digest("k", 60.0, ()), "digest.channels"),
+        (("email",), Digest("k", 60.0, ("sms",)), "digest.channels"),
+        (("in_app", "sms"), Digest("k", 60.0, ("sms",)), "digest.channels"),  # escalate's
+        (("in_app", "email", "sms"), Digest("k", 60.0, ("in_app",)), "digest.channels"),
+    ]:
+        with pytest.raises(InvalidArgument, match=named):
+            check_digest(
+                channels, digest, escalate=escalate if "in_app" in channels else None, send_at=None
+            )
+    with pytest.raises(InvalidArgument, match="delay"):
+        check_digest(("email",), Digest("k", 60.0, ("email",)), escalate=None, send_at=NOW)
+
+
+def test_a_digest_renders_with_its_items_and_count() -> None:
+    values = digest_values({"post": "p-1"}, [{"n": 1}, {"n": 2}])
+    assert values == {"post": "p-1", "items": [{"n": 1}, {"n": 2}], "count": 2}
+    assert digest_values(["not", "an", "object"], [1]) == {"items": [1], "count": 1}
 
 
 class States:

@@ -18,7 +18,7 @@ from tidings.api.common import RequireScope, authorize, pipeline_call, pipeline_
 from tidings.api.ports import ApiNode
 from tidings.api.quiet_hours import mount_quiet_hours
 from tidings.api.schemas import ApiErrorBody
-from tidings.api.steps import ChannelName, DelayIn, EscalateIn
+from tidings.api.steps import ChannelName, DelayIn, DigestIn, EscalateIn
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
     MAX_CHANNEL_NAME_LENGTH,
@@ -92,6 +92,9 @@ class MessageRequest(BaseModel):
     delay: DelayIn | None = Field(None, description="Send no delivery before this.")
     escalate: EscalateIn | None = Field(
         None, description="Send on these channels only if the in-app notification was not seen."
+    )
+    digest: DigestIn | None = Field(
+        None, description="Send messages with one key within a window as one per channel."
     )
 
     @field_validator("data")
@@ -191,9 +194,8 @@ def mount_pipeline(
         Refused deliveries (opted out, no or invalid address, rate limited) are recorded with
         their reason."""
         key = body.idempotency_key or idempotency_key
-        # (no "delay" or "escalate" key without one: the bodies of earlier messages keep their
-        # hash)
-        absent = {name for name in ("delay", "escalate") if getattr(body, name) is None}
+        # (no key for a step not given: the bodies of earlier messages keep their hash)
+        absent = {name for name in ("delay", "escalate", "digest") if getattr(body, name) is None}
         fields = body.model_dump(exclude={"idempotency_key", *absent})
         try:
             when = send_time(
@@ -218,6 +220,7 @@ def mount_pipeline(
             body_hash=body_hash(fields),
             send_at=when,
             escalate=body.escalate.escalation() if body.escalate else None,
+            digest=body.digest.digest(body.channels) if body.digest else None,
         )
         limit = tidings.settings.max_recipients
         if message.user_ids is not None and len(message.user_ids) > limit:

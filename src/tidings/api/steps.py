@@ -1,12 +1,18 @@
 """The bodies of a message's steps in ``POST /messages`` (docs/pipeline.md, "Steps")."""
 
 # No "from __future__ import annotations": pydantic reads the annotations.
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH, MAX_CHANNELS_PER_MESSAGE, MAX_DELAY_SECONDS
-from tidings.delivery.models import Escalation
+from tidings.core.limits import (
+    MAX_CHANNEL_NAME_LENGTH,
+    MAX_CHANNELS_PER_MESSAGE,
+    MAX_DELAY_SECONDS,
+    MAX_DIGEST_KEY_LENGTH,
+)
+from tidings.delivery.models import Digest, Escalation
 
 #: a channel's name: a built-in one or one the application registered (the pipeline checks it)
 ChannelName = Annotated[str, Field(min_length=1, max_length=MAX_CHANNEL_NAME_LENGTH)]
@@ -47,3 +53,31 @@ class EscalateIn(BaseModel):
 
     def escalation(self) -> Escalation:
         return Escalation(self.after, self.unless, tuple(dict.fromkeys(self.channels)))
+
+
+class DigestIn(BaseModel):
+    """A ``digest`` step: the deliveries on ``channels`` of messages with this ``key`` to one
+    user within ``window`` seconds of the first go as one per channel when it closes, the
+    template rendered over all of them (``items``, ``count``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(
+        min_length=1,
+        max_length=MAX_DIGEST_KEY_LENGTH,
+        description="Messages with one key to one user are digested together.",
+    )
+    window: float = Field(
+        gt=0, le=MAX_DELAY_SECONDS, description="Seconds from the first message to the send."
+    )
+    channels: list[ChannelName] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CHANNELS_PER_MESSAGE,
+        description="Channels digested (default: the message's, but in_app).",
+    )
+
+    def digest(self, channels: Sequence[str]) -> Digest:
+        """The step, for a message on ``channels``."""
+        chosen = self.channels or [c for c in channels if c != "in_app"]
+        return Digest(self.key, self.window, tuple(dict.fromkeys(chosen)))

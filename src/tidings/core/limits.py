@@ -55,3 +55,5 @@ MAX_CURSOR_LENGTH = 512
 
 #: the longest a message may wait before it is sent (a ``delay`` step), seconds: 90 days
 MAX_DELAY_SECONDS = 90 * 24 * 3600
+#: longest key of a message's digest step
+MAX_DIGEST_KEY_LENGTH = 128

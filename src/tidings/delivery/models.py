@@ -96,6 +96,20 @@ class Escalation:
 
 
 @dataclass(frozen=True, slots=True)
+class Digest:
+    """A ``digest`` step: the deliveries on ``channels`` of messages with one ``key`` to one
+    user within ``window`` seconds of the first become one delivery per channel, sent when the
+    window closes, its template rendered over all of them (``items``)."""
+
+    key: str
+    window: float
+    channels: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "window": self.window, "channels": list(self.channels)}
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     """A ``POST /messages`` request, checked."""
 
@@ -114,6 +128,8 @@ class NewMessage:
     send_at: datetime | None = None
     #: an ``escalate`` step
     escalate: Escalation | None = None
+    #: a ``digest`` step
+    digest: Digest | None = None
 
     def recipients(self) -> dict[str, Any]:
         if self.topic is not None:
@@ -169,10 +185,16 @@ class PlannedDelivery:
     detail: str | None = None
     #: not sent before this (a delay step, quiet hours); None: at once
     not_before: datetime | None = None
+    #: the digest key this delivery is part of (it opens a digest, or joins one: ``into``)
+    digest_key: str | None = None
+    #: the open digest's delivery this one is sent in (it waits without an outbox row of its
+    #: own, and ends as that delivery ends)
+    into: str | None = None
 
     @property
     def queued(self) -> bool:
-        return self.state == PENDING
+        """It waits in the outbox for a worker (pending, and not sent in another's digest)."""
+        return self.state == PENDING and self.into is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +345,11 @@ class Claim:
     #: the message's escalate step, and the user's in-app delivery of it (its notification)
     escalate: Escalation | None = None
     in_app_delivery: str | None = None
+    #: it sends a digest: rendered over the data of each message in it
+    digest: bool = False
+    #: the message has a digest step: rendered over its items (this message alone when not
+    #: ``digest``)
+    digest_step: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from tidings.delivery.models import (
     PENDING,
     Claim,
     Content,
+    Digest,
     Escalation,
     Message,
     NewMessage,
@@ -39,12 +40,20 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.planner import Recipient, counted_channels, parse_rate_limits, plan
 from tidings.delivery.ports import PipelineHost
-from tidings.delivery.registry import ChannelRegistry, ordered, valid_channel_name
+from tidings.delivery.registry import (
+    ChannelRegistry,
+    build_channels,
+    default_channels,
+    ordered,
+    valid_channel_name,
+)
 from tidings.delivery.retry import retry_at as retry_at
 from tidings.delivery.retry import retry_delay
 from tidings.delivery.steps import (
+    check_digest,
     check_escalation,
     check_quiet_hours,
+    digest_values,
     escalation_met,
     scheduled,
     send_time,
@@ -79,26 +88,6 @@ def pipeline_store(host: PipelineHost) -> PipelineStore:
         ConfigurationError: the pipeline has no tables for the store's backend.
     """
     return for_store(host.store)
-
-
-async def build_channels(
-    host: PipelineHost, registry: ChannelRegistry, given: Iterable[Channel] = ()
-) -> dict[str, Channel]:
-    """The pipeline's channels by name: the ``given`` instances, and every other registered
-    channel its settings configure (:meth:`Channel.from_settings`), in documented order."""
-    chosen = {channel.name: channel for channel in given}
-    for name in registry.names():
-        if name not in chosen:
-            built = await registry.load(name).from_settings(host)
-            if built is not None:
-                chosen[name] = built
-    return {name: chosen[name] for name in ordered(chosen)}
-
-
-async def default_channels(host: PipelineHost) -> list[Channel]:
-    """The registered channels the settings configure (kept for one release: use
-    :func:`build_channels`)."""
-    return list((await build_channels(host, ChannelRegistry())).values())
 
 
 class Pipeline(Lifecycle):
@@ -263,9 +252,16 @@ class Pipeline(Lifecycle):
         """
         self.check_channels(message.channels)
         check_escalation(message.channels, message.escalate)
-        # Rendered once now, so that a broken template is refused before anything is written.
+        check_digest(
+            message.channels, message.digest, escalate=message.escalate, send_at=message.send_at
+        )
+        # Rendered once now, so that a broken template is refused before anything is written
+        # (as the digest of this one message, when it has a digest step).
+        values = message.data
+        if message.digest is not None:
+            values = digest_values(message.data, [message.data])
         await self.renderer.render(
-            message.template_id, message.content, message.data, user_id="", channel=""
+            message.template_id, message.content, values, user_id="", channel=""
         )
         now = utcnow()
         since = {c: self.limits[c].since(now) for c in self.limits}
@@ -297,6 +293,7 @@ class Pipeline(Lifecycle):
         delay: float | None = None,
         send_at: datetime | None = None,
         escalate: Escalation | None = None,
+        digest: Digest | None = None,
     ) -> Message:
         """Post a message from Python (what ``POST /messages`` does for services)::
 
@@ -308,7 +305,8 @@ class Pipeline(Lifecycle):
         ``delay`` (seconds) or ``send_at`` (an aware datetime): no delivery is sent before
         then (the ``delay`` step, docs/pipeline.md). ``escalate``: the deliveries on its
         channels go ``after`` seconds, only if the in-app notification was not seen (read,
-        acknowledged) by then.
+        acknowledged) by then. ``digest``: the deliveries on its channels of messages with its
+        key to one user within its window go as one per channel, rendered over them all.
 
         Raises:
             InvalidArgument: unknown channels, not exactly one of ``user_ids``/``topic`` or
@@ -340,6 +338,8 @@ class Pipeline(Lifecycle):
             request["delay"] = {"until": send_at, "seconds": delay}
         if escalate is not None:
             request["escalate"] = escalate.to_dict()
+        if digest is not None:
+            request["digest"] = digest.to_dict()
         message, _ = await self.create_message(
             NewMessage(
                 client_id,
@@ -354,6 +354,7 @@ class Pipeline(Lifecycle):
                 body_hash(request),
                 when,
                 escalate,
+                digest,
             )
         )
         return message
@@ -389,6 +390,8 @@ class Pipeline(Lifecycle):
             critical=message.critical,
             now=utcnow(),
             escalate=message.escalate,
+            digest=message.digest,
+            digests={r.user_id: r.digests for r in recipients if r.digests},
         )
 
     async def escalation_met(self, claim: Claim) -> str | None:

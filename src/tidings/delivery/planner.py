@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -84,6 +84,8 @@ class Recipient:
     recent: Mapping[str, int]
     #: the user's quiet hours, if any
     quiet: QuietHours | None = None
+    #: channel → the delivery of the user's open digest with the message's digest key
+    digests: Mapping[str, str] = field(default_factory=dict)
 
 
 def plan(

@@ -19,10 +19,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH
 from tidings.delivery.channels.base import CHANNEL_NAMES, Channel
 from tidings.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tidings.delivery.ports import PipelineHost
 
 #: the entry-point group channels register in
 GROUP = "tidings.channels"
@@ -105,3 +109,23 @@ class ChannelRegistry:
 def channel_names() -> tuple[str, ...]:
     """The names registered in this environment (what settings can be checked against)."""
     return ChannelRegistry().names()
+
+
+async def build_channels(
+    host: PipelineHost, registry: ChannelRegistry, given: Iterable[Channel] = ()
+) -> dict[str, Channel]:
+    """The pipeline's channels by name: the ``given`` instances, and every other registered
+    channel its settings configure (:meth:`Channel.from_settings`), in documented order."""
+    chosen = {channel.name: channel for channel in given}
+    for name in registry.names():
+        if name not in chosen:
+            built = await registry.load(name).from_settings(host)
+            if built is not None:
+                chosen[name] = built
+    return {name: chosen[name] for name in ordered(chosen)}
+
+
+async def default_channels(host: PipelineHost) -> list[Channel]:
+    """The registered channels the settings configure (kept for one release: use
+    :func:`build_channels`)."""
+    return list((await build_channels(host, ChannelRegistry())).values())

@@ -6,6 +6,12 @@ seconds after it was posted (``seconds``). The time is kept in the outbox row of
 message survives a restart or a SIGKILL and is sent once, by one node (nothing waits in
 memory).
 
+``digest``: the deliveries on its channels of messages with one key to one user within a window
+become one delivery per channel. The first message opens the digest: its delivery waits until
+the window closes (reason ``digest``). A later message joins while that delivery still waits
+unclaimed: its own delivery gets no outbox row (reason ``digested``) and ends as the digest's
+ends. The worker renders the digest's template over every message in it (``items``).
+
 Quiet hours: a user's daily window (in their time zone) in which nothing but in-app
 notifications and ``critical`` messages is sent; a delivery that would go out inside it waits
 until the window ends, by the wall clock of the user's zone (across DST changes).
@@ -18,14 +24,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tidings.core.limits import MAX_DELAY_SECONDS
+from tidings.core.limits import MAX_DELAY_SECONDS, MAX_DIGEST_KEY_LENGTH
 from tidings.core.models import NotificationState, isoformat
 from tidings.delivery.models import (
     ESCALATE_UNLESS,
     Claim,
+    Digest,
     Escalation,
     PlannedDelivery,
     QuietHours,
@@ -42,6 +49,10 @@ QUIET_HOURS = "quiet_hours"
 ESCALATION = "escalation"
 #: the reason a delivery of an escalate step was not sent: the condition was met in time
 ESCALATION_SKIPPED = "escalation_skipped"
+#: ... when it opens a digest and waits for its window to close
+DIGEST = "digest"
+#: ... when it is sent in another delivery's digest (it has no outbox row of its own)
+DIGESTED = "digested"
 
 #: how far in the past an ``until`` may lie and still mean "now" (clocks of services differ)
 CLOCK_SKEW = timedelta(seconds=60)
@@ -82,15 +93,19 @@ def scheduled(
     critical: bool,
     now: datetime,
     escalate: Escalation | None = None,
+    digest: Digest | None = None,
+    digests: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[PlannedDelivery]:
     """The planned deliveries with their times: those to be sent wait until ``send_at`` (the
     reason ``delayed``); those on an ``escalate`` step's channels ``after`` seconds more (the
     reason ``escalation``: the worker then sends them only if the in-app notification was not
-    seen, read or acknowledged); then, unless the message is critical or the channel is
-    ``in_app``, until the end of their user's quiet hours (``quiet`` by user id; the reason
-    ``quiet_hours``); the first history entry says until when. The stores put the time in the
-    outbox rows."""
-    if send_at is None and not quiet and escalate is None:
+    seen, read or acknowledged); those on a ``digest`` step's channels join their user's open
+    digest of the key (``digests``: user id → channel → its delivery; reason ``digested``) or
+    open one and wait for its window (reason ``digest``); then, unless the message is critical
+    or the channel is ``in_app``, until the end of their user's quiet hours (``quiet`` by user
+    id; the reason ``quiet_hours``); the first history entry says until when. The stores put
+    the time in the outbox rows."""
+    if send_at is None and not quiet and escalate is None and digest is None:
         return planned
     result: list[PlannedDelivery] = []
     for p in planned:
@@ -101,6 +116,16 @@ def scheduled(
         if escalate is not None and p.channel in escalate.channels:
             when = (send_at or now) + timedelta(seconds=escalate.after)
             reason = ESCALATION
+        if digest is not None and p.channel in digest.channels:
+            into = (digests or {}).get(p.user_id, {}).get(p.channel)
+            if into is not None:
+                detail = f"sent in the digest of delivery {into}"
+                result.append(
+                    replace(p, reason=DIGESTED, detail=detail, digest_key=digest.key, into=into)
+                )
+                continue
+            when, reason = now + timedelta(seconds=digest.window), DIGEST
+            p = replace(p, digest_key=digest.key)
         hours = quiet.get(p.user_id)
         if hours is not None and not critical and p.channel != "in_app":
             ends = quiet_until(when or now, hours)
@@ -135,6 +160,56 @@ def check_escalation(channels: Sequence[str], escalate: Escalation | None) -> No
         raise InvalidArgument(f"escalate.after must be above 0 and at most {MAX_DELAY_SECONDS}")
     if escalate.unless not in ESCALATE_UNLESS:
         raise InvalidArgument(f"escalate.unless must be one of {', '.join(ESCALATE_UNLESS)}")
+
+
+def check_digest(
+    channels: Sequence[str],
+    digest: Digest | None,
+    *,
+    escalate: Escalation | None,
+    send_at: datetime | None,
+) -> None:
+    """Raises InvalidArgument (naming the field) when a ``digest`` step cannot apply: a key
+    not 1 to 128 printable characters, a window out of range, channels that are not the
+    message's, a ``delay`` beside it (a digest waits for its window), or channels an
+    ``escalate`` step sends or watches (in_app)."""
+    if digest is None:
+        return
+    key = digest.key
+    if (
+        not isinstance(key, str)
+        or not 0 < len(key) <= MAX_DIGEST_KEY_LENGTH
+        or not key.isprintable()
+    ):
+        raise InvalidArgument(f"digest.key: 1 to {MAX_DIGEST_KEY_LENGTH} printable characters")
+    if not 0 < digest.window <= MAX_DELAY_SECONDS:
+        raise InvalidArgument(f"digest.window must be above 0 and at most {MAX_DELAY_SECONDS}")
+    if not digest.channels:
+        raise InvalidArgument(
+            "digest.channels: name at least one channel (in_app is digested only when named)"
+        )
+    for channel in digest.channels:
+        if channel not in channels:
+            raise InvalidArgument(
+                f"digest.channels: {channel!r} must be one of the message's channels"
+            )
+    if send_at is not None:
+        raise InvalidArgument("delay: a digest waits for its window; give no delay with it")
+    if escalate is not None and (
+        "in_app" in digest.channels or set(digest.channels) & set(escalate.channels)
+    ):
+        raise InvalidArgument(
+            "digest.channels: the channels escalate sends, and the in-app notification it "
+            "watches, cannot be digested"
+        )
+
+
+def digest_values(data: Any, items: Sequence[Any]) -> dict[str, Any]:
+    """What a digest's template is rendered with: the first message's values (when they are
+    an object), ``items`` (each message's values, oldest first) and ``count``."""
+    values = dict(data) if isinstance(data, dict) else {}
+    values.update(items=list(items), count=len(items))
+    return values
 
 
 def check_quiet_hours(timezone: str, start: str, end: str) -> QuietHours:

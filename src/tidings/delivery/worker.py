@@ -30,7 +30,7 @@ from tidings.delivery.channels.base import (
 from tidings.delivery.models import DELETED, FAILED, PENDING, SENT, Claim, Outcome
 from tidings.delivery.ports import PipelineSettings
 from tidings.delivery.retry import retry_at, retry_delay
-from tidings.delivery.steps import ESCALATION_SKIPPED
+from tidings.delivery.steps import ESCALATION_SKIPPED, digest_values
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
 from tidings.errors import TemplateFailure, TidingsError
@@ -200,11 +200,20 @@ class Worker:
                 return self._retry(claim, "provider_error", str(exc), None)
             if met is not None:
                 return Outcome(DELETED, ESCALATION_SKIPPED, met)
+        data = claim.data
+        if claim.digest:  # rendered over every message still in it
+            try:
+                found = await pipeline.store.digest_items([claim.delivery_id])
+            except TidingsError as exc:
+                return self._retry(claim, "provider_error", str(exc), None)
+            data = digest_values(claim.data, found.get(claim.delivery_id) or [claim.data])
+        elif claim.digest_step:  # a channel not digested: over this message alone
+            data = digest_values(claim.data, [claim.data])
         try:
             rendered = await pipeline.renderer.render(
                 claim.template_id,
                 claim.content,
-                claim.data,
+                data,
                 user_id=claim.user_id,
                 channel=claim.channel,
             )

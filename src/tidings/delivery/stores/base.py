@@ -68,6 +68,7 @@ def message_values(message_id: str, message: NewMessage, at: object) -> tuple[ob
         message.critical,
         at,
         encode(message.escalate.to_dict()) if message.escalate else None,
+        encode(message.digest.to_dict()) if message.digest else None,
     )
 
 
@@ -201,7 +202,12 @@ class ClaimStore(ABC):
     @abstractmethod
     async def complete_many(self, owner: str, done: Sequence[tuple[Claim, Outcome]]) -> list[bool]:
         """Record how several sends ended, in one transaction: per item, as
-        :meth:`complete` answers for it."""
+        :meth:`complete` answers for it. The deliveries sent in a digest end as it ends."""
+
+    @abstractmethod
+    async def digest_items(self, digest_ids: Sequence[str]) -> dict[str, list[Any]]:
+        """Per delivery that sends a digest: the data of each message still in it (its own
+        first, then each that joined, oldest first; not those deleted since)."""
 
     @abstractmethod
     async def requeue_stale(self, backoff: Backoff | None = None) -> int:

@@ -18,7 +18,9 @@ import orjson
 
 from tidings.delivery.models import (
     ACTIVE,
+    PENDING,
     SENT,
+    STALE,
     Claim,
     Content,
     Delivery,
@@ -51,6 +53,9 @@ JSON_COLUMNS = frozenset({"channels", "recipients", "content", "data", "address"
 Time = Callable[[Any], datetime]
 #: a history entry to write: (delivery_id, state, reason, detail)
 HistoryRow = tuple[str, str, str, str | None]
+
+#: the states of a delivery still in its digest (a deleted one has left it)
+DIGEST_LIVE = (PENDING, ACTIVE, STALE)
 
 #: the detail of the history entry of a delivery whose lease lapsed
 LEASE_EXPIRED = "its worker stopped renewing the lease; queued again"
@@ -116,7 +121,8 @@ def with_deliveries(
 def claim_of(row: Any) -> Claim:
     """A claim from a row of delivery_id, message_id, user_id, channel, address (JSON), the
     outbox's attempt, the message's template_id, content, data, critical and escalate (JSON),
-    and the user's in-app delivery of the message when it escalates."""
+    the user's in-app delivery of the message when it escalates, whether it sends a digest,
+    and whether the message has a digest step."""
     return Claim(
         delivery_id=row[0],
         message_id=row[1],
@@ -130,7 +136,40 @@ def claim_of(row: Any) -> Claim:
         critical=bool(row[9]),
         escalate=Escalation.from_dict(orjson.loads(row[10])) if row[10] else None,
         in_app_delivery=row[11],
+        digest=bool(row[12]),
+        digest_step=bool(row[13]),
     )
+
+
+def followed(
+    rows: Iterable[Any], ended: Iterable[tuple[str, str, str]]
+) -> tuple[list[tuple[str, str, str]], list[HistoryRow]]:
+    """What becomes of the deliveries in digests that ended: ``rows`` (delivery, digest
+    delivery) of those still waiting in them, ``ended`` (digest delivery, state, reason).
+    (delivery, state, reason) changes and their history entries."""
+    outcome = {digest: (state, reason) for digest, state, reason in ended}
+    changes: list[tuple[str, str, str]] = []
+    history: list[HistoryRow] = []
+    for delivery, digest in rows:
+        state, reason = outcome[digest]
+        changes.append((delivery, state, reason))
+        history.append((delivery, state, reason, f"in the digest of delivery {digest}"))
+    return changes, history
+
+
+def promoted(
+    rows: Iterable[Any], removed: Iterable[tuple[str, str, Any]]
+) -> list[tuple[str, str, str, Any]]:
+    """Who sends the digests whose delivery was deleted: ``rows`` (digest delivery, delivery
+    still waiting in it), oldest message first; ``removed`` (digest delivery, channel, outbox
+    time). (old, new, channel, time) per digest that has a delivery left."""
+    left = {digest: (channel, at) for digest, channel, at in removed}
+    moves: list[tuple[str, str, str, Any]] = []
+    for digest, delivery in rows:
+        if digest in left:
+            channel, at = left.pop(digest)
+            moves.append((digest, delivery, channel, at))
+    return moves
 
 
 def history_of(claim: Claim, outcome: Outcome) -> list[HistoryRow]:

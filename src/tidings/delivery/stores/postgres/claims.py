@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
+
+import orjson
 
 from tidings.core.models import utcnow
 from tidings.delivery.models import ACTIVE, PENDING, SENT, STALE, Claim, Outcome
 from tidings.delivery.stores.base import Backoff, ClaimStore
 from tidings.delivery.stores.postgres.common import PostgresTables, write_history
+from tidings.delivery.stores.postgres.digests import digest_data, follow_digests
 from tidings.delivery.stores.rows import LEASE_EXPIRED, claim_of, history_of, retry_at
 
 
@@ -39,7 +43,9 @@ class PostgresClaims(PostgresTables, ClaimStore):
                 "g.template_id, g.content::text, g.data::text, g.critical, g.escalate::text, "
                 "CASE WHEN g.escalate IS NOT NULL THEN (SELECT x.delivery_id FROM "
                 "pipeline_deliveries x WHERE x.message_id = m.message_id AND x.user_id = m.user_id "
-                "AND x.channel = 'in_app' LIMIT 1) END "
+                "AND x.channel = 'in_app' LIMIT 1) END, "
+                "EXISTS (SELECT 1 FROM pipeline_digest_items i WHERE i.digest_id = m.delivery_id), "
+                "g.digest IS NOT NULL "
                 "FROM marked m JOIN taken t USING (delivery_id) "
                 "JOIN pipeline_messages g ON g.message_id = m.message_id "
                 "ORDER BY t.available_at",
@@ -120,6 +126,15 @@ class PostgresClaims(PostgresTables, ClaimStore):
                 SENT,
             )
             await write_history(conn, [e for c, o in mine for e in history_of(c, o)], now)
+            await follow_digests(
+                conn,
+                [
+                    (c.delivery_id, o.state, o.reason)
+                    for c, o in mine
+                    if c.digest and o.state != PENDING
+                ],
+                now,
+            )
         recorded = {claim.delivery_id for claim, _ in mine}
         return [claim.delivery_id in recorded for claim, _ in done]
 
@@ -154,6 +169,13 @@ class PostgresClaims(PostgresTables, ClaimStore):
                     conn, [(i, STALE, "lease_expired", LEASE_EXPIRED) for i in ids], now
                 )
         return len(ids)
+
+    async def digest_items(self, digest_ids: Sequence[str]) -> dict[str, list[Any]]:
+        if not digest_ids:
+            return {}
+        async with self.store.connection() as conn:
+            found = await digest_data(conn, digest_ids)
+        return {digest: [orjson.loads(data) for data in items] for digest, items in found.items()}
 
     async def depths(self) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = {}

@@ -7,6 +7,7 @@ lock, not an advisory lock, so a topic with many subscribers does not fill the l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -35,9 +36,15 @@ from tidings.delivery.stores.postgres.common import (
     recipients,
     write_history,
 )
+from tidings.delivery.stores.postgres.digests import (
+    open_digests,
+    reassign_digests,
+    write_digests,
+)
 from tidings.delivery.stores.rows import (
     DELIVERY_COLUMNS,
     HISTORY_COLUMNS,
+    HistoryRow,
     check_body,
     delivery_of,
     message_of,
@@ -86,8 +93,11 @@ class PostgresMessages(PostgresTables, MessageStore):
                     sorted(users),
                     sorted(counted),
                 )
-            planned = planner(await recipients(conn, users, counted, since))
-            return await _insert(conn, message, planned), True
+            told = await recipients(conn, users, counted, since)
+            if message.digest is not None:
+                found = await open_digests(conn, users, message.digest, utcnow())
+                told = [replace(r, digests=found.get(r.user_id, {})) for r in told]
+            return await _insert(conn, message, planner(told)), True
 
     async def get_message(
         self,
@@ -151,10 +161,14 @@ class PostgresMessages(PostgresTables, MessageStore):
                     delivery_id,
                 )
             ]
-            await conn.execute(
-                "DELETE FROM pipeline_outbox WHERE delivery_id = ANY($1::text[])", ids
+            removed = await conn.fetch(
+                "DELETE FROM pipeline_outbox WHERE delivery_id = ANY($1::text[]) "
+                "RETURNING delivery_id, channel, available_at",
+                ids,
             )
-            await write_history(conn, [(i, DELETED, "deleted_by_request", None) for i in ids], now)
+            history: list[HistoryRow] = [(i, DELETED, "deleted_by_request", None) for i in ids]
+            history += await reassign_digests(conn, removed, now)
+            await write_history(conn, history, now)
             return await _message(conn, message_id, client_id)
 
     async def retry_message(
@@ -187,6 +201,12 @@ class PostgresMessages(PostgresTables, MessageStore):
                 [r[1] for r in rows],
                 now,
             )
+            # Sent on its own now, no longer in the digest it was sent in.
+            await conn.execute(
+                "DELETE FROM pipeline_digest_items WHERE delivery_id = ANY($1::text[]) "
+                "AND digest_id <> delivery_id",
+                [r[0] for r in rows],
+            )
             await write_history(
                 conn, [(r[0], PENDING, "retried_by_request", None) for r in rows], now
             )
@@ -212,7 +232,7 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
     message_id = new_sorted_id()
     await conn.execute(
         "INSERT INTO pipeline_messages VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, "
-        "$8::jsonb, $9::jsonb, $10, $11, $12::jsonb)",
+        "$8::jsonb, $9::jsonb, $10, $11, $12::jsonb, $13::jsonb)",
         *message_values(message_id, message, now),
     )
     ids = [new_id() for _ in planned]
@@ -242,6 +262,7 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
         [q[1] for q in queued],
         [q[2] for q in queued],
     )
+    await write_digests(conn, message_id, ids, planned)
     await write_history(
         conn, [(i, p.state, p.reason, p.detail) for i, p in zip(ids, planned, strict=True)], now
     )

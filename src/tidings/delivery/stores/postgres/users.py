@@ -25,7 +25,7 @@ class PostgresErasure(PostgresTables, ErasureStore):
                 user_id,
             )
             ids = [row[0] for row in rows]
-            for table in ("pipeline_history", "pipeline_outbox"):
+            for table in ("pipeline_history", "pipeline_outbox", "pipeline_digest_items"):
                 await conn.execute(f"DELETE FROM {table} WHERE delivery_id = ANY($1::text[])", ids)
             for message_id, recipients in await conn.fetch(
                 "SELECT message_id, recipients::text FROM pipeline_messages "
@@ -40,6 +40,7 @@ class PostgresErasure(PostgresTables, ErasureStore):
                         encode_json(kept),
                     )
             await delete("DELETE FROM pipeline_rate_locks WHERE user_id = $1")
+            await delete("DELETE FROM pipeline_digests WHERE user_id = $1")
             return {
                 "deliveries": await delete("DELETE FROM pipeline_deliveries WHERE user_id = $1"),
                 "contacts": await delete("DELETE FROM pipeline_contacts WHERE user_id = $1"),

@@ -5,12 +5,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
+
+import orjson
 
 from tidings.core.models import isoformat, utcnow
 from tidings.delivery.models import ACTIVE, PENDING, SENT, STALE, Claim, Outcome
 from tidings.delivery.stores.base import Backoff, ClaimStore
 from tidings.delivery.stores.rows import LEASE_EXPIRED, claim_of, history_of, retry_at
 from tidings.delivery.stores.sqlite.common import SqliteTables, chunks, marks, write_history
+from tidings.delivery.stores.sqlite.digests import digest_data, follow_digests
 
 
 class SqliteClaims(SqliteTables, ClaimStore):
@@ -49,7 +53,9 @@ class SqliteClaims(SqliteTables, ClaimStore):
                 "o.attempt, m.template_id, m.content, m.data, m.critical, m.escalate, "
                 "CASE WHEN m.escalate IS NOT NULL THEN (SELECT x.delivery_id FROM "
                 "pipeline_deliveries x WHERE x.message_id = d.message_id AND x.user_id = d.user_id "
-                "AND x.channel = 'in_app' LIMIT 1) END "
+                "AND x.channel = 'in_app' LIMIT 1) END, "
+                "EXISTS (SELECT 1 FROM pipeline_digest_items i WHERE i.digest_id = d.delivery_id), "
+                "m.digest IS NOT NULL "
                 "FROM pipeline_outbox o JOIN pipeline_deliveries d USING (delivery_id) "
                 f"JOIN pipeline_messages m USING (message_id) WHERE o.delivery_id IN ({listed}) "
                 "ORDER BY o.available_at",
@@ -129,6 +135,15 @@ class SqliteClaims(SqliteTables, ClaimStore):
                 ],
             )
             write_history(conn, [e for c, o in mine for e in history_of(c, o)], now)
+            follow_digests(
+                conn,
+                [
+                    (c.delivery_id, o.state, o.reason)
+                    for c, o in mine
+                    if c.digest and o.state != PENDING
+                ],
+                now,
+            )
             recorded = {claim.delivery_id for claim, _ in mine}
             return [claim.delivery_id in recorded for claim, _ in done]
 
@@ -162,6 +177,12 @@ class SqliteClaims(SqliteTables, ClaimStore):
             return len(ids)
 
         return await self.store.write(run)
+
+    async def digest_items(self, digest_ids: Sequence[str]) -> dict[str, list[Any]]:
+        if not digest_ids:
+            return {}
+        found = await self.store.read(lambda conn: digest_data(conn, digest_ids))
+        return {digest: [orjson.loads(data) for data in items] for digest, items in found.items()}
 
     async def depths(self) -> dict[str, dict[str, int]]:
         def run(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ from tidings.delivery.stores.rows import (
     DELIVERY_COLUMNS,
     HISTORY_COLUMNS,
     MESSAGE_COLUMNS,
+    HistoryRow,
     check_body,
     delivery_of,
     message_of,
@@ -42,6 +44,11 @@ from tidings.delivery.stores.sqlite.common import (
     marks,
     recipients,
     write_history,
+)
+from tidings.delivery.stores.sqlite.digests import (
+    open_digests,
+    reassign_digests,
+    write_digests,
 )
 from tidings.errors import NotFound
 
@@ -72,8 +79,11 @@ class SqliteMessages(SqliteTables, MessageStore):
                     assert earlier is not None  # the row was just read in this transaction
                     return earlier, False
             users = _resolve(conn, message, max_recipients)
-            planned = planner(recipients(conn, users, counted, since))
-            return _insert(conn, message, planned), True
+            told = recipients(conn, users, counted, since)
+            if message.digest is not None:
+                found = open_digests(conn, users, message.digest, isoformat(utcnow()))
+                told = [replace(r, digests=found.get(r.user_id, {})) for r in told]
+            return _insert(conn, message, planner(told)), True
 
         return await self.store.write(run)
 
@@ -138,11 +148,18 @@ class SqliteMessages(SqliteTables, MessageStore):
                     (DELETED, "deleted_by_request", now, message_id, PENDING, STALE, delivery_id),
                 )
             ]
-            for chunk in chunks(ids):
-                conn.execute(
-                    f"DELETE FROM pipeline_outbox WHERE delivery_id IN ({marks(chunk)})", chunk
-                )
-            write_history(conn, [(i, DELETED, "deleted_by_request", None) for i in ids], now)
+            removed = [
+                row
+                for chunk in chunks(ids)
+                for row in conn.execute(
+                    f"DELETE FROM pipeline_outbox WHERE delivery_id IN ({marks(chunk)}) "
+                    "RETURNING delivery_id, channel, available_at",
+                    chunk,
+                ).fetchall()
+            ]
+            history: list[HistoryRow] = [(i, DELETED, "deleted_by_request", None) for i in ids]
+            history += reassign_digests(conn, removed, now)
+            write_history(conn, history, now)
             return _message(conn, message_id, client_id)
 
         return await self.store.write(run)
@@ -168,6 +185,12 @@ class SqliteMessages(SqliteTables, MessageStore):
             conn.executemany(
                 "INSERT OR REPLACE INTO pipeline_outbox VALUES (?, ?, ?, NULL, NULL, 0)",
                 [(delivery_id, channel, now) for delivery_id, channel in rows],
+            )
+            # Sent on its own now, no longer in the digest it was sent in.
+            conn.executemany(
+                "DELETE FROM pipeline_digest_items WHERE delivery_id = ? "
+                "AND digest_id <> delivery_id",
+                [(r[0],) for r in rows],
             )
             write_history(conn, [(r[0], PENDING, "retried_by_request", None) for r in rows], now)
             return _message(conn, message_id, client_id)
@@ -208,7 +231,7 @@ def _insert(
     stamp = isoformat(now)
     message_id = new_sorted_id()
     conn.execute(
-        "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         message_values(message_id, message, stamp),
     )
     ids = [new_id() for _ in planned]
@@ -240,6 +263,7 @@ def _insert(
             if p.queued
         ],
     )
+    write_digests(conn, message_id, ids, planned)
     write_history(
         conn,
         [(i, p.state, p.reason, p.detail) for i, p in zip(ids, planned, strict=True)],

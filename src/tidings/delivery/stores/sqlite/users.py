@@ -25,7 +25,7 @@ class SqliteErasure(SqliteTables, ErasureStore):
             ).fetchall()
             ids = [row[0] for row in rows]
             for chunk in chunks(ids):
-                for table in ("pipeline_history", "pipeline_outbox"):
+                for table in ("pipeline_history", "pipeline_outbox", "pipeline_digest_items"):
                     listed = marks(chunk)
                     conn.execute(f"DELETE FROM {table} WHERE delivery_id IN ({listed})", chunk)
             messages = sorted({row[1] for row in rows})
@@ -42,6 +42,7 @@ class SqliteErasure(SqliteTables, ErasureStore):
                             (encode_json(kept), message_id),
                         )
             delete("DELETE FROM pipeline_rate_locks WHERE user_id = ?")
+            delete("DELETE FROM pipeline_digests WHERE user_id = ?")
             return {
                 "deliveries": delete("DELETE FROM pipeline_deliveries WHERE user_id = ?"),
                 "contacts": delete("DELETE FROM pipeline_contacts WHERE user_id = ?"),
