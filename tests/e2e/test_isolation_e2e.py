@@ -475,6 +475,7 @@ async def test_me_endpoints_never_show_or_change_alices_preferences(
             ("PUT", f"/users/{alice}/contacts/webhook", {"address": "https://alice.example/h"}),
             ("PUT", f"/users/{alice}/channels/web_push", {"enabled": False}),
             ("PUT", f"/users/{alice}/topics/news", None),
+            ("PUT", f"/users/{alice}/locale", {"locale": "fr"}),
         ):
             response = await client.request(method, path, json=body, headers=service)
             assert response.status_code == 200, (path, response.text)
@@ -490,9 +491,12 @@ async def test_me_endpoints_never_show_or_change_alices_preferences(
             "topics": [],
             "contacts": {},
             "quiet_hours": None,
+            "locale": None,
         }
 
         for method, path, body, status in (
+            ("PUT", "/me/locale", {"locale": "de"}, 200),
+            ("DELETE", "/me/locale", None, 200),
             ("PUT", "/me/contacts/webhook", {"address": "https://bob.example/h"}, 200),
             ("DELETE", "/me/contacts/webhook", None, 200),
             ("PUT", "/me/channels/web_push", {"enabled": True}, 200),
@@ -531,6 +535,12 @@ async def test_device_jwts_cannot_reach_users_routes(
                 ("DELETE", f"/users/{alice}/contacts/webhook", None),
                 ("PUT", f"/users/{alice}/channels/in_app", {"enabled": False}),
                 ("PUT", f"/users/{alice}/topics/news", None),
+                ("PUT", f"/users/{alice}/locale", {"locale": "de"}),
+                (
+                    "PUT",
+                    f"/users/{alice}/quiet-hours",
+                    {"timezone": "UTC", "start": "01:00", "end": "02:00"},
+                ),
                 ("DELETE", f"/users/{alice}/devices/abcdefgh1234", None),
                 ("DELETE", f"/users/{alice}", None),
                 ("DELETE", f"/users/{bob}", None),

@@ -9,16 +9,18 @@ device JWT, which always acts on the token's own user.
 # dependencies local to the functions that mount them.
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
 from tidings.api.common import RequireScope, authorize, pipeline_call, pipeline_error
+from tidings.api.locales import mount_user_locale
 from tidings.api.ports import ApiNode
 from tidings.api.quiet_hours import mount_quiet_hours
 from tidings.api.schemas import ApiErrorBody
 from tidings.api.steps import ChannelName, DelayIn, DigestIn, EscalateIn
+from tidings.api.templates import ContentIn, mount_templates
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
     MAX_CHANNEL_NAME_LENGTH,
@@ -29,7 +31,7 @@ from tidings.core.limits import (
     MAX_USER_ID_LENGTH,
 )
 from tidings.core.models import utcnow
-from tidings.delivery.models import Content, NewMessage, message_data_problem
+from tidings.delivery.models import NewMessage, message_data_problem
 from tidings.delivery.pipeline import body_hash
 from tidings.delivery.steps import send_time
 from tidings.errors import (
@@ -42,9 +44,6 @@ ChannelPath = Annotated[str, Path(min_length=1, max_length=MAX_CHANNEL_NAME_LENG
 StateName = Literal["pending", "active", "sent", "failed", "stale", "deleted"]
 UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_LENGTH, pattern=r"^[^\x00]+$")]
 Topic = Annotated[str, Field(min_length=1, max_length=MAX_TOPIC_LENGTH, pattern=r"^[^\x00]+$")]
-TemplateId = Annotated[
-    str, Path(min_length=1, max_length=MAX_TEMPLATE_ID_LENGTH, pattern=r"^[^\x00-\x1f]+$")
-]
 
 
 class Recipients(BaseModel):
@@ -60,19 +59,6 @@ class Recipients(BaseModel):
         if (self.user_ids is None) == (self.topic is None):
             raise ValueError("give exactly one of user_ids and topic")
         return self
-
-
-class ContentIn(BaseModel):
-    """Jinja sources of a message's parts (rendered in the sandbox with the message's data)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    subject: str | None = Field(None, max_length=1000)
-    text: str = Field(min_length=1, max_length=100_000)
-    html: str | None = Field(None, max_length=500_000)
-
-    def content(self) -> Content:
-        return Content(self.text, self.subject, self.html)
 
 
 class MessageRequest(BaseModel):
@@ -335,59 +321,8 @@ def mount_pipeline(
     mount_templates(router, tidings, require_scope, errors, not_found)
     mount_preferences(router, tidings, require_scope, errors)
     mount_quiet_hours(router, tidings, require_scope, errors)
+    mount_user_locale(router, tidings, require_scope, errors)
     app.include_router(router)
-
-
-def mount_templates(
-    router: APIRouter,
-    tidings: ApiNode,
-    require_scope: RequireScope,
-    errors: dict[int | str, dict[str, Any]],
-    not_found: dict[int | str, dict[str, Any]],
-) -> None:
-    scoped = [Depends(require_scope("messages"))]
-
-    @router.put(
-        "/templates/{template_id}",
-        responses={201: {"description": "Created"}, **errors},
-        tags=["templates"],
-        dependencies=scoped,
-    )
-    async def put_template(template_id: TemplateId, body: ContentIn) -> JSONResponse:
-        """Create or replace a template; every node's cache drops its old version."""
-        template, created = await pipeline_call(
-            tidings.pipeline.put_template(template_id, body.content())
-        )
-        return JSONResponse(template.to_dict(), 201 if created else 200)
-
-    @router.get(
-        "/templates/{template_id}",
-        responses={**errors, **not_found},
-        tags=["templates"],
-        dependencies=scoped,
-    )
-    async def get_template(template_id: TemplateId) -> JSONResponse:
-        template = await tidings.pipeline.store.get_template(template_id)
-        if template is None:
-            raise ApiError(404, "not_found", f"no template {template_id!r}")
-        return JSONResponse(template.to_dict())
-
-    @router.get("/templates", responses=errors, tags=["templates"], dependencies=scoped)
-    async def list_templates() -> JSONResponse:
-        templates = await tidings.pipeline.store.list_templates()
-        return JSONResponse([t.to_dict() for t in templates])
-
-    @router.delete(
-        "/templates/{template_id}",
-        status_code=204,
-        responses={**errors, **not_found},
-        tags=["templates"],
-        dependencies=scoped,
-    )
-    async def delete_template(template_id: TemplateId) -> Response:
-        if not await tidings.pipeline.delete_template(template_id):
-            raise ApiError(404, "not_found", f"no template {template_id!r}")
-        return Response(status_code=204)
 
 
 def mount_preferences(

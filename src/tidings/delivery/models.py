@@ -63,11 +63,18 @@ class Template:
     version: int
     created_at: datetime
     updated_at: datetime
+    #: the locale ``content`` is written in (what dates and numbers follow when no
+    #: translation serves the user)
+    locale: str = "en"
+    #: the content in other locales, by tag (``fr``, ``fr-CA``)
+    translations: dict[str, Content] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "template_id": self.template_id,
             **self.content.to_dict(),
+            "locale": self.locale,
+            "translations": {tag: c.to_dict() for tag, c in sorted(self.translations.items())},
             "version": self.version,
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
@@ -159,6 +166,8 @@ class Preferences:
     topics: list[str] = field(default_factory=list)
     contacts: dict[str, Any] = field(default_factory=dict)
     quiet_hours: QuietHours | None = None
+    #: the user's locale (``fr-CA``), if they chose one
+    locale: str | None = None
 
     def enabled(self, channel: str) -> bool:
         return self.channels.get(channel, True)
@@ -170,6 +179,7 @@ class Preferences:
             "topics": self.topics,
             "contacts": self.contacts,
             "quiet_hours": self.quiet_hours.to_dict() if self.quiet_hours else None,
+            "locale": self.locale,
         }
 
 
@@ -350,6 +360,8 @@ class Claim:
     #: the message has a digest step: rendered over its items (this message alone when not
     #: ``digest``)
     digest_step: bool = False
+    #: the user's locale: which translation of the template, and how dates and numbers read
+    locale: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

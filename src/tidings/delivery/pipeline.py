@@ -23,6 +23,7 @@ from tidings.core.lifecycle import Lifecycle
 from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH, MAX_TEMPLATE_ID_LENGTH
 from tidings.core.models import UnseenCount, utcnow
 from tidings.delivery.badges import BadgeChannel, BadgeSync
+from tidings.delivery.catalogue import TEMPLATE_CHANGED, Catalogue
 from tidings.delivery.channels.base import Channel
 from tidings.delivery.models import (
     PENDING,
@@ -33,9 +34,6 @@ from tidings.delivery.models import (
     Message,
     NewMessage,
     PlannedDelivery,
-    Preferences,
-    QuietHours,
-    Template,
     message_data_problem,
 )
 from tidings.delivery.planner import Recipient, counted_channels, parse_rate_limits, plan
@@ -52,7 +50,6 @@ from tidings.delivery.retry import retry_delay
 from tidings.delivery.steps import (
     check_digest,
     check_escalation,
-    check_quiet_hours,
     digest_values,
     escalation_met,
     scheduled,
@@ -77,7 +74,6 @@ logger = logging.getLogger("tidings.delivery")
 #: bus channel of the pipeline's events: work queued, a template changed
 BUS_CHANNEL = "pipeline"
 WORK = "pipeline-work"
-TEMPLATE_CHANGED = "pipeline-template-changed"
 MAX_TEMPLATE_ID = MAX_TEMPLATE_ID_LENGTH
 
 
@@ -90,7 +86,7 @@ def pipeline_store(host: PipelineHost) -> PipelineStore:
     return for_store(host.store)
 
 
-class Pipeline(Lifecycle):
+class Pipeline(Catalogue, Lifecycle):
     """The pipeline of one node."""
 
     def __init__(
@@ -409,76 +405,10 @@ class Pipeline(Lifecycle):
             raise InvalidAddress(f"the {channel} channel is not configured on this server")
         return found.validate(address)
 
-    # Templates
-
-    async def put_template(self, template_id: str, content: Content) -> tuple[Template, bool]:
-        _check_template_id(template_id)
-        self.renderer.compile(content)  # raises TemplateFailure before anything is stored
-        result = await self.store.put_template(template_id, content)
-        self.renderer.forget(template_id)
-        await self._announce({"type": TEMPLATE_CHANGED, "template_id": template_id})
-        return result
-
-    async def delete_template(self, template_id: str) -> bool:
-        deleted = await self.store.delete_template(template_id)
-        self.renderer.forget(template_id)
-        if deleted:
-            await self._announce({"type": TEMPLATE_CHANGED, "template_id": template_id})
-        return deleted
-
-    # Preferences
-
-    async def set_contact(self, user_id: str, channel: str, address: Any) -> Any:
-        """Store a contact point in normal form; ``None`` removes it.
-
-        Raises:
-            InvalidArgument: no channel has that name.
-            InvalidAddress: the address cannot be used on this channel (or it needs none, or
-                it is not configured on this node).
-        """
-        self.check_channels([channel])
-        found = self.channels.get(channel)
-        if found is not None and not found.needs_address:
-            raise InvalidAddress(f"{channel} deliveries need no contact point")
-        normal = None if address is None else self.validate(channel, address)
-        await self.store.set_contact(user_id, channel, normal)
-        return normal
-
-    async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
-        """Turn ``channel`` on or off for the user.
-
-        Raises:
-            InvalidArgument: no channel has that name.
-        """
-        self.check_channels([channel])
-        await self.store.set_channel(user_id, channel, enabled)
-
-    async def preferences(self, user_id: str) -> Preferences:
-        return await self.store.preferences(user_id)
-
-    async def set_quiet_hours(
-        self, user_id: str, timezone: str | None, start: str | None = None, end: str | None = None
-    ) -> QuietHours | None:
-        """Set the user's quiet hours (``timezone`` None removes them); in normal form.
-
-        Raises:
-            InvalidArgument: an unknown time zone, a malformed time, or a window of no length.
-        """
-        hours = None
-        if timezone is not None:
-            hours = check_quiet_hours(timezone, start or "", end or "")
-        await self.store.set_quiet_hours(user_id, hours)
-        return hours
-
 
 def body_hash(body: Any) -> str:
     """Digest of a request body, independent of key order."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def _check_template_id(template_id: str) -> None:
-    if not template_id or len(template_id) > MAX_TEMPLATE_ID or not template_id.isprintable():
-        raise InvalidArgument(f"template ids are 1 to {MAX_TEMPLATE_ID} printable characters")
 
 
 __all__ = [

@@ -4,6 +4,11 @@ Templates come from services, and their data from anywhere: the sandbox refuses 
 access to internals (``__class__``, ``mro`` …) and unsafe calls, and ``html`` is autoescaped.
 Stored templates are cached by id and version; a change on any node drops the entry on every
 node (a bus event), and entries also expire after :data:`CACHE_TTL` in case an event was lost.
+
+A stored template may have translations: a user's locale picks one through its fallback chain
+(:mod:`tidings.delivery.locales`), compiled on first use. Every template has the locale's
+filters (``date``, ``datetime``, ``time``, ``number``, ``currency``, ``percent``) and the
+variable ``locale``.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.delivery.channels.base import Rendered
+from tidings.delivery.locales import DEFAULT_LOCALE, FILTERS, pick
 from tidings.delivery.models import Content, Template
 from tidings.errors import TemplateFailure
 
@@ -36,6 +42,11 @@ class _Compiled:
     html: Any
     version: int
     loaded_at: float
+    #: the locale the content is written in, and its translations (stored templates)
+    locale: str = DEFAULT_LOCALE
+    translations: dict[str, Content] = field(default_factory=dict)
+    #: translations compiled so far, by tag
+    compiled: dict[str, _Compiled] = field(default_factory=dict)
 
 
 class Renderer:
@@ -45,6 +56,8 @@ class Renderer:
         self._fetch = fetch
         self._plain = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
         self._html = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+        for env in (self._plain, self._html):
+            env.filters.update(FILTERS)
         self._stored: OrderedDict[str, _Compiled] = OrderedDict()
         self._inline: OrderedDict[Content, _Compiled] = OrderedDict()
 
@@ -75,6 +88,15 @@ class Renderer:
             self._stored.pop(template_id, None)
             return None
         compiled = self.compile(template.content, template.version)
+        compiled = _Compiled(
+            compiled.subject,
+            compiled.text,
+            compiled.html,
+            compiled.version,
+            compiled.loaded_at,
+            template.locale,
+            dict(template.translations),
+        )
         self._stored[template_id] = compiled
         while len(self._stored) > CACHE_SIZE:
             self._stored.popitem(last=False)
@@ -96,18 +118,25 @@ class Renderer:
         *,
         user_id: str,
         channel: str,
+        locale: str | None = None,
     ) -> Rendered:
-        """Raises: TemplateFailure (unknown template, compile or render error)."""
+        """Render for a user in ``locale`` (None: the template's own): the translation its
+        fallback chain finds, else the default content.
+
+        Raises: TemplateFailure (unknown template, compile or render error).
+        """
         if template_id is not None:
-            compiled = await self.load(template_id)
-            if compiled is None:
+            stored = await self.load(template_id)
+            if stored is None:
                 raise TemplateFailure(f"unknown template {template_id!r}")
+            tag, formatting = pick(locale, stored.translations, stored.locale)
+            compiled = stored if tag is None else self._translation(stored, tag)
         elif content is not None:
-            compiled = self.inline(content)
+            compiled, formatting = self.inline(content), locale or DEFAULT_LOCALE
         else:
             raise TemplateFailure("a message needs a template_id or content")
         context = dict(data) if isinstance(data, dict) else {}
-        context.update(data=data, user_id=user_id, channel=channel)
+        context.update(data=data, user_id=user_id, channel=channel, locale=formatting)
         try:
             parts = [
                 None if part is None else _bounded(part.render(context))
@@ -119,6 +148,12 @@ class Renderer:
             raise TemplateFailure(f"template does not render: {exc}") from None
         subject, text, html = parts
         return Rendered(text=text or "", subject=subject, html=html, data=data)
+
+    def _translation(self, stored: _Compiled, tag: str) -> _Compiled:
+        found = stored.compiled.get(tag)
+        if found is None:
+            found = stored.compiled[tag] = self.compile(stored.translations[tag], stored.version)
+        return found
 
 
 def _bounded(text: str) -> str:

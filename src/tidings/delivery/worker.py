@@ -216,6 +216,7 @@ class Worker:
                 data,
                 user_id=claim.user_id,
                 channel=claim.channel,
+                locale=claim.locale,
             )
         except TemplateFailure as exc:
             return Outcome(FAILED, "template_error", str(exc))

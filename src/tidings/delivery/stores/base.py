@@ -76,8 +76,22 @@ class TemplateStore(ABC):
     """Templates, versioned by the store."""
 
     @abstractmethod
-    async def put_template(self, template_id: str, content: Content) -> tuple[Template, bool]:
-        """Create or replace a template; (the template, whether it was created)."""
+    async def put_template(
+        self, template_id: str, content: Content, locale: str = "en"
+    ) -> tuple[Template, bool]:
+        """Create or replace a template's content, written in ``locale`` (its translations
+        stay); (the template, whether it was created)."""
+
+    @abstractmethod
+    async def put_translation(
+        self, template_id: str, locale: str, content: Content
+    ) -> Template | None:
+        """Create or replace the template's content in ``locale``; the template (its version
+        risen), or None when there is no such template."""
+
+    @abstractmethod
+    async def delete_translation(self, template_id: str, locale: str) -> bool:
+        """Remove the template's content in ``locale``; whether there was one."""
 
     @abstractmethod
     async def get_template(self, template_id: str) -> Template | None: ...
@@ -104,6 +118,10 @@ class PreferenceStore(ABC):
     @abstractmethod
     async def set_contact(self, user_id: str, channel: str, address: Any) -> None:
         """Store a contact point (``None`` removes it)."""
+
+    @abstractmethod
+    async def set_locale(self, user_id: str, locale: str | None) -> None:
+        """Set the user's locale (normal form), or remove it (None)."""
 
     @abstractmethod
     async def set_quiet_hours(self, user_id: str, hours: QuietHours | None) -> None:

@@ -44,7 +44,7 @@ DELIVERY_COLUMNS = (
     "delivery_id, message_id, user_id, channel, state, reason, attempts, last_error, "
     "provider_id, created_at, updated_at, sent_at"
 )
-TEMPLATE_COLUMNS = "template_id, subject, text, html, version, created_at, updated_at"
+TEMPLATE_COLUMNS = "template_id, subject, text, html, version, created_at, updated_at, locale"
 HISTORY_COLUMNS = "delivery_id, state, reason, detail, at"
 #: the columns holding JSON, in any of the tables above
 JSON_COLUMNS = frozenset({"channels", "recipients", "content", "data", "address"})
@@ -76,7 +76,16 @@ def native(value: datetime) -> datetime:
 def template_of(row: Any, time: Time) -> Template:
     """A template from a row of :data:`TEMPLATE_COLUMNS`."""
     content = Content(row[2], row[1], row[3])
-    return Template(row[0], content, row[4], time(row[5]), time(row[6]))
+    return Template(row[0], content, row[4], time(row[5]), time(row[6]), row[7])
+
+
+def with_translations(templates: list[Template], rows: Iterable[Any]) -> list[Template]:
+    """``templates`` with their translations: ``rows`` of (template_id, locale, subject,
+    text, html)."""
+    found: dict[str, dict[str, Content]] = {}
+    for template_id, tag, subject, text, html in rows:
+        found.setdefault(template_id, {})[tag] = Content(text, subject, html)
+    return [replace(t, translations=found.get(t.template_id, {})) for t in templates]
 
 
 def message_of(row: Any, counts: dict[str, int], time: Time) -> Message:
@@ -122,7 +131,7 @@ def claim_of(row: Any) -> Claim:
     """A claim from a row of delivery_id, message_id, user_id, channel, address (JSON), the
     outbox's attempt, the message's template_id, content, data, critical and escalate (JSON),
     the user's in-app delivery of the message when it escalates, whether it sends a digest,
-    and whether the message has a digest step."""
+    whether the message has a digest step, and the user's locale."""
     return Claim(
         delivery_id=row[0],
         message_id=row[1],
@@ -138,6 +147,7 @@ def claim_of(row: Any) -> Claim:
         in_app_delivery=row[11],
         digest=bool(row[12]),
         digest_step=bool(row[13]),
+        locale=row[14],
     )
 
 

@@ -45,7 +45,8 @@ class PostgresClaims(PostgresTables, ClaimStore):
                 "pipeline_deliveries x WHERE x.message_id = m.message_id AND x.user_id = m.user_id "
                 "AND x.channel = 'in_app' LIMIT 1) END, "
                 "EXISTS (SELECT 1 FROM pipeline_digest_items i WHERE i.digest_id = m.delivery_id), "
-                "g.digest IS NOT NULL "
+                "g.digest IS NOT NULL, "
+                "(SELECT l.locale FROM pipeline_user_locales l WHERE l.user_id = m.user_id) "
                 "FROM marked m JOIN taken t USING (delivery_id) "
                 "JOIN pipeline_messages g ON g.message_id = m.message_id "
                 "ORDER BY t.available_at",

@@ -12,7 +12,8 @@ from tidings.delivery.stores.postgres.common import PostgresTables, recipients
 
 
 class PostgresPreferences(PostgresTables, PreferenceStore):
-    """Channel switches, topic subscriptions, contact points and quiet hours on PostgreSQL."""
+    """Channel switches, topic subscriptions, contact points, quiet hours and locales on
+    PostgreSQL."""
 
     async def preferences(self, user_id: str) -> Preferences:
         async with self.store.connection() as conn:
@@ -21,12 +22,16 @@ class PostgresPreferences(PostgresTables, PreferenceStore):
                 "SELECT topic FROM pipeline_topic_subscriptions WHERE user_id = $1 ORDER BY topic",
                 user_id,
             )
+            locale = await conn.fetchval(
+                "SELECT locale FROM pipeline_user_locales WHERE user_id = $1", user_id
+            )
         return Preferences(
             user_id,
             dict(recipient.switches),
             [r[0] for r in topics],
             dict(recipient.contacts),
             recipient.quiet,
+            locale,
         )
 
     async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
@@ -91,5 +96,19 @@ class PostgresPreferences(PostgresTables, PreferenceStore):
                     hours.timezone,
                     hours.start,
                     hours.end,
+                    utcnow(),
+                )
+
+    async def set_locale(self, user_id: str, locale: str | None) -> None:
+        async with self.store.connection() as conn:
+            if locale is None:
+                await conn.execute("DELETE FROM pipeline_user_locales WHERE user_id = $1", user_id)
+            else:
+                await conn.execute(
+                    "INSERT INTO pipeline_user_locales VALUES ($1, $2, $3) "
+                    "ON CONFLICT (user_id) DO UPDATE SET locale = excluded.locale, "
+                    "updated_at = excluded.updated_at",
+                    user_id,
+                    locale,
                     utcnow(),
                 )

@@ -46,5 +46,6 @@ class PostgresErasure(PostgresTables, ErasureStore):
                 "contacts": await delete("DELETE FROM pipeline_contacts WHERE user_id = $1"),
                 "preferences": await delete("DELETE FROM pipeline_channel_prefs WHERE user_id = $1")
                 + await delete("DELETE FROM pipeline_topic_subscriptions WHERE user_id = $1")
-                + await delete("DELETE FROM pipeline_quiet_hours WHERE user_id = $1"),
+                + await delete("DELETE FROM pipeline_quiet_hours WHERE user_id = $1")
+                + await delete("DELETE FROM pipeline_user_locales WHERE user_id = $1"),
             }

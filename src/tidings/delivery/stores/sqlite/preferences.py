@@ -13,7 +13,8 @@ from tidings.delivery.stores.sqlite.common import SqliteTables, recipients
 
 
 class SqlitePreferences(SqliteTables, PreferenceStore):
-    """Channel switches, topic subscriptions, contact points and quiet hours on SQLite."""
+    """Channel switches, topic subscriptions, contact points, quiet hours and locales on
+    SQLite."""
 
     async def preferences(self, user_id: str) -> Preferences:
         def run(conn: sqlite3.Connection) -> Preferences:
@@ -26,12 +27,16 @@ class SqlitePreferences(SqliteTables, PreferenceStore):
                     (user_id,),
                 )
             ]
+            locale = conn.execute(
+                "SELECT locale FROM pipeline_user_locales WHERE user_id = ?", (user_id,)
+            ).fetchone()
             return Preferences(
                 user_id,
                 dict(recipient.switches),
                 topics,
                 dict(recipient.contacts),
                 recipient.quiet,
+                locale[0] if locale else None,
             )
 
         return await self.store.read(run)
@@ -82,6 +87,18 @@ class SqlitePreferences(SqliteTables, PreferenceStore):
                 conn.execute(
                     "INSERT OR REPLACE INTO pipeline_quiet_hours VALUES (?, ?, ?, ?, ?)",
                     (user_id, hours.timezone, hours.start, hours.end, isoformat(utcnow())),
+                )
+
+        await self.store.write(run)
+
+    async def set_locale(self, user_id: str, locale: str | None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            if locale is None:
+                conn.execute("DELETE FROM pipeline_user_locales WHERE user_id = ?", (user_id,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO pipeline_user_locales VALUES (?, ?, ?)",
+                    (user_id, locale, isoformat(utcnow())),
                 )
 
         await self.store.write(run)

@@ -7,27 +7,64 @@ import sqlite3
 from tidings.core.models import isoformat, parse_iso, utcnow
 from tidings.delivery.models import Content, Template
 from tidings.delivery.stores.base import TemplateStore
-from tidings.delivery.stores.rows import TEMPLATE_COLUMNS, template_of
+from tidings.delivery.stores.rows import TEMPLATE_COLUMNS, template_of, with_translations
 from tidings.delivery.stores.sqlite.common import SqliteTables
 
 
 class SqliteTemplates(SqliteTables, TemplateStore):
-    """Templates on SQLite."""
+    """Templates and their translations on SQLite."""
 
-    async def put_template(self, template_id: str, content: Content) -> tuple[Template, bool]:
+    async def put_template(
+        self, template_id: str, content: Content, locale: str = "en"
+    ) -> tuple[Template, bool]:
         def run(conn: sqlite3.Connection) -> tuple[Template, bool]:
             now = isoformat(utcnow())
-            row = conn.execute(
-                "SELECT version, created_at FROM pipeline_templates WHERE template_id = ?",
-                (template_id,),
+            created = conn.execute(
+                f"INSERT INTO pipeline_templates ({TEMPLATE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (template_id) DO UPDATE SET "
+                "subject = excluded.subject, text = excluded.text, html = excluded.html, "
+                "version = version + 1, updated_at = excluded.updated_at, "
+                "locale = excluded.locale RETURNING version",
+                (template_id, content.subject, content.text, content.html, now, now, locale),
             ).fetchone()
-            version, created = (1, now) if row is None else (row[0] + 1, row[1])
+            [template] = _templates(conn, template_id)
+            return template, created[0] == 1
+
+        return await self.store.write(run)
+
+    async def put_translation(
+        self, template_id: str, locale: str, content: Content
+    ) -> Template | None:
+        def run(conn: sqlite3.Connection) -> Template | None:
+            now = isoformat(utcnow())
+            bumped = conn.execute(
+                "UPDATE pipeline_templates SET version = version + 1, updated_at = ? "
+                "WHERE template_id = ? RETURNING template_id",
+                (now, template_id),
+            ).fetchone()
+            if bumped is None:
+                return None
             conn.execute(
-                "INSERT OR REPLACE INTO pipeline_templates VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (template_id, content.subject, content.text, content.html, version, created, now),
+                "INSERT OR REPLACE INTO pipeline_template_locales VALUES (?, ?, ?, ?, ?, ?)",
+                (template_id, locale, content.subject, content.text, content.html, now),
             )
-            template = Template(template_id, content, version, parse_iso(created), parse_iso(now))
-            return template, row is None
+            return _templates(conn, template_id)[0]
+
+        return await self.store.write(run)
+
+    async def delete_translation(self, template_id: str, locale: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            gone = conn.execute(
+                "DELETE FROM pipeline_template_locales WHERE template_id = ? AND locale = ?",
+                (template_id, locale),
+            ).rowcount
+            if gone:
+                conn.execute(
+                    "UPDATE pipeline_templates SET version = version + 1, updated_at = ? "
+                    "WHERE template_id = ?",
+                    (isoformat(utcnow()), template_id),
+                )
+            return gone > 0
 
         return await self.store.write(run)
 
@@ -40,6 +77,9 @@ class SqliteTemplates(SqliteTables, TemplateStore):
 
     async def delete_template(self, template_id: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "DELETE FROM pipeline_template_locales WHERE template_id = ?", (template_id,)
+            )
             cur = conn.execute(
                 "DELETE FROM pipeline_templates WHERE template_id = ?", (template_id,)
             )
@@ -49,11 +89,15 @@ class SqliteTemplates(SqliteTables, TemplateStore):
 
 
 def _templates(conn: sqlite3.Connection, template_id: str | None) -> list[Template]:
-    """The template ``template_id``, or every template (``None``) by id."""
+    """The template ``template_id``, or every template (``None``) by id, with translations."""
     sql = f"SELECT {TEMPLATE_COLUMNS} FROM pipeline_templates "
-    rows = (
-        conn.execute(sql + "ORDER BY template_id").fetchall()
-        if template_id is None
-        else conn.execute(sql + "WHERE template_id = ?", (template_id,)).fetchall()
-    )
-    return [template_of(row, parse_iso) for row in rows]
+    translated = "SELECT template_id, locale, subject, text, html FROM pipeline_template_locales "
+    if template_id is None:
+        rows = conn.execute(sql + "ORDER BY template_id").fetchall()
+        translations = conn.execute(translated + "ORDER BY template_id, locale").fetchall()
+    else:
+        rows = conn.execute(sql + "WHERE template_id = ?", (template_id,)).fetchall()
+        translations = conn.execute(
+            translated + "WHERE template_id = ? ORDER BY locale", (template_id,)
+        ).fetchall()
+    return with_translations([template_of(row, parse_iso) for row in rows], translations)

@@ -48,7 +48,8 @@ class SqliteErasure(SqliteTables, ErasureStore):
                 "contacts": delete("DELETE FROM pipeline_contacts WHERE user_id = ?"),
                 "preferences": delete("DELETE FROM pipeline_channel_prefs WHERE user_id = ?")
                 + delete("DELETE FROM pipeline_topic_subscriptions WHERE user_id = ?")
-                + delete("DELETE FROM pipeline_quiet_hours WHERE user_id = ?"),
+                + delete("DELETE FROM pipeline_quiet_hours WHERE user_id = ?")
+                + delete("DELETE FROM pipeline_user_locales WHERE user_id = ?"),
             }
 
         return await self.store.write(run)
