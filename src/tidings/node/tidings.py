@@ -117,6 +117,7 @@ class Tidings(Inbox, SseDoor, Lifecycle):
         self.topics = services.topics
         self.cluster = services.cluster
         self.events = services.events
+        self.transactional = services.transactional
         self.history = History(self.store)
         self.sse_streams = Streams()
         self.events.on_sse_frames = self.on_sse_frames
@@ -316,35 +317,42 @@ class Tidings(Inbox, SseDoor, Lifecycle):
         *,
         notification_id: str | None = None,
         category: str | None = None,
+        conn: Any = None,
     ) -> NotifyResult:
         """Persist a notification for ``user_id`` (in ``category``, for the inbox's filters)
         and push the new count to every device.
 
         Returns once the notification is committed. Calling again with the same
-        ``notification_id`` returns the existing notification (``created=False``).
+        ``notification_id`` returns the existing notification (``created=False``). With
+        ``conn``, an asyncpg or SQLAlchemy connection in a transaction, it is written in that
+        transaction and its count goes out after the commit (docs/deployment.md).
 
         Raises:
-            InvalidArgument: bad ``user_id`` or ``notification_id``, or ``data`` not JSON.
+            InvalidArgument: bad ``user_id``, ``notification_id`` or ``conn``, ``data`` not JSON.
             PayloadTooLarge: ``data`` is over ``max_notification_size``.
             Conflict: ``notification_id`` is taken by a different notification.
             StoreUnavailable: the database is unreachable; nothing was written.
+            ConfigurationError: ``conn`` given to a node whose store is not PostgreSQL.
         """
+        if conn is not None:
+            return await self.transactional.notify(user_id, data, notification_id, category, conn)
         return await self.counts.notify(
             user_id, data, notification_id=notification_id, category=category
         )
 
     async def notify_many(
-        self, items: Sequence[NewNotification]
+        self, items: Sequence[NewNotification], *, conn: Any = None
     ) -> list[NotifyResult | TidingsError]:
-        """Persist a batch of notifications (one transaction on stores that can) and push
-        each user's new count once. Per item, in order: its result, or the error that refused
-        it (:class:`InvalidArgument`, :class:`PayloadTooLarge`, :class:`Conflict`); refused
-        items change nothing, the others are written.
+        """Persist a batch (one transaction on stores that can; ``conn``'s, as :meth:`notify`
+        takes it) and push each user's new count once. Per item, in order: its result, or the
+        error that refused it (:class:`InvalidArgument`, :class:`Conflict` …: it wrote nothing).
 
         Raises:
             InvalidArgument: more than ``max_batch_size`` items.
             StoreUnavailable: the database is unreachable; nothing was acknowledged.
         """
+        if conn is not None:
+            return await self.transactional.notify_many(items, conn)
         return await self.counts.notify_many(items)
 
     async def unseen(self, user_id: str, limit: int = DEFAULT_UNSEEN_LIMIT) -> list[Notification]:

@@ -21,6 +21,7 @@ from tidings.services.queues import Queues
 from tidings.services.republish import Republisher
 from tidings.services.retention import Retention, rules_from
 from tidings.services.topics import Topics
+from tidings.services.transactional import Transactional
 from tidings.storage import Store
 
 
@@ -67,6 +68,7 @@ class Services:
     topics: Topics
     cluster: Cluster
     events: BusEvents
+    transactional: Transactional
 
 
 def wire(node: Wired, topic_policy: TopicPolicy) -> Services:
@@ -132,7 +134,8 @@ def wire(node: Wired, topic_policy: TopicPolicy) -> Services:
         node_id=node.node_id,
         observe_age=node.metrics.observe_event_age,
     )
-    return Services(republisher, queues, counts, topics, cluster, events)
+    transactional = Transactional(store, counts, node.spawn, events.resync, node_id=node.node_id)
+    return Services(republisher, queues, counts, topics, cluster, events, transactional)
 
 
 def retention(store: Store, counts: Counts, settings: Settings) -> Retention | None:

@@ -92,12 +92,7 @@ class Counts:
     ) -> NotifyResult:
         """Persist a notification for ``user_id`` and push the new count to every device
         (see :meth:`tidings.Tidings.notify`)."""
-        check_identifier("user_id", user_id, MAX_USER_ID_LENGTH)
-        if notification_id is not None:
-            check_identifier("notification_id", notification_id, MAX_ID_LENGTH)
-        if category is not None:
-            check_identifier("category", category, MAX_CATEGORY_LENGTH)
-        check_data(data, self.max_data_size)
+        self.check(NewNotification(user_id, data, notification_id, category))
         # Shielded: once the write is under way, its count is published even if the caller is
         # cancelled (a timeout, a closed connection), so devices never miss a committed change.
         return await asyncio.shield(self._notify(user_id, data, notification_id, category))
@@ -117,27 +112,49 @@ class Counts:
     ) -> list[NotifyResult | TidingsError]:
         """Persist a batch of notifications and push each user's new count once; per item
         its result or the error that refused it (see :meth:`tidings.Tidings.notify_many`)."""
+        results, valid = self.check_batch(items)
+        if valid:
+            written = iter(await asyncio.shield(self._notify_many(valid)))
+            results = [next(written) if r is None else r for r in results]
+        return [r for r in results if r is not None]
+
+    def check(self, item: NewNotification) -> None:
+        """Refuse a notification's bad ids or data before anything is written.
+
+        Raises:
+            InvalidArgument: a bad ``user_id``, ``notification_id`` or ``category``, or data
+                that is not JSON.
+            PayloadTooLarge: data over ``max_data_size``.
+        """
+        check_identifier("user_id", item.user_id, MAX_USER_ID_LENGTH)
+        if item.notification_id is not None:
+            check_identifier("notification_id", item.notification_id, MAX_ID_LENGTH)
+        if item.category is not None:
+            check_identifier("category", item.category, MAX_CATEGORY_LENGTH)
+        check_data(item.data, self.max_data_size)
+
+    def check_batch(
+        self, items: Sequence[NewNotification]
+    ) -> tuple[list[NotifyResult | TidingsError | None], list[NewNotification]]:
+        """A batch's checks: per item the error that refuses it or ``None``, and the items
+        to write.
+
+        Raises:
+            InvalidArgument: more than ``max_batch_size`` items.
+        """
         if len(items) > self.max_batch_size:
             raise InvalidArgument(f"at most {self.max_batch_size} items per batch")
         results: list[NotifyResult | TidingsError | None] = []
         valid: list[NewNotification] = []
         for item in items:
             try:
-                check_identifier("user_id", item.user_id, MAX_USER_ID_LENGTH)
-                if item.notification_id is not None:
-                    check_identifier("notification_id", item.notification_id, MAX_ID_LENGTH)
-                if item.category is not None:
-                    check_identifier("category", item.category, MAX_CATEGORY_LENGTH)
-                check_data(item.data, self.max_data_size)
+                self.check(item)
             except TidingsError as exc:
                 results.append(exc)
                 continue
             results.append(None)
             valid.append(item)
-        if valid:
-            written = iter(await asyncio.shield(self._notify_many(valid)))
-            results = [next(written) if r is None else r for r in results]
-        return [r for r in results if r is not None]
+        return results, valid
 
     async def _notify_many(self, items: Sequence[NewNotification]) -> list[NotifyResult | Conflict]:
         results = await self.store.create_notifications(items)

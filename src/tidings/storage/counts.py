@@ -115,7 +115,9 @@ def counted(user_id: str, row: Any) -> UnseenCount:
     if row is None:
         return UnseenCount(user_id, 0, 0)
     unseen, unread, version, categories = row
-    found = orjson.loads(categories) if categories else None
+    # JSON text, or already a dict where the connection decodes JSONB itself (an
+    # application's own connection, written on by transactional notify, may)
+    found = categories if isinstance(categories, dict) else orjson.loads(categories or "null")
     return UnseenCount(user_id, unseen, version, unread, found or None)
 
 

@@ -91,52 +91,9 @@ class PostgresNotifications(PostgresEngine):
         return await self._write_batch(prepare(items))
 
     async def _write_batch(self, prepared: list[Prepared]) -> list[NotifyResult | Conflict]:
-        """One statement (:data:`WRITE`) for the batch's new ids, in its own transaction; a
-        second read only for ids that were already taken (a caller's id sent again)."""
-        now = utcnow()
-        # An id twice in the batch: written once, its repeats answered from the first.
-        fresh: dict[str, Prepared] = {}
-        for item in prepared:
-            fresh.setdefault(item[3], item)
-        ids = list(fresh)
-        final: dict[str, UnseenCount] = {}
-        seqs: dict[str, int] = {}
-        known: dict[str, Notification] = {}
+        """The batch in its own transaction (one statement, :func:`write_notifications`)."""
         async with self.connection() as conn:
-            for row in await conn.fetch(
-                WRITE,
-                ids,
-                [fresh[i][0] for i in ids],
-                [fresh[i][2] for i in ids],
-                now,
-                [fresh[i][4] for i in ids],
-            ):
-                seqs[row[0]] = row[1]
-                final[row[2]] = counted(row[2], row[3:])
-            if taken := [nid for nid in ids if nid not in seqs]:
-                known = {
-                    row[0]: _notification(row)
-                    for row in await conn.fetch(
-                        f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
-                        "WHERE notification_id = ANY($1::text[])",
-                        taken,
-                    )
-                }
-        outcomes: list[Notification | NotifyResult | Conflict] = []
-        firsts: dict[str, Notification] = {}
-        for item in prepared:
-            user_id, data, _, nid, category = item
-            if nid in seqs and fresh[nid] is item:
-                first = Notification(nid, user_id, data, now, seq=seqs[nid], category=category)
-                firsts[nid] = first
-                outcomes.append(first)
-            elif nid in firsts:  # a repeat, inside this batch, of an item it created
-                outcomes.append(repeated(firsts[nid], user_id, data))
-            elif nid in known:  # created before
-                outcomes.append(repeated(known[nid], user_id, data))
-            else:  # taken meanwhile by a transaction of another user, or refused with it
-                outcomes.append(Conflict(f"notification_id {nid!r} is taken meanwhile"))
-        return with_counts(outcomes, final)
+            return await write_notifications(conn, prepared)
 
     async def unseen(
         self, user_id: str, limit: int, max_bytes: int | None = None
@@ -293,6 +250,58 @@ WRITE = (
     )
     + ") SELECT added.notification_id, added.seq, counts.* FROM added JOIN counts USING (user_id)"
 )
+
+
+async def write_notifications(conn: Any, prepared: list[Prepared]) -> list[NotifyResult | Conflict]:
+    """Write a batch on ``conn``: one statement (:data:`WRITE`) for its new ids, in the
+    transaction ``conn`` is in (or its own); a second read only for ids that were already taken
+    (a caller's id sent again). Each created notification's result carries the counts its user
+    had right after it. Shared by the store's own writes and transactional notify
+    (:mod:`tidings.storage.postgres.transactional`), which writes on the application's
+    connection inside its transaction; the users' locks are then held until it ends."""
+    now = utcnow()
+    # An id twice in the batch: written once, its repeats answered from the first.
+    fresh: dict[str, Prepared] = {}
+    for item in prepared:
+        fresh.setdefault(item[3], item)
+    ids = list(fresh)
+    final: dict[str, UnseenCount] = {}
+    seqs: dict[str, int] = {}
+    known: dict[str, Notification] = {}
+    for row in await conn.fetch(
+        WRITE,
+        ids,
+        [fresh[i][0] for i in ids],
+        [fresh[i][2] for i in ids],
+        now,
+        [fresh[i][4] for i in ids],
+    ):
+        seqs[row[0]] = row[1]
+        final[row[2]] = counted(row[2], row[3:])
+    if taken := [nid for nid in ids if nid not in seqs]:
+        known = {
+            row[0]: _notification(row)
+            for row in await conn.fetch(
+                f"SELECT {NOTIFICATION_COLUMNS} FROM notifications "
+                "WHERE notification_id = ANY($1::text[])",
+                taken,
+            )
+        }
+    outcomes: list[Notification | NotifyResult | Conflict] = []
+    firsts: dict[str, Notification] = {}
+    for item in prepared:
+        user_id, data, _, nid, category = item
+        if nid in seqs and fresh[nid] is item:
+            first = Notification(nid, user_id, data, now, seq=seqs[nid], category=category)
+            firsts[nid] = first
+            outcomes.append(first)
+        elif nid in firsts:  # a repeat, inside this batch, of an item it created
+            outcomes.append(repeated(firsts[nid], user_id, data))
+        elif nid in known:  # created before
+            outcomes.append(repeated(known[nid], user_id, data))
+        else:  # taken meanwhile by a transaction of another user, or refused with it
+            outcomes.append(Conflict(f"notification_id {nid!r} is taken meanwhile"))
+    return with_counts(outcomes, final)
 
 
 async def _lower(conn: Any, user_id: str, seen: Sequence[Any], read: int) -> UnseenCount:
