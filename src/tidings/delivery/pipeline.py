@@ -133,6 +133,7 @@ class Pipeline(Catalogue, Lifecycle):
         #: silent badge updates to the users' phones (none until the channels are built)
         self.badges = BadgeSync([], 0)
         self._tasks: list[asyncio.Task[None]] = []
+        self._wakes: set[asyncio.Task[None]] = set()
         self._started = False
 
     async def start(self) -> None:
@@ -237,8 +238,13 @@ class Pipeline(Catalogue, Lifecycle):
 
     # Messages
 
-    async def create_message(self, message: NewMessage) -> tuple[Message, bool]:
-        """Write the message and its deliveries; (message, created).
+    async def create_message(
+        self, message: NewMessage, *, conn: Any = None
+    ) -> tuple[Message, bool]:
+        """Write the message and its deliveries; (message, created). With ``conn`` (the
+        application's asyncpg or SQLAlchemy connection, in a transaction; PostgreSQL), in
+        that transaction: the workers are woken once it commits, and nothing is sent if it
+        rolls back.
 
         Raises:
             TemplateFailure: unknown template, or content that does not compile or render.
@@ -259,6 +265,11 @@ class Pipeline(Catalogue, Lifecycle):
         await self.renderer.render(
             message.template_id, message.content, values, user_id="", channel=""
         )
+        raw = notice = None
+        if conn is not None:
+            transactions = self.host.transactional
+            transactions.on_work = self._woken_by_commit
+            raw, notice = await transactions.joined(conn)
         now = utcnow()
         since = {c: self.limits[c].since(now) for c in self.limits}
         created = await self.store.create_message(
@@ -269,10 +280,18 @@ class Pipeline(Catalogue, Lifecycle):
             self.settings.max_recipients
             if message.topic is None
             else self.settings.max_topic_recipients,
+            conn=raw,
+            notice=notice,
         )
-        if created[1] and created[0].counts.get(PENDING):
+        if conn is None and created[1] and created[0].counts.get(PENDING):
             await self._announce({"type": WORK, "channels": list(message.channels)})
         return created
+
+    def _woken_by_commit(self) -> None:
+        """A transaction that posted messages committed: every node's workers look now."""
+        task = asyncio.get_running_loop().create_task(self.wake_all())
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
 
     async def post(
         self,
@@ -290,6 +309,7 @@ class Pipeline(Catalogue, Lifecycle):
         send_at: datetime | None = None,
         escalate: Escalation | None = None,
         digest: Digest | None = None,
+        conn: Any = None,
     ) -> Message:
         """Post a message from Python (what ``POST /messages`` does for services)::
 
@@ -303,6 +323,8 @@ class Pipeline(Catalogue, Lifecycle):
         channels go ``after`` seconds, only if the in-app notification was not seen (read,
         acknowledged) by then. ``digest``: the deliveries on its channels of messages with its
         key to one user within its window go as one per channel, rendered over them all.
+        ``conn``: the application's connection in a transaction (PostgreSQL): the message is
+        written in it, and exists exactly when it commits (docs/deployment.md).
 
         Raises:
             InvalidArgument: unknown channels, not exactly one of ``user_ids``/``topic`` or
@@ -351,7 +373,8 @@ class Pipeline(Catalogue, Lifecycle):
                 when,
                 escalate,
                 digest,
-            )
+            ),
+            conn=conn,
         )
         return message
 

@@ -7,7 +7,7 @@ channel builds itself from :class:`ChannelSettings` and :meth:`PipelineHost.stor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from tidings.auth.topics import TopicPolicy
@@ -91,6 +91,19 @@ class PipelineSettings(ChannelSettings, Protocol):
     def max_topic_recipients(self) -> int: ...
 
 
+class ApplicationTransactions(Protocol):
+    """The node's door into the application's own transactions (PostgreSQL)."""
+
+    #: told when a transaction that posted messages commits
+    on_work: Callable[[], None]
+
+    async def joined(self, conn: Any) -> tuple[Any, str]:
+        """The asyncpg connection under ``conn`` and the channel to NOTIFY for
+        :attr:`on_work` (``ConfigurationError`` off PostgreSQL, ``InvalidArgument`` for a
+        ``conn`` outside a transaction)."""
+        ...
+
+
 class PipelineHost(Protocol):
     """The node, as the pipeline, its workers and the in-app channel see it."""
 
@@ -104,6 +117,8 @@ class PipelineHost(Protocol):
     def node_id(self) -> str: ...
     @property
     def topic_policy(self) -> TopicPolicy: ...
+    @property
+    def transactional(self) -> ApplicationTransactions: ...
     @property
     def counters(self) -> Counters:
         """Where the workers count sends (``counters.sends[(channel, outcome)]``)."""

@@ -47,6 +47,10 @@ _NEEDS_POSTGRES = (
 )
 
 
+def _nothing() -> None:
+    pass
+
+
 class Transactional:
     """Notifications written in the application's transaction, published after its commit."""
 
@@ -70,6 +74,9 @@ class Transactional:
         self._starting = asyncio.Lock()
         #: writes whose NOTIFY has not arrived: txid → (when, {user_id: seq})
         self._pending: dict[int, tuple[float, dict[str, int]]] = {}
+        #: told when a transaction that posted pipeline messages commits (the pipeline wakes
+        #: its workers; they poll too, so a lost NOTIFY only costs a poll interval)
+        self.on_work: Callable[[], None] = _nothing
 
     @property
     def pending(self) -> int:
@@ -107,6 +114,22 @@ class Transactional:
             written = iter(await self._write(valid, conn))
             results = [next(written) if r is None else r for r in results]
         return [r for r in results if r is not None]
+
+    async def joined(self, conn: Any) -> tuple[Any, str]:
+        """The asyncpg connection under the application's ``conn`` (in a transaction) and the
+        channel this node hears after its commit: a writer of the pipeline NOTIFYs it with
+        :data:`~tidings.storage.postgres.transactional.WORK` for :attr:`on_work`.
+
+        Raises:
+            ConfigurationError: the node's store is not PostgreSQL.
+            InvalidArgument: ``conn`` is not a connection tidings takes, or not in a
+                transaction.
+        """
+        self._check_store()
+        from tidings.storage.postgres.app_connection import asyncpg_connection_of
+
+        raw = await asyncpg_connection_of(conn)
+        return raw, (await self._listening()).channel
 
     def _check_store(self) -> None:
         scheme = urlsplit(getattr(self.store, "url", "")).scheme or "unknown"
@@ -158,8 +181,11 @@ class Transactional:
     # After the commit
 
     def _on_payload(self, payload: str) -> None:
-        from tidings.storage.postgres.transactional import decode
+        from tidings.storage.postgres.transactional import WORK, decode
 
+        if payload.endswith(WORK):
+            self.on_work()
+            return
         decoded = decode(payload)
         if decoded is None:
             logger.warning("transactional notify: ignoring a malformed payload %.80r", payload)

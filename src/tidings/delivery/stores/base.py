@@ -139,8 +139,13 @@ class MessageStore(ABC):
         since: dict[str, datetime],
         planner: Planner,
         max_recipients: int,
+        *,
+        conn: Any = None,
+        notice: str | None = None,
     ) -> tuple[Message, bool]:
-        """Write a message and its deliveries in one transaction.
+        """Write a message and its deliveries in one transaction: the store's own, or, given
+        ``conn`` (an asyncpg connection of the application, in its transaction; PostgreSQL
+        only), in that one, NOTIFYing ``notice`` for when it commits.
 
         Resolves a topic to its subscribers, reads each recipient's switches, contacts and,
         for the ``counted`` channels, how many deliveries were counted since ``since[channel]``,
@@ -151,6 +156,7 @@ class MessageStore(ABC):
         Raises:
             Conflict: the idempotency key was used with another body.
             InvalidArgument: a topic with more than ``max_recipients`` subscribers.
+            ConfigurationError: ``conn`` given to a store that cannot write on it.
         """
 
     @abstractmethod

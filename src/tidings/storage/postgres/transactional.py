@@ -46,6 +46,16 @@ NOTIFY = (
 )
 
 
+#: the end of a payload that says "pipeline messages were committed": wake the workers
+WORK = " work"
+
+
+async def notify_work(conn: Any, channel: str) -> None:
+    """In ``conn``'s transaction: once it commits, the node listening on ``channel`` wakes the
+    pipeline's workers."""
+    await conn.execute("SELECT pg_notify($1, txid_current()::text || $2)", channel, WORK)
+
+
 def commit_channel(node_id: str) -> str:
     """The channel only the node ``node_id`` listens on (a PostgreSQL identifier whatever the
     node's id is: a digest of it)."""

@@ -53,6 +53,7 @@ from tidings.delivery.stores.rows import (
     with_deliveries,
 )
 from tidings.errors import NotFound
+from tidings.storage.postgres.transactional import notify_work
 
 
 class PostgresMessages(PostgresTables, MessageStore):
@@ -65,39 +66,19 @@ class PostgresMessages(PostgresTables, MessageStore):
         since: dict[str, datetime],
         planner: Planner,
         max_recipients: int,
+        *,
+        conn: Any = None,
+        notice: str | None = None,
     ) -> tuple[Message, bool]:
-        async with self.store.connection(transaction=True) as conn:
-            if message.idempotency_key is not None:
-                # Concurrent requests with one key wait here for the first to commit.
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 11))",
-                    f"{message.client_id}/{message.idempotency_key}",  # a clash only shares a lock
-                )
-                row = await conn.fetchrow(
-                    "SELECT message_id, body_hash FROM pipeline_messages "
-                    "WHERE client_id = $1 AND idempotency_key = $2",
-                    message.client_id,
-                    message.idempotency_key,
-                )
-                if row is not None:
-                    check_body(message, row[1])
-                    earlier = await _message(conn, row[0], None, deliveries=False)
-                    assert earlier is not None  # read in this transaction
-                    return earlier, False
-            users = await _resolve(conn, message, max_recipients)
-            if counted and users:
-                await conn.execute(
-                    "INSERT INTO pipeline_rate_locks SELECT u, c FROM unnest($1::text[]) AS u, "
-                    "unnest($2::text[]) AS c ORDER BY u, c ON CONFLICT (user_id, channel) "
-                    "DO UPDATE SET channel = excluded.channel",
-                    sorted(users),
-                    sorted(counted),
-                )
-            told = await recipients(conn, users, counted, since)
-            if message.digest is not None:
-                found = await open_digests(conn, users, message.digest, utcnow())
-                told = [replace(r, digests=found.get(r.user_id, {})) for r in told]
-            return await _insert(conn, message, planner(told)), True
+        if conn is not None:
+            # A savepoint in the application's transaction: a refusal undoes only this.
+            async with conn.transaction():
+                created = await _create(conn, message, counted, since, planner, max_recipients)
+                if created[1] and notice is not None:
+                    await notify_work(conn, notice)
+            return created
+        async with self.store.connection(transaction=True) as own:
+            return await _create(own, message, counted, since, planner, max_recipients)
 
     async def get_message(
         self,
@@ -211,6 +192,48 @@ class PostgresMessages(PostgresTables, MessageStore):
                 conn, [(r[0], PENDING, "retried_by_request", None) for r in rows], now
             )
             return await _message(conn, message_id, client_id)
+
+
+async def _create(
+    conn: Any,
+    message: NewMessage,
+    counted: Sequence[str],
+    since: dict[str, datetime],
+    planner: Planner,
+    max_recipients: int,
+) -> tuple[Message, bool]:
+    """A message written on ``conn``, in its transaction (see ``create_message``)."""
+    if message.idempotency_key is not None:
+        # Concurrent requests with one key wait here for the first to commit.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 11))",
+            f"{message.client_id}/{message.idempotency_key}",  # a clash only shares a lock
+        )
+        row = await conn.fetchrow(
+            "SELECT message_id, body_hash FROM pipeline_messages "
+            "WHERE client_id = $1 AND idempotency_key = $2",
+            message.client_id,
+            message.idempotency_key,
+        )
+        if row is not None:
+            check_body(message, row[1])
+            earlier = await _message(conn, row[0], None, deliveries=False)
+            assert earlier is not None  # read in this transaction
+            return earlier, False
+    users = await _resolve(conn, message, max_recipients)
+    if counted and users:
+        await conn.execute(
+            "INSERT INTO pipeline_rate_locks SELECT u, c FROM unnest($1::text[]) AS u, "
+            "unnest($2::text[]) AS c ORDER BY u, c ON CONFLICT (user_id, channel) "
+            "DO UPDATE SET channel = excluded.channel",
+            sorted(users),
+            sorted(counted),
+        )
+    told = await recipients(conn, users, counted, since)
+    if message.digest is not None:
+        found = await open_digests(conn, users, message.digest, utcnow())
+        told = [replace(r, digests=found.get(r.user_id, {})) for r in told]
+    return await _insert(conn, message, planner(told)), True
 
 
 async def _resolve(conn: Any, message: NewMessage, max_recipients: int) -> list[str]:

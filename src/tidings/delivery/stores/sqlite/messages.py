@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tidings.core.ids import new_id, new_sorted_id
 from tidings.core.models import isoformat, parse_iso, utcnow
@@ -50,7 +50,7 @@ from tidings.delivery.stores.sqlite.digests import (
     reassign_digests,
     write_digests,
 )
-from tidings.errors import NotFound
+from tidings.errors import ConfigurationError, NotFound
 
 T = TypeVar("T")
 
@@ -65,7 +65,16 @@ class SqliteMessages(SqliteTables, MessageStore):
         since: dict[str, datetime],
         planner: Planner,
         max_recipients: int,
+        *,
+        conn: Any = None,
+        notice: str | None = None,
     ) -> tuple[Message, bool]:
+        if conn is not None:
+            raise ConfigurationError(
+                "a message posted in the application's transaction (conn=...) needs a "
+                "PostgreSQL store: TIDINGS_STORE=postgresql://…"
+            )
+
         def run(conn: sqlite3.Connection) -> tuple[Message, bool]:
             if message.idempotency_key is not None:
                 row = conn.execute(
