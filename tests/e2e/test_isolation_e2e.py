@@ -476,6 +476,7 @@ async def test_me_endpoints_never_show_or_change_alices_preferences(
             ("PUT", f"/users/{alice}/channels/web_push", {"enabled": False}),
             ("PUT", f"/users/{alice}/topics/news", None),
             ("PUT", f"/users/{alice}/locale", {"locale": "fr"}),
+            ("PUT", f"/users/{alice}/categories/news/email", {"enabled": False}),
         ):
             response = await client.request(method, path, json=body, headers=service)
             assert response.status_code == 200, (path, response.text)
@@ -492,10 +493,12 @@ async def test_me_endpoints_never_show_or_change_alices_preferences(
             "contacts": {},
             "quiet_hours": None,
             "locale": None,
+            "categories": {},
         }
 
         for method, path, body, status in (
             ("PUT", "/me/locale", {"locale": "de"}, 200),
+            ("PUT", "/me/categories/news/email", {"enabled": True}, 200),
             ("DELETE", "/me/locale", None, 200),
             ("PUT", "/me/contacts/webhook", {"address": "https://bob.example/h"}, 200),
             ("DELETE", "/me/contacts/webhook", None, 200),
@@ -536,6 +539,7 @@ async def test_device_jwts_cannot_reach_users_routes(
                 ("PUT", f"/users/{alice}/channels/in_app", {"enabled": False}),
                 ("PUT", f"/users/{alice}/topics/news", None),
                 ("PUT", f"/users/{alice}/locale", {"locale": "de"}),
+                ("PUT", f"/users/{alice}/categories/news/email", {"enabled": True}),
                 (
                     "PUT",
                     f"/users/{alice}/quiet-hours",

@@ -36,6 +36,7 @@ from tidings.api.inbox import mount_inbox
 from tidings.api.oauth import mount_oauth
 from tidings.api.pipeline import mount_pipeline
 from tidings.api.ports import ApiNode
+from tidings.api.providers import mount_providers
 from tidings.api.push_tokens import mount_push_tokens
 from tidings.api.schemas import (
     ApiErrorBody,
@@ -51,6 +52,7 @@ from tidings.api.schemas import (
     TopicLog,
     TopicMessageOut,
 )
+from tidings.api.status_events import mount_status_events
 from tidings.api.users import mount_users
 from tidings.api.web import mount_web
 from tidings.errors import ApiError as ApiError
@@ -310,6 +312,8 @@ def create_api(tidings: ApiNode, *, manage_lifespan: bool = True) -> FastAPI:
     mount_pipeline(app, tidings, require_scope)
     mount_push_tokens(app, tidings, require_scope)
     mount_users(app, tidings, require_scope)
+    mount_status_events(app, tidings, require_scope)
+    mount_providers(app, tidings)
     mount_inbox(app, tidings, require_scope)
     mount_web(app, tidings, require_scope)
     return app

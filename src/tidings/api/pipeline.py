@@ -21,8 +21,10 @@ from tidings.api.quiet_hours import mount_quiet_hours
 from tidings.api.schemas import ApiErrorBody
 from tidings.api.steps import ChannelName, DelayIn, DigestIn, EscalateIn
 from tidings.api.templates import ContentIn, mount_templates
+from tidings.api.unsubscribe import mount_unsubscribe
 from tidings.auth.base import ServicePrincipal
 from tidings.core.limits import (
+    MAX_CATEGORY_LENGTH,
     MAX_CHANNEL_NAME_LENGTH,
     MAX_CHANNELS_PER_MESSAGE,
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -81,6 +83,16 @@ class MessageRequest(BaseModel):
     )
     digest: DigestIn | None = Field(
         None, description="Send messages with one key within a window as one per channel."
+    )
+    category: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CATEGORY_LENGTH,
+        description="What it is about: users turn categories off per channel, and an email's "
+        "unsubscribe link turns its category off.",
+    )
+    transactional: bool = Field(
+        False, description="An email the user cannot unsubscribe from: no List-Unsubscribe."
     )
 
     @field_validator("data")
@@ -181,7 +193,10 @@ def mount_pipeline(
         their reason."""
         key = body.idempotency_key or idempotency_key
         # (no key for a step not given: the bodies of earlier messages keep their hash)
-        absent = {name for name in ("delay", "escalate", "digest") if getattr(body, name) is None}
+        steps = ("delay", "escalate", "digest", "category")
+        absent = {name for name in steps if getattr(body, name) is None}
+        if not body.transactional:
+            absent.add("transactional")
         fields = body.model_dump(exclude={"idempotency_key", *absent})
         try:
             when = send_time(
@@ -207,6 +222,8 @@ def mount_pipeline(
             send_at=when,
             escalate=body.escalate.escalation() if body.escalate else None,
             digest=body.digest.digest(body.channels) if body.digest else None,
+            category=body.category,
+            transactional=body.transactional,
         )
         limit = tidings.settings.max_recipients
         if message.user_ids is not None and len(message.user_ids) > limit:
@@ -322,6 +339,7 @@ def mount_pipeline(
     mount_preferences(router, tidings, require_scope, errors)
     mount_quiet_hours(router, tidings, require_scope, errors)
     mount_user_locale(router, tidings, require_scope, errors)
+    mount_unsubscribe(router, tidings, require_scope, errors)
     app.include_router(router)
 
 

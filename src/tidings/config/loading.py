@@ -33,6 +33,7 @@ EXAMPLES: dict[str, str] = {
     "cookie_secure": "true",
     "rate_limits": '\'{"email": "20/hour", "sms": "10/hour"}\'',
     "smtp_url": "smtp://user:password@mail.example.com:587?starttls=true",
+    "status_webhook_urls": "https://app.example.com/tidings/status",
 }
 
 # A value is echoed back to help spot a typo, except where it may be a secret.
@@ -85,8 +86,8 @@ def _printable(field: str, value: Any) -> str | None:
         return None
     text = str(value)
     if "://" in text:
-        try:
-            text = safe_url(text)
+        try:  # each URL of a list
+            text = ",".join(safe_url(part) for part in text.split(","))
         except ValueError:
             return None
     return text if len(text) <= 80 else None

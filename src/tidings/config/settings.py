@@ -20,7 +20,9 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from tidings.config.providers import ProviderSettings
 
 
 def _default_node_id() -> str:
@@ -85,7 +87,7 @@ RetentionMapping = Annotated[
 ]
 
 
-class Settings(BaseSettings):
+class Settings(ProviderSettings):
     """Every knob of a tidings node.
 
     Each field can be set with the environment variable ``TIDINGS_<FIELD>``, e.g.
@@ -336,6 +338,12 @@ class Settings(BaseSettings):
         2.0, gt=0, description="First retry waits up to this many seconds, doubling per try."
     )
     pipeline_retry_max: float = Field(600.0, gt=0, description="Longest wait between tries.")
+    unsubscribe_ttl: float = Field(
+        60 * 24 * 3600.0,
+        gt=0,
+        description="Seconds an email's one-click unsubscribe link works (needs "
+        "TIDINGS_PUBLIC_URL; docs/pipeline.md).",
+    )
     pipeline_poll_interval: float = Field(
         1.0, gt=0, description="Seconds between a worker's looks at the queue when not woken."
     )
@@ -405,6 +413,35 @@ class Settings(BaseSettings):
         description="Let webhooks and push endpoints point to loopback or private networks "
         "(tests, closed networks); off, they are refused (SSRF).",
     )
+
+    # Delivery-status webhooks (docs/pipeline.md); the URLs are checked after the line above
+    status_webhook_urls: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_list_value)] = Field(
+        (),
+        description="Endpoints every change of a delivery is posted to, signed per "
+        "Standard Webhooks (comma-separated or a JSON list).",
+    )
+    status_webhook_secret: str | None = Field(
+        None, description="Their signing secret (whsec_…). Unset: the webhook channel's."
+    )
+    status_webhook_max_attempts: int = Field(
+        20, gt=0, description="POSTs of one status event before it is given up (failed)."
+    )
+    status_webhook_max_age: float = Field(
+        86400.0, gt=0, description="Seconds a status event is retried before it is given up."
+    )
+    status_webhook_retention: float = Field(
+        7 * 86400.0, gt=0, description="Seconds delivered and failed status events are kept."
+    )
+
+    @field_validator("status_webhook_urls", "status_webhook_secret")
+    @classmethod
+    def _status_webhooks(cls, value: Any, info: ValidationInfo) -> Any:
+        from tidings.delivery.status_types import check_status_secret, check_status_urls
+
+        if info.field_name == "status_webhook_secret":
+            return check_status_secret(value)
+        private = bool(info.data.get("allow_private_addresses", False))
+        return check_status_urls(value, allow_private=private) if value else value
 
     # Cookies
     cookie_secure: bool | None = Field(

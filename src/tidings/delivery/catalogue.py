@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from tidings.core.limits import MAX_TEMPLATE_ID_LENGTH
+from tidings.core.limits import MAX_CATEGORY_LENGTH, MAX_TEMPLATE_ID_LENGTH
 from tidings.delivery.channels.base import Channel
 from tidings.delivery.locales import DEFAULT_LOCALE, check_locale
 from tidings.delivery.models import Content, Preferences, QuietHours, Template
 from tidings.delivery.steps import check_quiet_hours
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
+from tidings.delivery.unsubscribe import Unsubscribe, UnsubscribeLinks
 from tidings.errors import InvalidAddress, InvalidArgument
 
 #: bus event: a template changed (every node drops it from its cache)
@@ -27,6 +28,7 @@ class Catalogue:
     store: PipelineStore
     renderer: Renderer
     channels: dict[str, Channel]
+    links: UnsubscribeLinks | None
 
     def check_channels(self, channels: Iterable[str]) -> tuple[str, ...]:
         raise NotImplementedError
@@ -114,6 +116,34 @@ class Catalogue:
         self.check_channels([channel])
         await self.store.set_channel(user_id, channel, enabled)
 
+    async def set_category(self, user_id: str, category: str, channel: str, enabled: bool) -> None:
+        """Turn ``category`` on ``channel`` on or off for the user: messages of the category
+        are not sent there while it is off (reason ``category_disabled``).
+
+        Raises:
+            InvalidArgument: no channel has that name, or a malformed category.
+        """
+        self.check_channels([channel])
+        check_category(category)
+        await self.store.set_category(user_id, category, channel, enabled)
+
+    async def unsubscribe(self, token: str) -> Unsubscribe:
+        """Honour a one-click unsubscribe link: its category off on its channel, or the whole
+        channel for a message without a category.
+
+        Raises:
+            InvalidArgument: the link is forged, altered, expired, or this node makes none
+                (no ``TIDINGS_PUBLIC_URL``); nothing is changed.
+        """
+        if self.links is None:
+            raise InvalidArgument("this service sends no unsubscribe links (no public URL)")
+        found = self.links.check(token)
+        if found.category is None:
+            await self.store.set_channel(found.user_id, found.channel, False)
+        else:
+            await self.store.set_category(found.user_id, found.category, found.channel, False)
+        return found
+
     async def preferences(self, user_id: str) -> Preferences:
         return await self.store.preferences(user_id)
 
@@ -151,3 +181,14 @@ def _check_template_id(template_id: str) -> None:
         raise InvalidArgument(
             f"template ids are 1 to {MAX_TEMPLATE_ID_LENGTH} printable characters"
         )
+
+
+def check_category(category: str) -> str:
+    """Raises InvalidArgument unless ``category`` is 1 to 64 printable characters."""
+    if (
+        not isinstance(category, str)
+        or not 0 < len(category) <= MAX_CATEGORY_LENGTH
+        or not category.isprintable()
+    ):
+        raise InvalidArgument(f"category: 1 to {MAX_CATEGORY_LENGTH} printable characters")
+    return category

@@ -137,6 +137,12 @@ class NewMessage:
     escalate: Escalation | None = None
     #: a ``digest`` step
     digest: Digest | None = None
+    #: what the message is about (``comments``): users may turn a category off per channel,
+    #: and an email's unsubscribe link turns off its category
+    category: str | None = None
+    #: an email the user cannot unsubscribe from (a receipt, a password reset): no
+    #: ``List-Unsubscribe`` header
+    transactional: bool = False
 
     def recipients(self) -> dict[str, Any]:
         if self.topic is not None:
@@ -168,6 +174,8 @@ class Preferences:
     quiet_hours: QuietHours | None = None
     #: the user's locale (``fr-CA``), if they chose one
     locale: str | None = None
+    #: category → channel → enabled (missing: enabled)
+    categories: dict[str, dict[str, bool]] = field(default_factory=dict)
 
     def enabled(self, channel: str) -> bool:
         return self.channels.get(channel, True)
@@ -180,6 +188,7 @@ class Preferences:
             "contacts": self.contacts,
             "quiet_hours": self.quiet_hours.to_dict() if self.quiet_hours else None,
             "locale": self.locale,
+            "categories": self.categories,
         }
 
 
@@ -362,6 +371,9 @@ class Claim:
     digest_step: bool = False
     #: the user's locale: which translation of the template, and how dates and numbers read
     locale: str | None = None
+    #: the message's category, and whether it is transactional (no unsubscribe link)
+    category: str | None = None
+    transactional: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from tidings.core.lifecycle import Lifecycle
 from tidings.core.limits import MAX_CHANNEL_NAME_LENGTH, MAX_TEMPLATE_ID_LENGTH
 from tidings.core.models import UnseenCount, utcnow
 from tidings.delivery.badges import BadgeChannel, BadgeSync
-from tidings.delivery.catalogue import TEMPLATE_CHANGED, Catalogue
+from tidings.delivery.catalogue import TEMPLATE_CHANGED, Catalogue, check_category
 from tidings.delivery.channels.base import Channel
 from tidings.delivery.models import (
     PENDING,
@@ -47,6 +47,7 @@ from tidings.delivery.registry import (
 )
 from tidings.delivery.retry import retry_at as retry_at
 from tidings.delivery.retry import retry_delay
+from tidings.delivery.status_events import StatusEvents
 from tidings.delivery.steps import (
     check_digest,
     check_escalation,
@@ -58,6 +59,7 @@ from tidings.delivery.steps import (
 from tidings.delivery.stores import for_store
 from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.templates import Renderer
+from tidings.delivery.unsubscribe import KEY_NAME, UnsubscribeLinks, new_key
 from tidings.delivery.worker import Worker
 from tidings.errors import (
     BusError,
@@ -134,7 +136,10 @@ class Pipeline(Catalogue, Lifecycle):
         self.badges = BadgeSync([], 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._wakes: set[asyncio.Task[None]] = set()
+        #: the links of emails' List-Unsubscribe headers (None without TIDINGS_PUBLIC_URL)
+        self.links: UnsubscribeLinks | None = None
         self._started = False
+        self.status_events = StatusEvents(host, self.store)  # delivery-status webhooks
 
     async def start(self) -> None:
         if self._started:
@@ -147,9 +152,15 @@ class Pipeline(Catalogue, Lifecycle):
             [c for c in chosen.values() if isinstance(c, BadgeChannel)],
             self.settings.badge_sync_interval,
         )
+        if self.settings.public_url:  # emails carry one-click unsubscribe links
+            key = await self.host.store.get_or_create_key(KEY_NAME, new_key)
+            self.links = UnsubscribeLinks(
+                key, self.settings.public_url, self.settings.unsubscribe_ttl
+            )
         await self.host.bus.subscribe(BUS_CHANNEL)
         self._started = True
         if self.settings.workers:
+            await self.status_events.start()
             self.workers = [
                 Worker(self, f"{self.host.node_id}/w{n}") for n in range(self.settings.workers)
             ]
@@ -168,6 +179,7 @@ class Pipeline(Catalogue, Lifecycle):
         for worker in self.workers:
             worker.stop()
         await asyncio.gather(*(w.wait_stopped() for w in self.workers), return_exceptions=True)
+        await self.status_events.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -253,6 +265,8 @@ class Pipeline(Catalogue, Lifecycle):
             StoreUnavailable: nothing was written.
         """
         self.check_channels(message.channels)
+        if message.category is not None:
+            check_category(message.category)
         check_escalation(message.channels, message.escalate)
         check_digest(
             message.channels, message.digest, escalate=message.escalate, send_at=message.send_at
@@ -309,6 +323,8 @@ class Pipeline(Catalogue, Lifecycle):
         send_at: datetime | None = None,
         escalate: Escalation | None = None,
         digest: Digest | None = None,
+        category: str | None = None,
+        transactional: bool = False,
         conn: Any = None,
     ) -> Message:
         """Post a message from Python (what ``POST /messages`` does for services)::
@@ -323,6 +339,9 @@ class Pipeline(Catalogue, Lifecycle):
         channels go ``after`` seconds, only if the in-app notification was not seen (read,
         acknowledged) by then. ``digest``: the deliveries on its channels of messages with its
         key to one user within its window go as one per channel, rendered over them all.
+        ``category``: what it is about (users turn categories off per channel; an email's
+        unsubscribe link turns its category off). ``transactional``: an email the user cannot
+        unsubscribe from (no ``List-Unsubscribe`` header).
         ``conn``: the application's connection in a transaction (PostgreSQL): the message is
         written in it, and exists exactly when it commits (docs/deployment.md).
 
@@ -358,6 +377,10 @@ class Pipeline(Catalogue, Lifecycle):
             request["escalate"] = escalate.to_dict()
         if digest is not None:
             request["digest"] = digest.to_dict()
+        if category is not None:
+            request["category"] = category
+        if transactional:
+            request["transactional"] = True
         message, _ = await self.create_message(
             NewMessage(
                 client_id,
@@ -373,6 +396,8 @@ class Pipeline(Catalogue, Lifecycle):
                 when,
                 escalate,
                 digest,
+                category,
+                transactional,
             ),
             conn=conn,
         )
@@ -412,6 +437,13 @@ class Pipeline(Catalogue, Lifecycle):
             digest=message.digest,
             digests={r.user_id: r.digests for r in recipients if r.digests},
         )
+
+    def extra_headers(self, claim: Claim) -> dict[str, str]:
+        """The headers an email of ``claim`` carries beyond its own: a one-click unsubscribe
+        link (RFC 8058) unless the message is transactional or the node has no public URL."""
+        if claim.channel != "email" or claim.transactional or self.links is None:
+            return {}
+        return self.links.headers(claim.user_id, claim.channel, claim.category)
 
     async def escalation_met(self, claim: Claim) -> str | None:
         """Why a delivery of an ``escalate`` step is not to be sent (:func:`escalation_met`)."""

@@ -86,6 +86,8 @@ class Recipient:
     quiet: QuietHours | None = None
     #: channel → the delivery of the user's open digest with the message's digest key
     digests: Mapping[str, str] = field(default_factory=dict)
+    #: the channels the user turned off for the message's category
+    muted: frozenset[str] = frozenset()
 
 
 def plan(
@@ -125,6 +127,9 @@ def _plan_one(
         return refuse(FAILED, "channel_unavailable", f"no provider is configured for {channel}")
     if not recipient.switches.get(channel, True):
         return refuse(DELETED, "channel_disabled", f"the user turned {channel} off")
+    if channel in recipient.muted:
+        detail = f"the user turned {message.category} off on {channel}"
+        return refuse(DELETED, "category_disabled", detail)
     address = None
     if needs_address.get(channel, True):
         raw = recipient.contacts.get(channel)

@@ -63,6 +63,10 @@ class WorkSource(Protocol):
         """Why a delivery of an escalate step is not to be sent, or None."""
         ...
 
+    def extra_headers(self, claim: Claim) -> dict[str, str]:
+        """Headers the channel adds to what it sends (an email's unsubscribe link)."""
+        ...
+
 
 class Worker:
     """One worker loop: up to ``worker_concurrency`` sends at once."""
@@ -232,6 +236,7 @@ class Worker:
             claim.attempt,
             claim.critical,
             claim.template_id,
+            extra={"headers": headers} if (headers := pipeline.extra_headers(claim)) else {},
         )
         try:
             result = await asyncio.wait_for(channel.send(outgoing), settings.provider_timeout + 5)

@@ -35,6 +35,7 @@ MAX_DEVICES = 10_000
 
 class _DepthStore(Protocol):
     async def depths(self) -> dict[str, dict[str, int]]: ...
+    async def status_event_counts(self) -> dict[str, int]: ...
 
 
 class _Pipeline(Protocol):
@@ -115,6 +116,7 @@ class Metrics:
         self.registry.register(_Live(self))
         ProcessCollector(registry=self.registry)
         self.pipeline_depths: dict[str, dict[str, int]] = {}
+        self.status_events: dict[str, int] = {}
         #: notifications waiting in the durable queues of this node's deliver-mode devices
         self.device_queues: list[int] = []
         self.store_up = 1
@@ -124,6 +126,9 @@ class Metrics:
         try:
             self.pipeline_depths = await asyncio.wait_for(
                 self.node.pipeline.store.depths(), timeout=5
+            )
+            self.status_events = await asyncio.wait_for(
+                self.node.pipeline.store.status_event_counts(), timeout=5
             )
             devices = {
                 conn.connection_id: conn.user_id for conn in self.node.registry if conn.deliver
@@ -215,6 +220,14 @@ class _Live:
             for state, n in sorted(states.items()):
                 depth.add_metric([channel, state], n)
         yield depth
+        events = GaugeMetricFamily(
+            "tidings_status_events",
+            "Delivery-status webhook events waiting to be posted (pending) or given up (failed).",
+            labels=["state"],
+        )
+        for state, n in sorted(self.metrics.status_events.items()):
+            events.add_metric([state], n)
+        yield events
         sent = CounterMetricFamily(
             "tidings_pipeline_sends", "Pipeline sends by outcome.", labels=["channel", "outcome"]
         )

@@ -1,97 +1,64 @@
-"""The email channel: one message per delivery through an SMTP server (aiosmtplib).
+"""The email channel: one message per delivery, through its providers in failover order
+(``TIDINGS_EMAIL_PROVIDERS``: ``smtp``, ``ses``, ``postmark``; :mod:`.providers`).
 
-The server is given as a URL: ``smtp://[user:password@]host[:port][?starttls=true|false]``
-(port 25 by default; without ``starttls`` the session is upgraded when the server offers it,
-``true`` requires it, ``false`` never upgrades) or ``smtps://…`` for TLS from the first byte
-(port 465 by default).
+The email is built here once per delivery (:meth:`EmailChannel.mail`): the MIME message the
+``smtp`` and ``ses`` providers send, and the same headers and parts for ``postmark``'s JSON.
+Extra headers of a delivery (``Outgoing.extra["headers"]``, such as ``List-Unsubscribe``) are
+added in one place, :meth:`EmailChannel._headers`, so every provider sends them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.policy
 import email.utils
 import re
 import socket
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.header import Header
 from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
-import aiosmtplib
 from email_validator import EmailNotValidError, validate_email
 
 from tidings.delivery.channels._net import check_timeout
 from tidings.delivery.channels.base import (
     Channel,
-    DeliveryFailure,
     InvalidAddress,
     Outgoing,
     PermanentFailure,
-    TransientFailure,
+    Sent,
 )
+from tidings.delivery.channels.phones import push_ssl_context
+from tidings.delivery.channels.providers.base import (
+    Provider,
+    close_all,
+    configured,
+    require,
+    send_in_order,
+    start_all,
+)
+from tidings.delivery.channels.providers.mail import Mail
+from tidings.delivery.channels.providers.postmark import PostmarkProvider
+from tidings.delivery.channels.providers.ses import SesProvider
+from tidings.delivery.channels.providers.smtp import SmtpProvider, SmtpServer, parse_smtp_url
 from tidings.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from tidings.delivery.ports import PipelineHost
+    from tidings.delivery.ports import ChannelSettings, PipelineHost
+
+# Moved to providers/smtp.py; importable from here as before.
+__all__ = ["EmailChannel", "Mail", "SmtpServer", "parse_smtp_url"]
 
 _SUBJECT_CHARS = 78
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # the characters a Message-ID's left part may hold without quoting (RFC 5322 dot-atom)
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpServer:
-    """Where and how to reach the SMTP server, as read from the channel's URL."""
-
-    host: str
-    port: int
-    username: str | None
-    #: kept out of the repr, which ends up in logs
-    password: str | None = field(repr=False)
-    use_tls: bool
-    #: None: upgrade when the server offers STARTTLS (aiosmtplib's own default)
-    start_tls: bool | None
-
-
-def parse_smtp_url(url: str) -> SmtpServer:
-    """Read an ``smtp://`` or ``smtps://`` URL; :class:`ConfigurationError` when malformed."""
-    # messages never quote the URL: it may hold a password
-    if not isinstance(url, str):
-        raise ConfigurationError("the SMTP URL must be a string")
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError as exc:
-        raise ConfigurationError(f"the SMTP URL is malformed: {exc}") from exc
-    if parts.scheme not in ("smtp", "smtps"):
-        raise ConfigurationError("the SMTP URL must start with smtp:// or smtps://")
-    if not parts.hostname:
-        raise ConfigurationError("the SMTP URL has no host")
-    use_tls = parts.scheme == "smtps"
-    start_tls: bool | None = None
-    for key, value in query:
-        if key != "starttls" or value.lower() not in _BOOLEANS:
-            raise ConfigurationError("the SMTP URL accepts only ?starttls=true or ?starttls=false")
-        start_tls = _BOOLEANS[value.lower()]
-    if use_tls and start_tls:
-        raise ConfigurationError("smtps:// is TLS already: starttls=true contradicts it")
-    return SmtpServer(
-        host=parts.hostname,
-        port=port or (465 if use_tls else 25),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        use_tls=use_tls,
-        start_tls=False if use_tls else start_tls,
-    )
+# a header's name (RFC 5322 ftext), for the extra headers a delivery carries
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
 
 
 def _fallback_subject(text: str) -> str:
@@ -101,43 +68,39 @@ def _fallback_subject(text: str) -> str:
     return first or "Notification"
 
 
-def _classify(exc: Exception) -> DeliveryFailure:
-    """The delivery failure an aiosmtplib (or socket) error means."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-        exc = exc.recipients[0]
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        # wrong credentials are the operator's to fix: the deliveries must not be lost for it
-        return TransientFailure("provider_error", f"SMTP login refused: {exc.code} {exc.message}")
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        message = f"{exc.code} {exc.message}".strip()
-        if 400 <= exc.code < 500:
-            return TransientFailure("provider_error", message)
-        if 500 <= exc.code < 600:
-            return PermanentFailure("rejected", message)
-        return TransientFailure("provider_error", message)
-    # a connect timeout is both a timeout and a connect error: it is a timeout
-    if isinstance(exc, TimeoutError):
-        return TransientFailure("timeout", "the SMTP server did not answer in time")
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return TransientFailure("provider_error", f"the SMTP server hung up: {exc}")
-    if isinstance(exc, aiosmtplib.SMTPConnectError | OSError):
-        return TransientFailure("unreachable", f"cannot reach the SMTP server: {exc}")
-    return TransientFailure("provider_error", f"{type(exc).__name__}: {exc}")
-
-
 class EmailChannel(Channel):
     """Sends each delivery as an email: plain text, plus an HTML alternative when the
     template has one. ``sender`` is the ``From`` header (``"Name <addr@host>"`` or an address).
 
     The ``Message-ID`` is made of the delivery id, so that a repeat of the same delivery
     (at-least-once) carries the same id and mail clients that drop duplicates drop it.
+
+    ``EmailChannel(smtp_url, sender)`` sends through that SMTP server, as it always did;
+    ``providers`` (built by :meth:`from_settings` from ``TIDINGS_EMAIL_PROVIDERS``) replaces
+    it with several, tried in order (:func:`~.providers.base.send_in_order`).
     """
 
     name: ClassVar[str] = "email"
 
-    def __init__(self, smtp_url: str, sender: str, *, timeout: float = 10.0) -> None:
-        self.server = parse_smtp_url(smtp_url)
+    def __init__(
+        self,
+        smtp_url: str | None,
+        sender: str,
+        *,
+        timeout: float = 10.0,
+        providers: Sequence[Provider[Mail]] | None = None,
+    ) -> None:
         self._timeout = check_timeout(timeout)
+        if providers is None:
+            if not smtp_url:
+                raise ConfigurationError("the email channel needs an SMTP URL or providers")
+            providers = [SmtpProvider(smtp_url, timeout=self._timeout)]
+        if not providers:
+            raise ConfigurationError("the email channel needs at least one provider")
+        self.providers: tuple[Provider[Mail], ...] = tuple(providers)
+        smtp = next((p for p in self.providers if isinstance(p, SmtpProvider)), None)
+        #: the SMTP server, when one of the providers is ``smtp``
+        self.server: SmtpServer | None = smtp.server if smtp is not None else None
         if not isinstance(sender, str):
             raise ConfigurationError("the email sender must be a string")
         _, address = email.utils.parseaddr(sender)
@@ -151,16 +114,32 @@ class EmailChannel(Channel):
 
     @classmethod
     async def from_settings(cls, host: PipelineHost) -> EmailChannel | None:
-        """``TIDINGS_SMTP_URL`` and ``TIDINGS_EMAIL_FROM``; ``None`` without an SMTP URL."""
+        """``TIDINGS_EMAIL_PROVIDERS`` (by default ``smtp`` when ``TIDINGS_SMTP_URL`` is set),
+        each provider's settings and ``TIDINGS_EMAIL_FROM``; ``None`` without a provider.
+
+        Raises:
+            ConfigurationError: a provider is named without its settings (named in one line).
+        """
         settings = host.settings
-        if not settings.smtp_url:
+        names = configured(settings.email_providers, "email", "smtp" if settings.smtp_url else None)
+        if not names:
             return None
-        return cls(settings.smtp_url, settings.email_from, timeout=settings.provider_timeout)
+        providers = [await _provider(name, settings) for name in names]
+        return cls(
+            None, settings.email_from, timeout=settings.provider_timeout, providers=providers
+        )
 
     async def start(self) -> None:
         # aiosmtplib would look the host's name up on every send (socket.getfqdn)
         if self._local_hostname is None:
             self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        for provider in self.providers:
+            if isinstance(provider, SmtpProvider):
+                provider.local_hostname = self._local_hostname
+        await start_all(self.providers)
+
+    async def close(self) -> None:
+        await close_all(self.providers)
 
     def validate(self, address: Any) -> str:
         if not isinstance(address, str):
@@ -183,30 +162,52 @@ class EmailChannel(Channel):
         return parsed
 
     def raw_message(self, outgoing: Outgoing) -> bytes:
-        """The email of one delivery: plain text, and an HTML alternative when there is one.
+        """The email of one delivery: plain text, and an HTML alternative when there is one."""
+        return self._raw(outgoing, self._headers(outgoing))
 
-        Built with the standard library's MIME classes (``compat32``), not ``EmailMessage``,
-        whose header registry costs several times more per email (docs/benchmarks.md).
+    def mail(self, outgoing: Outgoing) -> Mail:
+        """The email of one delivery as every provider gets it: its headers and MIME message.
+
+        Raises:
+            ValueError, TypeError, UnicodeError: it cannot be built (an extra header that is
+                not one, say).
         """
+        headers = self._headers(outgoing)
+        return Mail(
+            outgoing,
+            self._sender,
+            self._envelope_sender,
+            str(outgoing.address),
+            headers,
+            self._raw(outgoing, headers),
+            headers["Message-ID"],
+        )
+
+    def _raw(self, outgoing: Outgoing, headers: Mapping[str, str]) -> bytes:
+        """The MIME message with ``headers``. Built with the standard library's MIME classes
+        (``compat32``), not ``EmailMessage``, whose header registry costs several times more
+        per email (docs/benchmarks.md)."""
         rendered = outgoing.rendered
         if not str(outgoing.address).isascii():
             # an internationalised address needs SMTPUTF8 headers, which only the new API writes
-            return _utf8_message(self, outgoing)
+            return _utf8_message(outgoing, headers)
         text = MIMEText(rendered.text, "plain", "utf-8")
         message: MIMEText | MIMEMultipart = text
         if rendered.html:
             message = MIMEMultipart("alternative")
             message.attach(text)
             message.attach(MIMEText(rendered.html, "html", "utf-8"))
-        for name, value in self._headers(outgoing).items():
+        for name, value in headers.items():
             message[name] = value if value.isascii() else Header(value, "utf-8")  # type: ignore[assignment]
         return message.as_bytes()
 
     def _headers(self, outgoing: Outgoing) -> dict[str, str]:
+        """Every header of the delivery's email: tidings' own, then the delivery's extra ones
+        (``outgoing.extra["headers"]``; one of tidings' own names is not replaced)."""
         rendered = outgoing.rendered
         # a subject is a single header line: line breaks in a template's subject fold away
         subject = " ".join((rendered.subject or "").split()) or _fallback_subject(rendered.text)
-        return {
+        headers = {
             "Subject": subject,
             "From": self._sender,
             "To": str(outgoing.address),
@@ -217,55 +218,57 @@ class EmailChannel(Channel):
             "X-Tidings-Delivery": outgoing.delivery_id,
             "X-Tidings-Message": outgoing.message_id,
         }
+        own = {name.lower() for name in headers}
+        for name, value in _extra_headers(outgoing).items():
+            if name.lower() not in own:
+                headers[name] = value
+        return headers
 
-    async def send(self, outgoing: Outgoing) -> str | None:
+    async def send(self, outgoing: Outgoing) -> str | Sent | None:
         try:
-            message = self.raw_message(outgoing)
+            mail = self.mail(outgoing)
         except (ValueError, TypeError, UnicodeError) as exc:
             raise PermanentFailure("invalid_message", f"cannot build the email: {exc}") from exc
-        server = self.server
-        # One SMTP session per send: a session carries one transaction at a time, servers drop
-        # idle ones within minutes, and a pool would need a lock, RSET and liveness checks per
-        # connection for a saving (one handshake) that matters little at notification rates.
-        client = aiosmtplib.SMTP(
-            hostname=server.host,
-            port=server.port,
-            username=server.username,
-            password=server.password,
-            use_tls=server.use_tls,
-            start_tls=server.start_tls,
-            local_hostname=self._local_hostname,
-            timeout=self._timeout,
-        )
-        try:
-            async with asyncio.timeout(self._timeout):
-                await client.connect()
-                await client.sendmail(
-                    self._envelope_sender,
-                    [outgoing.address],
-                    message,
-                    # an internationalised address needs the server's SMTPUTF8 (RFC 6531)
-                    mail_options=[] if str(outgoing.address).isascii() else ["SMTPUTF8"],
-                )
-        except BaseException as exc:
-            # Dropped at once, not closed politely: aiosmtplib's own context manager sends QUIT
-            # and waits for the answer, so a send the worker abandons (its lease lapsed) would
-            # stay open until the server replied, and could still be accepted meanwhile.
-            client.close()
-            if isinstance(exc, aiosmtplib.SMTPException | OSError):
-                raise _classify(exc) from exc
-            raise
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-            async with asyncio.timeout(self._timeout):
-                await client.quit()
-        client.close()
-        return self.message_id(outgoing)
+        return await send_in_order(self.providers, mail, self._timeout)
 
 
-def _utf8_message(channel: EmailChannel, outgoing: Outgoing) -> bytes:
+def _extra_headers(outgoing: Outgoing) -> dict[str, str]:
+    """``outgoing.extra["headers"]``, checked: names of printable ASCII without ``:``, values
+    on one line.
+
+    Raises:
+        ValueError: a header that is not one (it would let a value inject others).
+    """
+    extra = outgoing.extra.get("headers") or {}
+    if not isinstance(extra, Mapping):
+        raise ValueError("extra headers must be a mapping of names to values")
+    found: dict[str, str] = {}
+    for name, value in extra.items():
+        if not (isinstance(name, str) and _FIELD_NAME.fullmatch(name)):
+            raise ValueError(f"{name!r} is not a header name")
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise ValueError(f"the {name} header's value must be text on one line")
+        found[name] = value
+    return found
+
+
+async def _provider(name: str, settings: ChannelSettings) -> Provider[Mail]:
+    """The email provider ``name`` as the settings configure it."""
+    timeout = settings.provider_timeout
+    if name == "smtp":
+        url = require(settings.smtp_url, "TIDINGS_SMTP_URL", "email", name)
+        return SmtpProvider(url, timeout=timeout)
+    context = push_ssl_context(settings.push_ca_file)
+    if name == "ses":
+        return await SesProvider.from_settings(settings, context)
+    token = require(settings.postmark_server_token, "TIDINGS_POSTMARK_SERVER_TOKEN", "email", name)
+    return PostmarkProvider(token, settings.postmark_url, timeout=timeout, ssl_context=context)
+
+
+def _utf8_message(outgoing: Outgoing, headers: Mapping[str, str]) -> bytes:
     """The same email with the new API and SMTPUTF8 headers (non-ASCII addresses)."""
     message = EmailMessage(policy=email.policy.SMTPUTF8)
-    for name, value in channel._headers(outgoing).items():
+    for name, value in headers.items():
         message[name] = value
     message.set_content(outgoing.rendered.text)
     if outgoing.rendered.html:

@@ -1,8 +1,11 @@
-"""The SMS channel: a generic adapter for an SMS gateway with an HTTP API."""
+"""The SMS channel: through its providers in failover order (``TIDINGS_SMS_PROVIDERS``:
+``http``, a generic adapter for an SMS gateway with an HTTP API, and ``twilio``;
+:mod:`.providers`)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
@@ -14,11 +17,21 @@ from tidings.delivery.channels._net import (
     encode_json,
     raise_for_status,
 )
-from tidings.delivery.channels.base import Outgoing
+from tidings.delivery.channels.base import Outgoing, Sent
+from tidings.delivery.channels.phones import push_ssl_context
+from tidings.delivery.channels.providers.base import (
+    Provider,
+    close_all,
+    configured,
+    require,
+    send_in_order,
+    start_all,
+)
+from tidings.delivery.channels.providers.twilio import STATUS_PATH, TwilioProvider
 from tidings.errors import ConfigurationError, InvalidAddress
 
 if TYPE_CHECKING:
-    from tidings.delivery.ports import PipelineHost
+    from tidings.delivery.ports import ChannelSettings, PipelineHost
 
 # E.164: "+", a country code that does not start with 0, at most 15 digits in all
 _E164 = re.compile(r"\+[1-9][0-9]{7,14}")
@@ -53,38 +66,77 @@ class SmsChannel(HttpChannel):
                 return response.json()["messages"][0]["ref"]
 
     The provider's URL is the operator's own setting, so it may be on a private network.
+
+    That generic gateway is the ``http`` provider; ``providers`` (built by
+    :meth:`from_settings` from ``TIDINGS_SMS_PROVIDERS``) puts others beside it or in its
+    place, tried in order (:func:`~.providers.base.send_in_order`).
     """
 
     name: ClassVar[str] = "sms"
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         *,
         token: str | None = None,
         sender: str | None = None,
         timeout: float = 10.0,
+        providers: Sequence[Provider[Outgoing]] | None = None,
     ) -> None:
         super().__init__(timeout=timeout, allow_private=True)
-        try:
-            self.url = check_http_url(url, allow_private=True, what="SMS provider URL")
-        except InvalidAddress as exc:
-            raise ConfigurationError(str(exc)) from exc
+        self.url: str | None = None
+        if url is not None:
+            try:
+                self.url = check_http_url(url, allow_private=True, what="SMS provider URL")
+            except InvalidAddress as exc:
+                raise ConfigurationError(str(exc)) from exc
+        elif providers is None:
+            raise ConfigurationError("the SMS channel needs a provider URL or providers")
         self.token = token
         self.sender = sender
+        if providers is None:
+            providers = [GatewayProvider()]
+        if not providers:
+            raise ConfigurationError("the SMS channel needs at least one provider")
+        for provider in providers:
+            if isinstance(provider, GatewayProvider):
+                provider.channel = self
+        self.providers: tuple[Provider[Outgoing], ...] = tuple(providers)
 
     @classmethod
     async def from_settings(cls, host: PipelineHost) -> SmsChannel | None:
-        """``TIDINGS_SMS_URL``, ``_TOKEN`` and ``_FROM``; ``None`` without a URL."""
+        """``TIDINGS_SMS_PROVIDERS`` (by default ``http`` when ``TIDINGS_SMS_URL`` is set):
+        ``TIDINGS_SMS_URL``, ``_TOKEN`` and ``_FROM`` for ``http``, ``TIDINGS_TWILIO_*`` for
+        ``twilio``; ``None`` without a provider.
+
+        Raises:
+            ConfigurationError: a provider is named without its settings (named in one line).
+        """
         settings = host.settings
-        if not settings.sms_url:
+        names = configured(settings.sms_providers, "sms", "http" if settings.sms_url else None)
+        if not names:
             return None
+        url = None
+        if "http" in names:
+            url = require(settings.sms_url, "TIDINGS_SMS_URL", "sms", "http")
         return cls(
-            settings.sms_url,
+            url,
             token=settings.sms_token,
             sender=settings.sms_from,
             timeout=settings.provider_timeout,
+            providers=[
+                GatewayProvider() if name == "http" else _twilio(settings, settings.public_url)
+                for name in names
+            ],
         )
+
+    async def start(self) -> None:
+        await super().start()
+        await start_all(self.providers)
+
+    async def close(self) -> None:
+        await close_all(self.providers)
+        await super().close()
 
     def validate(self, address: Any) -> str:
         """The number in E.164 form (``+14155550123``); separators are dropped."""
@@ -126,7 +178,13 @@ class SmsChannel(HttpChannel):
                 return str(value)
         return None
 
-    async def send(self, outgoing: Outgoing) -> str | None:
+    async def send(self, outgoing: Outgoing) -> str | Sent | None:
+        return await send_in_order(self.providers, outgoing, self._timeout)
+
+    async def send_generic(self, outgoing: Outgoing) -> str | None:
+        """Send through the generic gateway (``TIDINGS_SMS_URL``): the ``http`` provider."""
+        if self.url is None:
+            raise ConfigurationError("the http SMS provider needs TIDINGS_SMS_URL")
         body, headers = self.build_request(outgoing)
         response = await self.post(
             self.url,
@@ -136,3 +194,36 @@ class SmsChannel(HttpChannel):
         # the provider is the operator's own: its words help whoever reads last_error
         raise_for_status(response, detail=True)
         return self.parse_response(response)
+
+
+class GatewayProvider(Provider[Outgoing]):
+    """The ``http`` provider: the channel's own generic gateway (:meth:`SmsChannel.send_generic`,
+    so a subclass's :meth:`~SmsChannel.build_request` and :meth:`~SmsChannel.parse_response`
+    apply)."""
+
+    name: ClassVar[str] = "http"
+
+    def __init__(self) -> None:
+        #: set by the channel it is given to
+        self.channel: SmsChannel | None = None
+
+    async def send(self, message: Outgoing) -> str | None:
+        assert self.channel is not None, "a GatewayProvider belongs to an SmsChannel"
+        return await self.channel.send_generic(message)
+
+
+def _twilio(settings: ChannelSettings, public_url: str | None) -> TwilioProvider:
+    """The ``twilio`` provider as the settings configure it; its status callback under the
+    node's public URL, when there is one."""
+    sid = require(settings.twilio_account_sid, "TIDINGS_TWILIO_ACCOUNT_SID", "sms", "twilio")
+    token = require(settings.twilio_auth_token, "TIDINGS_TWILIO_AUTH_TOKEN", "sms", "twilio")
+    sender = require(settings.twilio_from, "TIDINGS_TWILIO_FROM", "sms", "twilio")
+    return TwilioProvider(
+        sid,
+        token,
+        sender,
+        url=settings.twilio_url,
+        status_callback=public_url.rstrip("/") + STATUS_PATH if public_url else None,
+        timeout=settings.provider_timeout,
+        ssl_context=push_ssl_context(settings.push_ca_file),
+    )

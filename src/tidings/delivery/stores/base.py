@@ -32,6 +32,7 @@ from tidings.delivery.models import (
     Template,
 )
 from tidings.delivery.planner import Recipient
+from tidings.delivery.status_types import StatusEvent, StatusResult
 
 #: deliveries of a message listed at once, unless asked otherwise
 DELIVERIES_PAGE = 1000
@@ -49,6 +50,13 @@ def encode_json(value: object) -> str:
 def decode_content(text: str | None) -> Content | None:
     """A ``content`` column back to :class:`Content`."""
     return None if text is None else Content(**orjson.loads(text))
+
+
+#: the columns of a new message's row, in :func:`message_values`' order
+MESSAGE_INSERT_COLUMNS = (
+    "message_id, client_id, idempotency_key, body_hash, recipients, channels, template_id, "
+    "content, data, critical, created_at, escalate, digest, category, transactional"
+)
 
 
 def message_values(message_id: str, message: NewMessage, at: object) -> tuple[object, ...]:
@@ -69,6 +77,8 @@ def message_values(message_id: str, message: NewMessage, at: object) -> tuple[ob
         at,
         encode(message.escalate.to_dict()) if message.escalate else None,
         encode(message.digest.to_dict()) if message.digest else None,
+        message.category,
+        message.transactional,
     )
 
 
@@ -118,6 +128,10 @@ class PreferenceStore(ABC):
     @abstractmethod
     async def set_contact(self, user_id: str, channel: str, address: Any) -> None:
         """Store a contact point (``None`` removes it)."""
+
+    @abstractmethod
+    async def set_category(self, user_id: str, category: str, channel: str, enabled: bool) -> None:
+        """Turn ``category`` on ``channel`` on or off for the user."""
 
     @abstractmethod
     async def set_locale(self, user_id: str, locale: str | None) -> None:
@@ -202,6 +216,17 @@ class MessageStore(ABC):
             NotFound: ``delivery_id`` is not one of the message's.
         """
 
+    @abstractmethod
+    async def record_provider_event(
+        self, channel: str, provider_id: str, reason: str, detail: str, *, fail: bool
+    ) -> list[tuple[str, str, bool]]:
+        """Record what a provider reported about the message it knows as ``provider_id`` on
+        ``channel`` (``reason``: delivered, bounced, soft_bounce, complained, undelivered):
+        a history entry (``detail``, the provider's words) on each such delivery, and a
+        ``sent`` one ends ``failed`` with ``reason`` when ``fail``; an event already recorded
+        changes nothing. (delivery id, user id, recorded now) per delivery found, none for an
+        unknown id (``stores/<dialect>/provider_events.py``)."""
+
 
 class ClaimStore(ABC):
     """The outbox, as workers claim, renew and complete its deliveries."""
@@ -255,5 +280,43 @@ class ErasureStore(ABC):
         (``deliveries``, ``contacts``, ``preferences``)."""
 
 
-class PipelineStore(TemplateStore, PreferenceStore, MessageStore, ClaimStore, ErasureStore):
+class StatusEventStore(ABC):
+    """The outbox of delivery-status webhooks: an event per change of a delivery per
+    endpoint, written in the change's transaction (``write_history``), posted under leases,
+    kept after as its own history."""
+
+    @abstractmethod
+    async def set_status_endpoints(self, urls: Sequence[str]) -> None:
+        """The endpoints the changes written from now on make events for; the pending events
+        of any other endpoint fail."""
+
+    @abstractmethod
+    async def claim_status_events(self, owner: str, limit: int, lease: float) -> list[StatusEvent]:
+        """Up to ``limit`` pending events that are due, each the oldest pending event of its
+        delivery for its endpoint, leased to ``owner`` for ``lease`` seconds (an expired lease
+        is taken over), their tries counted."""
+
+    @abstractmethod
+    async def complete_status_events(self, owner: str, results: Sequence[StatusResult]) -> int:
+        """Record how tries ended, those whose claim ``owner`` still holds; how many. The later
+        events of a delivery whose event is tried again wait at least as long."""
+
+    @abstractmethod
+    async def list_status_events(self, state: str | None, limit: int) -> list[StatusEvent]:
+        """Events (only those in ``state``: pending, delivered, failed), newest first."""
+
+    @abstractmethod
+    async def status_event_counts(self) -> dict[str, int]:
+        """How many events are pending, and how many failed (delivered ones are not
+        counted: they are many until pruned)."""
+
+    @abstractmethod
+    async def prune_status_events(self, before: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` delivered and failed events of changes before ``before``;
+        how many."""
+
+
+class PipelineStore(
+    TemplateStore, PreferenceStore, MessageStore, ClaimStore, ErasureStore, StatusEventStore
+):
     """Messages, deliveries, the outbox, templates, preferences and contact points."""

@@ -131,7 +131,8 @@ def claim_of(row: Any) -> Claim:
     """A claim from a row of delivery_id, message_id, user_id, channel, address (JSON), the
     outbox's attempt, the message's template_id, content, data, critical and escalate (JSON),
     the user's in-app delivery of the message when it escalates, whether it sends a digest,
-    whether the message has a digest step, and the user's locale."""
+    whether the message has a digest step, the user's locale, and the message's category and
+    transactional flag."""
     return Claim(
         delivery_id=row[0],
         message_id=row[1],
@@ -148,6 +149,8 @@ def claim_of(row: Any) -> Claim:
         digest=bool(row[12]),
         digest_step=bool(row[13]),
         locale=row[14],
+        category=row[15],
+        transactional=bool(row[16]),
     )
 
 

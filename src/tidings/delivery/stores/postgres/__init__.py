@@ -11,6 +11,8 @@ from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.stores.postgres.claims import PostgresClaims
 from tidings.delivery.stores.postgres.messages import PostgresMessages
 from tidings.delivery.stores.postgres.preferences import PostgresPreferences
+from tidings.delivery.stores.postgres.provider_events import PostgresProviderEvents
+from tidings.delivery.stores.postgres.status_events import PostgresStatusEvents
 from tidings.delivery.stores.postgres.templates import PostgresTemplates
 from tidings.delivery.stores.postgres.users import PostgresErasure
 
@@ -21,6 +23,8 @@ class PostgresPipelineStore(
     PostgresMessages,
     PostgresClaims,
     PostgresErasure,
+    PostgresStatusEvents,
+    PostgresProviderEvents,
     PipelineStore,
 ):
     """The pipeline's tables in the database of a

@@ -46,7 +46,8 @@ class PostgresClaims(PostgresTables, ClaimStore):
                 "AND x.channel = 'in_app' LIMIT 1) END, "
                 "EXISTS (SELECT 1 FROM pipeline_digest_items i WHERE i.digest_id = m.delivery_id), "
                 "g.digest IS NOT NULL, "
-                "(SELECT l.locale FROM pipeline_user_locales l WHERE l.user_id = m.user_id) "
+                "(SELECT l.locale FROM pipeline_user_locales l WHERE l.user_id = m.user_id), "
+                "g.category, g.transactional "
                 "FROM marked m JOIN taken t USING (delivery_id) "
                 "JOIN pipeline_messages g ON g.message_id = m.message_id "
                 "ORDER BY t.available_at",

@@ -25,11 +25,13 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.stores.base import (
     DELIVERIES_PAGE,
+    MESSAGE_INSERT_COLUMNS,
     MessageStore,
     Planner,
     encode_json,
     message_values,
 )
+from tidings.delivery.stores.postgres.categories import muted
 from tidings.delivery.stores.postgres.common import (
     MESSAGE_COLUMNS,
     PostgresTables,
@@ -233,6 +235,9 @@ async def _create(
     if message.digest is not None:
         found = await open_digests(conn, users, message.digest, utcnow())
         told = [replace(r, digests=found.get(r.user_id, {})) for r in told]
+    if message.category is not None:
+        off = await muted(conn, users, message.category)
+        told = [replace(r, muted=off.get(r.user_id, frozenset())) for r in told]
     return await _insert(conn, message, planner(told)), True
 
 
@@ -254,8 +259,9 @@ async def _insert(conn: Any, message: NewMessage, planned: list[PlannedDelivery]
     now = utcnow()
     message_id = new_sorted_id()
     await conn.execute(
-        "INSERT INTO pipeline_messages VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, "
-        "$8::jsonb, $9::jsonb, $10, $11, $12::jsonb, $13::jsonb)",
+        f"INSERT INTO pipeline_messages ({MESSAGE_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, "
+        "$5::jsonb, $6::jsonb, $7, $8::jsonb, $9::jsonb, $10, $11, $12::jsonb, $13::jsonb, $14, "
+        "$15)",
         *message_values(message_id, message, now),
     )
     ids = [new_id() for _ in planned]

@@ -8,6 +8,7 @@ from typing import Any
 from tidings.core.models import utcnow
 from tidings.delivery.models import Preferences, QuietHours
 from tidings.delivery.stores.base import PreferenceStore, encode_json
+from tidings.delivery.stores.postgres.categories import categories_of, set_category
 from tidings.delivery.stores.postgres.common import PostgresTables, recipients
 
 
@@ -25,6 +26,7 @@ class PostgresPreferences(PostgresTables, PreferenceStore):
             locale = await conn.fetchval(
                 "SELECT locale FROM pipeline_user_locales WHERE user_id = $1", user_id
             )
+            categories = await categories_of(conn, user_id)
         return Preferences(
             user_id,
             dict(recipient.switches),
@@ -32,6 +34,7 @@ class PostgresPreferences(PostgresTables, PreferenceStore):
             dict(recipient.contacts),
             recipient.quiet,
             locale,
+            categories,
         )
 
     async def set_channel(self, user_id: str, channel: str, enabled: bool) -> None:
@@ -112,3 +115,7 @@ class PostgresPreferences(PostgresTables, PreferenceStore):
                     locale,
                     utcnow(),
                 )
+
+    async def set_category(self, user_id: str, category: str, channel: str, enabled: bool) -> None:
+        async with self.store.connection() as conn:
+            await set_category(conn, user_id, category, channel, enabled)

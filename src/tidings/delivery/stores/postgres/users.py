@@ -40,6 +40,7 @@ class PostgresErasure(PostgresTables, ErasureStore):
                         encode_json(kept),
                     )
             await delete("DELETE FROM pipeline_rate_locks WHERE user_id = $1")
+            await delete("DELETE FROM pipeline_status_events WHERE user_id = $1")  # sent or not
             await delete("DELETE FROM pipeline_digests WHERE user_id = $1")
             return {
                 "deliveries": await delete("DELETE FROM pipeline_deliveries WHERE user_id = $1"),
@@ -47,5 +48,6 @@ class PostgresErasure(PostgresTables, ErasureStore):
                 "preferences": await delete("DELETE FROM pipeline_channel_prefs WHERE user_id = $1")
                 + await delete("DELETE FROM pipeline_topic_subscriptions WHERE user_id = $1")
                 + await delete("DELETE FROM pipeline_quiet_hours WHERE user_id = $1")
-                + await delete("DELETE FROM pipeline_user_locales WHERE user_id = $1"),
+                + await delete("DELETE FROM pipeline_user_locales WHERE user_id = $1")
+                + await delete("DELETE FROM pipeline_category_prefs WHERE user_id = $1"),
             }

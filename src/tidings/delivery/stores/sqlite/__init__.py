@@ -12,12 +12,21 @@ from tidings.delivery.stores.base import PipelineStore
 from tidings.delivery.stores.sqlite.claims import SqliteClaims
 from tidings.delivery.stores.sqlite.messages import SqliteMessages
 from tidings.delivery.stores.sqlite.preferences import SqlitePreferences
+from tidings.delivery.stores.sqlite.provider_events import SqliteProviderEvents
+from tidings.delivery.stores.sqlite.status_events import SqliteStatusEvents
 from tidings.delivery.stores.sqlite.templates import SqliteTemplates
 from tidings.delivery.stores.sqlite.users import SqliteErasure
 
 
 class SqlitePipelineStore(
-    SqliteTemplates, SqlitePreferences, SqliteMessages, SqliteClaims, SqliteErasure, PipelineStore
+    SqliteTemplates,
+    SqlitePreferences,
+    SqliteMessages,
+    SqliteClaims,
+    SqliteErasure,
+    SqliteStatusEvents,
+    SqliteProviderEvents,
+    PipelineStore,
 ):
     """The pipeline's tables in the file of a :class:`~tidings.storage.sqlite.SqliteStore`."""
 

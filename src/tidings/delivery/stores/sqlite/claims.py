@@ -56,7 +56,8 @@ class SqliteClaims(SqliteTables, ClaimStore):
                 "AND x.channel = 'in_app' LIMIT 1) END, "
                 "EXISTS (SELECT 1 FROM pipeline_digest_items i WHERE i.digest_id = d.delivery_id), "
                 "m.digest IS NOT NULL, "
-                "(SELECT l.locale FROM pipeline_user_locales l WHERE l.user_id = d.user_id) "
+                "(SELECT l.locale FROM pipeline_user_locales l WHERE l.user_id = d.user_id), "
+                "m.category, m.transactional "
                 "FROM pipeline_outbox o JOIN pipeline_deliveries d USING (delivery_id) "
                 f"JOIN pipeline_messages m USING (message_id) WHERE o.delivery_id IN ({listed}) "
                 "ORDER BY o.available_at",

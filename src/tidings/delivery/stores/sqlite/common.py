@@ -10,10 +10,24 @@ from typing import Any
 
 from tidings.core.models import isoformat
 from tidings.delivery.planner import Recipient
+from tidings.delivery.status_types import status_rows
 from tidings.delivery.stores.rows import HISTORY_COLUMNS, HistoryRow, recipients_of
+from tidings.delivery.stores.status_rows import EVENT_INSERT_COLUMNS
 from tidings.storage.sqlite import SqliteStore
 
 CHUNK = 500  # bound parameters per IN (...) list
+
+#: a history entry's event for each endpoint (?1..?6: a row of ``status_rows``, ?7 the time);
+#: due no sooner than the delivery's latest event still waiting for that endpoint
+WRITE_EVENTS = (
+    f"INSERT INTO pipeline_status_events ({EVENT_INSERT_COLUMNS}) "
+    "SELECT ?1, e.url, ?2, d.delivery_id, d.message_id, d.user_id, d.channel, ?4, ?5, ?6, ?7, "
+    "d.attempts, d.provider_id, max(?7, COALESCE((SELECT p.available_at "
+    "FROM pipeline_status_events p WHERE p.state = 'pending' AND p.endpoint = e.url "
+    "AND p.delivery_id = d.delivery_id ORDER BY p.id DESC LIMIT 1), ?7)) "
+    "FROM pipeline_deliveries d, pipeline_status_endpoints e WHERE d.delivery_id = ?3 "
+    "ORDER BY e.url"
+)
 
 
 class SqliteTables:
@@ -37,11 +51,14 @@ def marks(items: Sequence[Any]) -> str:
 
 
 def write_history(conn: sqlite3.Connection, entries: list[HistoryRow], stamp: str) -> None:
-    """Append history entries, all at ``stamp``."""
+    """Append history entries, all at ``stamp``, and the status events they make for each
+    endpoint of delivery-status webhooks (none configured: one lookup)."""
     conn.executemany(
         f"INSERT INTO pipeline_history ({HISTORY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
         [(*entry, stamp) for entry in entries],
     )
+    if entries and conn.execute("SELECT 1 FROM pipeline_status_endpoints LIMIT 1").fetchone():
+        conn.executemany(WRITE_EVENTS, [(*row, stamp) for row in status_rows(entries)])
 
 
 def recipients(

@@ -22,6 +22,7 @@ from tidings.delivery.models import (
 )
 from tidings.delivery.stores.base import (
     DELIVERIES_PAGE,
+    MESSAGE_INSERT_COLUMNS,
     MessageStore,
     Planner,
     encode_json,
@@ -38,6 +39,7 @@ from tidings.delivery.stores.rows import (
     subscribers,
     with_deliveries,
 )
+from tidings.delivery.stores.sqlite.categories import muted
 from tidings.delivery.stores.sqlite.common import (
     SqliteTables,
     chunks,
@@ -92,6 +94,9 @@ class SqliteMessages(SqliteTables, MessageStore):
             if message.digest is not None:
                 found = open_digests(conn, users, message.digest, isoformat(utcnow()))
                 told = [replace(r, digests=found.get(r.user_id, {})) for r in told]
+            if message.category is not None:
+                off = muted(conn, users, message.category)
+                told = [replace(r, muted=off.get(r.user_id, frozenset())) for r in told]
             return _insert(conn, message, planner(told)), True
 
         return await self.store.write(run)
@@ -240,7 +245,8 @@ def _insert(
     stamp = isoformat(now)
     message_id = new_sorted_id()
     conn.execute(
-        "INSERT INTO pipeline_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO pipeline_messages ({MESSAGE_INSERT_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         message_values(message_id, message, stamp),
     )
     ids = [new_id() for _ in planned]

@@ -9,6 +9,7 @@ from typing import Any
 from tidings.core.models import isoformat, utcnow
 from tidings.delivery.models import Preferences, QuietHours
 from tidings.delivery.stores.base import PreferenceStore, encode_json
+from tidings.delivery.stores.sqlite.categories import categories_of, set_category
 from tidings.delivery.stores.sqlite.common import SqliteTables, recipients
 
 
@@ -37,6 +38,7 @@ class SqlitePreferences(SqliteTables, PreferenceStore):
                 dict(recipient.contacts),
                 recipient.quiet,
                 locale[0] if locale else None,
+                categories_of(conn, user_id),
             )
 
         return await self.store.read(run)
@@ -102,3 +104,6 @@ class SqlitePreferences(SqliteTables, PreferenceStore):
                 )
 
         await self.store.write(run)
+
+    async def set_category(self, user_id: str, category: str, channel: str, enabled: bool) -> None:
+        await self.store.write(lambda conn: set_category(conn, user_id, category, channel, enabled))

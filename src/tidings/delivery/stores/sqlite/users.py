@@ -42,6 +42,7 @@ class SqliteErasure(SqliteTables, ErasureStore):
                             (encode_json(kept), message_id),
                         )
             delete("DELETE FROM pipeline_rate_locks WHERE user_id = ?")
+            delete("DELETE FROM pipeline_status_events WHERE user_id = ?")  # sent or not
             delete("DELETE FROM pipeline_digests WHERE user_id = ?")
             return {
                 "deliveries": delete("DELETE FROM pipeline_deliveries WHERE user_id = ?"),
@@ -49,7 +50,8 @@ class SqliteErasure(SqliteTables, ErasureStore):
                 "preferences": delete("DELETE FROM pipeline_channel_prefs WHERE user_id = ?")
                 + delete("DELETE FROM pipeline_topic_subscriptions WHERE user_id = ?")
                 + delete("DELETE FROM pipeline_quiet_hours WHERE user_id = ?")
-                + delete("DELETE FROM pipeline_user_locales WHERE user_id = ?"),
+                + delete("DELETE FROM pipeline_user_locales WHERE user_id = ?")
+                + delete("DELETE FROM pipeline_category_prefs WHERE user_id = ?"),
             }
 
         return await self.store.write(run)
