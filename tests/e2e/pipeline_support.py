@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiosmtpd.controller import Controller
 
 from conftest import ServerProcess, free_port
@@ -189,6 +190,14 @@ class SmtpSink:
             if time.monotonic() > deadline:
                 raise AssertionError(f"SMTP sink: condition not met within {timeout}s: {found}")
             time.sleep(0.02)
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """A local SMTP server (aiosmtpd) for the test: import it into a test module to use it."""
+    smtp = SmtpSink().start()
+    yield smtp
+    smtp.close()
 
 
 def assert_never_concurrent(records: Iterable[DataRecord]) -> None:

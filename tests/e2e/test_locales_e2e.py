@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from pipeline_support import SmtpSink, api_client, post_message, text_part, wait_message
+from pipeline_support import SmtpSink, api_client, post_message, sink, text_part, wait_message
 
 from conftest import ServerProcess, device_token
 
@@ -24,13 +24,6 @@ FRENCH = {
     "subject": "Commande {{ order }} expédiée",
     "text": "{{ total | currency('EUR') }} le {{ day | date('long') }}",
 }
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink().start()
-    yield smtp
-    smtp.close()
 
 
 def test_each_user_gets_the_template_in_their_locale(
@@ -114,3 +107,6 @@ def test_unknown_locales_are_refused_and_change_nothing(api_node: ServerProcess)
         missing = http.put("/templates/none-such/translations/fr", json={"text": "salut"})
         assert missing.status_code == 404
         assert http.delete(f"/templates/{template}/translations/fr").status_code == 404
+
+
+__all__ = ["sink"]  # the fixture

@@ -30,6 +30,7 @@ from pipeline_support import (
     get_message,
     history,
     post_message,
+    sink,
     text_part,
     wait_message,
     worker_env,
@@ -72,13 +73,6 @@ def email_to(user_ids: list[str], text: str = "Hello") -> dict[str, object]:
         "channels": ["email"],
         "content": {"subject": "Test", "text": text},
     }
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink().start()
-    yield smtp
-    smtp.close()
 
 
 @pytest.fixture
@@ -273,3 +267,6 @@ async def test_worker_process_renders_changed_template_and_reaches_devices(
             assert body_of(2) == "Second 2"
     finally:
         http.close()
+
+
+__all__ = ["sink"]  # the fixture

@@ -26,6 +26,7 @@ from pipeline_support import (
     delivery,
     get_message,
     post_message,
+    sink,
     wait_message,
 )
 
@@ -70,13 +71,6 @@ def moto() -> Iterator[MotoSes]:
 def gate(moto: MotoSes) -> Iterator[SesGate]:
     moto.reset()
     found = SesGate(moto.url, KEY, SECRET, REGION)
-    yield found
-    found.close()
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    found = SmtpSink().start()
     yield found
     found.close()
 
@@ -343,3 +337,6 @@ def test_twilio_sends_and_its_signed_status_callback_is_recorded(
         assert answer.status_code == 404
         after = refetch(http, found)
     assert after["state"] == "sent" and reasons(after)[-1] == ("sent", "delivered")
+
+
+__all__ = ["sink"]  # the fixture

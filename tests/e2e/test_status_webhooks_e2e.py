@@ -28,6 +28,7 @@ from pipeline_support import (
     api_client,
     delivery,
     post_message,
+    sink,
     wait_message,
 )
 from standardwebhooks import Webhook
@@ -45,13 +46,6 @@ SETTINGS = {
     "TIDINGS_STATUS_WEBHOOK_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
 }
 WAIT = 15.0
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink().start()
-    yield smtp
-    smtp.close()
 
 
 @pytest.fixture
@@ -243,3 +237,6 @@ def test_a_malformed_url_stops_the_server_in_one_line(tmp_path: Any) -> None:
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("Error: TIDINGS_STATUS_WEBHOOK_URLS="), lines
     assert "'htp:/broken'" in lines[0] and "http:// or https://" in lines[0]
+
+
+__all__ = ["sink"]  # the fixture

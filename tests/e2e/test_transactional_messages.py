@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
-from pipeline_support import SmtpSink
+from pipeline_support import SmtpSink, sink
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -31,13 +31,6 @@ def database() -> Iterator[str]:
     url = create_database()
     yield url
     drop_database(url)
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink().start()
-    yield smtp
-    smtp.close()
 
 
 @pytest.fixture
@@ -188,3 +181,6 @@ async def test_an_sqlite_node_refuses_a_connection_in_one_line(tmp_path: object)
             )
     finally:
         await tidings.close()
+
+
+__all__ = ["sink"]  # the fixture

@@ -10,31 +10,18 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import orjson
 import pytest
-from pipeline_support import (
-    SmtpSink,
-    api_client,
-    delivery,
-    post_message,
-    wait_message,
-)
+from pipeline_support import SmtpSink, api_client, delivery, post_message, sink, wait_message
 
 from conftest import ServerProcess, free_port
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}  # sent form-encoded, as RFC 8058 says
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink().start()
-    yield smtp
-    smtp.close()
 
 
 @pytest.fixture
@@ -144,3 +131,6 @@ def test_forged_altered_and_expired_links_change_nothing(
         for user in (alice, bob):
             prefs = http.get(f"/users/{user}/preferences").json()
             assert (prefs["categories"], prefs["channels"]) == ({}, {})
+
+
+__all__ = ["sink"]  # the fixture

@@ -23,6 +23,7 @@ from pipeline_support import (
     delivery,
     get_message,
     post_message,
+    sink,
     wait_message,
 )
 
@@ -34,13 +35,6 @@ PIPELINE = {
     "TIDINGS_PIPELINE_RETRY_BASE": "0.2",
     "TIDINGS_PIPELINE_RETRY_MAX": "0.5",
 }
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink().start()
-    yield smtp
-    smtp.close()
 
 
 def email_user(http: httpx.Client) -> tuple[str, str]:
@@ -354,3 +348,6 @@ def test_an_escalation_that_cannot_apply_is_refused(
         assert named in refused.text, refused.text
         body.pop("escalate")
         assert http.post("/messages", json={**body, "idempotency_key": key}).status_code == 202
+
+
+__all__ = ["sink"]  # the fixture

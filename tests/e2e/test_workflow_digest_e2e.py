@@ -24,6 +24,7 @@ from pipeline_support import (
     delivery,
     get_message,
     post_message,
+    sink,
     text_part,
     wait_message,
 )
@@ -40,13 +41,6 @@ TEMPLATE = {
     "subject": "{{ count }} new comments on {{ post }}",
     "text": "{% for item in items %}- {{ item.author }}: {{ item.comment }}\n{% endfor %}",
 }
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    smtp = SmtpSink().start()
-    yield smtp
-    smtp.close()
 
 
 def email_user(http: httpx.Client) -> tuple[str, str]:
@@ -199,3 +193,6 @@ def test_a_digest_that_cannot_apply_is_refused_and_writes_nothing(
         for step in ("digest", "delay", "escalate"):
             fine.pop(step, None)
         assert http.post("/messages", json={**fine, "idempotency_key": key}).status_code == 202
+
+
+__all__ = ["sink"]  # the fixture

@@ -68,3 +68,14 @@ def service_caller(
         return user_id, None
 
     return service_user
+
+
+def per_user(
+    node: ApiNode, require_scope: RequireScope, scope: str = "messages"
+) -> list[tuple[str, Callable[..., Awaitable[Caller]]]]:
+    """The two ways to a user's routes, each (path prefix, the dependency naming the user):
+    ``/me`` with the device JWT, ``/users/{user_id}`` with a service token of ``scope``."""
+    return [
+        ("/me", device_caller(node)),
+        ("/users/{user_id}", service_caller(require_scope, scope)),
+    ]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
+from tidings.api.callers import ERRORS, Caller, per_user
 from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
@@ -53,10 +53,7 @@ class HistoryPage(BaseModel):
 
 def mount_inbox(app: FastAPI, tidings: ApiNode, require_scope: RequireScope) -> None:
     router = APIRouter()
-    for prefix, who in (
-        ("/me", device_caller(tidings)),
-        ("/users/{user_id}", service_caller(require_scope, "notify")),
-    ):
+    for prefix, who in per_user(tidings, require_scope, "notify"):
         user = Annotated[Caller, Depends(who)]
 
         @router.get(

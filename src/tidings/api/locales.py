@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.api.callers import Caller, device_caller, service_caller
+from tidings.api.callers import Caller, per_user
 from tidings.api.common import RequireScope, pipeline_call
 from tidings.api.ports import ApiNode
 from tidings.delivery.locales import MAX_LOCALE_LENGTH
@@ -35,10 +35,7 @@ def mount_user_locale(
 ) -> None:
     """``PUT`` and ``DELETE`` of ``/me/locale`` and ``/users/{user_id}/locale`` (``GET
     …/preferences`` shows it)."""
-    for prefix, who in (
-        ("/me", device_caller(tidings)),
-        ("/users/{user_id}", service_caller(require_scope)),
-    ):
+    for prefix, who in per_user(tidings, require_scope):
         user = Annotated[Caller, Depends(who)]
 
         @router.put(f"{prefix}/locale", responses=errors, tags=["preferences"])

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
+from tidings.api.callers import ERRORS, Caller, per_user
 from tidings.api.common import RequireScope, authorize, pipeline_call, pipeline_error
 from tidings.api.locales import mount_user_locale
 from tidings.api.ports import ApiNode
@@ -350,10 +350,7 @@ def mount_preferences(
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
     """The same five routes under ``/me`` (device JWT) and ``/users/{user_id}`` (service)."""
-    for prefix, who in (
-        ("/me", device_caller(tidings)),
-        ("/users/{user_id}", service_caller(require_scope)),
-    ):
+    for prefix, who in per_user(tidings, require_scope):
         user = Annotated[Caller, Depends(who)]
 
         @router.get(f"{prefix}/preferences", responses=errors, tags=["preferences"])

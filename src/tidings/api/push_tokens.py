@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tidings.api.callers import ERRORS, Caller, device_caller, service_caller
+from tidings.api.callers import ERRORS, Caller, per_user
 from tidings.api.common import RequireScope
 from tidings.api.ports import ApiNode
 from tidings.api.schemas import ApiErrorBody
@@ -84,10 +84,7 @@ def mount_push_tokens(app: FastAPI, tidings: ApiNode, require_scope: RequireScop
     """The push-token routes, under ``/me`` and ``/users/{user_id}``."""
     router = APIRouter()
     errors = ERRORS
-    for prefix, who in (
-        ("/me", device_caller(tidings)),
-        ("/users/{user_id}", service_caller(require_scope)),
-    ):
+    for prefix, who in per_user(tidings, require_scope):
         user = Annotated[Caller, Depends(who)]
 
         @router.post(

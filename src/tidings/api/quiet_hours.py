@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.api.callers import Caller, device_caller, service_caller
+from tidings.api.callers import Caller, per_user
 from tidings.api.common import RequireScope, pipeline_call
 from tidings.api.ports import ApiNode
 
@@ -34,10 +34,7 @@ def mount_quiet_hours(
 ) -> None:
     """``PUT`` and ``DELETE`` of ``/me/quiet-hours`` and ``/users/{user_id}/quiet-hours``
     (``GET …/preferences`` shows them)."""
-    for prefix, who in (
-        ("/me", device_caller(tidings)),
-        ("/users/{user_id}", service_caller(require_scope)),
-    ):
+    for prefix, who in per_user(tidings, require_scope):
         user = Annotated[Caller, Depends(who)]
 
         @router.put(f"{prefix}/quiet-hours", responses=errors, tags=["preferences"])

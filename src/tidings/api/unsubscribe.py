@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from tidings.api.callers import Caller, device_caller, service_caller
+from tidings.api.callers import Caller, per_user
 from tidings.api.common import RequireScope, pipeline_call
 from tidings.api.ports import ApiNode
 from tidings.core.limits import MAX_CATEGORY_LENGTH, MAX_CHANNEL_NAME_LENGTH
@@ -62,10 +62,7 @@ def mount_unsubscribe(
     require_scope: RequireScope,
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
-    for prefix, who in (
-        ("/me", device_caller(tidings)),
-        ("/users/{user_id}", service_caller(require_scope)),
-    ):
+    for prefix, who in per_user(tidings, require_scope):
         user = Annotated[Caller, Depends(who)]
 
         @router.put(
